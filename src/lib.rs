@@ -1,1 +1,2 @@
-
+//! pushbox: a Pusher-compatible real-time server appliance.
+pub mod protocol;

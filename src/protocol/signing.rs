@@ -1,0 +1,268 @@
+//! HTTP API request signing (PUSHER.md §7.2): `auth_*` query parameters, `body_md5`, the sorted
+//! parameter string and HMAC-SHA256 over `METHOD\nPATH\nparams`, with a ±600 s timestamp window.
+
+use md5::{Digest, Md5};
+use std::fmt;
+
+/// MD5 of the empty body, which the Python SDK signs on every GET.
+pub const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
+
+/// How far `auth_timestamp` may be from the server's clock.
+pub const TIMESTAMP_WINDOW_SECS: i64 = 600;
+
+/// Why a signed request was refused (all answered with 401).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SigningError {
+    Missing(&'static str),
+    WrongKey,
+    BadVersion(String),
+    BadTimestamp,
+    Expired { timestamp: i64, now: i64 },
+    BodyMd5Missing,
+    BodyMd5Mismatch,
+    BadSignature { string_to_sign: String },
+}
+
+impl fmt::Display for SigningError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SigningError::Missing(p) => write!(f, "Missing query parameter {p}: sign the request with a Pusher SDK"),
+            SigningError::WrongKey => write!(f, "Invalid auth_key: it does not belong to this app id; check the app id and key the client uses"),
+            SigningError::BadVersion(v) => write!(f, "Unsupported auth_version {v:?}: use 1.0"),
+            SigningError::BadTimestamp => write!(f, "Invalid auth_timestamp: expected Unix seconds"),
+            SigningError::Expired { timestamp, now } => write!(
+                f,
+                "Timestamp expired: Given timestamp ({timestamp}) not within 600s of server time ({now}); check the clocks of the sender and this server (NTP)"
+            ),
+            SigningError::BodyMd5Missing => write!(f, "Missing body_md5 for a request with a body"),
+            SigningError::BodyMd5Mismatch => write!(f, "Invalid body_md5: it is not the MD5 of the body received (was the body changed by a proxy?)"),
+            SigningError::BadSignature { string_to_sign } => write!(
+                f,
+                "Invalid signature: you should have sent HmacSHA256Hex({string_to_sign:?}, your_secret_key); check the app secret (and any proxy path prefix)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SigningError {}
+
+/// A request as received: method, the raw request path, the raw query string, and the body.
+pub struct SignedRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub body: &'a [u8],
+}
+
+/// Lowercase hex MD5.
+pub fn md5_hex(bytes: &[u8]) -> String {
+    super::hex(&Md5::digest(bytes))
+}
+
+/// Builds the string to sign from decoded, lowercased, sorted params (without `auth_signature`).
+pub fn string_to_sign(method: &str, path: &str, params: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = params.iter().collect();
+    sorted.sort();
+    let joined: Vec<String> = sorted.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{}\n{}\n{}", method.to_ascii_uppercase(), path, joined.join("&"))
+}
+
+/// Verifies `req` for the app with `key` and `secret` at Unix time `now`.
+pub fn verify(req: &SignedRequest<'_>, key: &str, secret: &str, now: i64) -> Result<(), SigningError> {
+    let mut params: Vec<(String, String)> = Vec::new();
+    let mut signature: Option<String> = None;
+    for (k, v) in form_urlencoded::parse(req.query.as_bytes()) {
+        let k = k.to_ascii_lowercase();
+        if k == "auth_signature" {
+            signature = Some(v.into_owned());
+        } else {
+            params.push((k, v.into_owned()));
+        }
+    }
+    let get = |name: &'static str| -> Result<&str, SigningError> {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .ok_or(SigningError::Missing(name))
+    };
+    let signature = signature.ok_or(SigningError::Missing("auth_signature"))?;
+    if get("auth_key")? != key {
+        return Err(SigningError::WrongKey);
+    }
+    let version = get("auth_version")?;
+    if version != "1.0" {
+        return Err(SigningError::BadVersion(version.to_owned()));
+    }
+    let timestamp: i64 = get("auth_timestamp")?
+        .trim()
+        .parse()
+        .map_err(|_| SigningError::BadTimestamp)?;
+
+    match params.iter().find(|(k, _)| k == "body_md5") {
+        Some((_, md5)) => {
+            let expected = if req.body.is_empty() { EMPTY_MD5.to_owned() } else { md5_hex(req.body) };
+            if !md5.eq_ignore_ascii_case(&expected) {
+                return Err(SigningError::BodyMd5Mismatch);
+            }
+        }
+        None if !req.body.is_empty() => return Err(SigningError::BodyMd5Missing),
+        None => {}
+    }
+
+    let sts = string_to_sign(req.method, req.path, &params);
+    let mut ok = super::auth::verify_hex(secret, sts.as_bytes(), &signature);
+    if !ok {
+        // Channel names in paths may arrive percent-encoded; the SDK signed the raw name.
+        let decoded = percent_decode(req.path);
+        if decoded != req.path {
+            let alt = string_to_sign(req.method, &decoded, &params);
+            ok = super::auth::verify_hex(secret, alt.as_bytes(), &signature);
+        }
+    }
+    if !ok {
+        return Err(SigningError::BadSignature { string_to_sign: sts });
+    }
+    if (timestamp - now).abs() > TIMESTAMP_WINDOW_SECS {
+        return Err(SigningError::Expired { timestamp, now });
+    }
+    Ok(())
+}
+
+/// Percent-decodes a path (no `+` handling: that is a query convention).
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hi = (bytes[i + 1] as char).to_digit(16);
+            let lo = (bytes[i + 2] as char).to_digit(16);
+            if let (Some(hi), Some(lo)) = (hi, lo) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Signs a request the way the SDKs do (used by `pushbox trigger` and tests): returns the query
+/// string including `auth_signature`.
+pub fn sign_query(method: &str, path: &str, key: &str, secret: &str, timestamp: i64, body: &[u8], extra: &[(&str, &str)]) -> String {
+    let mut params: Vec<(String, String)> = vec![
+        ("auth_key".into(), key.into()),
+        ("auth_timestamp".into(), timestamp.to_string()),
+        ("auth_version".into(), "1.0".into()),
+    ];
+    if !body.is_empty() {
+        params.push(("body_md5".into(), md5_hex(body)));
+    }
+    for (k, v) in extra {
+        params.push(((*k).to_owned(), (*v).to_owned()));
+    }
+    let sts = string_to_sign(method, path, &params);
+    let sig = super::auth::sign(secret, sts.as_bytes());
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in &params {
+        ser.append_pair(k, v);
+    }
+    ser.append_pair("auth_signature", &sig);
+    ser.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "278d425bdf160c739803";
+    const SECRET: &str = "7ad3773142a6692b25b8";
+    const TS: i64 = 1353088179;
+
+    #[test]
+    fn post_vector() {
+        let body = br#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#;
+        assert_eq!(md5_hex(body), "ec365a775a4cd0599faeb73354201b6f");
+        let q = "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0&body_md5=ec365a775a4cd0599faeb73354201b6f&auth_signature=da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c";
+        let req = SignedRequest { method: "POST", path: "/apps/3/events", query: q, body };
+        assert_eq!(verify(&req, KEY, SECRET, TS), Ok(()));
+        assert_eq!(verify(&req, KEY, SECRET, TS + 600), Ok(()));
+        assert!(matches!(verify(&req, KEY, SECRET, TS + 601), Err(SigningError::Expired { .. })));
+        assert!(matches!(verify(&req, KEY, SECRET, TS - 601), Err(SigningError::Expired { .. })));
+        assert!(matches!(verify(&req, KEY, "wrong", TS), Err(SigningError::BadSignature { .. })));
+        assert_eq!(verify(&req, "otherkey", SECRET, TS), Err(SigningError::WrongKey));
+        let tampered = SignedRequest { body: b"{}", ..req };
+        assert_eq!(verify(&tampered, KEY, SECRET, TS), Err(SigningError::BodyMd5Mismatch));
+    }
+
+    #[test]
+    fn get_vectors_node_and_python() {
+        let node = "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0&filter_by_prefix=presence-&info=user_count&auth_signature=16819168891cb5dfd72b5c7a5d3d602605b26c6ba1930033b5e2eeeb65010291";
+        let req = SignedRequest { method: "GET", path: "/apps/3/channels", query: node, body: b"" };
+        assert_eq!(verify(&req, KEY, SECRET, TS), Ok(()));
+        let python = "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0&body_md5=d41d8cd98f00b204e9800998ecf8427e&filter_by_prefix=presence-&info=user_count&auth_signature=f3f17c61ae491cc9085db68b22076e9b772e3bcb301659d655153ee3f9782aba";
+        let req = SignedRequest { query: python, ..req };
+        assert_eq!(verify(&req, KEY, SECRET, TS), Ok(()));
+    }
+
+    #[test]
+    fn percent_encoded_query_like_guzzle() {
+        // PHP sends `,` as %2C and the signature over the decoded value.
+        let params = vec![
+            ("auth_key".to_owned(), KEY.to_owned()),
+            ("auth_timestamp".to_owned(), TS.to_string()),
+            ("auth_version".to_owned(), "1.0".to_owned()),
+            ("info".to_owned(), "user_count,subscription_count".to_owned()),
+        ];
+        let sig = crate::protocol::auth::sign(SECRET, string_to_sign("GET", "/apps/3/channels/presence-x", &params).as_bytes());
+        let q = format!("auth_key={KEY}&auth_timestamp={TS}&auth_version=1.0&info=user_count%2Csubscription_count&auth_signature={sig}");
+        let req = SignedRequest { method: "GET", path: "/apps/3/channels/presence-x", query: &q, body: b"" };
+        assert_eq!(verify(&req, KEY, SECRET, TS), Ok(()));
+    }
+
+    #[test]
+    fn encoded_path_retry() {
+        let q = sign_query("GET", "/apps/3/channels/a;b@c", KEY, SECRET, TS, b"", &[]);
+        let req = SignedRequest { method: "GET", path: "/apps/3/channels/a%3Bb%40c", query: &q, body: b"" };
+        assert_eq!(verify(&req, KEY, SECRET, TS), Ok(()));
+    }
+
+    #[test]
+    fn missing_and_malformed_params() {
+        let body = b"{}";
+        let full = sign_query("POST", "/apps/3/events", KEY, SECRET, TS, body, &[]);
+        for drop in ["auth_key", "auth_timestamp", "auth_version", "auth_signature", "body_md5"] {
+            let q: Vec<&str> = full.split('&').filter(|p| !p.starts_with(&format!("{drop}="))).collect();
+            let q = q.join("&");
+            let req = SignedRequest { method: "POST", path: "/apps/3/events", query: &q, body };
+            assert!(verify(&req, KEY, SECRET, TS).is_err(), "dropping {drop} must fail");
+        }
+        let q = full.replace("auth_version=1.0", "auth_version=2.0");
+        let req = SignedRequest { method: "POST", path: "/apps/3/events", query: &q, body };
+        assert!(matches!(verify(&req, KEY, SECRET, TS), Err(SigningError::BadVersion(_))));
+        let q = full.replace(&format!("auth_timestamp={TS}"), "auth_timestamp=abc");
+        let req = SignedRequest { method: "POST", path: "/apps/3/events", query: &q, body };
+        assert!(verify(&req, KEY, SECRET, TS).is_err());
+        let req = SignedRequest { method: "POST", path: "/apps/3/events", query: "", body };
+        assert_eq!(verify(&req, KEY, SECRET, TS), Err(SigningError::Missing("auth_signature")));
+        let req = SignedRequest { method: "POST", path: "/apps/3/events", query: "%zz=%%&&=", body };
+        assert!(verify(&req, KEY, SECRET, TS).is_err());
+        // A GET with a body_md5 that is not the empty MD5 is refused.
+        let q = sign_query("GET", "/apps/3/channels", KEY, SECRET, TS, b"", &[("body_md5", "00000000000000000000000000000000")]);
+        let req = SignedRequest { method: "GET", path: "/apps/3/channels", query: &q, body: b"" };
+        assert_eq!(verify(&req, KEY, SECRET, TS), Err(SigningError::BodyMd5Mismatch));
+        assert!(SigningError::Expired { timestamp: 1, now: 700 }.to_string().contains("Timestamp expired"));
+    }
+
+    #[test]
+    fn percent_decode_is_total() {
+        assert_eq!(percent_decode("a%3Bb"), "a;b");
+        assert_eq!(percent_decode("a%3"), "a%3");
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%ff"), "\u{fffd}");
+    }
+}
