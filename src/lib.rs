@@ -1,2 +1,4 @@
 //! pushbox: a Pusher-compatible real-time server appliance.
+pub mod config;
+pub mod hub;
 pub mod protocol;

@@ -1,0 +1,570 @@
+//! Configuration: the TOML file, the environment (`PUSHBOX_*` and Laravel's `REVERB_*` /
+//! `PUSHER_*`), a Laravel `.env` file, and validation with errors that name the file or variable
+//! and say what to fix. Nothing else in pushbox reads configuration.
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pushbox/pushbox.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/pushbox";
+/// `EX_CONFIG` from sysexits.h: what `pushbox` exits with on a configuration error.
+pub const EXIT_CONFIG: i32 = 78;
+
+/// A configuration problem, one line, naming where it is and what to do.
+#[derive(Debug)]
+pub enum ConfigError {
+    Read { path: PathBuf, error: String },
+    Parse { path: PathBuf, error: String },
+    Invalid { source: String, message: String },
+    Env { var: String, message: String },
+    NoApps { path: PathBuf },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, error } => write!(f, "{}: cannot read the config file ({error}); create it or pass --config PATH", path.display()),
+            ConfigError::Parse { path, error } => write!(f, "{}: {}", path.display(), error.trim().replace('\n', " ")),
+            ConfigError::Invalid { source, message } => write!(f, "{source}: {message}"),
+            ConfigError::Env { var, message } => write!(f, "environment variable {var}: {message}"),
+            ConfigError::NoApps { path } => write!(
+                f,
+                "no app configured: add an [[apps]] table to {} or set REVERB_APP_ID, REVERB_APP_KEY and REVERB_APP_SECRET (or run `pushbox serve --dev`)",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn d_host() -> String {
+    "0.0.0.0".into()
+}
+fn d_port() -> u16 {
+    8080
+}
+fn d_activity() -> u64 {
+    30
+}
+fn d_pong() -> u64 {
+    30
+}
+fn d_http_path() -> String {
+    "/pusher".into()
+}
+fn d_req_bytes() -> usize {
+    1024 * 1024
+}
+fn d_outbound() -> usize {
+    512
+}
+fn d_true() -> bool {
+    true
+}
+fn d_origins() -> Vec<String> {
+    vec!["*".into()]
+}
+fn d_max_conn() -> usize {
+    10_000
+}
+fn d_10k() -> usize {
+    10 * 1024
+}
+fn d_100() -> usize {
+    100
+}
+fn d_1k() -> usize {
+    1024
+}
+fn d_128() -> usize {
+    128
+}
+fn d_200() -> usize {
+    200
+}
+fn d_10() -> usize {
+    10
+}
+fn d_rate() -> u32 {
+    10
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "d_host")]
+    pub host: String,
+    #[serde(default = "d_port")]
+    pub port: u16,
+    /// Seconds advertised in `connection_established`; a client idle this long is pinged.
+    #[serde(default = "d_activity")]
+    pub activity_timeout: u64,
+    /// Seconds to wait for any frame after a server ping before closing with 4201.
+    #[serde(default = "d_pong")]
+    pub pong_timeout: u64,
+    /// Prefix before `/app/{key}` (pusher-js `wsPath`).
+    #[serde(default)]
+    pub ws_path: String,
+    /// Prefix of the HTTP fallback transports (pusher-js `httpPath`).
+    #[serde(default = "d_http_path")]
+    pub http_path: String,
+    #[serde(default = "d_req_bytes")]
+    pub max_request_bytes: usize,
+    /// Frames queued per connection before a client that can't keep up is closed with 4100.
+    #[serde(default = "d_outbound")]
+    pub outbound_queue: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: d_host(),
+            port: d_port(),
+            activity_timeout: d_activity(),
+            pong_timeout: d_pong(),
+            ws_path: String::new(),
+            http_path: d_http_path(),
+            max_request_bytes: d_req_bytes(),
+            outbound_queue: d_outbound(),
+        }
+    }
+}
+
+/// One `[[apps]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    #[serde(default = "d_true")]
+    pub client_events: bool,
+    #[serde(default = "d_true")]
+    pub user_authentication: bool,
+    #[serde(default)]
+    pub subscription_count: bool,
+    #[serde(default = "d_true")]
+    pub watchlist: bool,
+    #[serde(default = "d_origins")]
+    pub allowed_origins: Vec<String>,
+    #[serde(default = "d_max_conn")]
+    pub max_connections: usize,
+    #[serde(default = "d_10k")]
+    pub max_message_bytes: usize,
+    #[serde(default = "d_100")]
+    pub max_channels_per_connection: usize,
+    #[serde(default = "d_100")]
+    pub max_presence_members: usize,
+    #[serde(default = "d_1k")]
+    pub max_presence_user_info_bytes: usize,
+    #[serde(default = "d_128")]
+    pub max_presence_user_id_length: usize,
+    #[serde(default = "d_10k")]
+    pub max_event_data_bytes: usize,
+    #[serde(default = "d_100")]
+    pub max_channels_per_event: usize,
+    #[serde(default = "d_10")]
+    pub max_batch_events: usize,
+    #[serde(default = "d_200")]
+    pub max_event_name_length: usize,
+    #[serde(default = "d_200")]
+    pub max_channel_name_length: usize,
+    #[serde(default = "d_rate")]
+    pub client_event_rate: u32,
+    /// Webhook URL for this app (all kinds); see `PUSHBOX_WEBHOOK_URL` for the env-defined app.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+}
+
+impl AppConfig {
+    /// An app with every default, as defined by the environment or `--dev`.
+    pub fn with_defaults(id: &str, key: &str, secret: &str) -> AppConfig {
+        let toml = format!(
+            "id = {}\nkey = {}\nsecret = {}\n",
+            crate::protocol::json_str(id),
+            crate::protocol::json_str(key),
+            crate::protocol::json_str(secret)
+        );
+        // The defaults above are total: this parse of our own three string fields cannot fail,
+        // but fall back to a minimal literal rather than unwrap.
+        toml::from_str(&toml).unwrap_or_else(|_| AppConfig {
+            id: id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            enabled: true,
+            client_events: true,
+            user_authentication: true,
+            subscription_count: false,
+            watchlist: true,
+            allowed_origins: d_origins(),
+            max_connections: d_max_conn(),
+            max_message_bytes: d_10k(),
+            max_channels_per_connection: d_100(),
+            max_presence_members: d_100(),
+            max_presence_user_info_bytes: d_1k(),
+            max_presence_user_id_length: d_128(),
+            max_event_data_bytes: d_10k(),
+            max_channels_per_event: d_100(),
+            max_batch_events: d_10(),
+            max_event_name_length: d_200(),
+            max_channel_name_length: d_200(),
+            client_event_rate: d_rate(),
+            webhook_url: None,
+        })
+    }
+
+    /// True when a WebSocket `Origin` header is allowed (absent Origin: non-browser, allowed).
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else { return true };
+        self.allowed_origins.iter().any(|o| {
+            o == "*" || o.eq_ignore_ascii_case(origin) || {
+                // "shop.example" matches any scheme and port on that host.
+                let host = origin.split("://").nth(1).unwrap_or(origin);
+                let host = host.split(':').next().unwrap_or(host);
+                o.eq_ignore_ascii_case(host)
+            }
+        })
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    apps: Vec<AppConfig>,
+}
+
+/// The whole, validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub server: ServerConfig,
+    pub apps: Vec<AppConfig>,
+    /// Where the configuration came from, for messages.
+    pub source: String,
+}
+
+/// Environment lookup, so tests can pass their own.
+pub trait Env {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment, overlaid on an optional `.env` file.
+pub struct ProcessEnv {
+    pub file: HashMap<String, String>,
+}
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name)
+            .ok()
+            .or_else(|| self.file.get(name).cloned())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned().filter(|v| !v.is_empty())
+    }
+}
+
+/// Loads the configuration: the file at `path` (missing is fine when it is the default path),
+/// then the environment on top.
+pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
+    let (path, explicit) = match path {
+        Some(p) => (p.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    let file: FileConfig = match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            error: e.to_string(),
+        })?,
+        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => FileConfig::default(),
+        Err(e) => {
+            return Err(ConfigError::Read {
+                path: path.clone(),
+                error: e.to_string(),
+            })
+        }
+    };
+    let source = path.display().to_string();
+    let mut config = Config {
+        state_dir: file.state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+        server: file.server,
+        apps: file.apps,
+        source: source.clone(),
+    };
+    apply_env(&mut config, env)?;
+    if config.apps.is_empty() {
+        return Err(ConfigError::NoApps { path });
+    }
+    validate(&config)?;
+    Ok(config)
+}
+
+fn env_first(env: &dyn Env, names: &[&str]) -> Option<(String, String)> {
+    names
+        .iter()
+        .find_map(|n| env.get(n).map(|v| ((*n).to_owned(), v)))
+}
+
+fn apply_env(config: &mut Config, env: &dyn Env) -> Result<(), ConfigError> {
+    if let Some(dir) = env.get("PUSHBOX_STATE_DIR") {
+        config.state_dir = PathBuf::from(dir);
+    }
+    if let Some(host) = env.get("REVERB_SERVER_HOST") {
+        config.server.host = host;
+    }
+    if let Some(port) = env.get("REVERB_SERVER_PORT") {
+        config.server.port = port.trim().parse().map_err(|_| ConfigError::Env {
+            var: "REVERB_SERVER_PORT".into(),
+            message: format!("{port:?} is not a port number (1-65535)"),
+        })?;
+    }
+    let id = env_first(env, &["REVERB_APP_ID", "PUSHER_APP_ID"]);
+    let key = env_first(env, &["REVERB_APP_KEY", "PUSHER_APP_KEY"]);
+    let secret = env_first(env, &["REVERB_APP_SECRET", "PUSHER_APP_SECRET"]);
+    match (id, key, secret) {
+        (None, None, None) => {}
+        (Some((_, id)), Some((_, key)), Some((_, secret))) => {
+            let mut app = AppConfig::with_defaults(&id, &key, &secret);
+            app.webhook_url = env.get("PUSHBOX_WEBHOOK_URL");
+            // The env-defined app replaces a file app with the same id.
+            config.apps.retain(|a| a.id != app.id);
+            config.apps.push(app);
+        }
+        (id, key, secret) => {
+            let missing: Vec<&str> = [
+                (id.is_none(), "REVERB_APP_ID"),
+                (key.is_none(), "REVERB_APP_KEY"),
+                (secret.is_none(), "REVERB_APP_SECRET"),
+            ]
+            .iter()
+            .filter(|(m, _)| *m)
+            .map(|(_, n)| *n)
+            .collect();
+            return Err(ConfigError::Env {
+                var: missing.join(", "),
+                message: "not set: an app from the environment needs REVERB_APP_ID, REVERB_APP_KEY and REVERB_APP_SECRET (or the PUSHER_APP_* names); run `pushbox keygen` for new values".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn validate(config: &Config) -> Result<(), ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        source: config.source.clone(),
+        message,
+    };
+    let s = &config.server;
+    if s.activity_timeout == 0 {
+        return Err(invalid("server.activity_timeout must be at least 1 second (pusher-js refuses a zero activity_timeout)".into()));
+    }
+    if s.pong_timeout == 0 {
+        return Err(invalid("server.pong_timeout must be at least 1 second".into()));
+    }
+    if s.outbound_queue < 8 {
+        return Err(invalid("server.outbound_queue must be at least 8 frames".into()));
+    }
+    for (name, p) in [("server.ws_path", &s.ws_path), ("server.http_path", &s.http_path)] {
+        if !p.is_empty() && (!p.starts_with('/') || p.ends_with('/')) {
+            return Err(invalid(format!("{name} = {p:?}: use a path like \"/ws\" (leading slash, no trailing slash) or \"\"")));
+        }
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut keys = std::collections::HashSet::new();
+    for app in &config.apps {
+        let what = format!("app {:?}", app.id);
+        if app.id.is_empty() || app.key.is_empty() || app.secret.is_empty() {
+            return Err(invalid(format!("{what}: id, key and secret must all be non-empty (run `pushbox keygen`)")));
+        }
+        if app.id.contains('/') || app.key.contains('/') {
+            return Err(invalid(format!("{what}: id and key must not contain '/'")));
+        }
+        if !ids.insert(app.id.as_str()) {
+            return Err(invalid(format!("{what}: two apps have this id; ids must be unique")));
+        }
+        if !keys.insert(app.key.as_str()) {
+            return Err(invalid(format!("{what}: its key {:?} is used by another app; keys must be unique", app.key)));
+        }
+        if app.max_message_bytes < 256 {
+            return Err(invalid(format!("{what}: max_message_bytes must be at least 256")));
+        }
+        if app.client_event_rate == 0 {
+            return Err(invalid(format!("{what}: client_event_rate must be at least 1 (use client_events = false to turn them off)")));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a Laravel `.env` file: `KEY=value`, `export KEY=value`, quotes, `#` comments, and
+/// `${VAR}` references to earlier keys or the process environment.
+pub fn parse_env_file(text: &str) -> HashMap<String, String> {
+    let mut vars: HashMap<String, String> = HashMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((k, v)) = line.split_once('=') else { continue };
+        let k = k.trim();
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let v = v.trim();
+        let (value, expand) = if let Some(inner) = v.strip_prefix('"').and_then(|r| r.rfind('"').map(|i| &r[..i])) {
+            (inner.replace("\\n", "\n").replace("\\\"", "\""), true)
+        } else if let Some(inner) = v.strip_prefix('\'').and_then(|r| r.rfind('\'').map(|i| &r[..i])) {
+            (inner.to_owned(), false)
+        } else {
+            let unquoted = match v.find(" #") {
+                Some(i) => v[..i].trim_end(),
+                None => v,
+            };
+            (unquoted.to_owned(), true)
+        };
+        let value = if expand { expand_refs(&value, &vars) } else { value };
+        vars.insert(k.to_owned(), value);
+    }
+    vars
+}
+
+fn expand_refs(value: &str, vars: &HashMap<String, String>) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                let name = &after[..end];
+                let v = vars.get(name).cloned().or_else(|| std::env::var(name).ok()).unwrap_or_default();
+                out.push_str(&v);
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("pushbox.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pushbox-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn laravel_env_defines_an_app() {
+        let e = env(&[
+            ("REVERB_APP_ID", "1"),
+            ("REVERB_APP_KEY", "k"),
+            ("REVERB_APP_SECRET", "s"),
+            ("REVERB_SERVER_PORT", "8090"),
+            ("PUSHBOX_STATE_DIR", "/tmp/x"),
+        ]);
+        let c = load(Some(Path::new("/nonexistent/pushbox.toml")), &e);
+        assert!(matches!(c, Err(ConfigError::Read { .. })), "explicit missing file is an error");
+        let c = load(None, &e).unwrap();
+        assert_eq!(c.apps.len(), 1);
+        assert_eq!(c.apps[0].key, "k");
+        assert!(c.apps[0].client_events && c.apps[0].user_authentication);
+        assert_eq!(c.server.port, 8090);
+        assert_eq!(c.server.host, "0.0.0.0");
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn pusher_aliases_and_partial_env() {
+        let e = env(&[("PUSHER_APP_ID", "1"), ("PUSHER_APP_KEY", "k"), ("PUSHER_APP_SECRET", "s")]);
+        assert_eq!(load(None, &e).unwrap().apps[0].id, "1");
+        let e = env(&[("REVERB_APP_ID", "1")]);
+        let err = load(None, &e).unwrap_err().to_string();
+        assert!(err.contains("REVERB_APP_KEY") && err.contains("REVERB_APP_SECRET"), "{err}");
+        let e = env(&[("REVERB_APP_ID", "1"), ("REVERB_APP_KEY", "k"), ("REVERB_APP_SECRET", "s"), ("REVERB_SERVER_PORT", "http")]);
+        assert!(load(None, &e).unwrap_err().to_string().contains("REVERB_SERVER_PORT"));
+        let err = load(None, &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("no app configured"), "{err}");
+    }
+
+    #[test]
+    fn toml_file_with_several_apps() {
+        let d = tmpdir("apps");
+        let p = write(&d, "state_dir = \"/srv/pb\"\n[server]\nport = 6001\nactivity_timeout = 120\n[[apps]]\nid = \"a\"\nkey = \"ka\"\nsecret = \"sa\"\nclient_events = false\nmax_presence_members = 2\n[[apps]]\nid = \"b\"\nkey = \"kb\"\nsecret = \"sb\"\nallowed_origins = [\"https://shop.example\"]\n");
+        let c = load(Some(&p), &env(&[])).unwrap();
+        assert_eq!(c.apps.len(), 2);
+        assert!(!c.apps[0].client_events);
+        assert_eq!(c.apps[0].max_presence_members, 2);
+        assert_eq!(c.server.port, 6001);
+        assert_eq!(c.state_dir, PathBuf::from("/srv/pb"));
+        assert!(c.apps[1].origin_allowed(Some("https://shop.example")));
+        assert!(!c.apps[1].origin_allowed(Some("https://evil.example")));
+        assert!(c.apps[1].origin_allowed(None));
+        assert!(c.apps[0].origin_allowed(Some("http://anything")));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let d = tmpdir("errors");
+        let p = write(&d, "[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\nclient_event = true\n");
+        let err = load(Some(&p), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("pushbox.toml") && err.contains("client_event"), "{err}");
+        let p = write(&d, "[server\n");
+        let err = load(Some(&p), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("pushbox.toml"), "{err}");
+        assert!(!err.contains('\n'));
+        let p = write(&d, "[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n[[apps]]\nid = \"b\"\nkey = \"k\"\nsecret = \"s\"\n");
+        assert!(load(Some(&p), &env(&[])).unwrap_err().to_string().contains("unique"));
+        let p = write(&d, "[server]\nactivity_timeout = 0\n[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n");
+        assert!(load(Some(&p), &env(&[])).unwrap_err().to_string().contains("activity_timeout"));
+        let p = write(&d, "[[apps]]\nid = \"a\"\nkey = \"k\"\n");
+        assert!(load(Some(&p), &env(&[])).unwrap_err().to_string().contains("secret"));
+        let p = write(&d, "[server]\nport = 70000\n");
+        assert!(load(Some(&p), &env(&[])).is_err());
+    }
+
+    #[test]
+    fn env_file_like_the_seed() {
+        let text = "APP_NAME=sellermind\n# comment\nBROADCAST_CONNECTION=reverb\nREVERB_APP_ID=123456\nREVERB_APP_KEY=\"abc\"\nREVERB_APP_SECRET='x${NOPE}'\nREVERB_HOST=\"localhost\"\nREVERB_PORT=8090 # trailing\nVITE_REVERB_APP_KEY=\"${REVERB_APP_KEY}\"\nexport VITE_REVERB_HOST=\"${REVERB_HOST}\"\nbroken line\n=x\n";
+        let v = parse_env_file(text);
+        assert_eq!(v["REVERB_APP_ID"], "123456");
+        assert_eq!(v["REVERB_APP_KEY"], "abc");
+        assert_eq!(v["REVERB_APP_SECRET"], "x${NOPE}");
+        assert_eq!(v["REVERB_PORT"], "8090");
+        assert_eq!(v["VITE_REVERB_APP_KEY"], "abc");
+        assert_eq!(v["VITE_REVERB_HOST"], "localhost");
+        assert_eq!(parse_env_file("A=${unterminated")["A"], "${unterminated");
+    }
+}

@@ -1,0 +1,501 @@
+//! The hub: per-app channel registry, presence membership (by user, not by connection),
+//! signed-in users and watchlists, the cache of cache channels, and fan-out. An event is
+//! serialised once and the same `Frame` is pushed to every subscriber's bounded `Outbox`.
+//! Occupancy, membership and client events are reported to a `HubObserver` (webhooks) after the
+//! lock is released. The hub knows nothing of transports or HTTP.
+
+mod outbox;
+
+pub use outbox::{CloseRequest, Frame, Outbox};
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use crate::config::AppConfig;
+use crate::protocol::{json_str, message, ChannelKind};
+
+/// How long a cache channel keeps its last event (Pusher: 30 minutes).
+pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// Something the hub reports for webhooks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HubEvent {
+    ChannelOccupied { channel: String },
+    ChannelVacated { channel: String },
+    MemberAdded { channel: String, user_id: String },
+    MemberRemoved { channel: String, user_id: String },
+    ClientEvent { channel: String, event: String, data: Option<String>, socket_id: String, user_id: Option<String> },
+    CacheMiss { channel: String },
+    SubscriptionCount { channel: String, count: usize },
+}
+
+/// Receives hub events (after the hub's lock is released). Must not block.
+pub trait HubObserver: Send + Sync {
+    fn on_event(&self, app: &AppConfig, event: HubEvent);
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+impl HubObserver for NoObserver {
+    fn on_event(&self, _app: &AppConfig, _event: HubEvent) {}
+}
+
+/// A presence member as given by the auth endpoint or signin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub user_id: String,
+    /// Raw JSON text of `user_info`, if any.
+    pub user_info: Option<String>,
+}
+
+/// Why a subscription was refused by the hub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubscribeError {
+    MemberLimit { max: usize },
+}
+
+struct Subscriber {
+    outbox: Arc<Outbox>,
+    user_id: Option<String>,
+}
+
+struct MemberEntry {
+    info: Option<String>,
+    sockets: usize,
+}
+
+#[derive(Default)]
+struct Channel {
+    subscribers: HashMap<u64, Subscriber>,
+    members: HashMap<String, MemberEntry>,
+}
+
+#[derive(Default)]
+struct AppState {
+    channels: HashMap<String, Channel>,
+    caches: HashMap<String, (Frame, Instant)>,
+    /// Signed-in user id → that user's connections.
+    users: HashMap<String, Vec<Arc<Outbox>>>,
+    /// Watched user id → connections watching it.
+    watchers: HashMap<String, Vec<Arc<Outbox>>>,
+}
+
+/// Counters for one app (read by metrics and the console).
+#[derive(Default)]
+pub struct AppCounters {
+    pub connections: AtomicUsize,
+    pub messages_out: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub api_events: AtomicU64,
+}
+
+/// One app's live state.
+pub struct App {
+    pub config: AppConfig,
+    state: RwLock<AppState>,
+    pub counters: AppCounters,
+    observer: Arc<dyn HubObserver>,
+}
+
+/// Occupancy of a channel, for the HTTP API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelInfo {
+    pub name: String,
+    pub subscription_count: usize,
+    /// Distinct users on presence channels.
+    pub user_count: Option<usize>,
+}
+
+impl App {
+    pub fn new(config: AppConfig, observer: Arc<dyn HubObserver>) -> App {
+        App { config, state: RwLock::new(AppState::default()), counters: AppCounters::default(), observer }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, AppState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, AppState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn emit(&self, events: Vec<HubEvent>) {
+        for e in events {
+            self.observer.on_event(&self.config, e);
+        }
+    }
+
+    /// Counts a new connection; `false` when the app is at `max_connections`.
+    pub fn try_connect(&self) -> bool {
+        let max = self.config.max_connections;
+        self.counters
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    pub fn disconnected(&self) {
+        let _ = self
+            .counters
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
+    }
+
+    fn send(&self, outbox: &Outbox, frame: Frame) {
+        if outbox.push(frame) {
+            self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Subscribes `outbox`; pushes `subscription_succeeded` (and the cached event or
+    /// `pusher:cache_miss`) to it, `member_added` to the others. Idempotent per connection.
+    pub fn subscribe(&self, outbox: &Arc<Outbox>, channel: &str, member: Option<Member>) -> Result<(), SubscribeError> {
+        let kind = ChannelKind::of(channel);
+        let mut events = Vec::new();
+        {
+            let mut st = self.write();
+            let st = &mut *st;
+            if let (Some(m), Some(ch)) = (&member, st.channels.get(channel)) {
+                let full = !ch.members.contains_key(&m.user_id) && ch.members.len() >= self.config.max_presence_members;
+                if full && !ch.subscribers.contains_key(&outbox.conn_id) {
+                    return Err(SubscribeError::MemberLimit { max: self.config.max_presence_members });
+                }
+            } else if member.is_some() && self.config.max_presence_members == 0 {
+                return Err(SubscribeError::MemberLimit { max: 0 });
+            }
+            let ch = st.channels.entry(channel.to_owned()).or_default();
+            let already = ch.subscribers.contains_key(&outbox.conn_id);
+            if !already {
+                let occupied = ch.subscribers.is_empty();
+                ch.subscribers.insert(outbox.conn_id, Subscriber { outbox: outbox.clone(), user_id: member.as_ref().map(|m| m.user_id.clone()) });
+                if occupied {
+                    events.push(HubEvent::ChannelOccupied { channel: channel.to_owned() });
+                }
+                if let Some(m) = &member {
+                    let entry = ch.members.entry(m.user_id.clone()).or_insert(MemberEntry { info: m.user_info.clone(), sockets: 0 });
+                    entry.sockets += 1;
+                    if entry.sockets == 1 {
+                        let frame = Frame::from(message::member_added(channel, &m.user_id, m.user_info.as_deref()));
+                        for s in ch.subscribers.values() {
+                            if s.user_id.as_deref() != Some(m.user_id.as_str()) {
+                                self.send(&s.outbox, frame.clone());
+                            }
+                        }
+                        events.push(HubEvent::MemberAdded { channel: channel.to_owned(), user_id: m.user_id.clone() });
+                    }
+                }
+            }
+            let data = if kind.is_presence() { presence_data(ch) } else { "{}".to_owned() };
+            self.send(outbox, Frame::from(message::subscription_succeeded(channel, &data)));
+            if !already && !kind.is_presence() {
+                self.subscription_count_changed(channel, ch, &mut events);
+            }
+            if kind.is_cache() {
+                match st.caches.get(channel) {
+                    Some((frame, at)) if at.elapsed() < CACHE_TTL => self.send(outbox, frame.clone()),
+                    _ => {
+                        self.send(outbox, Frame::from(message::cache_miss(channel)));
+                        events.push(HubEvent::CacheMiss { channel: channel.to_owned() });
+                    }
+                }
+            }
+        }
+        self.emit(events);
+        Ok(())
+    }
+
+    fn subscription_count_changed(&self, channel: &str, ch: &Channel, events: &mut Vec<HubEvent>) {
+        if !self.config.subscription_count {
+            return;
+        }
+        let count = ch.subscribers.len();
+        let frame = Frame::from(message::subscription_count(channel, count));
+        for s in ch.subscribers.values() {
+            self.send(&s.outbox, frame.clone());
+        }
+        events.push(HubEvent::SubscriptionCount { channel: channel.to_owned(), count });
+    }
+
+    /// Removes `outbox` from `channel`; unknown channels are ignored.
+    pub fn unsubscribe(&self, outbox: &Outbox, channel: &str) {
+        let mut events = Vec::new();
+        {
+            let mut st = self.write();
+            self.unsubscribe_locked(&mut st, outbox.conn_id, channel, &mut events);
+        }
+        self.emit(events);
+    }
+
+    fn unsubscribe_locked(&self, st: &mut AppState, conn_id: u64, channel: &str, events: &mut Vec<HubEvent>) {
+        let Some(ch) = st.channels.get_mut(channel) else { return };
+        let Some(sub) = ch.subscribers.remove(&conn_id) else { return };
+        if let Some(user_id) = sub.user_id {
+            let gone = match ch.members.get_mut(&user_id) {
+                Some(m) => {
+                    m.sockets -= 1;
+                    m.sockets == 0
+                }
+                None => false,
+            };
+            if gone {
+                ch.members.remove(&user_id);
+                let frame = Frame::from(message::member_removed(channel, &user_id));
+                for s in ch.subscribers.values() {
+                    self.send(&s.outbox, frame.clone());
+                }
+                events.push(HubEvent::MemberRemoved { channel: channel.to_owned(), user_id });
+            }
+        }
+        if ch.subscribers.is_empty() {
+            st.channels.remove(channel);
+            events.push(HubEvent::ChannelVacated { channel: channel.to_owned() });
+        } else if !ChannelKind::of(channel).is_presence() {
+            self.subscription_count_changed(channel, ch, events);
+        }
+    }
+
+    /// Everything a closing connection leaves: its channels, its signed-in user, its watchlist.
+    pub fn remove_connection(&self, outbox: &Outbox, channels: &[String], user_id: Option<&str>, watchlist: &[String]) {
+        let mut events = Vec::new();
+        {
+            let mut st = self.write();
+            for c in channels {
+                self.unsubscribe_locked(&mut st, outbox.conn_id, c, &mut events);
+            }
+            for w in watchlist {
+                if let Some(v) = st.watchers.get_mut(w) {
+                    v.retain(|o| o.conn_id != outbox.conn_id);
+                    if v.is_empty() {
+                        st.watchers.remove(w);
+                    }
+                }
+            }
+            if let Some(uid) = user_id {
+                let offline = match st.users.get_mut(uid) {
+                    Some(v) => {
+                        v.retain(|o| o.conn_id != outbox.conn_id);
+                        v.is_empty()
+                    }
+                    None => false,
+                };
+                if offline {
+                    st.users.remove(uid);
+                    if self.config.watchlist {
+                        if let Some(ws) = st.watchers.get(uid) {
+                            let frame = Frame::from(message::watchlist_events(&[("offline", vec![uid.to_owned()])]));
+                            for o in ws {
+                                self.send(o, frame.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.emit(events);
+    }
+
+    /// Publishes a prebuilt frame on `channel`, skipping the connection with `except` socket id.
+    /// Stores it as the cached event of a cache channel. Returns how many sockets got it.
+    pub fn publish(&self, channel: &str, frame: &Frame, except: Option<&str>) -> usize {
+        if ChannelKind::of(channel).is_cache() {
+            self.write().caches.insert(channel.to_owned(), (frame.clone(), Instant::now()));
+        }
+        let st = self.read();
+        let Some(ch) = st.channels.get(channel) else { return 0 };
+        let mut n = 0;
+        for s in ch.subscribers.values() {
+            if except.is_some_and(|e| e == s.outbox.socket_id.as_str()) {
+                continue;
+            }
+            if s.outbox.push(frame.clone()) {
+                n += 1;
+            }
+        }
+        self.counters.messages_out.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// Relays a client event to every other subscriber of `channel`.
+    pub fn client_event(&self, from: &Outbox, channel: &str, event: &str, data: Option<&str>, user_id: Option<&str>) -> usize {
+        let frame = Frame::from(message::frame(event, Some(channel), data, user_id));
+        let n = {
+            let st = self.read();
+            let Some(ch) = st.channels.get(channel) else { return 0 };
+            let mut n = 0;
+            for s in ch.subscribers.values() {
+                if s.outbox.conn_id != from.conn_id && s.outbox.push(frame.clone()) {
+                    n += 1;
+                }
+            }
+            n
+        };
+        self.counters.messages_out.fetch_add(n as u64, Ordering::Relaxed);
+        self.emit(vec![HubEvent::ClientEvent {
+            channel: channel.to_owned(),
+            event: event.to_owned(),
+            data: data.map(str::to_owned),
+            socket_id: from.socket_id.to_string(),
+            user_id: user_id.map(str::to_owned),
+        }]);
+        n
+    }
+
+    /// Registers a signed-in connection and its watchlist; sends the watchlist's online subset to
+    /// it and `online` to the user's watchers when this is the user's first connection.
+    pub fn signin(&self, outbox: &Arc<Outbox>, user_id: &str, watchlist: &[String]) {
+        let mut st = self.write();
+        let first = {
+            let v = st.users.entry(user_id.to_owned()).or_default();
+            let first = v.is_empty();
+            if !v.iter().any(|o| o.conn_id == outbox.conn_id) {
+                v.push(outbox.clone());
+            }
+            first
+        };
+        if !self.config.watchlist {
+            return;
+        }
+        if first {
+            if let Some(ws) = st.watchers.get(user_id) {
+                let frame = Frame::from(message::watchlist_events(&[("online", vec![user_id.to_owned()])]));
+                for o in ws {
+                    if o.conn_id != outbox.conn_id {
+                        self.send(o, frame.clone());
+                    }
+                }
+            }
+        }
+        if !watchlist.is_empty() {
+            for w in watchlist {
+                let v = st.watchers.entry(w.clone()).or_default();
+                if !v.iter().any(|o| o.conn_id == outbox.conn_id) {
+                    v.push(outbox.clone());
+                }
+            }
+            let online: Vec<String> = watchlist.iter().filter(|w| st.users.contains_key(*w)).cloned().collect();
+            let offline: Vec<String> = watchlist.iter().filter(|w| !st.users.contains_key(*w)).cloned().collect();
+            let mut evs = vec![("online", online)];
+            if !offline.is_empty() {
+                evs.push(("offline", offline));
+            }
+            self.send(outbox, Frame::from(message::watchlist_events(&evs)));
+        }
+    }
+
+    /// Closes every connection signed in as `user_id` with 4009; returns how many.
+    pub fn terminate_user(&self, user_id: &str) -> usize {
+        let st = self.read();
+        let Some(v) = st.users.get(user_id) else { return 0 };
+        for o in v {
+            o.close(crate::protocol::CloseCode::Unauthorized.code(), "Connection terminated by the app (terminate_connections)", true);
+        }
+        v.len()
+    }
+
+    /// Occupied channels whose name starts with `prefix`.
+    pub fn channels(&self, prefix: &str) -> Vec<ChannelInfo> {
+        let st = self.read();
+        let mut v: Vec<ChannelInfo> = st
+            .channels
+            .iter()
+            .filter(|(name, ch)| name.starts_with(prefix) && !ch.subscribers.is_empty())
+            .map(|(name, ch)| info_of(name, ch))
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn channel(&self, name: &str) -> Option<ChannelInfo> {
+        self.read().channels.get(name).map(|ch| info_of(name, ch))
+    }
+
+    /// Distinct user ids on a presence channel.
+    pub fn users(&self, channel: &str) -> Vec<String> {
+        let st = self.read();
+        let mut v: Vec<String> = st.channels.get(channel).map(|ch| ch.members.keys().cloned().collect()).unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// The cached event of a cache channel with its remaining TTL.
+    pub fn cached(&self, channel: &str) -> Option<(Frame, Duration)> {
+        let st = self.read();
+        let (f, at) = st.caches.get(channel)?;
+        let age = at.elapsed();
+        (age < CACHE_TTL).then(|| (f.clone(), CACHE_TTL - age))
+    }
+
+    /// Total subscriptions over all channels (for metrics).
+    pub fn subscription_total(&self) -> (usize, usize) {
+        let st = self.read();
+        (st.channels.len(), st.channels.values().map(|c| c.subscribers.len()).sum())
+    }
+
+    /// Drops cache entries older than the TTL (called periodically).
+    pub fn expire_caches(&self) {
+        self.write().caches.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+    }
+}
+
+fn info_of(name: &str, ch: &Channel) -> ChannelInfo {
+    ChannelInfo {
+        name: name.to_owned(),
+        subscription_count: ch.subscribers.len(),
+        user_count: ChannelKind::of(name).is_presence().then_some(ch.members.len()),
+    }
+}
+
+fn presence_data(ch: &Channel) -> String {
+    let mut ids: Vec<&String> = ch.members.keys().collect();
+    ids.sort();
+    let id_list: Vec<String> = ids.iter().map(|i| json_str(i)).collect();
+    let hash: Vec<String> = ids
+        .iter()
+        .map(|i| format!("{}:{}", json_str(i), ch.members.get(*i).and_then(|m| m.info.as_deref()).unwrap_or("null")))
+        .collect();
+    format!(
+        "{{\"presence\":{{\"ids\":[{}],\"hash\":{{{}}},\"count\":{}}}}}",
+        id_list.join(","),
+        hash.join(","),
+        ids.len()
+    )
+}
+
+/// All apps, by id and by key.
+pub struct Hub {
+    apps: Vec<Arc<App>>,
+    by_id: HashMap<String, Arc<App>>,
+    by_key: HashMap<String, Arc<App>>,
+    next_conn: AtomicU64,
+}
+
+impl Hub {
+    pub fn new(apps: Vec<AppConfig>, observer: Arc<dyn HubObserver>) -> Hub {
+        let apps: Vec<Arc<App>> = apps.into_iter().map(|a| Arc::new(App::new(a, observer.clone()))).collect();
+        let by_id = apps.iter().map(|a| (a.config.id.clone(), a.clone())).collect();
+        let by_key = apps.iter().map(|a| (a.config.key.clone(), a.clone())).collect();
+        Hub { apps, by_id, by_key, next_conn: AtomicU64::new(1) }
+    }
+
+    pub fn app_by_id(&self, id: &str) -> Option<&Arc<App>> {
+        self.by_id.get(id)
+    }
+
+    pub fn app_by_key(&self, key: &str) -> Option<&Arc<App>> {
+        self.by_key.get(key)
+    }
+
+    pub fn apps(&self) -> &[Arc<App>] {
+        &self.apps
+    }
+
+    /// A process-unique connection number.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests;
