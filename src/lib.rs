@@ -2,3 +2,4 @@
 pub mod config;
 pub mod hub;
 pub mod protocol;
+pub mod session;
