@@ -1,4 +1,5 @@
 //! pushbox: a Pusher-compatible real-time server appliance.
+pub mod api;
 pub mod config;
 pub mod hub;
 pub mod protocol;

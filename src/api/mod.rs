@@ -1,0 +1,335 @@
+//! The signed HTTP API (`/apps/{id}/…`, PUSHER.md §7): trigger, batch trigger, channel queries,
+//! presence users and terminate connections. Every request is signature-checked before
+//! anything else; answers are `200` with a JSON object, or the status the SDKs understand with
+//! `{"error": "…"}`. It works on plain request parts, not on an HTTP library's types.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+
+use crate::hub::{App, Frame, Hub};
+use crate::protocol::{channel, message, signing, ChannelKind, SocketId};
+
+/// The parts of an HTTP request the API needs.
+pub struct ApiRequest<'a> {
+    pub method: &'a str,
+    /// The raw request path (not decoded), e.g. `/apps/1/events`.
+    pub path: &'a str,
+    /// The raw query string (without `?`).
+    pub query: &'a str,
+    pub body: &'a [u8],
+}
+
+/// An answer: status and JSON body.
+#[derive(Debug)]
+pub struct ApiResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+impl ApiResponse {
+    fn ok(v: Value) -> ApiResponse {
+        ApiResponse { status: 200, body: v.to_string() }
+    }
+
+    pub fn error(status: u16, msg: impl Into<String>) -> ApiResponse {
+        ApiResponse { status, body: json!({ "error": msg.into() }).to_string() }
+    }
+}
+
+/// An accepted event, as handed to the event log.
+#[derive(Clone, Debug)]
+pub struct AcceptedEvent {
+    pub app_id: String,
+    pub name: String,
+    pub channels: Vec<String>,
+    pub data: String,
+    pub socket_id: Option<String>,
+    /// Sockets reached, per channel (same order as `channels`).
+    pub delivered: Vec<usize>,
+}
+
+/// Where accepted events go before the API answers (the spool's event log).
+pub trait EventLog: Send + Sync {
+    /// Refuses new events up front (a full disk) so nothing is delivered that can't be kept.
+    fn check_capacity(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Records the events; the API answers 200 only after this returns `Ok`.
+    fn append(&self, events: Vec<AcceptedEvent>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+pub struct Api {
+    hub: Arc<Hub>,
+    log: Option<Arc<dyn EventLog>>,
+    /// A path prefix a reverse proxy adds that the SDK did not sign (stripped before routing).
+    pub strip_prefix: String,
+}
+
+#[derive(Deserialize)]
+struct EventBody<'a> {
+    name: Option<String>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    channels: Option<Vec<String>>,
+    channel: Option<String>,
+    socket_id: Option<String>,
+    info: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    batch: Option<Vec<EventBody<'a>>>,
+}
+
+/// A validated event ready to publish.
+struct Validated {
+    name: String,
+    channels: Vec<String>,
+    data: String,
+    socket_id: Option<String>,
+    info: Vec<String>,
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Api {
+    pub fn new(hub: Arc<Hub>, log: Option<Arc<dyn EventLog>>) -> Api {
+        Api { hub, log, strip_prefix: String::new() }
+    }
+
+    /// Handles one request under `/apps/`.
+    pub async fn handle(&self, req: ApiRequest<'_>) -> ApiResponse {
+        let path = req.path.strip_prefix(self.strip_prefix.as_str()).unwrap_or(req.path);
+        let Some(rest) = path.strip_prefix("/apps/") else {
+            return ApiResponse::error(404, "Not found: HTTP API paths start with /apps/{app_id}/");
+        };
+        let (app_id, route) = rest.split_once('/').unwrap_or((rest, ""));
+        let Some(app) = self.hub.app_by_id(app_id).cloned() else {
+            return ApiResponse::error(404, format!("Unknown app id {app_id:?}: check PUSHER_APP_ID / REVERB_APP_ID"));
+        };
+        let signed = signing::SignedRequest { method: req.method, path, query: req.query, body: req.body };
+        if let Err(e) = signing::verify(&signed, &app.config.key, &app.config.secret, now_secs()) {
+            return ApiResponse::error(401, e.to_string());
+        }
+        if !app.config.enabled {
+            return ApiResponse::error(403, "Application disabled");
+        }
+        let params: Vec<(String, String)> = form_urlencoded::parse(req.query.as_bytes()).into_owned().collect();
+        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let segments: Vec<&str> = route.split('/').collect();
+        match (req.method, segments.as_slice()) {
+            ("POST", ["events"]) => self.trigger(&app, req.body).await,
+            ("POST", ["batch_events"]) => self.batch(&app, req.body).await,
+            ("GET", ["channels"]) => channels(&app, param("filter_by_prefix").unwrap_or(""), param("info").unwrap_or("")),
+            ("GET", ["channels", name]) => channel_info(&app, &signing::percent_decode(name), param("info").unwrap_or("")),
+            ("GET", ["channels", name, "users"]) => users(&app, &signing::percent_decode(name)),
+            ("POST", ["users", user, "terminate_connections"]) => {
+                app.terminate_user(&signing::percent_decode(user));
+                ApiResponse::ok(json!({}))
+            }
+            ("GET", ["connections"]) => ApiResponse::ok(json!({ "connections": app.counters.connections.load(std::sync::atomic::Ordering::Relaxed) })),
+            (_, ["events"] | ["batch_events"] | ["channels", ..] | ["users", _, "terminate_connections"] | ["connections"]) => {
+                ApiResponse::error(405, format!("Method {} not allowed on {path}", req.method))
+            }
+            _ => ApiResponse::error(404, format!("Not found: {path} is not an HTTP API endpoint")),
+        }
+    }
+
+    async fn trigger(&self, app: &Arc<App>, body: &[u8]) -> ApiResponse {
+        let parsed: EventBody<'_> = match serde_json::from_slice(body) {
+            Ok(b) => b,
+            Err(e) => return ApiResponse::error(400, format!("Invalid JSON body: {e}")),
+        };
+        let v = match validate(app, parsed) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let info = v.info.clone();
+        let channels = v.channels.clone();
+        if let Err(r) = self.publish(app, vec![v]).await {
+            return r;
+        }
+        if info.is_empty() {
+            return ApiResponse::ok(json!({}));
+        }
+        let mut out = Map::new();
+        for c in &channels {
+            out.insert(c.clone(), Value::Object(info_attrs(app, c, &info)));
+        }
+        ApiResponse::ok(json!({ "channels": out }))
+    }
+
+    async fn batch(&self, app: &Arc<App>, body: &[u8]) -> ApiResponse {
+        let parsed: BatchBody<'_> = match serde_json::from_slice(body) {
+            Ok(b) => b,
+            Err(e) => return ApiResponse::error(400, format!("Invalid JSON body: {e}")),
+        };
+        let Some(batch) = parsed.batch else {
+            return ApiResponse::error(400, "Missing \"batch\": expected {\"batch\":[{\"channel\":…,\"name\":…,\"data\":…}]}");
+        };
+        let max = app.config.max_batch_events;
+        if batch.len() > max {
+            return ApiResponse::error(400, format!("Batch too large: {} events, the limit is {max}", batch.len()));
+        }
+        let mut items = Vec::with_capacity(batch.len());
+        for (i, b) in batch.into_iter().enumerate() {
+            match validate(app, b) {
+                Ok(v) => items.push(v),
+                Err(mut r) => {
+                    r.body = json!({ "error": format!("batch[{i}]: {}", serde_json::from_str::<Value>(&r.body).ok().and_then(|v| v["error"].as_str().map(str::to_owned)).unwrap_or_default()) }).to_string();
+                    return r;
+                }
+            }
+        }
+        let infos: Vec<(Vec<String>, Vec<String>)> = items.iter().map(|v| (v.channels.clone(), v.info.clone())).collect();
+        if let Err(r) = self.publish(app, items).await {
+            return r;
+        }
+        if infos.iter().all(|(_, i)| i.is_empty()) {
+            return ApiResponse::ok(json!({}));
+        }
+        let batch: Vec<Value> = infos.iter().map(|(chs, info)| Value::Object(chs.first().map(|c| info_attrs(app, c, info)).unwrap_or_default())).collect();
+        ApiResponse::ok(json!({ "batch": batch }))
+    }
+
+    /// Delivers validated events, then records them in the event log before the answer.
+    async fn publish(&self, app: &Arc<App>, items: Vec<Validated>) -> Result<(), ApiResponse> {
+        if let Some(log) = &self.log {
+            log.check_capacity().map_err(|e| ApiResponse::error(503, e))?;
+        }
+        let mut accepted = Vec::with_capacity(items.len());
+        for v in items {
+            let mut delivered = Vec::with_capacity(v.channels.len());
+            for c in &v.channels {
+                let frame = Frame::from(message::frame(&v.name, Some(c), Some(&v.data), None));
+                delivered.push(app.publish(c, &frame, v.socket_id.as_deref()));
+            }
+            app.counters.api_events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            accepted.push(AcceptedEvent { app_id: app.config.id.clone(), name: v.name, channels: v.channels, data: v.data, socket_id: v.socket_id, delivered });
+        }
+        if let Some(log) = &self.log {
+            log.append(accepted).await.map_err(|e| ApiResponse::error(503, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn validate(app: &App, b: EventBody<'_>) -> Result<Validated, ApiResponse> {
+    let cfg = &app.config;
+    let name = b.name.filter(|n| !n.is_empty()).ok_or_else(|| ApiResponse::error(400, "Missing event \"name\""))?;
+    if name.len() > cfg.max_event_name_length {
+        return Err(ApiResponse::error(400, format!("Event name too long: {} characters, the limit is {}", name.len(), cfg.max_event_name_length)));
+    }
+    let raw = b.data.ok_or_else(|| ApiResponse::error(400, "Missing \"data\" (a string, usually JSON-encoded)"))?;
+    let data = if raw.get().starts_with('"') {
+        serde_json::from_str::<String>(raw.get()).map_err(|e| ApiResponse::error(400, format!("Invalid \"data\": {e}")))?
+    } else {
+        raw.get().to_owned()
+    };
+    if data.len() > cfg.max_event_data_bytes {
+        return Err(ApiResponse::error(413, format!("Event data too large: {} bytes, the limit is {} (max_event_data_bytes)", data.len(), cfg.max_event_data_bytes)));
+    }
+    let channels = match (b.channels, b.channel) {
+        (Some(c), _) if !c.is_empty() => c,
+        (_, Some(c)) => vec![c],
+        _ => return Err(ApiResponse::error(400, "Missing \"channels\" (an array) or \"channel\" (a string)")),
+    };
+    if channels.len() > cfg.max_channels_per_event {
+        return Err(ApiResponse::error(400, format!("Too many channels: {}, the limit is {} per event", channels.len(), cfg.max_channels_per_event)));
+    }
+    for c in &channels {
+        if let Err(e) = channel::validate(c, cfg.max_channel_name_length) {
+            return Err(ApiResponse::error(400, format!("Invalid channel {c:?}: {e}")));
+        }
+    }
+    let socket_id = match b.socket_id.filter(|s| !s.is_empty()) {
+        Some(s) => Some(SocketId::parse(&s).map(|_| s.clone()).ok_or_else(|| ApiResponse::error(400, format!("Invalid socket_id {s:?}: expected digits.digits")))?),
+        None => None,
+    };
+    let info: Vec<String> = b.info.unwrap_or_default().split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+    Ok(Validated { name, channels, data, socket_id, info })
+}
+
+fn info_attrs(app: &App, channel: &str, info: &[String]) -> Map<String, Value> {
+    let ci = app.channel(channel);
+    let mut m = Map::new();
+    if info.iter().any(|i| i == "subscription_count") {
+        m.insert("subscription_count".into(), json!(ci.as_ref().map_or(0, |c| c.subscription_count)));
+    }
+    if info.iter().any(|i| i == "user_count") && ChannelKind::of(channel).is_presence() {
+        m.insert("user_count".into(), json!(ci.as_ref().and_then(|c| c.user_count).unwrap_or(0)));
+    }
+    m
+}
+
+fn info_list(info: &str) -> Vec<&str> {
+    info.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+}
+
+fn channels(app: &App, prefix: &str, info: &str) -> ApiResponse {
+    let info = info_list(info);
+    if info.contains(&"user_count") && !prefix.starts_with("presence-") {
+        return ApiResponse::error(400, "info=user_count is only available with filter_by_prefix=presence-");
+    }
+    let mut out = Map::new();
+    for c in app.channels(prefix) {
+        let mut m = Map::new();
+        if info.contains(&"user_count") {
+            if let Some(u) = c.user_count {
+                m.insert("user_count".into(), json!(u));
+            }
+        }
+        if info.contains(&"subscription_count") {
+            m.insert("subscription_count".into(), json!(c.subscription_count));
+        }
+        out.insert(c.name, Value::Object(m));
+    }
+    ApiResponse::ok(json!({ "channels": out }))
+}
+
+fn channel_info(app: &App, name: &str, info: &str) -> ApiResponse {
+    if let Err(e) = channel::validate(name, app.config.max_channel_name_length) {
+        return ApiResponse::error(400, format!("Invalid channel name: {e}"));
+    }
+    let info = info_list(info);
+    let presence = ChannelKind::of(name).is_presence();
+    if info.contains(&"user_count") && !presence {
+        return ApiResponse::error(400, "info=user_count is only available for presence channels");
+    }
+    let ci = app.channel(name);
+    let mut m = Map::new();
+    m.insert("occupied".into(), json!(ci.is_some()));
+    if info.contains(&"user_count") {
+        m.insert("user_count".into(), json!(ci.as_ref().and_then(|c| c.user_count).unwrap_or(0)));
+    }
+    if info.contains(&"subscription_count") {
+        m.insert("subscription_count".into(), json!(ci.as_ref().map_or(0, |c| c.subscription_count)));
+    }
+    if info.contains(&"cache") && ChannelKind::of(name).is_cache() {
+        if let Some((frame, ttl)) = app.cached(name) {
+            let event: Value = serde_json::from_str(frame.as_str()).unwrap_or(Value::Null);
+            m.insert("cache".into(), json!({ "event": event["event"], "data": event["data"], "ttl": ttl.as_secs() }));
+        }
+    }
+    ApiResponse::ok(Value::Object(m))
+}
+
+fn users(app: &App, name: &str) -> ApiResponse {
+    if !ChannelKind::of(name).is_presence() {
+        return ApiResponse::error(400, format!("{name} is not a presence channel: users are only listed for presence-… channels"));
+    }
+    let users: Vec<Value> = app.users(name).into_iter().map(|id| json!({ "id": id })).collect();
+    ApiResponse::ok(json!({ "users": users }))
+}
+
+#[cfg(test)]
+mod tests;
