@@ -1,0 +1,644 @@
+//! Spool tests: real files in temp dirs, real fsync.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::format::{self, Decoded, SEGMENT_HEADER_LEN};
+use super::*;
+
+fn opts(segment_bytes: u64) -> SpoolOptions {
+    SpoolOptions {
+        segment_bytes,
+        ..SpoolOptions::default()
+    }
+}
+
+fn open(dir: &Path, o: SpoolOptions) -> (Spool, RecoveryReport) {
+    Spool::open(dir, o).expect("open spool")
+}
+
+fn seg_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    format!("record-{i}-{}", "x".repeat((i % 13) as usize)).into_bytes()
+}
+
+fn all(s: &Spool) -> Vec<Record> {
+    s.read_from(1, usize::MAX).unwrap()
+}
+
+/// End offsets of the valid records in a segment file's bytes.
+fn record_ends(data: &[u8]) -> Vec<usize> {
+    let mut off = SEGMENT_HEADER_LEN as usize;
+    let mut ends = Vec::new();
+    while let Decoded::Record { total, .. } = format::decode(&data[off..]) {
+        off += total;
+        ends.push(off);
+    }
+    ends
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap().flatten() {
+        fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn round_trip_across_segment_rolls_and_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    {
+        let (s, report) = open(&dir, opts(256));
+        assert!(report.created && report.is_clean(), "{report}");
+        for i in 1..=100 {
+            assert_eq!(s.append_blocking(payload(i)).unwrap(), i);
+        }
+        let recs = all(&s);
+        assert_eq!(recs.len(), 100);
+        for (i, r) in recs.iter().enumerate() {
+            assert_eq!(r.seq, i as u64 + 1);
+            assert_eq!(r.payload, payload(r.seq));
+            assert!(r.timestamp_ms > 1_600_000_000_000);
+        }
+        let mid: Vec<u64> = s.read_from(37, 10).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(mid, (37..47).collect::<Vec<_>>());
+        assert!(s.read_from(101, 10).unwrap().is_empty());
+        let st = s.stats();
+        assert!(st.segments > 5, "{st:?}");
+        assert_eq!((st.first_seq, st.last_seq, st.appends), (Some(1), 100, 100));
+        assert_eq!(st.segments, seg_files(&dir).len());
+        let on_disk: u64 = seg_files(&dir)
+            .iter()
+            .map(|p| fs::metadata(p).unwrap().len())
+            .sum();
+        assert_eq!(st.total_bytes, on_disk);
+    }
+    let (s, report) = open(&dir, opts(256));
+    assert!(report.is_clean() && !report.created, "{report}");
+    assert_eq!(report.records, 100);
+    assert_eq!(s.last_seq(), 100);
+    assert_eq!(s.append_blocking(b"after".to_vec()).unwrap(), 101);
+    assert_eq!(all(&s).len(), 101);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_shares_fsyncs_between_concurrent_appenders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tasks, per_task) = (64u64, 50u64);
+    let (s, _) = Spool::open(tmp.path(), opts(64 * 1024)).unwrap();
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..per_task {
+                let seq = s.append(format!("{t}:{i}").into_bytes()).await.unwrap();
+                seqs.push((seq, t, i));
+            }
+            seqs
+        }));
+    }
+    let mut seen = Vec::new();
+    for h in handles {
+        seen.extend(h.await.unwrap());
+    }
+    let n = tasks * per_task;
+    let unique: HashSet<u64> = seen.iter().map(|x| x.0).collect();
+    assert_eq!(unique.len() as u64, n);
+    assert_eq!(unique, (1..=n).collect());
+    let st = s.stats();
+    assert_eq!(st.appends, n);
+    assert!(st.fsyncs >= 1 && st.fsyncs <= st.commits, "{st:?}");
+    assert!(
+        st.fsyncs * 4 < n,
+        "group commit did not batch: {} fsyncs for {n} appends",
+        st.fsyncs
+    );
+    eprintln!(
+        "group commit: {n} appends, {} commits, {} fsyncs",
+        st.commits, st.fsyncs
+    );
+    drop(s);
+    let (s, report) = Spool::open(tmp.path(), opts(64 * 1024)).unwrap();
+    assert!(report.is_clean(), "{report}");
+    let recs = s.read_from(1, usize::MAX).unwrap();
+    assert_eq!(recs.len() as u64, n);
+    for (seq, t, i) in seen {
+        assert_eq!(
+            recs[(seq - 1) as usize].payload,
+            format!("{t}:{i}").into_bytes()
+        );
+    }
+}
+
+#[test]
+fn memory_durability_does_not_fsync_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = SpoolOptions {
+        durability: Durability::Memory,
+        ..opts(4096)
+    };
+    {
+        let (s, _) = open(tmp.path(), o.clone());
+        for i in 1..=20 {
+            s.append_blocking(payload(i)).unwrap();
+        }
+        assert_eq!(s.stats().fsyncs, 0);
+    }
+    let (s, report) = open(tmp.path(), o);
+    assert!(report.is_clean());
+    assert_eq!(all(&s).len(), 20);
+}
+
+#[test]
+fn oversize_record_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, _) = open(tmp.path(), opts(1024));
+    let err = s
+        .append_blocking(vec![0u8; MAX_RECORD_BYTES + 1])
+        .unwrap_err();
+    assert!(matches!(err, SpoolError::RecordTooLarge { .. }), "{err}");
+    // A record bigger than a segment gets a segment of its own.
+    assert_eq!(s.append_blocking(vec![1u8; 10]).unwrap(), 1);
+    assert_eq!(s.append_blocking(vec![7u8; 5000]).unwrap(), 2);
+    assert_eq!(s.append_blocking(vec![2u8; 10]).unwrap(), 3);
+    assert_eq!(all(&s)[1].payload, vec![7u8; 5000]);
+}
+
+#[test]
+fn cursors_survive_reopen_and_crash_leftovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    {
+        let (s, _) = open(dir, opts(4096));
+        assert_eq!(s.cursor("webhooks").unwrap(), 0);
+        for i in 1..=10 {
+            s.append_blocking(payload(i)).unwrap();
+        }
+        s.advance_cursor("webhooks", 7).unwrap();
+        s.advance_cursor("webhooks", 3).unwrap(); // behind: no change
+        let err = s.advance_cursor("webhooks", 11).unwrap_err();
+        assert!(matches!(err, SpoolError::CursorOutOfRange { .. }), "{err}");
+        assert!(matches!(
+            s.cursor("../etc"),
+            Err(SpoolError::InvalidCursorName { .. })
+        ));
+        assert_eq!(s.cursors(), vec![("webhooks".to_string(), 7)]);
+    }
+    // A crash in the middle of a cursor write leaves the temp file; another cursor is garbage.
+    fs::write(dir.join("webhooks.cursor.tmp"), b"9").unwrap();
+    fs::write(dir.join("other.cursor"), b"\xff\x00garbage").unwrap();
+    fs::write(dir.join("notes.txt"), b"stray").unwrap();
+    let (s, report) = open(dir, opts(4096));
+    assert_eq!(
+        report.removed_temp_files,
+        vec![dir.join("webhooks.cursor.tmp")]
+    );
+    assert!(!dir.join("webhooks.cursor.tmp").exists());
+    assert_eq!(report.bad_cursors.len(), 1);
+    assert_eq!(report.bad_cursors[0].0, "other");
+    assert_eq!(report.stray_files, vec![dir.join("notes.txt")]);
+    assert!(!report.is_clean());
+    assert!(
+        report.to_string().contains("restarts from the beginning"),
+        "{report}"
+    );
+    assert_eq!(s.cursor("webhooks").unwrap(), 7);
+    assert_eq!(s.cursor("other").unwrap(), 0);
+    let first_unconsumed = s.read_from(s.cursor("webhooks").unwrap() + 1, 100).unwrap();
+    assert_eq!(first_unconsumed.first().map(|r| r.seq), Some(8));
+    s.remove_cursor("other").unwrap();
+    assert!(!dir.join("other.cursor").exists());
+    drop(s);
+    let (_s, report) = open(dir, opts(4096));
+    assert!(report.bad_cursors.is_empty() && report.removed_temp_files.is_empty());
+}
+
+const SWEEP_SEG: u64 = 300;
+
+/// Build a pristine spool of 3 segments and return (dir, last segment path, records before it).
+fn pristine(tmp: &Path) -> (PathBuf, PathBuf, u64) {
+    let dir = tmp.join("pristine");
+    let (s, _) = open(&dir, opts(SWEEP_SEG));
+    for i in 1..=20 {
+        s.append_blocking(payload(i)).unwrap();
+    }
+    drop(s);
+    let segs = seg_files(&dir);
+    assert!(segs.len() >= 3, "{segs:?}");
+    let last = segs.last().unwrap().clone();
+    let data = fs::read(&last).unwrap();
+    let in_last = record_ends(&data).len() as u64;
+    assert!(in_last >= 3);
+    (dir, last, 20 - in_last)
+}
+
+fn check_recovered(dir: &Path, expected: u64, what: &str) {
+    let (s, report) = Spool::open(dir, opts(SWEEP_SEG)).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(report.records, expected, "{what}: {report}");
+    let seqs: Vec<u64> = all(&s).iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=expected).collect::<Vec<_>>(), "{what}");
+    for r in all(&s) {
+        assert_eq!(r.payload, payload(r.seq), "{what}");
+    }
+    assert_eq!(
+        s.append_blocking(b"next".to_vec()).unwrap(),
+        expected + 1,
+        "{what}"
+    );
+}
+
+#[test]
+fn torn_write_sweep_cuts_exactly_the_damaged_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pdir, last, before) = pristine(tmp.path());
+    let name = last.file_name().unwrap().to_owned();
+    let data = fs::read(&last).unwrap();
+    let ends = record_ends(&data);
+    let start = ends[ends.len() - 4]; // the last three records
+    let kept = |off: usize| ends.iter().filter(|e| **e <= off).count() as u64;
+    for cut in start..data.len() {
+        let dir = tmp.path().join(format!("cut{cut}"));
+        copy_dir(&pdir, &dir);
+        fs::write(dir.join(&name), &data[..cut]).unwrap();
+        let what = format!("cut at {cut}");
+        {
+            let (_s, report) = open(&dir, opts(SWEEP_SEG));
+            let k = kept(cut);
+            let boundary = if k == 0 {
+                SEGMENT_HEADER_LEN as usize
+            } else {
+                ends[k as usize - 1]
+            };
+            assert_eq!(report.truncated_bytes, (cut - boundary) as u64, "{what}");
+            assert_eq!(report.is_clean(), cut == boundary, "{what}: {report}");
+            if cut > boundary {
+                assert_eq!(report.dropped_records, 1, "{what}: {report}");
+            }
+        }
+        check_recovered(&dir, before + kept(cut), &what);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn bit_flip_sweep_cuts_exactly_the_damaged_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pdir, last, before) = pristine(tmp.path());
+    let name = last.file_name().unwrap().to_owned();
+    let data = fs::read(&last).unwrap();
+    let ends = record_ends(&data);
+    let start = ends[ends.len() - 4];
+    let kept = |off: usize| ends.iter().filter(|e| **e <= off).count() as u64;
+    for off in start..data.len() {
+        let dir = tmp.path().join(format!("flip{off}"));
+        copy_dir(&pdir, &dir);
+        let mut bad = data.clone();
+        bad[off] ^= 1 << (off % 8);
+        fs::write(dir.join(&name), &bad).unwrap();
+        let what = format!("bit flip at {off}");
+        // A read-only reader stops quietly before the damage.
+        let reader = SpoolReader::open(&dir).unwrap();
+        let seen = reader.read_from(1, usize::MAX).unwrap();
+        assert_eq!(seen.len() as u64, before + kept(off), "{what} (reader)");
+        {
+            let (_s, report) = open(&dir, opts(SWEEP_SEG));
+            let k = kept(off) as usize;
+            let boundary = if k == 0 {
+                SEGMENT_HEADER_LEN as usize
+            } else {
+                ends[k - 1]
+            };
+            assert_eq!(
+                report.truncated_bytes,
+                (data.len() - boundary) as u64,
+                "{what}"
+            );
+            assert!(report.tail_damage.is_some(), "{what}");
+        }
+        check_recovered(&dir, before + kept(off), &what);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn corrupt_middle_segment_keeps_its_valid_prefix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _, _) = pristine(tmp.path());
+    let segs = seg_files(&dir);
+    let second = &segs[1];
+    let base2 = format::parse_segment_name(second.file_name().unwrap().to_str().unwrap()).unwrap();
+    let base3 = format::parse_segment_name(segs[2].file_name().unwrap().to_str().unwrap()).unwrap();
+    let mut data = fs::read(second).unwrap();
+    let ends = record_ends(&data);
+    data[ends[1] + 5] ^= 0x40; // damage the third record of the second segment
+    fs::write(second, &data).unwrap();
+    // A zero-length segment in the middle and one at the end (crash right after create).
+    fs::write(dir.join(format!("{:020}.seg", base2 + 1)), b"").unwrap();
+    fs::write(dir.join(format!("{:020}.seg", 21)), b"").unwrap();
+    fs::write(dir.join("garbage.seg"), b"hello").unwrap();
+
+    let (s, report) = open(&dir, opts(SWEEP_SEG));
+    assert_eq!(report.damaged_segments.len(), 1, "{report}");
+    assert_eq!(report.damaged_segments[0].kept_records, 2);
+    assert_eq!(report.seq_gaps, vec![(base2 + 2, base3)], "{report}");
+    assert_eq!(report.removed_empty_segments.len(), 1, "{report}");
+    assert_eq!(report.stray_files, vec![dir.join("garbage.seg")]);
+    assert!(report.tail_damage.is_none(), "{report}");
+    let seqs: Vec<u64> = all(&s).iter().map(|r| r.seq).collect();
+    let expected: Vec<u64> = (1..base2 + 2).chain(base3..=20).collect();
+    assert_eq!(seqs, expected);
+    // Reading from inside the gap starts at the next record there is.
+    assert_eq!(s.read_from(base2 + 2, 1).unwrap()[0].seq, base3);
+    assert_eq!(s.append_blocking(b"x".to_vec()).unwrap(), 21);
+    let reader = SpoolReader::open(&dir).unwrap();
+    let seen: Vec<u64> = reader
+        .read_from(1, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(
+        seen,
+        expected.iter().copied().chain([21]).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn garbage_last_segment_is_moved_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    {
+        let (s, _) = open(dir, opts(4096));
+        for i in 1..=3 {
+            s.append_blocking(payload(i)).unwrap();
+        }
+    }
+    let seg = seg_files(dir)[0].clone();
+    fs::write(&seg, b"this is not a segment at all").unwrap();
+    let (s, report) = open(dir, opts(4096));
+    assert_eq!(report.quarantined.len(), 1, "{report}");
+    assert!(report.quarantined[0].exists());
+    assert!(all(&s).is_empty());
+    assert_eq!(s.append_blocking(b"x".to_vec()).unwrap(), 1);
+}
+
+#[test]
+fn lost_tail_behind_a_cursor_continues_after_the_cursor() {
+    // Memory durability + power cut: the consumer had already passed records that are gone.
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let (s, _) = open(tmp.path(), opts(4096));
+        for i in 1..=5 {
+            s.append_blocking(payload(i)).unwrap();
+        }
+        s.advance_cursor("jobs", 5).unwrap();
+    }
+    let seg = seg_files(tmp.path())[0].clone();
+    let data = fs::read(&seg).unwrap();
+    fs::write(&seg, &data[..record_ends(&data)[2]]).unwrap(); // keep records 1..=3
+    let (s, report) = open(tmp.path(), opts(4096));
+    assert_eq!(report.seq_gaps, vec![(4, 6)], "{report}");
+    assert_eq!(
+        s.append_blocking(b"new".to_vec()).unwrap(),
+        6,
+        "never hand out a consumed seq"
+    );
+    assert_eq!(s.read_from(6, 10).unwrap()[0].payload, b"new".to_vec());
+}
+
+#[test]
+fn not_a_directory_and_missing_dir_errors_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("file");
+    fs::write(&file, b"").unwrap();
+    let err = Spool::open(&file, SpoolOptions::default()).err().unwrap();
+    assert!(err.to_string().contains("not a directory"), "{err}");
+    let err = SpoolReader::open(tmp.path().join("nope")).err().unwrap();
+    assert!(matches!(err, SpoolError::NotFound { .. }), "{err}");
+}
+
+#[test]
+fn retention_deletes_only_fully_consumed_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, _) = open(tmp.path(), opts(256));
+    s.cursor("a").unwrap();
+    s.cursor("b").unwrap();
+    for i in 1..=60 {
+        s.append_blocking(payload(i)).unwrap();
+    }
+    let before = s.stats();
+    assert_eq!(
+        before.first_seq,
+        Some(1),
+        "nothing consumed yet, nothing retired"
+    );
+    s.advance_cursor("a", 40).unwrap();
+    assert_eq!(s.stats().first_seq, Some(1), "b still needs everything");
+    s.advance_cursor("b", 15).unwrap();
+    let first = s.stats().first_seq.unwrap();
+    assert!(first > 1 && first <= 16, "first remaining seq {first}");
+    // Everything from b's position on is still readable.
+    assert_eq!(s.read_from(16, 100).unwrap().len(), 45);
+    assert_eq!(s.read_from(1, 1).unwrap()[0].seq, first);
+    s.advance_cursor("a", 60).unwrap();
+    s.advance_cursor("b", 60).unwrap();
+    let st = s.stats();
+    assert_eq!(st.segments, 1, "only the active segment remains: {st:?}");
+    assert_eq!(st.segments, seg_files(tmp.path()).len());
+    assert_eq!(st.last_seq, 60);
+    assert_eq!(s.append_blocking(b"x".to_vec()).unwrap(), 61);
+}
+
+#[test]
+fn size_and_age_retention() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = SpoolOptions {
+        retain_bytes: Some(1024),
+        ..opts(256)
+    };
+    let (s, _) = open(&tmp.path().join("size"), o);
+    for i in 1..=100 {
+        s.append_blocking(payload(i)).unwrap();
+    }
+    let st = s.stats();
+    assert!(st.total_bytes <= 1024 + 256, "{st:?}");
+    assert!(st.first_seq.unwrap() > 1);
+    assert_eq!(st.last_seq, 100);
+
+    let o = SpoolOptions {
+        retain_age: Some(Duration::from_millis(300)),
+        durability: Durability::Memory, // fast appends: nothing may age during them
+        ..opts(256)
+    };
+    let (s, _) = open(&tmp.path().join("age"), o);
+    for i in 1..=30 {
+        s.append_blocking(payload(i)).unwrap();
+    }
+    assert_eq!(
+        s.run_retention().unwrap().deleted_records,
+        0,
+        "nothing is old yet"
+    );
+    std::thread::sleep(Duration::from_millis(350));
+    let r = s.run_retention().unwrap();
+    assert!(r.deleted_records > 0 && r.freed_bytes > 0, "{r:?}");
+    let st = s.stats();
+    assert_eq!(st.segments, 1, "{st:?}");
+    assert!(st.oldest_timestamp_ms.is_some());
+}
+
+#[test]
+fn disk_cap_refuses_then_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = SpoolOptions {
+        max_bytes: Some(600),
+        ..opts(256)
+    };
+    let (s, _) = open(tmp.path(), o.clone());
+    s.cursor("jobs").unwrap();
+    let mut n = 0;
+    let err = loop {
+        match s.append_blocking(payload(n + 1)) {
+            Ok(seq) => n = seq,
+            Err(e) => break e,
+        }
+        assert!(n < 100);
+    };
+    assert!(matches!(err, SpoolError::Full { .. }), "{err}");
+    assert!(err.to_string().contains("spool.max_bytes"), "{err}");
+    let st = s.stats();
+    assert!(st.total_bytes <= 600 && st.last_seq == n, "{st:?}");
+    // Raising the cap lets appends through again.
+    s.set_max_bytes(Some(800));
+    assert_eq!(s.append_blocking(payload(n + 1)).unwrap(), n + 1);
+    n += 1;
+    // So does a consumer catching up (segments are retired).
+    let err = loop {
+        match s.append_blocking(payload(n + 1)) {
+            Ok(seq) => n = seq,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, SpoolError::Full { .. }));
+    s.advance_cursor("jobs", n).unwrap();
+    assert_eq!(s.append_blocking(payload(n + 1)).unwrap(), n + 1);
+    drop(s);
+    let (s, report) = open(tmp.path(), o);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(s.last_seq(), n + 1);
+}
+
+#[test]
+fn enospc_mid_write_is_cut_back_and_the_spool_carries_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, _) = open(tmp.path(), opts(4096));
+    assert_eq!(s.append_blocking(payload(1)).unwrap(), 1);
+    let seg = seg_files(tmp.path())[0].clone();
+    let len = fs::metadata(&seg).unwrap().len();
+    s.shared()
+        .inject_enospc
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = s.append_blocking(payload(2)).unwrap_err();
+    assert!(matches!(err, SpoolError::DiskFull { .. }), "{err}");
+    assert!(err.to_string().contains("Free space"), "{err}");
+    assert_eq!(
+        fs::metadata(&seg).unwrap().len(),
+        len,
+        "partial write was cut back"
+    );
+    assert_eq!(
+        s.append_blocking(payload(2)).unwrap(),
+        2,
+        "the seq is reused"
+    );
+    assert_eq!(all(&s).len(), 2);
+    drop(s);
+    let (s, report) = open(tmp.path(), opts(4096));
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(all(&s).len(), 2);
+}
+
+#[test]
+fn second_writer_is_locked_out_and_a_reader_follows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, _) = open(tmp.path(), opts(256));
+    let err = Spool::open(tmp.path(), opts(256)).err().unwrap();
+    assert!(matches!(err, SpoolError::Locked { .. }), "{err}");
+    assert!(
+        err.to_string().contains("another pushbox is using"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&tmp.path().display().to_string()),
+        "{err}"
+    );
+
+    let reader = Spool::open_read_only(tmp.path()).unwrap();
+    assert!(reader.read_from(1, 10).unwrap().is_empty());
+    for i in 1..=5 {
+        s.append_blocking(payload(i)).unwrap();
+    }
+    s.cursor("webhooks").unwrap();
+    s.advance_cursor("webhooks", 2).unwrap();
+    let got = reader.read_from(1, 10).unwrap();
+    assert_eq!(got.len(), 5);
+    // Follow: keep reading from after the last seen record, across segment rolls.
+    let mut next = 6;
+    for i in 6..=40 {
+        s.append_blocking(payload(i)).unwrap();
+        if i % 7 == 0 {
+            for r in reader.read_from(next, 1000).unwrap() {
+                assert_eq!(r.seq, next);
+                assert_eq!(r.payload, payload(r.seq));
+                next += 1;
+            }
+        }
+    }
+    next += reader.read_from(next, 1000).unwrap().len() as u64;
+    assert_eq!(next, 41);
+    assert_eq!(reader.cursors().unwrap(), vec![("webhooks".to_string(), 2)]);
+    let st = reader.stats().unwrap();
+    assert_eq!((st.first_seq, st.last_seq), (Some(1), 40));
+    assert_eq!(st.total_bytes, s.stats().total_bytes);
+    // The lock goes with the spool.
+    drop(s);
+    let (_s, report) = open(tmp.path(), opts(256));
+    assert!(report.is_clean(), "{report}");
+}
+
+#[tokio::test]
+async fn waiters_wake_on_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, _) = Spool::open(tmp.path(), opts(4096)).unwrap();
+    let waiter = {
+        let s = s.clone();
+        tokio::spawn(async move { s.wait_for(3).await })
+    };
+    for i in 1..=3 {
+        s.append(payload(i)).await.unwrap();
+    }
+    let last = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.unwrap(), 3);
+    let mut rx = s.subscribe();
+    assert_eq!(*rx.borrow_and_update(), 3);
+    s.append(b"4".to_vec()).await.unwrap();
+    rx.changed().await.unwrap();
+    assert_eq!(*rx.borrow(), 4);
+}

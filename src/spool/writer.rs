@@ -1,0 +1,236 @@
+//! The writer thread: group commit. It takes every append that is queued, frames them into
+//! one buffer, writes it with one `pwrite` at the end of the active segment, calls
+//! `fdatasync` once (in `Fsync` durability), publishes the new records to readers and only
+//! then answers each waiter. A batch never spans two segments.
+//!
+//! If the write or the sync fails (ENOSPC, EIO), the segment is cut back to the last committed
+//! offset, every waiter of that batch gets the error, and the seqs are reused: nothing that
+//! was not acknowledged is left behind, and the spool carries on with the next batch.
+
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::SpoolError;
+use super::format::{self, SEGMENT_HEADER_LEN, SPARSE_EVERY};
+use super::recovery::{self, Active};
+use super::{lock, now_ms, retention, AppendReq, Durability, SegMeta, Shared};
+
+/// At most this many appends or bytes go into one batch.
+const MAX_BATCH_RECORDS: usize = 4096;
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    active: Active,
+    next_seq: u64,
+}
+
+struct Batch {
+    buf: Vec<u8>,
+    replies: Vec<(u64, oneshot::Sender<Result<u64, SpoolError>>)>,
+    /// Offset of each record in `buf`.
+    offsets: Vec<u64>,
+    first_ts: u64,
+    /// Retention already tried during this batch (before answering Full).
+    retried: bool,
+}
+
+impl Writer {
+    pub(crate) fn new(shared: Arc<Shared>, active: Active) -> Self {
+        let next_seq = active.base + active.records;
+        Writer {
+            shared,
+            active,
+            next_seq,
+        }
+    }
+
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<AppendReq>) {
+        let mut pending: Option<AppendReq> = None;
+        loop {
+            let first = match pending.take() {
+                Some(r) => r,
+                None => match rx.blocking_recv() {
+                    Some(r) => r,
+                    None => break,
+                },
+            };
+            let mut batch = Batch {
+                buf: Vec::new(),
+                replies: Vec::new(),
+                offsets: Vec::new(),
+                first_ts: now_ms(),
+                retried: false,
+            };
+            pending = self.consider(first, &mut batch);
+            while pending.is_none()
+                && batch.replies.len() < MAX_BATCH_RECORDS
+                && batch.buf.len() < MAX_BATCH_BYTES
+            {
+                match rx.try_recv() {
+                    Ok(r) => pending = self.consider(r, &mut batch),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+        // Shutting down: make Memory-durability records durable too.
+        let _ = self.active.file.sync_data();
+    }
+
+    /// Add `req` to the batch, answer it with an error, or hand it back for the next batch.
+    fn consider(&mut self, req: AppendReq, batch: &mut Batch) -> Option<AppendReq> {
+        let rec_len = format::record_len(req.payload.len());
+        let seg_limit = self.shared.opts.segment_bytes;
+        let in_batch = batch.buf.len() as u64;
+        let mut roll = false;
+        if self.active.len + in_batch + rec_len > seg_limit {
+            if !batch.replies.is_empty() {
+                return Some(req); // starts the next batch, in a new segment
+            }
+            roll = self.active.records > 0;
+        }
+        // The disk cap (checked before rolling, so a refused record leaves no new segment).
+        let needed = rec_len + if roll { SEGMENT_HEADER_LEN } else { 0 };
+        let max = self.shared.max_bytes.load(Ordering::SeqCst);
+        let over = |w: &Self| {
+            let used = lock(&w.shared.index).total_bytes + in_batch;
+            (used.saturating_add(needed) > max).then_some(used)
+        };
+        let mut used = over(self);
+        if used.is_some() && !batch.retried {
+            batch.retried = true;
+            let _ = retention::retire(&self.shared, false);
+            used = over(self);
+        }
+        if let Some(used_bytes) = used {
+            let _ = req.reply.send(Err(SpoolError::Full {
+                dir: self.shared.dir.clone(),
+                max_bytes: max,
+                used_bytes,
+                needed_bytes: needed,
+            }));
+            return None;
+        }
+        if roll {
+            if let Err(e) = self.roll() {
+                let _ = req.reply.send(Err(e));
+                return None;
+            }
+        }
+        let seq = self.next_seq + batch.replies.len() as u64;
+        batch.offsets.push(batch.buf.len() as u64);
+        format::encode_record(&mut batch.buf, seq, batch.first_ts, &req.payload);
+        batch.replies.push((seq, req.reply));
+        None
+    }
+
+    fn write(&self, buf: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if self.shared.inject_enospc.swap(false, Ordering::SeqCst) {
+            self.active
+                .file
+                .write_all_at(&buf[..buf.len() / 2], self.active.len)?;
+            return Err(io::Error::from_raw_os_error(28));
+        }
+        self.active.file.write_all_at(buf, self.active.len)
+    }
+
+    fn commit(&mut self, batch: Batch) {
+        if batch.replies.is_empty() {
+            return;
+        }
+        let path = &self.active.path;
+        let mut result = self
+            .write(&batch.buf)
+            .map_err(|e| SpoolError::io(path, "write", e));
+        if result.is_ok() && self.shared.opts.durability == Durability::Fsync {
+            self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+            result = self
+                .active
+                .file
+                .sync_data()
+                .map_err(|e| SpoolError::io(path, "fsync", e));
+        }
+        if let Err(e) = result {
+            // Cut back whatever part of the batch reached the file; the seqs will be reused.
+            let _ = self.active.file.set_len(self.active.len);
+            for (_, reply) in batch.replies {
+                let _ = reply.send(Err(e.duplicate()));
+            }
+            return;
+        }
+        let n = batch.replies.len() as u64;
+        let first_seq = self.next_seq;
+        let start_off = self.active.len;
+        {
+            let mut idx = lock(&self.shared.index);
+            let bytes = batch.buf.len() as u64;
+            idx.total_bytes += bytes;
+            idx.last_seq = first_seq + n - 1;
+            if let Some(seg) = idx.segs.last_mut().filter(|s| s.base == self.active.base) {
+                // Sparse index entries for the new records.
+                for (i, ((seq, _), off)) in batch.replies.iter().zip(&batch.offsets).enumerate() {
+                    if (seg.records + i as u64).is_multiple_of(SPARSE_EVERY) {
+                        seg.sparse.push((*seq, start_off + off));
+                    }
+                }
+                seg.len += bytes;
+                seg.disk_len += bytes;
+                seg.records += n;
+                seg.first_ts.get_or_insert(batch.first_ts);
+                seg.newest_ts = Some(
+                    seg.newest_ts
+                        .map_or(batch.first_ts, |t| t.max(batch.first_ts)),
+                );
+            }
+        }
+        self.active.len += batch.buf.len() as u64;
+        self.active.records += n;
+        self.next_seq += n;
+        self.shared.appends.fetch_add(n, Ordering::Relaxed);
+        self.shared.commits.fetch_add(1, Ordering::Relaxed);
+        self.shared.committed.send_replace(self.next_seq - 1);
+        for (seq, reply) in batch.replies {
+            let _ = reply.send(Ok(seq));
+        }
+    }
+
+    /// Close the active segment and start a new one at `next_seq`; then run retention.
+    fn roll(&mut self) -> Result<(), SpoolError> {
+        let (file, path) = recovery::create_segment(&self.shared.dir, self.next_seq)?;
+        {
+            let mut idx = lock(&self.shared.index);
+            idx.total_bytes += SEGMENT_HEADER_LEN;
+            idx.segs.push(SegMeta {
+                base: self.next_seq,
+                path: path.clone(),
+                len: SEGMENT_HEADER_LEN,
+                disk_len: SEGMENT_HEADER_LEN,
+                records: 0,
+                first_ts: None,
+                newest_ts: None,
+                sparse: Vec::new(),
+            });
+        }
+        let old = std::mem::replace(
+            &mut self.active,
+            Active {
+                file,
+                path,
+                base: self.next_seq,
+                len: SEGMENT_HEADER_LEN,
+                records: 0,
+            },
+        );
+        if self.shared.opts.durability == Durability::Memory {
+            let _ = old.file.sync_data();
+        }
+        let _ = retention::retire(&self.shared, false);
+        Ok(())
+    }
+}
