@@ -1,6 +1,9 @@
 //! pushbox: a Pusher-compatible real-time server appliance.
 pub mod api;
 pub mod config;
+pub mod dev;
 pub mod hub;
 pub mod protocol;
+pub mod server;
 pub mod session;
+pub mod transport;

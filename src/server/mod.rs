@@ -1,0 +1,274 @@
+//! Wiring: listeners, the HTTP/1.1 connection loop (hyper), routing to the WebSocket
+//! transport, the HTTP API and the health check, and graceful shutdown. No business logic.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::api::{Api, ApiRequest, EventLog};
+use crate::config::Config;
+use crate::hub::{Hub, HubObserver};
+use crate::protocol::{CloseCode, SocketId};
+use crate::session::Liveness;
+use crate::transport::ws;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Shared state of a running server.
+pub struct State {
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    pub api: Api,
+    pub liveness: Liveness,
+    rng: ring::rand::SystemRandom,
+    shutdown: watch::Receiver<bool>,
+    pub started: std::time::Instant,
+}
+
+/// Stops a running server: every connection is told to reconnect (4200).
+pub struct ShutdownHandle(watch::Sender<bool>);
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl State {
+    pub fn new(config: Config, observer: Arc<dyn HubObserver>, log: Option<Arc<dyn EventLog>>) -> (Arc<State>, ShutdownHandle) {
+        let hub = Arc::new(Hub::new(config.apps.clone(), observer));
+        let (tx, rx) = watch::channel(false);
+        let liveness = Liveness {
+            activity_timeout: Duration::from_secs(config.server.activity_timeout),
+            pong_timeout: Duration::from_secs(config.server.pong_timeout),
+        };
+        let state = State {
+            api: Api::new(hub.clone(), log),
+            hub,
+            liveness,
+            config,
+            rng: ring::rand::SystemRandom::new(),
+            shutdown: rx,
+            started: std::time::Instant::now(),
+        };
+        (Arc::new(state), ShutdownHandle(tx))
+    }
+}
+
+/// Binds the configured address.
+pub async fn bind(config: &Config) -> std::io::Result<TcpListener> {
+    let addr = format!("{}:{}", config.server.host, config.server.port);
+    TcpListener::bind(&addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e} (is another server using the port? set REVERB_SERVER_PORT or [server] port)")))
+}
+
+/// Accepts connections until shutdown.
+pub async fn serve(state: Arc<State>, listener: TcpListener) {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let state = state.clone();
+                    tokio::spawn(async move { connection(state, stream, peer).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn connection(state: Arc<State>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(route(state, req, peer).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .max_buf_size(64 * 1024)
+        .header_read_timeout(Duration::from_secs(30))
+        .timer(hyper_util::rt::TokioTimer::new())
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "http connection error");
+    }
+}
+
+pub fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+pub fn json(status: u16, body: String) -> Response<Body> {
+    full(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "application/json", body)
+}
+
+fn json_error(status: u16, msg: &str) -> Response<Body> {
+    json(status, serde_json::json!({ "error": msg }).to_string())
+}
+
+async fn route(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let ws_prefix = format!("{}/app/", state.config.server.ws_path);
+    if is_upgrade(&req) {
+        return websocket(state, req, &path, &ws_prefix);
+    }
+    if path == "/up" || path == "/ready" {
+        return json(200, "{\"status\":\"ok\"}".into());
+    }
+    if path.starts_with("/apps/") {
+        return api(state, req, peer).await;
+    }
+    if path.starts_with(&ws_prefix) {
+        return json_error(400, "This is the WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket)");
+    }
+    json_error(404, &format!("Not found: {path}"))
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))).unwrap_or(false))
+    };
+    has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+}
+
+fn websocket(state: Arc<State>, mut req: Request<Incoming>, path: &str, ws_prefix: &str) -> Response<Body> {
+    let version_ok = req.headers().get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).filter(|_| version_ok) else {
+        let mut r = json_error(400, "Bad WebSocket handshake: Sec-WebSocket-Key and Sec-WebSocket-Version: 13 are required");
+        r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return r;
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let query = req.uri().query().unwrap_or("").to_owned();
+
+    // Decide before upgrading; refusals are sent as pusher:error + close code after the upgrade.
+    let verdict: Result<Arc<crate::hub::App>, CloseCode> = (|| {
+        let key = path.strip_prefix(ws_prefix).ok_or(CloseCode::PathNotFound)?;
+        if key.is_empty() || key.contains('/') {
+            return Err(CloseCode::PathNotFound);
+        }
+        let app = state.hub.app_by_key(key).ok_or(CloseCode::AppNotFound)?.clone();
+        if !app.config.enabled {
+            return Err(CloseCode::AppDisabled);
+        }
+        check_protocol(&query)?;
+        if !app.config.origin_allowed(origin.as_deref()) {
+            return Err(CloseCode::Unauthorized);
+        }
+        if !app.try_connect() {
+            return Err(CloseCode::OverQuota);
+        }
+        Ok(app)
+    })();
+
+    let upgrade = hyper::upgrade::on(&mut req);
+    let st = state.clone();
+    tokio::spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                if let Ok(app) = &verdict {
+                    app.disconnected();
+                }
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        match verdict {
+            Ok(app) => {
+                let params = ws::WsParams {
+                    liveness: st.liveness,
+                    outbound_queue: st.config.server.outbound_queue,
+                    conn_id: st.hub.next_conn_id(),
+                    socket_id: SocketId::random(&st.rng),
+                    shutdown: st.shutdown.clone(),
+                };
+                ws::run(upgraded, app, params).await;
+            }
+            Err(code) => {
+                tracing::info!(code = code.code(), reason = code.message(), "websocket connection refused");
+                ws::refuse(upgraded, code).await;
+            }
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+/// `protocol`: missing is accepted (like Reverb and soketi); not a number → 4006; outside 5–7 → 4007.
+fn check_protocol(query: &str) -> Result<(), CloseCode> {
+    let Some((_, v)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "protocol") else {
+        return Ok(());
+    };
+    match v.trim().parse::<u32>() {
+        Ok(5..=7) => Ok(()),
+        Ok(_) => Err(CloseCode::UnsupportedProtocol),
+        Err(_) => Err(CloseCode::InvalidVersion),
+    }
+}
+
+async fn api(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let max = state.config.server.max_request_bytes;
+    let body = match Limited::new(body, max).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                return json_error(413, &format!("Request body larger than {max} bytes (server.max_request_bytes)"));
+            }
+            return json_error(400, "Could not read the request body");
+        }
+    };
+    let r = state
+        .api
+        .handle(ApiRequest { method: parts.method.as_str(), path: parts.uri.path(), query: parts.uri.query().unwrap_or(""), body: &body })
+        .await;
+    if r.status >= 400 {
+        tracing::info!(%peer, status = r.status, path = parts.uri.path(), error = %r.body, "api request refused");
+    }
+    json(r.status, r.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_versions() {
+        assert_eq!(check_protocol(""), Ok(()));
+        assert_eq!(check_protocol("protocol=7&client=js"), Ok(()));
+        assert_eq!(check_protocol("protocol=5"), Ok(()));
+        assert_eq!(check_protocol("protocol=4"), Err(CloseCode::UnsupportedProtocol));
+        assert_eq!(check_protocol("protocol=8"), Err(CloseCode::UnsupportedProtocol));
+        assert_eq!(check_protocol("protocol=seven"), Err(CloseCode::InvalidVersion));
+        assert_eq!(check_protocol("protocol="), Err(CloseCode::InvalidVersion));
+    }
+}
