@@ -300,7 +300,9 @@ pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
     };
     let source = path.display().to_string();
     let mut config = Config {
-        state_dir: file.state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+        state_dir: file
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
         server: file.server,
         apps: file.apps,
         source: source.clone(),
@@ -373,12 +375,19 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         return Err(invalid("server.activity_timeout must be at least 1 second (pusher-js refuses a zero activity_timeout)".into()));
     }
     if s.pong_timeout == 0 {
-        return Err(invalid("server.pong_timeout must be at least 1 second".into()));
+        return Err(invalid(
+            "server.pong_timeout must be at least 1 second".into(),
+        ));
     }
     if s.outbound_queue < 8 {
-        return Err(invalid("server.outbound_queue must be at least 8 frames".into()));
+        return Err(invalid(
+            "server.outbound_queue must be at least 8 frames".into(),
+        ));
     }
-    for (name, p) in [("server.ws_path", &s.ws_path), ("server.http_path", &s.http_path)] {
+    for (name, p) in [
+        ("server.ws_path", &s.ws_path),
+        ("server.http_path", &s.http_path),
+    ] {
         if !p.is_empty() && (!p.starts_with('/') || p.ends_with('/')) {
             return Err(invalid(format!("{name} = {p:?}: use a path like \"/ws\" (leading slash, no trailing slash) or \"\"")));
         }
@@ -388,19 +397,28 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     for app in &config.apps {
         let what = format!("app {:?}", app.id);
         if app.id.is_empty() || app.key.is_empty() || app.secret.is_empty() {
-            return Err(invalid(format!("{what}: id, key and secret must all be non-empty (run `pushbox keygen`)")));
+            return Err(invalid(format!(
+                "{what}: id, key and secret must all be non-empty (run `pushbox keygen`)"
+            )));
         }
         if app.id.contains('/') || app.key.contains('/') {
             return Err(invalid(format!("{what}: id and key must not contain '/'")));
         }
         if !ids.insert(app.id.as_str()) {
-            return Err(invalid(format!("{what}: two apps have this id; ids must be unique")));
+            return Err(invalid(format!(
+                "{what}: two apps have this id; ids must be unique"
+            )));
         }
         if !keys.insert(app.key.as_str()) {
-            return Err(invalid(format!("{what}: its key {:?} is used by another app; keys must be unique", app.key)));
+            return Err(invalid(format!(
+                "{what}: its key {:?} is used by another app; keys must be unique",
+                app.key
+            )));
         }
         if app.max_message_bytes < 256 {
-            return Err(invalid(format!("{what}: max_message_bytes must be at least 256")));
+            return Err(invalid(format!(
+                "{what}: max_message_bytes must be at least 256"
+            )));
         }
         if app.client_event_rate == 0 {
             return Err(invalid(format!("{what}: client_event_rate must be at least 1 (use client_events = false to turn them off)")));
@@ -419,15 +437,23 @@ pub fn parse_env_file(text: &str) -> HashMap<String, String> {
             continue;
         }
         let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((k, v)) = line.split_once('=') else { continue };
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
         let k = k.trim();
         if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             continue;
         }
         let v = v.trim();
-        let (value, expand) = if let Some(inner) = v.strip_prefix('"').and_then(|r| r.rfind('"').map(|i| &r[..i])) {
+        let (value, expand) = if let Some(inner) = v
+            .strip_prefix('"')
+            .and_then(|r| r.rfind('"').map(|i| &r[..i]))
+        {
             (inner.replace("\\n", "\n").replace("\\\"", "\""), true)
-        } else if let Some(inner) = v.strip_prefix('\'').and_then(|r| r.rfind('\'').map(|i| &r[..i])) {
+        } else if let Some(inner) = v
+            .strip_prefix('\'')
+            .and_then(|r| r.rfind('\'').map(|i| &r[..i]))
+        {
             (inner.to_owned(), false)
         } else {
             let unquoted = match v.find(" #") {
@@ -436,7 +462,11 @@ pub fn parse_env_file(text: &str) -> HashMap<String, String> {
             };
             (unquoted.to_owned(), true)
         };
-        let value = if expand { expand_refs(&value, &vars) } else { value };
+        let value = if expand {
+            expand_refs(&value, &vars)
+        } else {
+            value
+        };
         vars.insert(k.to_owned(), value);
     }
     vars
@@ -451,7 +481,11 @@ fn expand_refs(value: &str, vars: &HashMap<String, String>) -> String {
         match after.find('}') {
             Some(end) => {
                 let name = &after[..end];
-                let v = vars.get(name).cloned().or_else(|| std::env::var(name).ok()).unwrap_or_default();
+                let v = vars
+                    .get(name)
+                    .cloned()
+                    .or_else(|| std::env::var(name).ok())
+                    .unwrap_or_default();
                 out.push_str(&v);
                 rest = &after[end + 1..];
             }
@@ -470,7 +504,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn write(dir: &Path, text: &str) -> PathBuf {
@@ -496,7 +533,10 @@ mod tests {
             ("PUSHBOX_STATE_DIR", "/tmp/x"),
         ]);
         let c = load(Some(Path::new("/nonexistent/pushbox.toml")), &e);
-        assert!(matches!(c, Err(ConfigError::Read { .. })), "explicit missing file is an error");
+        assert!(
+            matches!(c, Err(ConfigError::Read { .. })),
+            "explicit missing file is an error"
+        );
         let c = load(None, &e).unwrap();
         assert_eq!(c.apps.len(), 1);
         assert_eq!(c.apps[0].key, "k");
@@ -508,13 +548,28 @@ mod tests {
 
     #[test]
     fn pusher_aliases_and_partial_env() {
-        let e = env(&[("PUSHER_APP_ID", "1"), ("PUSHER_APP_KEY", "k"), ("PUSHER_APP_SECRET", "s")]);
+        let e = env(&[
+            ("PUSHER_APP_ID", "1"),
+            ("PUSHER_APP_KEY", "k"),
+            ("PUSHER_APP_SECRET", "s"),
+        ]);
         assert_eq!(load(None, &e).unwrap().apps[0].id, "1");
         let e = env(&[("REVERB_APP_ID", "1")]);
         let err = load(None, &e).unwrap_err().to_string();
-        assert!(err.contains("REVERB_APP_KEY") && err.contains("REVERB_APP_SECRET"), "{err}");
-        let e = env(&[("REVERB_APP_ID", "1"), ("REVERB_APP_KEY", "k"), ("REVERB_APP_SECRET", "s"), ("REVERB_SERVER_PORT", "http")]);
-        assert!(load(None, &e).unwrap_err().to_string().contains("REVERB_SERVER_PORT"));
+        assert!(
+            err.contains("REVERB_APP_KEY") && err.contains("REVERB_APP_SECRET"),
+            "{err}"
+        );
+        let e = env(&[
+            ("REVERB_APP_ID", "1"),
+            ("REVERB_APP_KEY", "k"),
+            ("REVERB_APP_SECRET", "s"),
+            ("REVERB_SERVER_PORT", "http"),
+        ]);
+        assert!(load(None, &e)
+            .unwrap_err()
+            .to_string()
+            .contains("REVERB_SERVER_PORT"));
         let err = load(None, &env(&[])).unwrap_err().to_string();
         assert!(err.contains("no app configured"), "{err}");
     }
@@ -538,19 +593,37 @@ mod tests {
     #[test]
     fn errors_name_the_file_and_the_key() {
         let d = tmpdir("errors");
-        let p = write(&d, "[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\nclient_event = true\n");
+        let p = write(
+            &d,
+            "[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\nclient_event = true\n",
+        );
         let err = load(Some(&p), &env(&[])).unwrap_err().to_string();
-        assert!(err.contains("pushbox.toml") && err.contains("client_event"), "{err}");
+        assert!(
+            err.contains("pushbox.toml") && err.contains("client_event"),
+            "{err}"
+        );
         let p = write(&d, "[server\n");
         let err = load(Some(&p), &env(&[])).unwrap_err().to_string();
         assert!(err.contains("pushbox.toml"), "{err}");
         assert!(!err.contains('\n'));
         let p = write(&d, "[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n[[apps]]\nid = \"b\"\nkey = \"k\"\nsecret = \"s\"\n");
-        assert!(load(Some(&p), &env(&[])).unwrap_err().to_string().contains("unique"));
-        let p = write(&d, "[server]\nactivity_timeout = 0\n[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n");
-        assert!(load(Some(&p), &env(&[])).unwrap_err().to_string().contains("activity_timeout"));
+        assert!(load(Some(&p), &env(&[]))
+            .unwrap_err()
+            .to_string()
+            .contains("unique"));
+        let p = write(
+            &d,
+            "[server]\nactivity_timeout = 0\n[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n",
+        );
+        assert!(load(Some(&p), &env(&[]))
+            .unwrap_err()
+            .to_string()
+            .contains("activity_timeout"));
         let p = write(&d, "[[apps]]\nid = \"a\"\nkey = \"k\"\n");
-        assert!(load(Some(&p), &env(&[])).unwrap_err().to_string().contains("secret"));
+        assert!(load(Some(&p), &env(&[]))
+            .unwrap_err()
+            .to_string()
+            .contains("secret"));
         let p = write(&d, "[server]\nport = 70000\n");
         assert!(load(Some(&p), &env(&[])).is_err());
     }

@@ -12,9 +12,15 @@ pub fn generate_app() -> Result<(String, String, String), String> {
     use ring::rand::SecureRandom;
     let rng = ring::rand::SystemRandom::new();
     let mut buf = [0u8; 64];
-    rng.fill(&mut buf).map_err(|_| "the OS random number generator is unavailable".to_owned())?;
+    rng.fill(&mut buf)
+        .map_err(|_| "the OS random number generator is unavailable".to_owned())?;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let pick = |bytes: &[u8]| -> String { bytes.iter().map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char).collect() };
+    let pick = |bytes: &[u8]| -> String {
+        bytes
+            .iter()
+            .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
+            .collect()
+    };
     let id = 100_000 + (u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) % 900_000);
     Ok((id.to_string(), pick(&buf[4..24]), pick(&buf[24..56])))
 }
@@ -28,32 +34,58 @@ fn load_or_create(dir: &Path) -> Result<(String, String, String), ConfigError> {
             key: String,
             secret: String,
         }
-        let s: Saved = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: file.clone(), error: format!("{e} (delete the file to generate new dev keys)") })?;
+        let s: Saved = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: file.clone(),
+            error: format!("{e} (delete the file to generate new dev keys)"),
+        })?;
         return Ok((s.id, s.key, s.secret));
     }
-    let (id, key, secret) = generate_app().map_err(|e| ConfigError::Invalid { source: "pushbox serve --dev".into(), message: e })?;
+    let (id, key, secret) = generate_app().map_err(|e| ConfigError::Invalid {
+        source: "pushbox serve --dev".into(),
+        message: e,
+    })?;
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let tmp = dir.join("dev-app.toml.tmp");
         std::fs::write(&tmp, format!("# pushbox --dev app (delete to regenerate)\nid = \"{id}\"\nkey = \"{key}\"\nsecret = \"{secret}\"\n"))?;
         std::fs::rename(&tmp, &file)
     };
-    write().map_err(|e| ConfigError::Read { path: file.clone(), error: format!("cannot save the dev app: {e}") })?;
+    write().map_err(|e| ConfigError::Read {
+        path: file.clone(),
+        error: format!("cannot save the dev app: {e}"),
+    })?;
     Ok((id, key, secret))
 }
 
 /// The `--dev` configuration (and prints the keys and the `.env` block).
 pub fn config(env: &dyn Env) -> Result<Config, ConfigError> {
-    let state_dir = env.get("PUSHBOX_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".pushbox-dev"));
+    let state_dir = env
+        .get("PUSHBOX_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".pushbox-dev"));
     let (id, key, secret) = load_or_create(&state_dir)?;
-    let mut server = ServerConfig { host: "127.0.0.1".into(), ..ServerConfig::default() };
+    let mut server = ServerConfig {
+        host: "127.0.0.1".into(),
+        ..ServerConfig::default()
+    };
     if let Some(p) = env.get("REVERB_SERVER_PORT") {
-        server.port = p.trim().parse().map_err(|_| ConfigError::Env { var: "REVERB_SERVER_PORT".into(), message: format!("{p:?} is not a port number") })?;
+        server.port = p.trim().parse().map_err(|_| ConfigError::Env {
+            var: "REVERB_SERVER_PORT".into(),
+            message: format!("{p:?} is not a port number"),
+        })?;
     }
     let app = AppConfig::with_defaults(&id, &key, &secret);
     println!("{}", env_block(&app, &server.host, server.port, "http"));
-    println!("# dev state: {} (delete dev-app.toml there to regenerate the keys)", state_dir.display());
-    Ok(Config { state_dir, server, apps: vec![app], source: "pushbox serve --dev".into() })
+    println!(
+        "# dev state: {} (delete dev-app.toml there to regenerate the keys)",
+        state_dir.display()
+    );
+    Ok(Config {
+        state_dir,
+        server,
+        apps: vec![app],
+        source: "pushbox serve --dev".into(),
+    })
 }
 
 /// The Laravel `.env` block for an app reached at `host:port` over `scheme`.
@@ -75,7 +107,8 @@ mod tests {
     fn dev_keys_survive_restarts() {
         let dir = std::env::temp_dir().join(format!("pushbox-dev-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let env: HashMap<String, String> = [("PUSHBOX_STATE_DIR".to_string(), dir.display().to_string())].into();
+        let env: HashMap<String, String> =
+            [("PUSHBOX_STATE_DIR".to_string(), dir.display().to_string())].into();
         let a = config(&env).unwrap();
         let b = config(&env).unwrap();
         assert_eq!(a.apps[0].key, b.apps[0].key);
@@ -86,7 +119,10 @@ mod tests {
         assert_eq!(a.apps[0].secret.len(), 32);
         std::fs::write(dir.join("dev-app.toml"), "garbage = [").unwrap();
         let err = config(&env).unwrap_err().to_string();
-        assert!(err.contains("dev-app.toml") && err.contains("delete"), "{err}");
+        assert!(
+            err.contains("dev-app.toml") && err.contains("delete"),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -6,4 +6,5 @@ pub mod hub;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod spool;
 pub mod transport;

@@ -11,7 +11,11 @@ use pushbox::hub::NoObserver;
 use pushbox::server;
 
 #[derive(Parser)]
-#[command(name = "pushbox", version, about = "A Pusher-compatible real-time server appliance")]
+#[command(
+    name = "pushbox",
+    version,
+    about = "A Pusher-compatible real-time server appliance"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,7 +44,10 @@ fn init_logging() {
     let filter = EnvFilter::try_from_env("PUSHBOX_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn fail_config(e: ConfigError) -> ExitCode {
@@ -55,13 +62,20 @@ fn main() -> ExitCode {
             println!("pushbox {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Serve { config, env_file, dev } => {
+        Command::Serve {
+            config,
+            env_file,
+            dev,
+        } => {
             init_logging();
             let cfg = match load_serve_config(config.as_deref(), env_file.as_deref(), dev) {
                 Ok(c) => c,
                 Err(e) => return fail_config(e),
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("pushbox: cannot start the runtime: {e}");
@@ -73,11 +87,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_serve_config(path: Option<&Path>, env_file: Option<&Path>, dev: bool) -> Result<Config, ConfigError> {
+fn load_serve_config(
+    path: Option<&Path>,
+    env_file: Option<&Path>,
+    dev: bool,
+) -> Result<Config, ConfigError> {
     let file_vars = match env_file {
         Some(p) => match std::fs::read_to_string(p) {
             Ok(text) => config::parse_env_file(&text),
-            Err(e) => return Err(ConfigError::Read { path: p.to_path_buf(), error: e.to_string() }),
+            Err(e) => {
+                return Err(ConfigError::Read {
+                    path: p.to_path_buf(),
+                    error: e.to_string(),
+                })
+            }
         },
         None => Default::default(),
     };
@@ -96,7 +119,10 @@ async fn serve(cfg: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let apps: Vec<String> = cfg.apps.iter().map(|a| a.id.clone()).collect();
     let (state, handle) = server::State::new(cfg, Arc::new(NoObserver), None);
     tracing::info!(%addr, apps = ?apps, "pushbox listening");

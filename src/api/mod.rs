@@ -31,11 +31,17 @@ pub struct ApiResponse {
 
 impl ApiResponse {
     fn ok(v: Value) -> ApiResponse {
-        ApiResponse { status: 200, body: v.to_string() }
+        ApiResponse {
+            status: 200,
+            body: v.to_string(),
+        }
     }
 
     pub fn error(status: u16, msg: impl Into<String>) -> ApiResponse {
-        ApiResponse { status, body: json!({ "error": msg.into() }).to_string() }
+        ApiResponse {
+            status,
+            body: json!({ "error": msg.into() }).to_string(),
+        }
     }
 }
 
@@ -58,7 +64,10 @@ pub trait EventLog: Send + Sync {
         Ok(())
     }
     /// Records the events; the API answers 200 only after this returns `Ok`.
-    fn append(&self, events: Vec<AcceptedEvent>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
+    fn append(
+        &self,
+        events: Vec<AcceptedEvent>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
 }
 
 pub struct Api {
@@ -103,44 +112,79 @@ fn now_secs() -> i64 {
 
 impl Api {
     pub fn new(hub: Arc<Hub>, log: Option<Arc<dyn EventLog>>) -> Api {
-        Api { hub, log, strip_prefix: String::new() }
+        Api {
+            hub,
+            log,
+            strip_prefix: String::new(),
+        }
     }
 
     /// Handles one request under `/apps/`.
     pub async fn handle(&self, req: ApiRequest<'_>) -> ApiResponse {
-        let path = req.path.strip_prefix(self.strip_prefix.as_str()).unwrap_or(req.path);
+        let path = req
+            .path
+            .strip_prefix(self.strip_prefix.as_str())
+            .unwrap_or(req.path);
         let Some(rest) = path.strip_prefix("/apps/") else {
             return ApiResponse::error(404, "Not found: HTTP API paths start with /apps/{app_id}/");
         };
         let (app_id, route) = rest.split_once('/').unwrap_or((rest, ""));
         let Some(app) = self.hub.app_by_id(app_id).cloned() else {
-            return ApiResponse::error(404, format!("Unknown app id {app_id:?}: check PUSHER_APP_ID / REVERB_APP_ID"));
+            return ApiResponse::error(
+                404,
+                format!("Unknown app id {app_id:?}: check PUSHER_APP_ID / REVERB_APP_ID"),
+            );
         };
-        let signed = signing::SignedRequest { method: req.method, path, query: req.query, body: req.body };
+        let signed = signing::SignedRequest {
+            method: req.method,
+            path,
+            query: req.query,
+            body: req.body,
+        };
         if let Err(e) = signing::verify(&signed, &app.config.key, &app.config.secret, now_secs()) {
             return ApiResponse::error(401, e.to_string());
         }
         if !app.config.enabled {
             return ApiResponse::error(403, "Application disabled");
         }
-        let params: Vec<(String, String)> = form_urlencoded::parse(req.query.as_bytes()).into_owned().collect();
+        let params: Vec<(String, String)> = form_urlencoded::parse(req.query.as_bytes())
+            .into_owned()
+            .collect();
         let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         let segments: Vec<&str> = route.split('/').collect();
         match (req.method, segments.as_slice()) {
             ("POST", ["events"]) => self.trigger(&app, req.body).await,
             ("POST", ["batch_events"]) => self.batch(&app, req.body).await,
-            ("GET", ["channels"]) => channels(&app, param("filter_by_prefix").unwrap_or(""), param("info").unwrap_or("")),
-            ("GET", ["channels", name]) => channel_info(&app, &signing::percent_decode(name), param("info").unwrap_or("")),
+            ("GET", ["channels"]) => channels(
+                &app,
+                param("filter_by_prefix").unwrap_or(""),
+                param("info").unwrap_or(""),
+            ),
+            ("GET", ["channels", name]) => channel_info(
+                &app,
+                &signing::percent_decode(name),
+                param("info").unwrap_or(""),
+            ),
             ("GET", ["channels", name, "users"]) => users(&app, &signing::percent_decode(name)),
             ("POST", ["users", user, "terminate_connections"]) => {
                 app.terminate_user(&signing::percent_decode(user));
                 ApiResponse::ok(json!({}))
             }
-            ("GET", ["connections"]) => ApiResponse::ok(json!({ "connections": app.counters.connections.load(std::sync::atomic::Ordering::Relaxed) })),
-            (_, ["events"] | ["batch_events"] | ["channels", ..] | ["users", _, "terminate_connections"] | ["connections"]) => {
-                ApiResponse::error(405, format!("Method {} not allowed on {path}", req.method))
-            }
-            _ => ApiResponse::error(404, format!("Not found: {path} is not an HTTP API endpoint")),
+            ("GET", ["connections"]) => ApiResponse::ok(
+                json!({ "connections": app.counters.connections.load(std::sync::atomic::Ordering::Relaxed) }),
+            ),
+            (
+                _,
+                ["events"]
+                | ["batch_events"]
+                | ["channels", ..]
+                | ["users", _, "terminate_connections"]
+                | ["connections"],
+            ) => ApiResponse::error(405, format!("Method {} not allowed on {path}", req.method)),
+            _ => ApiResponse::error(
+                404,
+                format!("Not found: {path} is not an HTTP API endpoint"),
+            ),
         }
     }
 
@@ -174,11 +218,20 @@ impl Api {
             Err(e) => return ApiResponse::error(400, format!("Invalid JSON body: {e}")),
         };
         let Some(batch) = parsed.batch else {
-            return ApiResponse::error(400, "Missing \"batch\": expected {\"batch\":[{\"channel\":…,\"name\":…,\"data\":…}]}");
+            return ApiResponse::error(
+                400,
+                "Missing \"batch\": expected {\"batch\":[{\"channel\":…,\"name\":…,\"data\":…}]}",
+            );
         };
         let max = app.config.max_batch_events;
         if batch.len() > max {
-            return ApiResponse::error(400, format!("Batch too large: {} events, the limit is {max}", batch.len()));
+            return ApiResponse::error(
+                400,
+                format!(
+                    "Batch too large: {} events, the limit is {max}",
+                    batch.len()
+                ),
+            );
         }
         let mut items = Vec::with_capacity(batch.len());
         for (i, b) in batch.into_iter().enumerate() {
@@ -190,21 +243,34 @@ impl Api {
                 }
             }
         }
-        let infos: Vec<(Vec<String>, Vec<String>)> = items.iter().map(|v| (v.channels.clone(), v.info.clone())).collect();
+        let infos: Vec<(Vec<String>, Vec<String>)> = items
+            .iter()
+            .map(|v| (v.channels.clone(), v.info.clone()))
+            .collect();
         if let Err(r) = self.publish(app, items).await {
             return r;
         }
         if infos.iter().all(|(_, i)| i.is_empty()) {
             return ApiResponse::ok(json!({}));
         }
-        let batch: Vec<Value> = infos.iter().map(|(chs, info)| Value::Object(chs.first().map(|c| info_attrs(app, c, info)).unwrap_or_default())).collect();
+        let batch: Vec<Value> = infos
+            .iter()
+            .map(|(chs, info)| {
+                Value::Object(
+                    chs.first()
+                        .map(|c| info_attrs(app, c, info))
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
         ApiResponse::ok(json!({ "batch": batch }))
     }
 
     /// Delivers validated events, then records them in the event log before the answer.
     async fn publish(&self, app: &Arc<App>, items: Vec<Validated>) -> Result<(), ApiResponse> {
         if let Some(log) = &self.log {
-            log.check_capacity().map_err(|e| ApiResponse::error(503, e))?;
+            log.check_capacity()
+                .map_err(|e| ApiResponse::error(503, e))?;
         }
         let mut accepted = Vec::with_capacity(items.len());
         for v in items {
@@ -213,11 +279,22 @@ impl Api {
                 let frame = Frame::from(message::frame(&v.name, Some(c), Some(&v.data), None));
                 delivered.push(app.publish(c, &frame, v.socket_id.as_deref()));
             }
-            app.counters.api_events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            accepted.push(AcceptedEvent { app_id: app.config.id.clone(), name: v.name, channels: v.channels, data: v.data, socket_id: v.socket_id, delivered });
+            app.counters
+                .api_events
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            accepted.push(AcceptedEvent {
+                app_id: app.config.id.clone(),
+                name: v.name,
+                channels: v.channels,
+                data: v.data,
+                socket_id: v.socket_id,
+                delivered,
+            });
         }
         if let Some(log) = &self.log {
-            log.append(accepted).await.map_err(|e| ApiResponse::error(503, e))?;
+            log.append(accepted)
+                .await
+                .map_err(|e| ApiResponse::error(503, e))?;
         }
         Ok(())
     }
@@ -225,60 +302,124 @@ impl Api {
 
 fn validate(app: &App, b: EventBody<'_>) -> Result<Validated, ApiResponse> {
     let cfg = &app.config;
-    let name = b.name.filter(|n| !n.is_empty()).ok_or_else(|| ApiResponse::error(400, "Missing event \"name\""))?;
+    let name = b
+        .name
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiResponse::error(400, "Missing event \"name\""))?;
     if name.len() > cfg.max_event_name_length {
-        return Err(ApiResponse::error(400, format!("Event name too long: {} characters, the limit is {}", name.len(), cfg.max_event_name_length)));
+        return Err(ApiResponse::error(
+            400,
+            format!(
+                "Event name too long: {} characters, the limit is {}",
+                name.len(),
+                cfg.max_event_name_length
+            ),
+        ));
     }
-    let raw = b.data.ok_or_else(|| ApiResponse::error(400, "Missing \"data\" (a string, usually JSON-encoded)"))?;
+    let raw = b.data.ok_or_else(|| {
+        ApiResponse::error(400, "Missing \"data\" (a string, usually JSON-encoded)")
+    })?;
     let data = if raw.get().starts_with('"') {
-        serde_json::from_str::<String>(raw.get()).map_err(|e| ApiResponse::error(400, format!("Invalid \"data\": {e}")))?
+        serde_json::from_str::<String>(raw.get())
+            .map_err(|e| ApiResponse::error(400, format!("Invalid \"data\": {e}")))?
     } else {
         raw.get().to_owned()
     };
     if data.len() > cfg.max_event_data_bytes {
-        return Err(ApiResponse::error(413, format!("Event data too large: {} bytes, the limit is {} (max_event_data_bytes)", data.len(), cfg.max_event_data_bytes)));
+        return Err(ApiResponse::error(
+            413,
+            format!(
+                "Event data too large: {} bytes, the limit is {} (max_event_data_bytes)",
+                data.len(),
+                cfg.max_event_data_bytes
+            ),
+        ));
     }
     let channels = match (b.channels, b.channel) {
         (Some(c), _) if !c.is_empty() => c,
         (_, Some(c)) => vec![c],
-        _ => return Err(ApiResponse::error(400, "Missing \"channels\" (an array) or \"channel\" (a string)")),
+        _ => {
+            return Err(ApiResponse::error(
+                400,
+                "Missing \"channels\" (an array) or \"channel\" (a string)",
+            ))
+        }
     };
     if channels.len() > cfg.max_channels_per_event {
-        return Err(ApiResponse::error(400, format!("Too many channels: {}, the limit is {} per event", channels.len(), cfg.max_channels_per_event)));
+        return Err(ApiResponse::error(
+            400,
+            format!(
+                "Too many channels: {}, the limit is {} per event",
+                channels.len(),
+                cfg.max_channels_per_event
+            ),
+        ));
     }
     for c in &channels {
         if let Err(e) = channel::validate(c, cfg.max_channel_name_length) {
-            return Err(ApiResponse::error(400, format!("Invalid channel {c:?}: {e}")));
+            return Err(ApiResponse::error(
+                400,
+                format!("Invalid channel {c:?}: {e}"),
+            ));
         }
     }
     let socket_id = match b.socket_id.filter(|s| !s.is_empty()) {
-        Some(s) => Some(SocketId::parse(&s).map(|_| s.clone()).ok_or_else(|| ApiResponse::error(400, format!("Invalid socket_id {s:?}: expected digits.digits")))?),
+        Some(s) => Some(SocketId::parse(&s).map(|_| s.clone()).ok_or_else(|| {
+            ApiResponse::error(
+                400,
+                format!("Invalid socket_id {s:?}: expected digits.digits"),
+            )
+        })?),
         None => None,
     };
-    let info: Vec<String> = b.info.unwrap_or_default().split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
-    Ok(Validated { name, channels, data, socket_id, info })
+    let info: Vec<String> = b
+        .info
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    Ok(Validated {
+        name,
+        channels,
+        data,
+        socket_id,
+        info,
+    })
 }
 
 fn info_attrs(app: &App, channel: &str, info: &[String]) -> Map<String, Value> {
     let ci = app.channel(channel);
     let mut m = Map::new();
     if info.iter().any(|i| i == "subscription_count") {
-        m.insert("subscription_count".into(), json!(ci.as_ref().map_or(0, |c| c.subscription_count)));
+        m.insert(
+            "subscription_count".into(),
+            json!(ci.as_ref().map_or(0, |c| c.subscription_count)),
+        );
     }
     if info.iter().any(|i| i == "user_count") && ChannelKind::of(channel).is_presence() {
-        m.insert("user_count".into(), json!(ci.as_ref().and_then(|c| c.user_count).unwrap_or(0)));
+        m.insert(
+            "user_count".into(),
+            json!(ci.as_ref().and_then(|c| c.user_count).unwrap_or(0)),
+        );
     }
     m
 }
 
 fn info_list(info: &str) -> Vec<&str> {
-    info.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+    info.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn channels(app: &App, prefix: &str, info: &str) -> ApiResponse {
     let info = info_list(info);
     if info.contains(&"user_count") && !prefix.starts_with("presence-") {
-        return ApiResponse::error(400, "info=user_count is only available with filter_by_prefix=presence-");
+        return ApiResponse::error(
+            400,
+            "info=user_count is only available with filter_by_prefix=presence-",
+        );
     }
     let mut out = Map::new();
     for c in app.channels(prefix) {
@@ -303,21 +444,33 @@ fn channel_info(app: &App, name: &str, info: &str) -> ApiResponse {
     let info = info_list(info);
     let presence = ChannelKind::of(name).is_presence();
     if info.contains(&"user_count") && !presence {
-        return ApiResponse::error(400, "info=user_count is only available for presence channels");
+        return ApiResponse::error(
+            400,
+            "info=user_count is only available for presence channels",
+        );
     }
     let ci = app.channel(name);
     let mut m = Map::new();
     m.insert("occupied".into(), json!(ci.is_some()));
     if info.contains(&"user_count") {
-        m.insert("user_count".into(), json!(ci.as_ref().and_then(|c| c.user_count).unwrap_or(0)));
+        m.insert(
+            "user_count".into(),
+            json!(ci.as_ref().and_then(|c| c.user_count).unwrap_or(0)),
+        );
     }
     if info.contains(&"subscription_count") {
-        m.insert("subscription_count".into(), json!(ci.as_ref().map_or(0, |c| c.subscription_count)));
+        m.insert(
+            "subscription_count".into(),
+            json!(ci.as_ref().map_or(0, |c| c.subscription_count)),
+        );
     }
     if info.contains(&"cache") && ChannelKind::of(name).is_cache() {
         if let Some((frame, ttl)) = app.cached(name) {
             let event: Value = serde_json::from_str(frame.as_str()).unwrap_or(Value::Null);
-            m.insert("cache".into(), json!({ "event": event["event"], "data": event["data"], "ttl": ttl.as_secs() }));
+            m.insert(
+                "cache".into(),
+                json!({ "event": event["event"], "data": event["data"], "ttl": ttl.as_secs() }),
+            );
         }
     }
     ApiResponse::ok(Value::Object(m))
@@ -325,9 +478,18 @@ fn channel_info(app: &App, name: &str, info: &str) -> ApiResponse {
 
 fn users(app: &App, name: &str) -> ApiResponse {
     if !ChannelKind::of(name).is_presence() {
-        return ApiResponse::error(400, format!("{name} is not a presence channel: users are only listed for presence-… channels"));
+        return ApiResponse::error(
+            400,
+            format!(
+                "{name} is not a presence channel: users are only listed for presence-… channels"
+            ),
+        );
     }
-    let users: Vec<Value> = app.users(name).into_iter().map(|id| json!({ "id": id })).collect();
+    let users: Vec<Value> = app
+        .users(name)
+        .into_iter()
+        .map(|id| json!({ "id": id }))
+        .collect();
     ApiResponse::ok(json!({ "users": users }))
 }
 

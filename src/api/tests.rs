@@ -15,9 +15,30 @@ fn setup(configure: impl FnOnce(&mut AppConfig)) -> (Api, Arc<Hub>) {
     (Api::new(hub.clone(), None), hub)
 }
 
-async fn call(api: &Api, method: &str, path: &str, body: &str, extra: &[(&str, &str)]) -> (u16, Value) {
-    let q = sign_query(method, path, KEY, SECRET, now_secs(), body.as_bytes(), extra);
-    let r = api.handle(ApiRequest { method, path, query: &q, body: body.as_bytes() }).await;
+async fn call(
+    api: &Api,
+    method: &str,
+    path: &str,
+    body: &str,
+    extra: &[(&str, &str)],
+) -> (u16, Value) {
+    let q = sign_query(
+        method,
+        path,
+        KEY,
+        SECRET,
+        now_secs(),
+        body.as_bytes(),
+        extra,
+    );
+    let r = api
+        .handle(ApiRequest {
+            method,
+            path,
+            query: &q,
+            body: body.as_bytes(),
+        })
+        .await;
     let v: Value = serde_json::from_str(&r.body).expect("every answer is JSON");
     assert!(v.is_object(), "every answer is a JSON object: {}", r.body);
     (r.status, v)
@@ -25,7 +46,11 @@ async fn call(api: &Api, method: &str, path: &str, body: &str, extra: &[(&str, &
 
 fn subscriber(hub: &Hub, n: u64, channel: &str) -> Arc<Outbox> {
     let app = hub.app_by_id("7").unwrap();
-    let o = Arc::new(Outbox::new(n, SocketId::parse(&format!("{n}.{n}")).unwrap(), 64));
+    let o = Arc::new(Outbox::new(
+        n,
+        SocketId::parse(&format!("{n}.{n}")).unwrap(),
+        64,
+    ));
     app.subscribe(&o, channel, None).unwrap();
     let mut v = Vec::new();
     o.drain(&mut v);
@@ -35,7 +60,9 @@ fn subscriber(hub: &Hub, n: u64, channel: &str) -> Arc<Outbox> {
 fn received(o: &Outbox) -> Vec<Value> {
     let mut v = Vec::new();
     o.drain(&mut v);
-    v.iter().map(|f| serde_json::from_str(f.as_str()).unwrap()).collect()
+    v.iter()
+        .map(|f| serde_json::from_str(f.as_str()).unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -43,7 +70,14 @@ async fn trigger_with_channels_or_channel_and_exclusion() {
     let (api, hub) = setup(|_| {});
     let a = subscriber(&hub, 1, "orders");
     let b = subscriber(&hub, 2, "orders");
-    let (s, v) = call(&api, "POST", "/apps/7/events", r#"{"name":"created","channels":["orders"],"data":"{\"id\":1}"}"#, &[]).await;
+    let (s, v) = call(
+        &api,
+        "POST",
+        "/apps/7/events",
+        r#"{"name":"created","channels":["orders"],"data":"{\"id\":1}"}"#,
+        &[],
+    )
+    .await;
     assert_eq!((s, v), (200, json!({})));
     assert_eq!(received(&a)[0]["data"], "{\"id\":1}");
     received(&b);
@@ -56,7 +90,14 @@ async fn trigger_with_channels_or_channel_and_exclusion() {
     assert_eq!(f[0]["event"], "App\\Events\\MarketplaceSyncProgress");
     assert_eq!(f[0]["data"], "{\"progress\":50}");
     // data as a JSON value is accepted and relayed as its JSON text
-    let (s, _) = call(&api, "POST", "/apps/7/events", r#"{"name":"x","channel":"orders","data":{"a":1}}"#, &[]).await;
+    let (s, _) = call(
+        &api,
+        "POST",
+        "/apps/7/events",
+        r#"{"name":"x","channel":"orders","data":{"a":1}}"#,
+        &[],
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(received(&b)[0]["data"], "{\"a\":1}");
 }
@@ -67,12 +108,22 @@ async fn trigger_info_and_batch() {
     let _a = subscriber(&hub, 1, "orders");
     let (s, v) = call(&api, "POST", "/apps/7/events", r#"{"name":"e","channels":["orders","empty"],"data":"x","info":"subscription_count,user_count"}"#, &[]).await;
     assert_eq!(s, 200);
-    assert_eq!(v, json!({"channels":{"orders":{"subscription_count":1},"empty":{"subscription_count":0}}}));
+    assert_eq!(
+        v,
+        json!({"channels":{"orders":{"subscription_count":1},"empty":{"subscription_count":0}}})
+    );
     let body = r#"{"batch":[{"channel":"orders","name":"a","data":"1"},{"channel":"presence-x","name":"b","data":"2","info":"user_count"}]}"#;
     let (s, v) = call(&api, "POST", "/apps/7/batch_events", body, &[]).await;
     assert_eq!(s, 200);
     assert_eq!(v, json!({"batch":[{}, {"user_count":0}]}));
-    let (s, v) = call(&api, "POST", "/apps/7/batch_events", r#"{"batch":[{"channel":"orders","name":"a","data":"1"}]}"#, &[]).await;
+    let (s, v) = call(
+        &api,
+        "POST",
+        "/apps/7/batch_events",
+        r#"{"batch":[{"channel":"orders","name":"a","data":"1"}]}"#,
+        &[],
+    )
+    .await;
     assert_eq!((s, v), (200, json!({})));
 }
 
@@ -80,11 +131,17 @@ async fn trigger_info_and_batch() {
 async fn limits_and_bad_bodies() {
     let (api, hub) = setup(|c| c.max_batch_events = 2);
     let a = subscriber(&hub, 1, "orders");
-    let big = format!(r#"{{"name":"e","channel":"orders","data":"{}"}}"#, "x".repeat(10 * 1024 + 1));
+    let big = format!(
+        r#"{{"name":"e","channel":"orders","data":"{}"}}"#,
+        "x".repeat(10 * 1024 + 1)
+    );
     assert_eq!(call(&api, "POST", "/apps/7/events", &big, &[]).await.0, 413);
     let chans: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
     let many = json!({"name":"e","channels":chans,"data":"x"}).to_string();
-    assert_eq!(call(&api, "POST", "/apps/7/events", &many, &[]).await.0, 400);
+    assert_eq!(
+        call(&api, "POST", "/apps/7/events", &many, &[]).await.0,
+        400
+    );
     for bad in [
         "not json",
         "[]",
@@ -101,29 +158,77 @@ async fn limits_and_bad_bodies() {
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
     // a batch is validated whole before anything is delivered
-    let body = r#"{"batch":[{"channel":"orders","name":"a","data":"1"},{"channel":"orders","data":"2"}]}"#;
+    let body =
+        r#"{"batch":[{"channel":"orders","name":"a","data":"1"},{"channel":"orders","data":"2"}]}"#;
     let (s, v) = call(&api, "POST", "/apps/7/batch_events", body, &[]).await;
     assert_eq!(s, 400);
     assert!(v["error"].as_str().unwrap().starts_with("batch[1]"));
     assert!(received(&a).is_empty());
     let body = r#"{"batch":[{"channel":"a","name":"a","data":"1"},{"channel":"a","name":"a","data":"1"},{"channel":"a","name":"a","data":"1"}]}"#;
-    assert_eq!(call(&api, "POST", "/apps/7/batch_events", body, &[]).await.0, 400);
-    assert_eq!(call(&api, "POST", "/apps/7/batch_events", "{}", &[]).await.0, 400);
+    assert_eq!(
+        call(&api, "POST", "/apps/7/batch_events", body, &[])
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        call(&api, "POST", "/apps/7/batch_events", "{}", &[])
+            .await
+            .0,
+        400
+    );
 }
 
 #[tokio::test]
 async fn signing_failures_and_routing() {
     let (api, _hub) = setup(|_| {});
     let body = r#"{"name":"e","channel":"a","data":"x"}"#;
-    let q = sign_query("POST", "/apps/7/events", KEY, "wrong-secret", now_secs(), body.as_bytes(), &[]);
-    let r = api.handle(ApiRequest { method: "POST", path: "/apps/7/events", query: &q, body: body.as_bytes() }).await;
+    let q = sign_query(
+        "POST",
+        "/apps/7/events",
+        KEY,
+        "wrong-secret",
+        now_secs(),
+        body.as_bytes(),
+        &[],
+    );
+    let r = api
+        .handle(ApiRequest {
+            method: "POST",
+            path: "/apps/7/events",
+            query: &q,
+            body: body.as_bytes(),
+        })
+        .await;
     assert_eq!(r.status, 401);
     assert!(r.body.contains("Invalid signature"));
-    let q = sign_query("POST", "/apps/7/events", KEY, SECRET, now_secs() - 601, body.as_bytes(), &[]);
-    let r = api.handle(ApiRequest { method: "POST", path: "/apps/7/events", query: &q, body: body.as_bytes() }).await;
+    let q = sign_query(
+        "POST",
+        "/apps/7/events",
+        KEY,
+        SECRET,
+        now_secs() - 601,
+        body.as_bytes(),
+        &[],
+    );
+    let r = api
+        .handle(ApiRequest {
+            method: "POST",
+            path: "/apps/7/events",
+            query: &q,
+            body: body.as_bytes(),
+        })
+        .await;
     assert_eq!(r.status, 401);
     assert!(r.body.contains("Timestamp expired"));
-    let r = api.handle(ApiRequest { method: "POST", path: "/apps/8/events", query: "", body: b"" }).await;
+    let r = api
+        .handle(ApiRequest {
+            method: "POST",
+            path: "/apps/8/events",
+            query: "",
+            body: b"",
+        })
+        .await;
     assert_eq!(r.status, 404);
     assert_eq!(call(&api, "GET", "/apps/7/nope", "", &[]).await.0, 404);
     assert_eq!(call(&api, "DELETE", "/apps/7/events", "", &[]).await.0, 405);
@@ -137,22 +242,97 @@ async fn channel_queries() {
     let _a = subscriber(&hub, 1, "orders");
     let app = hub.app_by_id("7").unwrap();
     let p = Arc::new(Outbox::new(5, SocketId::parse("5.5").unwrap(), 64));
-    app.subscribe(&p, "presence-room", Some(crate::hub::Member { user_id: "10".into(), user_info: None })).unwrap();
+    app.subscribe(
+        &p,
+        "presence-room",
+        Some(crate::hub::Member {
+            user_id: "10".into(),
+            user_info: None,
+        }),
+    )
+    .unwrap();
     let (s, v) = call(&api, "GET", "/apps/7/channels", "", &[]).await;
-    assert_eq!((s, v), (200, json!({"channels":{"orders":{},"presence-room":{}}})));
-    let (s, v) = call(&api, "GET", "/apps/7/channels", "", &[("filter_by_prefix", "presence-"), ("info", "user_count")]).await;
-    assert_eq!((s, v), (200, json!({"channels":{"presence-room":{"user_count":1}}})));
-    assert_eq!(call(&api, "GET", "/apps/7/channels", "", &[("info", "user_count")]).await.0, 400);
-    let (_, v) = call(&api, "GET", "/apps/7/channels", "", &[("info", "subscription_count")]).await;
+    assert_eq!(
+        (s, v),
+        (200, json!({"channels":{"orders":{},"presence-room":{}}}))
+    );
+    let (s, v) = call(
+        &api,
+        "GET",
+        "/apps/7/channels",
+        "",
+        &[("filter_by_prefix", "presence-"), ("info", "user_count")],
+    )
+    .await;
+    assert_eq!(
+        (s, v),
+        (200, json!({"channels":{"presence-room":{"user_count":1}}}))
+    );
+    assert_eq!(
+        call(
+            &api,
+            "GET",
+            "/apps/7/channels",
+            "",
+            &[("info", "user_count")]
+        )
+        .await
+        .0,
+        400
+    );
+    let (_, v) = call(
+        &api,
+        "GET",
+        "/apps/7/channels",
+        "",
+        &[("info", "subscription_count")],
+    )
+    .await;
     assert_eq!(v["channels"]["orders"]["subscription_count"], 1);
-    let (s, v) = call(&api, "GET", "/apps/7/channels/presence-room", "", &[("info", "user_count,subscription_count")]).await;
-    assert_eq!((s, v), (200, json!({"occupied":true,"user_count":1,"subscription_count":1})));
+    let (s, v) = call(
+        &api,
+        "GET",
+        "/apps/7/channels/presence-room",
+        "",
+        &[("info", "user_count,subscription_count")],
+    )
+    .await;
+    assert_eq!(
+        (s, v),
+        (
+            200,
+            json!({"occupied":true,"user_count":1,"subscription_count":1})
+        )
+    );
     let (_, v) = call(&api, "GET", "/apps/7/channels/empty", "", &[]).await;
     assert_eq!(v, json!({"occupied":false}));
-    assert_eq!(call(&api, "GET", "/apps/7/channels/orders", "", &[("info", "user_count")]).await.0, 400);
+    assert_eq!(
+        call(
+            &api,
+            "GET",
+            "/apps/7/channels/orders",
+            "",
+            &[("info", "user_count")]
+        )
+        .await
+        .0,
+        400
+    );
     let (s, v) = call(&api, "GET", "/apps/7/channels/presence-room/users", "", &[]).await;
     assert_eq!((s, v), (200, json!({"users":[{"id":"10"}]})));
-    assert_eq!(call(&api, "GET", "/apps/7/channels/orders/users", "", &[]).await.0, 400);
-    let (s, v) = call(&api, "POST", "/apps/7/users/10/terminate_connections", "{}", &[]).await;
+    assert_eq!(
+        call(&api, "GET", "/apps/7/channels/orders/users", "", &[])
+            .await
+            .0,
+        400
+    );
+    let (s, v) = call(
+        &api,
+        "POST",
+        "/apps/7/users/10/terminate_connections",
+        "{}",
+        &[],
+    )
+    .await;
     assert_eq!((s, v), (200, json!({})));
 }

@@ -22,13 +22,34 @@ pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
 /// Something the hub reports for webhooks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HubEvent {
-    ChannelOccupied { channel: String },
-    ChannelVacated { channel: String },
-    MemberAdded { channel: String, user_id: String },
-    MemberRemoved { channel: String, user_id: String },
-    ClientEvent { channel: String, event: String, data: Option<String>, socket_id: String, user_id: Option<String> },
-    CacheMiss { channel: String },
-    SubscriptionCount { channel: String, count: usize },
+    ChannelOccupied {
+        channel: String,
+    },
+    ChannelVacated {
+        channel: String,
+    },
+    MemberAdded {
+        channel: String,
+        user_id: String,
+    },
+    MemberRemoved {
+        channel: String,
+        user_id: String,
+    },
+    ClientEvent {
+        channel: String,
+        event: String,
+        data: Option<String>,
+        socket_id: String,
+        user_id: Option<String>,
+    },
+    CacheMiss {
+        channel: String,
+    },
+    SubscriptionCount {
+        channel: String,
+        count: usize,
+    },
 }
 
 /// Receives hub events (after the hub's lock is released). Must not block.
@@ -110,7 +131,12 @@ pub struct ChannelInfo {
 
 impl App {
     pub fn new(config: AppConfig, observer: Arc<dyn HubObserver>) -> App {
-        App { config, state: RwLock::new(AppState::default()), counters: AppCounters::default(), observer }
+        App {
+            config,
+            state: RwLock::new(AppState::default()),
+            counters: AppCounters::default(),
+            observer,
+        }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, AppState> {
@@ -132,7 +158,9 @@ impl App {
         let max = self.config.max_connections;
         self.counters
             .connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .is_ok()
     }
 
@@ -140,7 +168,9 @@ impl App {
         let _ = self
             .counters
             .connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
     }
 
     fn send(&self, outbox: &Outbox, frame: Frame) {
@@ -151,16 +181,24 @@ impl App {
 
     /// Subscribes `outbox`; pushes `subscription_succeeded` (and the cached event or
     /// `pusher:cache_miss`) to it, `member_added` to the others. Idempotent per connection.
-    pub fn subscribe(&self, outbox: &Arc<Outbox>, channel: &str, member: Option<Member>) -> Result<(), SubscribeError> {
+    pub fn subscribe(
+        &self,
+        outbox: &Arc<Outbox>,
+        channel: &str,
+        member: Option<Member>,
+    ) -> Result<(), SubscribeError> {
         let kind = ChannelKind::of(channel);
         let mut events = Vec::new();
         {
             let mut st = self.write();
             let st = &mut *st;
             if let (Some(m), Some(ch)) = (&member, st.channels.get(channel)) {
-                let full = !ch.members.contains_key(&m.user_id) && ch.members.len() >= self.config.max_presence_members;
+                let full = !ch.members.contains_key(&m.user_id)
+                    && ch.members.len() >= self.config.max_presence_members;
                 if full && !ch.subscribers.contains_key(&outbox.conn_id) {
-                    return Err(SubscribeError::MemberLimit { max: self.config.max_presence_members });
+                    return Err(SubscribeError::MemberLimit {
+                        max: self.config.max_presence_members,
+                    });
                 }
             } else if member.is_some() && self.config.max_presence_members == 0 {
                 return Err(SubscribeError::MemberLimit { max: 0 });
@@ -169,35 +207,64 @@ impl App {
             let already = ch.subscribers.contains_key(&outbox.conn_id);
             if !already {
                 let occupied = ch.subscribers.is_empty();
-                ch.subscribers.insert(outbox.conn_id, Subscriber { outbox: outbox.clone(), user_id: member.as_ref().map(|m| m.user_id.clone()) });
+                ch.subscribers.insert(
+                    outbox.conn_id,
+                    Subscriber {
+                        outbox: outbox.clone(),
+                        user_id: member.as_ref().map(|m| m.user_id.clone()),
+                    },
+                );
                 if occupied {
-                    events.push(HubEvent::ChannelOccupied { channel: channel.to_owned() });
+                    events.push(HubEvent::ChannelOccupied {
+                        channel: channel.to_owned(),
+                    });
                 }
                 if let Some(m) = &member {
-                    let entry = ch.members.entry(m.user_id.clone()).or_insert(MemberEntry { info: m.user_info.clone(), sockets: 0 });
+                    let entry = ch.members.entry(m.user_id.clone()).or_insert(MemberEntry {
+                        info: m.user_info.clone(),
+                        sockets: 0,
+                    });
                     entry.sockets += 1;
                     if entry.sockets == 1 {
-                        let frame = Frame::from(message::member_added(channel, &m.user_id, m.user_info.as_deref()));
+                        let frame = Frame::from(message::member_added(
+                            channel,
+                            &m.user_id,
+                            m.user_info.as_deref(),
+                        ));
                         for s in ch.subscribers.values() {
                             if s.user_id.as_deref() != Some(m.user_id.as_str()) {
                                 self.send(&s.outbox, frame.clone());
                             }
                         }
-                        events.push(HubEvent::MemberAdded { channel: channel.to_owned(), user_id: m.user_id.clone() });
+                        events.push(HubEvent::MemberAdded {
+                            channel: channel.to_owned(),
+                            user_id: m.user_id.clone(),
+                        });
                     }
                 }
             }
-            let data = if kind.is_presence() { presence_data(ch) } else { "{}".to_owned() };
-            self.send(outbox, Frame::from(message::subscription_succeeded(channel, &data)));
+            let data = if kind.is_presence() {
+                presence_data(ch)
+            } else {
+                "{}".to_owned()
+            };
+            self.send(
+                outbox,
+                Frame::from(message::subscription_succeeded(channel, &data)),
+            );
             if !already && !kind.is_presence() {
                 self.subscription_count_changed(channel, ch, &mut events);
             }
             if kind.is_cache() {
                 match st.caches.get(channel) {
-                    Some((frame, at)) if at.elapsed() < CACHE_TTL => self.send(outbox, frame.clone()),
+                    Some((frame, at)) if at.elapsed() < CACHE_TTL => {
+                        self.send(outbox, frame.clone())
+                    }
                     _ => {
                         self.send(outbox, Frame::from(message::cache_miss(channel)));
-                        events.push(HubEvent::CacheMiss { channel: channel.to_owned() });
+                        events.push(HubEvent::CacheMiss {
+                            channel: channel.to_owned(),
+                        });
                     }
                 }
             }
@@ -215,7 +282,10 @@ impl App {
         for s in ch.subscribers.values() {
             self.send(&s.outbox, frame.clone());
         }
-        events.push(HubEvent::SubscriptionCount { channel: channel.to_owned(), count });
+        events.push(HubEvent::SubscriptionCount {
+            channel: channel.to_owned(),
+            count,
+        });
     }
 
     /// Removes `outbox` from `channel`; unknown channels are ignored.
@@ -228,9 +298,19 @@ impl App {
         self.emit(events);
     }
 
-    fn unsubscribe_locked(&self, st: &mut AppState, conn_id: u64, channel: &str, events: &mut Vec<HubEvent>) {
-        let Some(ch) = st.channels.get_mut(channel) else { return };
-        let Some(sub) = ch.subscribers.remove(&conn_id) else { return };
+    fn unsubscribe_locked(
+        &self,
+        st: &mut AppState,
+        conn_id: u64,
+        channel: &str,
+        events: &mut Vec<HubEvent>,
+    ) {
+        let Some(ch) = st.channels.get_mut(channel) else {
+            return;
+        };
+        let Some(sub) = ch.subscribers.remove(&conn_id) else {
+            return;
+        };
         if let Some(user_id) = sub.user_id {
             let gone = match ch.members.get_mut(&user_id) {
                 Some(m) => {
@@ -245,19 +325,30 @@ impl App {
                 for s in ch.subscribers.values() {
                     self.send(&s.outbox, frame.clone());
                 }
-                events.push(HubEvent::MemberRemoved { channel: channel.to_owned(), user_id });
+                events.push(HubEvent::MemberRemoved {
+                    channel: channel.to_owned(),
+                    user_id,
+                });
             }
         }
         if ch.subscribers.is_empty() {
             st.channels.remove(channel);
-            events.push(HubEvent::ChannelVacated { channel: channel.to_owned() });
+            events.push(HubEvent::ChannelVacated {
+                channel: channel.to_owned(),
+            });
         } else if !ChannelKind::of(channel).is_presence() {
             self.subscription_count_changed(channel, ch, events);
         }
     }
 
     /// Everything a closing connection leaves: its channels, its signed-in user, its watchlist.
-    pub fn remove_connection(&self, outbox: &Outbox, channels: &[String], user_id: Option<&str>, watchlist: &[String]) {
+    pub fn remove_connection(
+        &self,
+        outbox: &Outbox,
+        channels: &[String],
+        user_id: Option<&str>,
+        watchlist: &[String],
+    ) {
         let mut events = Vec::new();
         {
             let mut st = self.write();
@@ -284,7 +375,10 @@ impl App {
                     st.users.remove(uid);
                     if self.config.watchlist {
                         if let Some(ws) = st.watchers.get(uid) {
-                            let frame = Frame::from(message::watchlist_events(&[("offline", vec![uid.to_owned()])]));
+                            let frame = Frame::from(message::watchlist_events(&[(
+                                "offline",
+                                vec![uid.to_owned()],
+                            )]));
                             for o in ws {
                                 self.send(o, frame.clone());
                             }
@@ -300,10 +394,14 @@ impl App {
     /// Stores it as the cached event of a cache channel. Returns how many sockets got it.
     pub fn publish(&self, channel: &str, frame: &Frame, except: Option<&str>) -> usize {
         if ChannelKind::of(channel).is_cache() {
-            self.write().caches.insert(channel.to_owned(), (frame.clone(), Instant::now()));
+            self.write()
+                .caches
+                .insert(channel.to_owned(), (frame.clone(), Instant::now()));
         }
         let st = self.read();
-        let Some(ch) = st.channels.get(channel) else { return 0 };
+        let Some(ch) = st.channels.get(channel) else {
+            return 0;
+        };
         let mut n = 0;
         for s in ch.subscribers.values() {
             if except.is_some_and(|e| e == s.outbox.socket_id.as_str()) {
@@ -313,16 +411,27 @@ impl App {
                 n += 1;
             }
         }
-        self.counters.messages_out.fetch_add(n as u64, Ordering::Relaxed);
+        self.counters
+            .messages_out
+            .fetch_add(n as u64, Ordering::Relaxed);
         n
     }
 
     /// Relays a client event to every other subscriber of `channel`.
-    pub fn client_event(&self, from: &Outbox, channel: &str, event: &str, data: Option<&str>, user_id: Option<&str>) -> usize {
+    pub fn client_event(
+        &self,
+        from: &Outbox,
+        channel: &str,
+        event: &str,
+        data: Option<&str>,
+        user_id: Option<&str>,
+    ) -> usize {
         let frame = Frame::from(message::frame(event, Some(channel), data, user_id));
         let n = {
             let st = self.read();
-            let Some(ch) = st.channels.get(channel) else { return 0 };
+            let Some(ch) = st.channels.get(channel) else {
+                return 0;
+            };
             let mut n = 0;
             for s in ch.subscribers.values() {
                 if s.outbox.conn_id != from.conn_id && s.outbox.push(frame.clone()) {
@@ -331,7 +440,9 @@ impl App {
             }
             n
         };
-        self.counters.messages_out.fetch_add(n as u64, Ordering::Relaxed);
+        self.counters
+            .messages_out
+            .fetch_add(n as u64, Ordering::Relaxed);
         self.emit(vec![HubEvent::ClientEvent {
             channel: channel.to_owned(),
             event: event.to_owned(),
@@ -359,7 +470,10 @@ impl App {
         }
         if first {
             if let Some(ws) = st.watchers.get(user_id) {
-                let frame = Frame::from(message::watchlist_events(&[("online", vec![user_id.to_owned()])]));
+                let frame = Frame::from(message::watchlist_events(&[(
+                    "online",
+                    vec![user_id.to_owned()],
+                )]));
                 for o in ws {
                     if o.conn_id != outbox.conn_id {
                         self.send(o, frame.clone());
@@ -374,8 +488,16 @@ impl App {
                     v.push(outbox.clone());
                 }
             }
-            let online: Vec<String> = watchlist.iter().filter(|w| st.users.contains_key(*w)).cloned().collect();
-            let offline: Vec<String> = watchlist.iter().filter(|w| !st.users.contains_key(*w)).cloned().collect();
+            let online: Vec<String> = watchlist
+                .iter()
+                .filter(|w| st.users.contains_key(*w))
+                .cloned()
+                .collect();
+            let offline: Vec<String> = watchlist
+                .iter()
+                .filter(|w| !st.users.contains_key(*w))
+                .cloned()
+                .collect();
             let mut evs = vec![("online", online)];
             if !offline.is_empty() {
                 evs.push(("offline", offline));
@@ -387,9 +509,15 @@ impl App {
     /// Closes every connection signed in as `user_id` with 4009; returns how many.
     pub fn terminate_user(&self, user_id: &str) -> usize {
         let st = self.read();
-        let Some(v) = st.users.get(user_id) else { return 0 };
+        let Some(v) = st.users.get(user_id) else {
+            return 0;
+        };
         for o in v {
-            o.close(crate::protocol::CloseCode::Unauthorized.code(), "Connection terminated by the app (terminate_connections)", true);
+            o.close(
+                crate::protocol::CloseCode::Unauthorized.code(),
+                "Connection terminated by the app (terminate_connections)",
+                true,
+            );
         }
         v.len()
     }
@@ -414,7 +542,11 @@ impl App {
     /// Distinct user ids on a presence channel.
     pub fn users(&self, channel: &str) -> Vec<String> {
         let st = self.read();
-        let mut v: Vec<String> = st.channels.get(channel).map(|ch| ch.members.keys().cloned().collect()).unwrap_or_default();
+        let mut v: Vec<String> = st
+            .channels
+            .get(channel)
+            .map(|ch| ch.members.keys().cloned().collect())
+            .unwrap_or_default();
         v.sort();
         v
     }
@@ -430,12 +562,17 @@ impl App {
     /// Total subscriptions over all channels (for metrics).
     pub fn subscription_total(&self) -> (usize, usize) {
         let st = self.read();
-        (st.channels.len(), st.channels.values().map(|c| c.subscribers.len()).sum())
+        (
+            st.channels.len(),
+            st.channels.values().map(|c| c.subscribers.len()).sum(),
+        )
     }
 
     /// Drops cache entries older than the TTL (called periodically).
     pub fn expire_caches(&self) {
-        self.write().caches.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+        self.write()
+            .caches
+            .retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
     }
 }
 
@@ -443,7 +580,9 @@ fn info_of(name: &str, ch: &Channel) -> ChannelInfo {
     ChannelInfo {
         name: name.to_owned(),
         subscription_count: ch.subscribers.len(),
-        user_count: ChannelKind::of(name).is_presence().then_some(ch.members.len()),
+        user_count: ChannelKind::of(name)
+            .is_presence()
+            .then_some(ch.members.len()),
     }
 }
 
@@ -453,7 +592,16 @@ fn presence_data(ch: &Channel) -> String {
     let id_list: Vec<String> = ids.iter().map(|i| json_str(i)).collect();
     let hash: Vec<String> = ids
         .iter()
-        .map(|i| format!("{}:{}", json_str(i), ch.members.get(*i).and_then(|m| m.info.as_deref()).unwrap_or("null")))
+        .map(|i| {
+            format!(
+                "{}:{}",
+                json_str(i),
+                ch.members
+                    .get(*i)
+                    .and_then(|m| m.info.as_deref())
+                    .unwrap_or("null")
+            )
+        })
         .collect();
     format!(
         "{{\"presence\":{{\"ids\":[{}],\"hash\":{{{}}},\"count\":{}}}}}",
@@ -473,10 +621,24 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(apps: Vec<AppConfig>, observer: Arc<dyn HubObserver>) -> Hub {
-        let apps: Vec<Arc<App>> = apps.into_iter().map(|a| Arc::new(App::new(a, observer.clone()))).collect();
-        let by_id = apps.iter().map(|a| (a.config.id.clone(), a.clone())).collect();
-        let by_key = apps.iter().map(|a| (a.config.key.clone(), a.clone())).collect();
-        Hub { apps, by_id, by_key, next_conn: AtomicU64::new(1) }
+        let apps: Vec<Arc<App>> = apps
+            .into_iter()
+            .map(|a| Arc::new(App::new(a, observer.clone())))
+            .collect();
+        let by_id = apps
+            .iter()
+            .map(|a| (a.config.id.clone(), a.clone()))
+            .collect();
+        let by_key = apps
+            .iter()
+            .map(|a| (a.config.key.clone(), a.clone()))
+            .collect();
+        Hub {
+            apps,
+            by_id,
+            by_key,
+            next_conn: AtomicU64::new(1),
+        }
     }
 
     pub fn app_by_id(&self, id: &str) -> Option<&Arc<App>> {

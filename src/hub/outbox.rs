@@ -147,7 +147,10 @@ mod tests {
         let mut out = Vec::new();
         let close = o.drain(&mut out).expect("close requested");
         assert_eq!(close.code, 4100);
-        assert!(out.is_empty(), "the backlog of a client that can't keep up is dropped");
+        assert!(
+            out.is_empty(),
+            "the backlog of a client that can't keep up is dropped"
+        );
     }
 
     #[test]
@@ -160,7 +163,10 @@ mod tests {
         assert!(!o.push(Frame::from("c")));
         let mut out = Vec::new();
         let close = o.drain(&mut out).unwrap();
-        assert_eq!(out.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            out.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert_eq!(close.code, 4009);
     }
 
@@ -176,7 +182,10 @@ mod tests {
         });
         tokio::task::yield_now().await;
         o.push(Frame::from("x"));
-        let n = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(n, 1);
     }
 }

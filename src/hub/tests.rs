@@ -25,33 +25,51 @@ fn app(configure: impl FnOnce(&mut AppConfig)) -> (App, Arc<Recorder>) {
 }
 
 fn conn(n: u64) -> Arc<Outbox> {
-    Arc::new(Outbox::new(n, SocketId::parse(&format!("{n}.{n}")).unwrap(), 64))
+    Arc::new(Outbox::new(
+        n,
+        SocketId::parse(&format!("{n}.{n}")).unwrap(),
+        64,
+    ))
 }
 
 fn frames(o: &Outbox) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     o.drain(&mut out);
-    out.iter().map(|f| serde_json::from_str(f.as_str()).unwrap()).collect()
+    out.iter()
+        .map(|f| serde_json::from_str(f.as_str()).unwrap())
+        .collect()
 }
 
 fn member(id: &str) -> Option<Member> {
-    Some(Member { user_id: id.into(), user_info: Some(format!("{{\"name\":\"{id}\"}}")) })
+    Some(Member {
+        user_id: id.into(),
+        user_info: Some(format!("{{\"name\":\"{id}\"}}")),
+    })
 }
 
 #[test]
 fn presence_is_by_user_not_by_connection() {
     let (app, rec) = app(|_| {});
     let (a1, a2, b) = (conn(1), conn(2), conn(3));
-    app.subscribe(&a1, "presence-room", member("alice")).unwrap();
+    app.subscribe(&a1, "presence-room", member("alice"))
+        .unwrap();
     let f = frames(&a1);
     assert_eq!(f[0]["event"], "pusher_internal:subscription_succeeded");
     let d: serde_json::Value = serde_json::from_str(f[0]["data"].as_str().unwrap()).unwrap();
     assert_eq!(d["presence"]["count"], 1);
     assert_eq!(d["presence"]["hash"]["alice"]["name"], "alice");
-    assert_eq!(rec.take(), vec![
-        HubEvent::ChannelOccupied { channel: "presence-room".into() },
-        HubEvent::MemberAdded { channel: "presence-room".into(), user_id: "alice".into() },
-    ]);
+    assert_eq!(
+        rec.take(),
+        vec![
+            HubEvent::ChannelOccupied {
+                channel: "presence-room".into()
+            },
+            HubEvent::MemberAdded {
+                channel: "presence-room".into(),
+                user_id: "alice".into()
+            },
+        ]
+    );
 
     app.subscribe(&b, "presence-room", member("bob")).unwrap();
     let fa = frames(&a1);
@@ -60,7 +78,8 @@ fn presence_is_by_user_not_by_connection() {
     frames(&b);
 
     // Alice's second tab: no member_added for anyone, count stays 2.
-    app.subscribe(&a2, "presence-room", member("alice")).unwrap();
+    app.subscribe(&a2, "presence-room", member("alice"))
+        .unwrap();
     assert!(frames(&a1).is_empty());
     assert!(frames(&b).is_empty());
     let f = frames(&a2);
@@ -70,7 +89,8 @@ fn presence_is_by_user_not_by_connection() {
     rec.take();
 
     // Repeated subscribe: answered again, no duplicate membership.
-    app.subscribe(&a2, "presence-room", member("alice")).unwrap();
+    app.subscribe(&a2, "presence-room", member("alice"))
+        .unwrap();
     assert_eq!(frames(&a2).len(), 1);
     assert!(rec.take().is_empty());
 
@@ -79,14 +99,28 @@ fn presence_is_by_user_not_by_connection() {
     app.remove_connection(&a2, &["presence-room".into()], None, &[]);
     let fb = frames(&b);
     assert_eq!(fb[0]["event"], "pusher_internal:member_removed");
-    assert_eq!(rec.take(), vec![HubEvent::MemberRemoved { channel: "presence-room".into(), user_id: "alice".into() }]);
+    assert_eq!(
+        rec.take(),
+        vec![HubEvent::MemberRemoved {
+            channel: "presence-room".into(),
+            user_id: "alice".into()
+        }]
+    );
     assert_eq!(app.users("presence-room"), vec!["bob".to_string()]);
     app.unsubscribe(&b, "presence-room");
     assert!(app.channel("presence-room").is_none());
-    assert_eq!(rec.take(), vec![
-        HubEvent::MemberRemoved { channel: "presence-room".into(), user_id: "bob".into() },
-        HubEvent::ChannelVacated { channel: "presence-room".into() },
-    ]);
+    assert_eq!(
+        rec.take(),
+        vec![
+            HubEvent::MemberRemoved {
+                channel: "presence-room".into(),
+                user_id: "bob".into()
+            },
+            HubEvent::ChannelVacated {
+                channel: "presence-room".into()
+            },
+        ]
+    );
 }
 
 #[test]
@@ -95,11 +129,17 @@ fn member_limit() {
     let (a, a2, b) = (conn(1), conn(2), conn(3));
     app.subscribe(&a, "presence-x", member("a")).unwrap();
     app.subscribe(&a2, "presence-x", member("a")).unwrap();
-    assert_eq!(app.subscribe(&b, "presence-x", member("b")), Err(SubscribeError::MemberLimit { max: 1 }));
+    assert_eq!(
+        app.subscribe(&b, "presence-x", member("b")),
+        Err(SubscribeError::MemberLimit { max: 1 })
+    );
     assert_eq!(app.channel("presence-x").unwrap().subscription_count, 2);
     let (app, _) = app_with_limit_zero();
     assert!(app.subscribe(&b, "presence-y", member("b")).is_err());
-    assert!(app.channel("presence-y").is_none(), "a refused subscribe leaves no empty channel");
+    assert!(
+        app.channel("presence-y").is_none(),
+        "a refused subscribe leaves no empty channel"
+    );
 }
 
 fn app_with_limit_zero() -> (App, Arc<Recorder>) {
@@ -114,7 +154,12 @@ fn publish_shares_one_frame_and_honours_socket_exclusion() {
         app.subscribe(c, "orders", None).unwrap();
         frames(c);
     }
-    let frame = Frame::from(message::frame("created", Some("orders"), Some("{\"id\":1}"), None));
+    let frame = Frame::from(message::frame(
+        "created",
+        Some("orders"),
+        Some("{\"id\":1}"),
+        None,
+    ));
     assert_eq!(app.publish("orders", &frame, Some("2.2")), 2);
     assert_eq!(frames(&cs[0])[0]["data"], "{\"id\":1}");
     assert!(frames(&cs[1]).is_empty());
@@ -130,10 +175,15 @@ fn client_events_are_not_echoed() {
     frames(&a);
     frames(&b);
     rec.take();
-    assert_eq!(app.client_event(&a, "private-chat", "client-typing", Some("{}"), None), 1);
+    assert_eq!(
+        app.client_event(&a, "private-chat", "client-typing", Some("{}"), None),
+        1
+    );
     assert!(frames(&a).is_empty());
     assert_eq!(frames(&b)[0]["event"], "client-typing");
-    assert!(matches!(&rec.take()[0], HubEvent::ClientEvent { socket_id, .. } if socket_id == "1.1"));
+    assert!(
+        matches!(&rec.take()[0], HubEvent::ClientEvent { socket_id, .. } if socket_id == "1.1")
+    );
 }
 
 #[test]
@@ -143,8 +193,15 @@ fn cache_channels_replay_or_miss() {
     app.subscribe(&a, "cache-prices", None).unwrap();
     let f = frames(&a);
     assert_eq!(f[1]["event"], "pusher:cache_miss");
-    assert!(rec.take().contains(&HubEvent::CacheMiss { channel: "cache-prices".into() }));
-    let frame = Frame::from(message::frame("price", Some("cache-prices"), Some("42"), None));
+    assert!(rec.take().contains(&HubEvent::CacheMiss {
+        channel: "cache-prices".into()
+    }));
+    let frame = Frame::from(message::frame(
+        "price",
+        Some("cache-prices"),
+        Some("42"),
+        None,
+    ));
     app.publish("cache-prices", &frame, None);
     let b = conn(2);
     app.subscribe(&b, "cache-prices", None).unwrap();
@@ -161,10 +218,16 @@ fn subscription_count_when_enabled() {
     app.subscribe(&a, "news", None).unwrap();
     app.subscribe(&b, "news", None).unwrap();
     let fa = frames(&a);
-    let counts: Vec<_> = fa.iter().filter(|f| f["event"] == "pusher_internal:subscription_count").collect();
+    let counts: Vec<_> = fa
+        .iter()
+        .filter(|f| f["event"] == "pusher_internal:subscription_count")
+        .collect();
     assert_eq!(counts.len(), 2);
     assert_eq!(counts[1]["data"], "{\"subscription_count\":2}");
-    assert!(rec.take().contains(&HubEvent::SubscriptionCount { channel: "news".into(), count: 2 }));
+    assert!(rec.take().contains(&HubEvent::SubscriptionCount {
+        channel: "news".into(),
+        count: 2
+    }));
     app.unsubscribe(&b, "news");
     assert_eq!(frames(&a)[0]["data"], "{\"subscription_count\":1}");
 }
@@ -176,19 +239,30 @@ fn signin_watchlist_and_terminate() {
     app.signin(&w, "watcher", &["42".into(), "43".into()]);
     let f = frames(&w);
     let d: serde_json::Value = serde_json::from_str(f[0]["data"].as_str().unwrap()).unwrap();
-    assert_eq!(d["events"][0], serde_json::json!({"name":"online","user_ids":[]}));
+    assert_eq!(
+        d["events"][0],
+        serde_json::json!({"name":"online","user_ids":[]})
+    );
     app.signin(&u1, "42", &[]);
-    let d: serde_json::Value = serde_json::from_str(frames(&w)[0]["data"].as_str().unwrap()).unwrap();
-    assert_eq!(d["events"][0], serde_json::json!({"name":"online","user_ids":["42"]}));
+    let d: serde_json::Value =
+        serde_json::from_str(frames(&w)[0]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        d["events"][0],
+        serde_json::json!({"name":"online","user_ids":["42"]})
+    );
     app.signin(&u2, "42", &[]);
-    assert!(frames(&w).is_empty(), "second connection of 42: no new online");
+    assert!(
+        frames(&w).is_empty(),
+        "second connection of 42: no new online"
+    );
     app.remove_connection(&u1, &[], Some("42"), &[]);
     assert!(frames(&w).is_empty());
     assert_eq!(app.terminate_user("42"), 1);
     let mut out = Vec::new();
     assert_eq!(u2.drain(&mut out).unwrap().code, 4009);
     app.remove_connection(&u2, &[], Some("42"), &[]);
-    let d: serde_json::Value = serde_json::from_str(frames(&w)[0]["data"].as_str().unwrap()).unwrap();
+    let d: serde_json::Value =
+        serde_json::from_str(frames(&w)[0]["data"].as_str().unwrap()).unwrap();
     assert_eq!(d["events"][0]["name"], "offline");
 }
 

@@ -92,7 +92,8 @@ mod tests {
             sign(SECRET, s.as_bytes()),
             "58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4"
         );
-        let auth = format!("{KEY}:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4");
+        let auth =
+            format!("{KEY}:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4");
         assert_eq!(verify_auth(KEY, SECRET, Some(&auth), &s), Ok(()));
     }
 
@@ -132,8 +133,14 @@ mod tests {
         let s = private_string("1234.1234", "private-foobar");
         let good = "58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4";
         assert_eq!(verify_auth(KEY, SECRET, None, &s), Err(AuthError::Missing));
-        assert_eq!(verify_auth(KEY, SECRET, Some(""), &s), Err(AuthError::Missing));
-        assert_eq!(verify_auth(KEY, SECRET, Some(good), &s), Err(AuthError::Malformed));
+        assert_eq!(
+            verify_auth(KEY, SECRET, Some(""), &s),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            verify_auth(KEY, SECRET, Some(good), &s),
+            Err(AuthError::Malformed)
+        );
         assert_eq!(
             verify_auth(KEY, SECRET, Some(&format!("{KEY}:{}", &good[..63])), &s),
             Err(AuthError::Malformed)
@@ -143,12 +150,20 @@ mod tests {
             Err(AuthError::WrongKey)
         );
         let flipped = format!("{KEY}:{}0", &good[..63]);
-        assert_eq!(verify_auth(KEY, SECRET, Some(&flipped), &s), Err(AuthError::BadSignature));
+        assert_eq!(
+            verify_auth(KEY, SECRET, Some(&flipped), &s),
+            Err(AuthError::BadSignature)
+        );
         let nonhex = format!("{KEY}:{}", "z".repeat(64));
-        assert_eq!(verify_auth(KEY, SECRET, Some(&nonhex), &s), Err(AuthError::BadSignature));
+        assert_eq!(
+            verify_auth(KEY, SECRET, Some(&nonhex), &s),
+            Err(AuthError::BadSignature)
+        );
         // Uppercase hex of the right MAC is the same MAC.
         let upper = format!("{KEY}:{}", good.to_uppercase());
         assert_eq!(verify_auth(KEY, SECRET, Some(&upper), &s), Ok(()));
-        assert!(AuthError::BadSignature.describe(&s).contains("1234.1234:private-foobar"));
+        assert!(AuthError::BadSignature
+            .describe(&s)
+            .contains("1234.1234:private-foobar"));
     }
 }

@@ -95,7 +95,10 @@ impl fmt::Display for ChannelNameError {
         match self {
             ChannelNameError::Empty => write!(f, "Channel name is empty"),
             ChannelNameError::TooLong { len, max } => {
-                write!(f, "Channel name is {len} characters long, the limit is {max}")
+                write!(
+                    f,
+                    "Channel name is {len} characters long, the limit is {max}"
+                )
             }
             ChannelNameError::BadCharacter(c) => write!(
                 f,
@@ -205,12 +208,24 @@ mod tests {
         assert!(validate("a_b-c=d@e,f.g;h", 200).is_ok());
         assert!(validate("#server-to-user-42", 200).is_ok());
         assert_eq!(validate("", 200), Err(ChannelNameError::Empty));
-        assert_eq!(validate("#server-to-user-", 200), Err(ChannelNameError::Empty));
+        assert_eq!(
+            validate("#server-to-user-", 200),
+            Err(ChannelNameError::Empty)
+        );
         assert_eq!(validate("#other", 200), Err(ChannelNameError::ReservedHash));
-        assert_eq!(validate("a b", 200), Err(ChannelNameError::BadCharacter(' ')));
+        assert_eq!(
+            validate("a b", 200),
+            Err(ChannelNameError::BadCharacter(' '))
+        );
         assert_eq!(validate("ü", 200), Err(ChannelNameError::BadCharacter('ü')));
-        assert_eq!(validate("a/b", 200), Err(ChannelNameError::BadCharacter('/')));
-        assert_eq!(validate("a:b", 200), Err(ChannelNameError::BadCharacter(':')));
+        assert_eq!(
+            validate("a/b", 200),
+            Err(ChannelNameError::BadCharacter('/'))
+        );
+        assert_eq!(
+            validate("a:b", 200),
+            Err(ChannelNameError::BadCharacter(':'))
+        );
         assert_eq!(
             validate(&"x".repeat(201), 200),
             Err(ChannelNameError::TooLong { len: 201, max: 200 })
@@ -218,6 +233,8 @@ mod tests {
         assert!(validate(&"x".repeat(200), 200).is_ok());
         assert!(ChannelName::parse("x", 1).is_ok());
         // Every message reads as a sentence a person can act on.
-        assert!(ChannelNameError::BadCharacter('/').to_string().contains("allowed"));
+        assert!(ChannelNameError::BadCharacter('/')
+            .to_string()
+            .contains("allowed"));
     }
 }

@@ -129,15 +129,19 @@ impl ClientMessage {
             "pusher:ping" => Ok(ClientMessage::Ping),
             "pusher:pong" => Ok(ClientMessage::Pong),
             "pusher:subscribe" | "pusher:unsubscribe" => {
-                let ev: &'static str = if event == "pusher:subscribe" { "pusher:subscribe" } else { "pusher:unsubscribe" };
+                let ev: &'static str = if event == "pusher:subscribe" {
+                    "pusher:subscribe"
+                } else {
+                    "pusher:unsubscribe"
+                };
                 let data = env.data.ok_or(MessageError::MissingData(ev))?;
                 let obj = object_text(data)
                     .ok_or_else(|| MessageError::BadData(ev, "expected an object".into()))?;
                 let sd: SubscribeData<'_> = serde_json::from_str(&obj)
                     .map_err(|e| MessageError::BadData(ev, e.to_string()))?;
-                let channel = sd
-                    .channel
-                    .ok_or_else(|| MessageError::BadData(ev, "\"channel\" (a string) is missing".into()))?;
+                let channel = sd.channel.ok_or_else(|| {
+                    MessageError::BadData(ev, "\"channel\" (a string) is missing".into())
+                })?;
                 if ev == "pusher:unsubscribe" {
                     return Ok(ClientMessage::Unsubscribe { channel });
                 }
@@ -149,8 +153,9 @@ impl ClientMessage {
             }
             "pusher:signin" => {
                 let data = env.data.ok_or(MessageError::MissingData("pusher:signin"))?;
-                let obj = object_text(data)
-                    .ok_or_else(|| MessageError::BadData("pusher:signin", "expected an object".into()))?;
+                let obj = object_text(data).ok_or_else(|| {
+                    MessageError::BadData("pusher:signin", "expected an object".into())
+                })?;
                 let sd: SigninData<'_> = serde_json::from_str(&obj)
                     .map_err(|e| MessageError::BadData("pusher:signin", e.to_string()))?;
                 let auth = sd.auth.and_then(stringish).ok_or_else(|| {
@@ -164,7 +169,8 @@ impl ClientMessage {
             e if e.starts_with("pusher_internal:") => Err(MessageError::ReservedEvent(event)),
             e if e.starts_with("pusher:") => Ok(ClientMessage::UnknownPusher(event)),
             e if e.starts_with("client-") => {
-                let channel = string_only(env.channel).ok_or(MessageError::MissingChannel(event.clone()))?;
+                let channel =
+                    string_only(env.channel).ok_or(MessageError::MissingChannel(event.clone()))?;
                 Ok(ClientMessage::ClientEvent {
                     data: env.data.and_then(stringish),
                     event,
@@ -177,9 +183,17 @@ impl ClientMessage {
 }
 
 /// `{"event":E[,"channel":C][,"data":"<string>"][,"user_id":U]}` with `data` as a JSON string.
-pub fn frame(event: &str, channel: Option<&str>, data: Option<&str>, user_id: Option<&str>) -> String {
+pub fn frame(
+    event: &str,
+    channel: Option<&str>,
+    data: Option<&str>,
+    user_id: Option<&str>,
+) -> String {
     let mut out = String::with_capacity(
-        32 + event.len() + channel.map_or(0, str::len) + data.map_or(0, |d| d.len() + d.len() / 8) + user_id.map_or(0, str::len),
+        32 + event.len()
+            + channel.map_or(0, str::len)
+            + data.map_or(0, |d| d.len() + d.len() / 8)
+            + user_id.map_or(0, str::len),
     );
     out.push_str("{\"event\":");
     push_json_str(&mut out, event);
@@ -200,7 +214,10 @@ pub fn frame(event: &str, channel: Option<&str>, data: Option<&str>, user_id: Op
 }
 
 pub fn connection_established(socket_id: &str, activity_timeout: u64) -> String {
-    let data = format!("{{\"socket_id\":{},\"activity_timeout\":{activity_timeout}}}", json_str(socket_id));
+    let data = format!(
+        "{{\"socket_id\":{},\"activity_timeout\":{activity_timeout}}}",
+        json_str(socket_id)
+    );
     frame("pusher:connection_established", None, Some(&data), None)
 }
 
@@ -214,7 +231,12 @@ pub fn error(code: Option<u16>, message: &str) -> String {
 }
 
 pub fn subscription_succeeded(channel: &str, data: &str) -> String {
-    frame("pusher_internal:subscription_succeeded", Some(channel), Some(data), None)
+    frame(
+        "pusher_internal:subscription_succeeded",
+        Some(channel),
+        Some(data),
+        None,
+    )
 }
 
 /// `pusher:subscription_error` with the channel and `{type, error, status}`, the shape pusher-js
@@ -234,17 +256,32 @@ pub fn member_added(channel: &str, user_id: &str, user_info: Option<&str>) -> St
         Some(info) => format!("{{\"user_id\":{},\"user_info\":{info}}}", json_str(user_id)),
         None => format!("{{\"user_id\":{}}}", json_str(user_id)),
     };
-    frame("pusher_internal:member_added", Some(channel), Some(&data), None)
+    frame(
+        "pusher_internal:member_added",
+        Some(channel),
+        Some(&data),
+        None,
+    )
 }
 
 pub fn member_removed(channel: &str, user_id: &str) -> String {
     let data = format!("{{\"user_id\":{}}}", json_str(user_id));
-    frame("pusher_internal:member_removed", Some(channel), Some(&data), None)
+    frame(
+        "pusher_internal:member_removed",
+        Some(channel),
+        Some(&data),
+        None,
+    )
 }
 
 pub fn subscription_count(channel: &str, count: usize) -> String {
     let data = format!("{{\"subscription_count\":{count}}}");
-    frame("pusher_internal:subscription_count", Some(channel), Some(&data), None)
+    frame(
+        "pusher_internal:subscription_count",
+        Some(channel),
+        Some(&data),
+        None,
+    )
 }
 
 pub fn cache_miss(channel: &str) -> String {
@@ -270,7 +307,11 @@ pub fn watchlist_events(events: &[(&str, Vec<String>)]) -> String {
         .iter()
         .map(|(name, ids)| {
             let ids: Vec<String> = ids.iter().map(|i| json_str(i)).collect();
-            format!("{{\"name\":{},\"user_ids\":[{}]}}", json_str(name), ids.join(","))
+            format!(
+                "{{\"name\":{},\"user_ids\":[{}]}}",
+                json_str(name),
+                ids.join(",")
+            )
         })
         .collect();
     let data = format!("{{\"events\":[{}]}}", items.join(","));
@@ -302,20 +343,43 @@ mod tests {
         assert_eq!(v["data"]["code"], 4001);
         let v: Value = serde_json::from_str(&error(None, "x")).unwrap();
         assert!(v["data"]["code"].is_null());
-        assert_eq!(data_of(&subscription_succeeded("a", "{}")), serde_json::json!({}));
+        assert_eq!(
+            data_of(&subscription_succeeded("a", "{}")),
+            serde_json::json!({})
+        );
         let d = data_of(&member_added("presence-x", "12", Some(r#"{"name":"Cy"}"#)));
-        assert_eq!(d, serde_json::json!({"user_id":"12","user_info":{"name":"Cy"}}));
-        assert_eq!(data_of(&member_removed("presence-x", "12")), serde_json::json!({"user_id":"12"}));
-        assert_eq!(data_of(&subscription_count("c", 42)), serde_json::json!({"subscription_count":42}));
+        assert_eq!(
+            d,
+            serde_json::json!({"user_id":"12","user_info":{"name":"Cy"}})
+        );
+        assert_eq!(
+            data_of(&member_removed("presence-x", "12")),
+            serde_json::json!({"user_id":"12"})
+        );
+        assert_eq!(
+            data_of(&subscription_count("c", 42)),
+            serde_json::json!({"subscription_count":42})
+        );
         let v: Value = serde_json::from_str(&cache_miss("cache-x")).unwrap();
         assert_eq!(v["channel"], "cache-x");
         let d = data_of(&signin_success(r#"{"id":"1"}"#));
         assert_eq!(d["user_data"], r#"{"id":"1"}"#);
-        let d = data_of(&watchlist_events(&[("online", vec!["1".into(), "2".into()])]));
+        let d = data_of(&watchlist_events(&[(
+            "online",
+            vec!["1".into(), "2".into()],
+        )]));
         assert_eq!(d["events"][0]["user_ids"][1], "2");
-        let v: Value = serde_json::from_str(&subscription_error("private-x", "AuthError", "bad", 401)).unwrap();
+        let v: Value =
+            serde_json::from_str(&subscription_error("private-x", "AuthError", "bad", 401))
+                .unwrap();
         assert_eq!(v["data"]["status"], 401);
-        let v: Value = serde_json::from_str(&frame("e", Some("c"), Some("{\"x\":\"</script>\"}"), Some("7"))).unwrap();
+        let v: Value = serde_json::from_str(&frame(
+            "e",
+            Some("c"),
+            Some("{\"x\":\"</script>\"}"),
+            Some("7"),
+        ))
+        .unwrap();
         assert_eq!(v["data"], "{\"x\":\"</script>\"}");
         assert_eq!(v["user_id"], "7");
         serde_json::from_str::<Value>(pong()).unwrap();
@@ -324,37 +388,76 @@ mod tests {
 
     #[test]
     fn parse_subscribe_variants() {
-        let m = ClientMessage::parse(r#"{"event":"pusher:subscribe","data":{"channel":"orders","auth":""}}"#).unwrap();
-        assert_eq!(m, ClientMessage::Subscribe { channel: "orders".into(), auth: Some("".into()), channel_data: None });
+        let m = ClientMessage::parse(
+            r#"{"event":"pusher:subscribe","data":{"channel":"orders","auth":""}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Subscribe {
+                channel: "orders".into(),
+                auth: Some("".into()),
+                channel_data: None
+            }
+        );
         // channel_data kept byte for byte, including PHP's escaped slashes.
         let cd = r#"{\"user_id\":\"10\",\"user_info\":{\"url\":\"a\\/b\"}}"#;
-        let text = format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"presence-x","auth":"k:s","channel_data":"{cd}"}}}}"#);
+        let text = format!(
+            r#"{{"event":"pusher:subscribe","data":{{"channel":"presence-x","auth":"k:s","channel_data":"{cd}"}}}}"#
+        );
         match ClientMessage::parse(&text).unwrap() {
-            ClientMessage::Subscribe { channel_data: Some(d), .. } => {
+            ClientMessage::Subscribe {
+                channel_data: Some(d),
+                ..
+            } => {
                 assert_eq!(d, r#"{"user_id":"10","user_info":{"url":"a\/b"}}"#)
             }
             other => panic!("{other:?}"),
         }
         // data as a JSON string holding the object (lenient)
-        let m = ClientMessage::parse(r#"{"event":"pusher:subscribe","data":"{\"channel\":\"a\"}"}"#).unwrap();
+        let m =
+            ClientMessage::parse(r#"{"event":"pusher:subscribe","data":"{\"channel\":\"a\"}"}"#)
+                .unwrap();
         assert!(matches!(m, ClientMessage::Subscribe { ref channel, .. } if channel == "a"));
-        let m = ClientMessage::parse(r#"{"event":"pusher:unsubscribe","data":{"channel":"a"}}"#).unwrap();
-        assert_eq!(m, ClientMessage::Unsubscribe { channel: "a".into() });
+        let m = ClientMessage::parse(r#"{"event":"pusher:unsubscribe","data":{"channel":"a"}}"#)
+            .unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Unsubscribe {
+                channel: "a".into()
+            }
+        );
     }
 
     #[test]
     fn parse_client_events_accept_object_string_or_absent() {
-        let m = ClientMessage::parse(r#"{"event":"client-typing","channel":"private-x","data":{"typing":true}}"#).unwrap();
-        assert_eq!(m, ClientMessage::ClientEvent { event: "client-typing".into(), channel: "private-x".into(), data: Some(r#"{"typing":true}"#.into()) });
-        let m = ClientMessage::parse(r#"{"event":"client-typing","channel":"private-x","data":"{\"a\":1}"}"#).unwrap();
-        assert!(matches!(m, ClientMessage::ClientEvent { data: Some(ref d), .. } if d == r#"{"a":1}"#));
+        let m = ClientMessage::parse(
+            r#"{"event":"client-typing","channel":"private-x","data":{"typing":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::ClientEvent {
+                event: "client-typing".into(),
+                channel: "private-x".into(),
+                data: Some(r#"{"typing":true}"#.into())
+            }
+        );
+        let m = ClientMessage::parse(
+            r#"{"event":"client-typing","channel":"private-x","data":"{\"a\":1}"}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(m, ClientMessage::ClientEvent { data: Some(ref d), .. } if d == r#"{"a":1}"#)
+        );
         let m = ClientMessage::parse(r#"{"event":"client-typing","channel":"private-x"}"#).unwrap();
         assert!(matches!(m, ClientMessage::ClientEvent { data: None, .. }));
     }
 
     #[test]
     fn malformed_messages() {
-        let cases: &[(&str, fn(&MessageError) -> bool)] = &[
+        type Check = fn(&MessageError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| *e == MessageError::NotJson),
             ("not json", |e| *e == MessageError::NotJson),
             ("[]", |e| *e == MessageError::NotJson),
@@ -364,30 +467,69 @@ mod tests {
             ("{}", |e| *e == MessageError::MissingEvent),
             (r#"{"event":42}"#, |e| *e == MessageError::MissingEvent),
             (r#"{"event":null}"#, |e| *e == MessageError::MissingEvent),
-            (r#"{"event":"pusher:subscribe"}"#, |e| matches!(e, MessageError::MissingData(_))),
-            (r#"{"event":"pusher:subscribe","data":42}"#, |e| matches!(e, MessageError::BadData(..))),
-            (r#"{"event":"pusher:subscribe","data":"nope"}"#, |e| matches!(e, MessageError::BadData(..))),
-            (r#"{"event":"pusher:subscribe","data":{}}"#, |e| matches!(e, MessageError::BadData(..))),
-            (r#"{"event":"pusher:subscribe","data":{"channel":5}}"#, |e| matches!(e, MessageError::BadData(..))),
-            (r#"{"event":"pusher:subscribe","data":"{\"channel\":"}"#, |e| matches!(e, MessageError::BadData(..))),
-            (r#"{"event":"pusher:signin","data":{"auth":"x"}}"#, |e| matches!(e, MessageError::BadData(..))),
-            (r#"{"event":"pusher:signin","data":{"user_data":"{}"}}"#, |e| matches!(e, MessageError::BadData(..))),
-            (r#"{"event":"pusher_internal:member_added","data":{}}"#, |e| matches!(e, MessageError::ReservedEvent(_))),
-            (r#"{"event":"hello","channel":"x"}"#, |e| matches!(e, MessageError::NotClientEvent(_))),
-            (r#"{"event":"client-x"}"#, |e| matches!(e, MessageError::MissingChannel(_))),
-            (r#"{"event":"client-x","channel":7}"#, |e| matches!(e, MessageError::MissingChannel(_))),
+            (r#"{"event":"pusher:subscribe"}"#, |e| {
+                matches!(e, MessageError::MissingData(_))
+            }),
+            (r#"{"event":"pusher:subscribe","data":42}"#, |e| {
+                matches!(e, MessageError::BadData(..))
+            }),
+            (r#"{"event":"pusher:subscribe","data":"nope"}"#, |e| {
+                matches!(e, MessageError::BadData(..))
+            }),
+            (r#"{"event":"pusher:subscribe","data":{}}"#, |e| {
+                matches!(e, MessageError::BadData(..))
+            }),
+            (
+                r#"{"event":"pusher:subscribe","data":{"channel":5}}"#,
+                |e| matches!(e, MessageError::BadData(..)),
+            ),
+            (
+                r#"{"event":"pusher:subscribe","data":"{\"channel\":"}"#,
+                |e| matches!(e, MessageError::BadData(..)),
+            ),
+            (r#"{"event":"pusher:signin","data":{"auth":"x"}}"#, |e| {
+                matches!(e, MessageError::BadData(..))
+            }),
+            (
+                r#"{"event":"pusher:signin","data":{"user_data":"{}"}}"#,
+                |e| matches!(e, MessageError::BadData(..)),
+            ),
+            (
+                r#"{"event":"pusher_internal:member_added","data":{}}"#,
+                |e| matches!(e, MessageError::ReservedEvent(_)),
+            ),
+            (r#"{"event":"hello","channel":"x"}"#, |e| {
+                matches!(e, MessageError::NotClientEvent(_))
+            }),
+            (r#"{"event":"client-x"}"#, |e| {
+                matches!(e, MessageError::MissingChannel(_))
+            }),
+            (r#"{"event":"client-x","channel":7}"#, |e| {
+                matches!(e, MessageError::MissingChannel(_))
+            }),
         ];
         for (text, check) in cases {
             let err = ClientMessage::parse(text).expect_err(text);
             assert!(check(&err), "{text}: {err:?}");
             assert!(!err.to_string().is_empty());
         }
-        assert_eq!(ClientMessage::parse(r#"{"event":"pusher:ping"}"#).unwrap(), ClientMessage::Ping);
-        assert_eq!(ClientMessage::parse(r#"{"event":"pusher:ping","data":"x"}"#).unwrap(), ClientMessage::Ping);
-        assert!(matches!(ClientMessage::parse(r#"{"event":"pusher:foo"}"#).unwrap(), ClientMessage::UnknownPusher(_)));
+        assert_eq!(
+            ClientMessage::parse(r#"{"event":"pusher:ping"}"#).unwrap(),
+            ClientMessage::Ping
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"event":"pusher:ping","data":"x"}"#).unwrap(),
+            ClientMessage::Ping
+        );
+        assert!(matches!(
+            ClientMessage::parse(r#"{"event":"pusher:foo"}"#).unwrap(),
+            ClientMessage::UnknownPusher(_)
+        ));
         // Deeply nested data must not blow the stack: it is relayed untouched (size limits bound it).
         let nested = format!("{}{}", "[".repeat(10000), "]".repeat(10000));
         let deep = format!(r#"{{"event":"client-x","channel":"private-a","data":{nested}}}"#);
-        assert!(matches!(ClientMessage::parse(&deep), Ok(ClientMessage::ClientEvent { data: Some(ref d), .. }) if *d == nested));
+        assert!(
+            matches!(ClientMessage::parse(&deep), Ok(ClientMessage::ClientEvent { data: Some(ref d), .. }) if *d == nested)
+        );
     }
 }

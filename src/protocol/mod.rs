@@ -28,7 +28,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Decodes lowercase or uppercase hex; `None` on any non-hex character or odd length.
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
     let bytes = s.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     let nib = |c: u8| -> Option<u8> {

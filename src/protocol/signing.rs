@@ -64,11 +64,21 @@ pub fn string_to_sign(method: &str, path: &str, params: &[(String, String)]) -> 
     let mut sorted: Vec<&(String, String)> = params.iter().collect();
     sorted.sort();
     let joined: Vec<String> = sorted.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!("{}\n{}\n{}", method.to_ascii_uppercase(), path, joined.join("&"))
+    format!(
+        "{}\n{}\n{}",
+        method.to_ascii_uppercase(),
+        path,
+        joined.join("&")
+    )
 }
 
 /// Verifies `req` for the app with `key` and `secret` at Unix time `now`.
-pub fn verify(req: &SignedRequest<'_>, key: &str, secret: &str, now: i64) -> Result<(), SigningError> {
+pub fn verify(
+    req: &SignedRequest<'_>,
+    key: &str,
+    secret: &str,
+    now: i64,
+) -> Result<(), SigningError> {
     let mut params: Vec<(String, String)> = Vec::new();
     let mut signature: Option<String> = None;
     for (k, v) in form_urlencoded::parse(req.query.as_bytes()) {
@@ -101,7 +111,11 @@ pub fn verify(req: &SignedRequest<'_>, key: &str, secret: &str, now: i64) -> Res
 
     match params.iter().find(|(k, _)| k == "body_md5") {
         Some((_, md5)) => {
-            let expected = if req.body.is_empty() { EMPTY_MD5.to_owned() } else { md5_hex(req.body) };
+            let expected = if req.body.is_empty() {
+                EMPTY_MD5.to_owned()
+            } else {
+                md5_hex(req.body)
+            };
             if !md5.eq_ignore_ascii_case(&expected) {
                 return Err(SigningError::BodyMd5Mismatch);
             }
@@ -121,7 +135,9 @@ pub fn verify(req: &SignedRequest<'_>, key: &str, secret: &str, now: i64) -> Res
         }
     }
     if !ok {
-        return Err(SigningError::BadSignature { string_to_sign: sts });
+        return Err(SigningError::BadSignature {
+            string_to_sign: sts,
+        });
     }
     if (timestamp - now).abs() > TIMESTAMP_WINDOW_SECS {
         return Err(SigningError::Expired { timestamp, now });
@@ -152,7 +168,15 @@ pub fn percent_decode(s: &str) -> String {
 
 /// Signs a request the way the SDKs do (used by `pushbox trigger` and tests): returns the query
 /// string including `auth_signature`.
-pub fn sign_query(method: &str, path: &str, key: &str, secret: &str, timestamp: i64, body: &[u8], extra: &[(&str, &str)]) -> String {
+pub fn sign_query(
+    method: &str,
+    path: &str,
+    key: &str,
+    secret: &str,
+    timestamp: i64,
+    body: &[u8],
+    extra: &[(&str, &str)],
+) -> String {
     let mut params: Vec<(String, String)> = vec![
         ("auth_key".into(), key.into()),
         ("auth_timestamp".into(), timestamp.to_string()),
@@ -187,24 +211,52 @@ mod tests {
         let body = br#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#;
         assert_eq!(md5_hex(body), "ec365a775a4cd0599faeb73354201b6f");
         let q = "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0&body_md5=ec365a775a4cd0599faeb73354201b6f&auth_signature=da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c";
-        let req = SignedRequest { method: "POST", path: "/apps/3/events", query: q, body };
+        let req = SignedRequest {
+            method: "POST",
+            path: "/apps/3/events",
+            query: q,
+            body,
+        };
         assert_eq!(verify(&req, KEY, SECRET, TS), Ok(()));
         assert_eq!(verify(&req, KEY, SECRET, TS + 600), Ok(()));
-        assert!(matches!(verify(&req, KEY, SECRET, TS + 601), Err(SigningError::Expired { .. })));
-        assert!(matches!(verify(&req, KEY, SECRET, TS - 601), Err(SigningError::Expired { .. })));
-        assert!(matches!(verify(&req, KEY, "wrong", TS), Err(SigningError::BadSignature { .. })));
-        assert_eq!(verify(&req, "otherkey", SECRET, TS), Err(SigningError::WrongKey));
+        assert!(matches!(
+            verify(&req, KEY, SECRET, TS + 601),
+            Err(SigningError::Expired { .. })
+        ));
+        assert!(matches!(
+            verify(&req, KEY, SECRET, TS - 601),
+            Err(SigningError::Expired { .. })
+        ));
+        assert!(matches!(
+            verify(&req, KEY, "wrong", TS),
+            Err(SigningError::BadSignature { .. })
+        ));
+        assert_eq!(
+            verify(&req, "otherkey", SECRET, TS),
+            Err(SigningError::WrongKey)
+        );
         let tampered = SignedRequest { body: b"{}", ..req };
-        assert_eq!(verify(&tampered, KEY, SECRET, TS), Err(SigningError::BodyMd5Mismatch));
+        assert_eq!(
+            verify(&tampered, KEY, SECRET, TS),
+            Err(SigningError::BodyMd5Mismatch)
+        );
     }
 
     #[test]
     fn get_vectors_node_and_python() {
         let node = "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0&filter_by_prefix=presence-&info=user_count&auth_signature=16819168891cb5dfd72b5c7a5d3d602605b26c6ba1930033b5e2eeeb65010291";
-        let req = SignedRequest { method: "GET", path: "/apps/3/channels", query: node, body: b"" };
+        let req = SignedRequest {
+            method: "GET",
+            path: "/apps/3/channels",
+            query: node,
+            body: b"",
+        };
         assert_eq!(verify(&req, KEY, SECRET, TS), Ok(()));
         let python = "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0&body_md5=d41d8cd98f00b204e9800998ecf8427e&filter_by_prefix=presence-&info=user_count&auth_signature=f3f17c61ae491cc9085db68b22076e9b772e3bcb301659d655153ee3f9782aba";
-        let req = SignedRequest { query: python, ..req };
+        let req = SignedRequest {
+            query: python,
+            ..req
+        };
         assert_eq!(verify(&req, KEY, SECRET, TS), Ok(()));
     }
 
@@ -215,18 +267,34 @@ mod tests {
             ("auth_key".to_owned(), KEY.to_owned()),
             ("auth_timestamp".to_owned(), TS.to_string()),
             ("auth_version".to_owned(), "1.0".to_owned()),
-            ("info".to_owned(), "user_count,subscription_count".to_owned()),
+            (
+                "info".to_owned(),
+                "user_count,subscription_count".to_owned(),
+            ),
         ];
-        let sig = crate::protocol::auth::sign(SECRET, string_to_sign("GET", "/apps/3/channels/presence-x", &params).as_bytes());
+        let sig = crate::protocol::auth::sign(
+            SECRET,
+            string_to_sign("GET", "/apps/3/channels/presence-x", &params).as_bytes(),
+        );
         let q = format!("auth_key={KEY}&auth_timestamp={TS}&auth_version=1.0&info=user_count%2Csubscription_count&auth_signature={sig}");
-        let req = SignedRequest { method: "GET", path: "/apps/3/channels/presence-x", query: &q, body: b"" };
+        let req = SignedRequest {
+            method: "GET",
+            path: "/apps/3/channels/presence-x",
+            query: &q,
+            body: b"",
+        };
         assert_eq!(verify(&req, KEY, SECRET, TS), Ok(()));
     }
 
     #[test]
     fn encoded_path_retry() {
         let q = sign_query("GET", "/apps/3/channels/a;b@c", KEY, SECRET, TS, b"", &[]);
-        let req = SignedRequest { method: "GET", path: "/apps/3/channels/a%3Bb%40c", query: &q, body: b"" };
+        let req = SignedRequest {
+            method: "GET",
+            path: "/apps/3/channels/a%3Bb%40c",
+            query: &q,
+            body: b"",
+        };
         assert_eq!(verify(&req, KEY, SECRET, TS), Ok(()));
     }
 
@@ -234,27 +302,91 @@ mod tests {
     fn missing_and_malformed_params() {
         let body = b"{}";
         let full = sign_query("POST", "/apps/3/events", KEY, SECRET, TS, body, &[]);
-        for drop in ["auth_key", "auth_timestamp", "auth_version", "auth_signature", "body_md5"] {
-            let q: Vec<&str> = full.split('&').filter(|p| !p.starts_with(&format!("{drop}="))).collect();
+        for drop in [
+            "auth_key",
+            "auth_timestamp",
+            "auth_version",
+            "auth_signature",
+            "body_md5",
+        ] {
+            let q: Vec<&str> = full
+                .split('&')
+                .filter(|p| !p.starts_with(&format!("{drop}=")))
+                .collect();
             let q = q.join("&");
-            let req = SignedRequest { method: "POST", path: "/apps/3/events", query: &q, body };
-            assert!(verify(&req, KEY, SECRET, TS).is_err(), "dropping {drop} must fail");
+            let req = SignedRequest {
+                method: "POST",
+                path: "/apps/3/events",
+                query: &q,
+                body,
+            };
+            assert!(
+                verify(&req, KEY, SECRET, TS).is_err(),
+                "dropping {drop} must fail"
+            );
         }
         let q = full.replace("auth_version=1.0", "auth_version=2.0");
-        let req = SignedRequest { method: "POST", path: "/apps/3/events", query: &q, body };
-        assert!(matches!(verify(&req, KEY, SECRET, TS), Err(SigningError::BadVersion(_))));
+        let req = SignedRequest {
+            method: "POST",
+            path: "/apps/3/events",
+            query: &q,
+            body,
+        };
+        assert!(matches!(
+            verify(&req, KEY, SECRET, TS),
+            Err(SigningError::BadVersion(_))
+        ));
         let q = full.replace(&format!("auth_timestamp={TS}"), "auth_timestamp=abc");
-        let req = SignedRequest { method: "POST", path: "/apps/3/events", query: &q, body };
+        let req = SignedRequest {
+            method: "POST",
+            path: "/apps/3/events",
+            query: &q,
+            body,
+        };
         assert!(verify(&req, KEY, SECRET, TS).is_err());
-        let req = SignedRequest { method: "POST", path: "/apps/3/events", query: "", body };
-        assert_eq!(verify(&req, KEY, SECRET, TS), Err(SigningError::Missing("auth_signature")));
-        let req = SignedRequest { method: "POST", path: "/apps/3/events", query: "%zz=%%&&=", body };
+        let req = SignedRequest {
+            method: "POST",
+            path: "/apps/3/events",
+            query: "",
+            body,
+        };
+        assert_eq!(
+            verify(&req, KEY, SECRET, TS),
+            Err(SigningError::Missing("auth_signature"))
+        );
+        let req = SignedRequest {
+            method: "POST",
+            path: "/apps/3/events",
+            query: "%zz=%%&&=",
+            body,
+        };
         assert!(verify(&req, KEY, SECRET, TS).is_err());
         // A GET with a body_md5 that is not the empty MD5 is refused.
-        let q = sign_query("GET", "/apps/3/channels", KEY, SECRET, TS, b"", &[("body_md5", "00000000000000000000000000000000")]);
-        let req = SignedRequest { method: "GET", path: "/apps/3/channels", query: &q, body: b"" };
-        assert_eq!(verify(&req, KEY, SECRET, TS), Err(SigningError::BodyMd5Mismatch));
-        assert!(SigningError::Expired { timestamp: 1, now: 700 }.to_string().contains("Timestamp expired"));
+        let q = sign_query(
+            "GET",
+            "/apps/3/channels",
+            KEY,
+            SECRET,
+            TS,
+            b"",
+            &[("body_md5", "00000000000000000000000000000000")],
+        );
+        let req = SignedRequest {
+            method: "GET",
+            path: "/apps/3/channels",
+            query: &q,
+            body: b"",
+        };
+        assert_eq!(
+            verify(&req, KEY, SECRET, TS),
+            Err(SigningError::BodyMd5Mismatch)
+        );
+        assert!(SigningError::Expired {
+            timestamp: 1,
+            now: 700
+        }
+        .to_string()
+        .contains("Timestamp expired"));
     }
 
     #[test]

@@ -46,7 +46,11 @@ impl ShutdownHandle {
 }
 
 impl State {
-    pub fn new(config: Config, observer: Arc<dyn HubObserver>, log: Option<Arc<dyn EventLog>>) -> (Arc<State>, ShutdownHandle) {
+    pub fn new(
+        config: Config,
+        observer: Arc<dyn HubObserver>,
+        log: Option<Arc<dyn EventLog>>,
+    ) -> (Arc<State>, ShutdownHandle) {
         let hub = Arc::new(Hub::new(config.apps.clone(), observer));
         let (tx, rx) = watch::channel(false);
         let liveness = Liveness {
@@ -111,15 +115,24 @@ async fn connection(state: Arc<State>, stream: TcpStream, peer: SocketAddr) {
     }
 }
 
-pub fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+pub fn full(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
 pub fn json(status: u16, body: String) -> Response<Body> {
-    full(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "application/json", body)
+    full(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        "application/json",
+        body,
+    )
 }
 
 fn json_error(status: u16, msg: &str) -> Response<Body> {
@@ -139,36 +152,71 @@ async fn route(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> R
         return api(state, req, peer).await;
     }
     if path.starts_with(&ws_prefix) {
-        return json_error(400, "This is the WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket)");
+        return json_error(
+            400,
+            "This is the WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket)",
+        );
     }
     json_error(404, &format!("Not found: {path}"))
 }
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {
     let has = |name: header::HeaderName, token: &str| {
-        req.headers().get_all(name).iter().any(|v| v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))).unwrap_or(false))
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
     };
     has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
 }
 
-fn websocket(state: Arc<State>, mut req: Request<Incoming>, path: &str, ws_prefix: &str) -> Response<Body> {
-    let version_ok = req.headers().get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).filter(|_| version_ok) else {
-        let mut r = json_error(400, "Bad WebSocket handshake: Sec-WebSocket-Key and Sec-WebSocket-Version: 13 are required");
-        r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+fn websocket(
+    state: Arc<State>,
+    mut req: Request<Incoming>,
+    path: &str,
+    ws_prefix: &str,
+) -> Response<Body> {
+    let version_ok = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    let Some(key) = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| version_ok)
+    else {
+        let mut r = json_error(
+            400,
+            "Bad WebSocket handshake: Sec-WebSocket-Key and Sec-WebSocket-Version: 13 are required",
+        );
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return r;
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let query = req.uri().query().unwrap_or("").to_owned();
 
     // Decide before upgrading; refusals are sent as pusher:error + close code after the upgrade.
     let verdict: Result<Arc<crate::hub::App>, CloseCode> = (|| {
-        let key = path.strip_prefix(ws_prefix).ok_or(CloseCode::PathNotFound)?;
+        let key = path
+            .strip_prefix(ws_prefix)
+            .ok_or(CloseCode::PathNotFound)?;
         if key.is_empty() || key.contains('/') {
             return Err(CloseCode::PathNotFound);
         }
-        let app = state.hub.app_by_key(key).ok_or(CloseCode::AppNotFound)?.clone();
+        let app = state
+            .hub
+            .app_by_key(key)
+            .ok_or(CloseCode::AppNotFound)?
+            .clone();
         if !app.config.enabled {
             return Err(CloseCode::AppDisabled);
         }
@@ -207,7 +255,11 @@ fn websocket(state: Arc<State>, mut req: Request<Incoming>, path: &str, ws_prefi
                 ws::run(upgraded, app, params).await;
             }
             Err(code) => {
-                tracing::info!(code = code.code(), reason = code.message(), "websocket connection refused");
+                tracing::info!(
+                    code = code.code(),
+                    reason = code.message(),
+                    "websocket connection refused"
+                );
                 ws::refuse(upgraded, code).await;
             }
         }
@@ -225,7 +277,8 @@ fn websocket(state: Arc<State>, mut req: Request<Incoming>, path: &str, ws_prefi
 
 /// `protocol`: missing is accepted (like Reverb and soketi); not a number → 4006; outside 5–7 → 4007.
 fn check_protocol(query: &str) -> Result<(), CloseCode> {
-    let Some((_, v)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "protocol") else {
+    let Some((_, v)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "protocol")
+    else {
         return Ok(());
     };
     match v.trim().parse::<u32>() {
@@ -241,15 +294,25 @@ async fn api(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Res
     let body = match Limited::new(body, max).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                return json_error(413, &format!("Request body larger than {max} bytes (server.max_request_bytes)"));
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return json_error(
+                    413,
+                    &format!("Request body larger than {max} bytes (server.max_request_bytes)"),
+                );
             }
             return json_error(400, "Could not read the request body");
         }
     };
     let r = state
         .api
-        .handle(ApiRequest { method: parts.method.as_str(), path: parts.uri.path(), query: parts.uri.query().unwrap_or(""), body: &body })
+        .handle(ApiRequest {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            body: &body,
+        })
         .await;
     if r.status >= 400 {
         tracing::info!(%peer, status = r.status, path = parts.uri.path(), error = %r.body, "api request refused");
@@ -266,9 +329,18 @@ mod tests {
         assert_eq!(check_protocol(""), Ok(()));
         assert_eq!(check_protocol("protocol=7&client=js"), Ok(()));
         assert_eq!(check_protocol("protocol=5"), Ok(()));
-        assert_eq!(check_protocol("protocol=4"), Err(CloseCode::UnsupportedProtocol));
-        assert_eq!(check_protocol("protocol=8"), Err(CloseCode::UnsupportedProtocol));
-        assert_eq!(check_protocol("protocol=seven"), Err(CloseCode::InvalidVersion));
+        assert_eq!(
+            check_protocol("protocol=4"),
+            Err(CloseCode::UnsupportedProtocol)
+        );
+        assert_eq!(
+            check_protocol("protocol=8"),
+            Err(CloseCode::UnsupportedProtocol)
+        );
+        assert_eq!(
+            check_protocol("protocol=seven"),
+            Err(CloseCode::InvalidVersion)
+        );
         assert_eq!(check_protocol("protocol="), Err(CloseCode::InvalidVersion));
     }
 }

@@ -32,7 +32,11 @@ pub enum Tick {
 
 /// A connection that was refused before its session started: send the error frame, then close.
 pub fn refusal(code: CloseCode) -> (Frame, u16, &'static str) {
-    (Frame::from(message::error(Some(code.code()), code.message())), code.code(), code.message())
+    (
+        Frame::from(message::error(Some(code.code()), code.message())),
+        code.code(),
+        code.message(),
+    )
 }
 
 struct SignedIn {
@@ -114,7 +118,11 @@ impl Session {
     pub fn tick(&mut self, now: Instant) -> Tick {
         if let Some(sent) = self.ping_sent {
             let deadline = sent + self.liveness.pong_timeout;
-            return if now >= deadline { Tick::Close } else { Tick::Wait(deadline) };
+            return if now >= deadline {
+                Tick::Close
+            } else {
+                Tick::Wait(deadline)
+            };
         }
         let due = self.last_seen + self.liveness.activity_timeout;
         if now >= due {
@@ -128,20 +136,37 @@ impl Session {
     /// Handles one text frame from the client.
     pub fn handle_text(&mut self, text: &str) {
         self.activity();
-        self.app.counters.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.app
+            .counters
+            .messages_in
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let max = self.app.config.max_message_bytes;
         if text.len() > max {
-            self.error(None, &format!("Message too large: {} bytes, the limit is {max} (max_message_bytes)", text.len()));
+            self.error(
+                None,
+                &format!(
+                    "Message too large: {} bytes, the limit is {max} (max_message_bytes)",
+                    text.len()
+                ),
+            );
             return;
         }
         match ClientMessage::parse(text) {
             Err(e) => self.error(None, &e.to_string()),
             Ok(ClientMessage::Ping) => self.send(message::pong().to_owned()),
             Ok(ClientMessage::Pong) | Ok(ClientMessage::UnknownPusher(_)) => {}
-            Ok(ClientMessage::Subscribe { channel, auth, channel_data }) => self.subscribe(&channel, auth.as_deref(), channel_data.as_deref()),
+            Ok(ClientMessage::Subscribe {
+                channel,
+                auth,
+                channel_data,
+            }) => self.subscribe(&channel, auth.as_deref(), channel_data.as_deref()),
             Ok(ClientMessage::Unsubscribe { channel }) => self.unsubscribe(&channel),
             Ok(ClientMessage::Signin { auth, user_data }) => self.signin(&auth, &user_data),
-            Ok(ClientMessage::ClientEvent { event, channel, data }) => self.client_event(&event, &channel, data.as_deref()),
+            Ok(ClientMessage::ClientEvent {
+                event,
+                channel,
+                data,
+            }) => self.client_event(&event, &channel, data.as_deref()),
         }
     }
 
@@ -153,7 +178,10 @@ impl Session {
         }
         let already = self.subscriptions.iter().any(|s| s.channel == name);
         if !already && self.subscriptions.len() >= cfg.max_channels_per_connection {
-            let msg = format!("Too many channels: this connection is on {} already (max_channels_per_connection)", self.subscriptions.len());
+            let msg = format!(
+                "Too many channels: this connection is on {} already (max_channels_per_connection)",
+                self.subscriptions.len()
+            );
             self.sub_error(name, "LimitReached", &msg, 400);
             return;
         }
@@ -206,11 +234,19 @@ impl Session {
         match self.app.subscribe(&self.outbox, name, member) {
             Ok(()) => {
                 if !self.subscriptions.iter().any(|s| s.channel == name) {
-                    self.subscriptions.push(Subscription { channel: name.to_owned(), user_id });
+                    self.subscriptions.push(Subscription {
+                        channel: name.to_owned(),
+                        user_id,
+                    });
                 }
             }
             Err(SubscribeError::MemberLimit { max }) => {
-                self.sub_error(name, "LimitReached", &format!("Presence channel is full: {max} members (max_presence_members)"), 400);
+                self.sub_error(
+                    name,
+                    "LimitReached",
+                    &format!("Presence channel is full: {max} members (max_presence_members)"),
+                    400,
+                );
             }
         }
     }
@@ -235,7 +271,8 @@ impl Session {
         match parsed {
             Ok((id, watchlist)) => {
                 if let Some(old) = self.user.take() {
-                    self.app.remove_connection(&self.outbox, &[], Some(&old.id), &old.watchlist);
+                    self.app
+                        .remove_connection(&self.outbox, &[], Some(&old.id), &old.watchlist);
                 }
                 self.send(message::signin_success(user_data));
                 self.app.signin(&self.outbox, &id, &watchlist);
@@ -243,7 +280,8 @@ impl Session {
             }
             Err(msg) => {
                 let code = CloseCode::Unauthorized.code();
-                self.outbox.close(code, &format!("Signin failed: {msg}"), true);
+                self.outbox
+                    .close(code, &format!("Signin failed: {msg}"), true);
             }
         }
     }
@@ -251,11 +289,20 @@ impl Session {
     fn client_event(&mut self, event: &str, name: &str, data: Option<&str>) {
         let cfg = &self.app.config;
         if !cfg.client_events {
-            self.error(None, "Client events are disabled for this app (client_events = false)");
+            self.error(
+                None,
+                "Client events are disabled for this app (client_events = false)",
+            );
             return;
         }
         if event.len() > cfg.max_event_name_length {
-            self.error(None, &format!("Event name too long: the limit is {} characters", cfg.max_event_name_length));
+            self.error(
+                None,
+                &format!(
+                    "Event name too long: the limit is {} characters",
+                    cfg.max_event_name_length
+                ),
+            );
             return;
         }
         let kind = ChannelKind::of(name);
@@ -264,7 +311,10 @@ impl Session {
             return;
         }
         let Some(sub) = self.subscriptions.iter().find(|s| s.channel == name) else {
-            self.error(None, &format!("Client event rejected: this connection is not subscribed to {name}"));
+            self.error(
+                None,
+                &format!("Client event rejected: this connection is not subscribed to {name}"),
+            );
             return;
         };
         let user_id = sub.user_id.clone();
@@ -276,10 +326,17 @@ impl Session {
         self.rate_count += 1;
         if self.rate_count > cfg.client_event_rate {
             // 4301 as a frame only: closing with 43xx would stop pusher-js reconnecting for good.
-            self.error(Some(CloseCode::RateLimited.code()), &format!("Client event rejected due to rate limit ({} per second)", cfg.client_event_rate));
+            self.error(
+                Some(CloseCode::RateLimited.code()),
+                &format!(
+                    "Client event rejected due to rate limit ({} per second)",
+                    cfg.client_event_rate
+                ),
+            );
             return;
         }
-        self.app.client_event(&self.outbox, name, event, data, user_id.as_deref());
+        self.app
+            .client_event(&self.outbox, name, event, data, user_id.as_deref());
     }
 
     /// The channels this connection is on.
@@ -312,14 +369,25 @@ fn parse_channel_data(cd: &str, max_id: usize, max_info: usize) -> Result<Member
         #[serde(borrow)]
         user_info: Option<&'a serde_json::value::RawValue>,
     }
-    let parsed: ChannelData<'_> = serde_json::from_str(cd).map_err(|_| "Invalid channel_data: expected a JSON object with user_id".to_owned())?;
-    let user_id = parsed.user_id.and_then(id_string).ok_or("Invalid channel_data: user_id (a string or number) is missing")?;
+    let parsed: ChannelData<'_> = serde_json::from_str(cd)
+        .map_err(|_| "Invalid channel_data: expected a JSON object with user_id".to_owned())?;
+    let user_id = parsed
+        .user_id
+        .and_then(id_string)
+        .ok_or("Invalid channel_data: user_id (a string or number) is missing")?;
     if user_id.len() > max_id {
-        return Err(format!("Presence user_id is longer than {max_id} characters"));
+        return Err(format!(
+            "Presence user_id is longer than {max_id} characters"
+        ));
     }
-    let user_info = parsed.user_info.map(|r| r.get().to_owned()).filter(|s| s != "null");
+    let user_info = parsed
+        .user_info
+        .map(|r| r.get().to_owned())
+        .filter(|s| s != "null");
     if user_info.as_ref().is_some_and(|i| i.len() > max_info) {
-        return Err(format!("Presence user_info is larger than {max_info} bytes (max_presence_user_info_bytes)"));
+        return Err(format!(
+            "Presence user_info is larger than {max_info} bytes (max_presence_user_info_bytes)"
+        ));
     }
     Ok(Member { user_id, user_info })
 }
@@ -337,7 +405,8 @@ fn id_string(raw: &serde_json::value::RawValue) -> Option<String> {
 
 /// signin `user_data`: an object with a non-empty string `id`, optional `watchlist`.
 fn parse_user_data(user_data: &str, max_id: usize) -> Result<(String, Vec<String>), String> {
-    let v: serde_json::Value = serde_json::from_str(user_data).map_err(|_| "user_data is not JSON".to_owned())?;
+    let v: serde_json::Value =
+        serde_json::from_str(user_data).map_err(|_| "user_data is not JSON".to_owned())?;
     let id = match v.get("id") {
         Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
         _ => return Err("user_data must be a JSON object with a non-empty string \"id\"".into()),

@@ -17,8 +17,15 @@ fn app(configure: impl FnOnce(&mut AppConfig)) -> Arc<App> {
 
 fn session(app: &Arc<App>, n: u64) -> Session {
     assert!(app.try_connect());
-    let outbox = Arc::new(Outbox::new(n, SocketId::parse(&format!("{n}.{n}")).unwrap(), 64));
-    let live = Liveness { activity_timeout: Duration::from_secs(30), pong_timeout: Duration::from_secs(30) };
+    let outbox = Arc::new(Outbox::new(
+        n,
+        SocketId::parse(&format!("{n}.{n}")).unwrap(),
+        64,
+    ));
+    let live = Liveness {
+        activity_timeout: Duration::from_secs(30),
+        pong_timeout: Duration::from_secs(30),
+    };
     let s = Session::open(app.clone(), outbox, live);
     let f = frames(&s);
     assert_eq!(f[0]["event"], "pusher:connection_established");
@@ -28,11 +35,16 @@ fn session(app: &Arc<App>, n: u64) -> Session {
 fn frames(s: &Session) -> Vec<Value> {
     let mut out = Vec::new();
     s.outbox().drain(&mut out);
-    out.iter().map(|f| serde_json::from_str(f.as_str()).unwrap()).collect()
+    out.iter()
+        .map(|f| serde_json::from_str(f.as_str()).unwrap())
+        .collect()
 }
 
 fn events(s: &Session) -> Vec<String> {
-    frames(s).iter().map(|f| f["event"].as_str().unwrap_or("").to_owned()).collect()
+    frames(s)
+        .iter()
+        .map(|f| f["event"].as_str().unwrap_or("").to_owned())
+        .collect()
 }
 
 fn sub(channel: &str, auth: &str, cd: Option<&str>) -> String {
@@ -48,7 +60,10 @@ fn private_auth(sid: &str, ch: &str) -> String {
 }
 
 fn presence_auth(sid: &str, ch: &str, cd: &str) -> String {
-    format!("{KEY}:{}", sign(SECRET, format!("{sid}:{ch}:{cd}").as_bytes()))
+    format!(
+        "{KEY}:{}",
+        sign(SECRET, format!("{sid}:{ch}:{cd}").as_bytes())
+    )
 }
 
 #[test]
@@ -57,13 +72,21 @@ fn public_private_and_errors() {
     let mut s = session(&app, 1);
     s.handle_text(&sub("orders", "", None));
     assert_eq!(events(&s), ["pusher_internal:subscription_succeeded"]);
-    s.handle_text(&sub("private-orders.1", &private_auth("1.1", "private-orders.1"), None));
+    s.handle_text(&sub(
+        "private-orders.1",
+        &private_auth("1.1", "private-orders.1"),
+        None,
+    ));
     assert_eq!(events(&s), ["pusher_internal:subscription_succeeded"]);
     // wrong socket id in the signature, missing auth, wrong key, bad name
     for text in [
         sub("private-x", &private_auth("9.9", "private-x"), None),
         sub("private-x", "", None),
-        sub("private-x", &private_auth("1.1", "private-x").replace(KEY, "otherkey"), None),
+        sub(
+            "private-x",
+            &private_auth("1.1", "private-x").replace(KEY, "otherkey"),
+            None,
+        ),
     ] {
         s.handle_text(&text);
         let f = frames(&s);
@@ -75,10 +98,21 @@ fn public_private_and_errors() {
     assert_eq!(frames(&s)[0]["data"]["type"], "InvalidChannel");
     assert!(app.channel("private-x").is_none());
     // encrypted channels: same formula as private, relayed without decryption
-    s.handle_text(&sub("private-encrypted-x", &private_auth("1.1", "private-encrypted-x"), None));
+    s.handle_text(&sub(
+        "private-encrypted-x",
+        &private_auth("1.1", "private-encrypted-x"),
+        None,
+    ));
     assert_eq!(events(&s), ["pusher_internal:subscription_succeeded"]);
     // malformed frames get a pusher:error and the session carries on
-    for bad in ["", "{", "[]", "{\"event\":1}", "{\"event\":\"nope\"}", "{\"event\":\"pusher:subscribe\",\"data\":3}"] {
+    for bad in [
+        "",
+        "{",
+        "[]",
+        "{\"event\":1}",
+        "{\"event\":\"nope\"}",
+        "{\"event\":\"pusher:subscribe\",\"data\":3}",
+    ] {
         s.handle_text(bad);
         let f = frames(&s);
         assert_eq!(f[0]["event"], "pusher:error", "{bad}");
@@ -95,10 +129,16 @@ fn public_private_and_errors() {
 fn oversize_message_is_refused_without_closing() {
     let app = app(|c| c.max_message_bytes = 300);
     let mut s = session(&app, 1);
-    let big = format!(r#"{{"event":"client-x","channel":"private-a","data":"{}"}}"#, "x".repeat(400));
+    let big = format!(
+        r#"{{"event":"client-x","channel":"private-a","data":"{}"}}"#,
+        "x".repeat(400)
+    );
     s.handle_text(&big);
     let f = frames(&s);
-    assert!(f[0]["data"]["message"].as_str().unwrap().contains("too large"));
+    assert!(f[0]["data"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("too large"));
     assert!(!s.outbox().is_closing());
 }
 
@@ -107,18 +147,36 @@ fn presence_with_numeric_user_id_and_limits() {
     let app = app(|c| c.max_presence_user_info_bytes = 32);
     let mut s = session(&app, 1);
     let cd = r#"{"user_id":10,"user_info":{"name":"Mr. Channels"}}"#;
-    s.handle_text(&sub("presence-room", &presence_auth("1.1", "presence-room", cd), Some(cd)));
+    s.handle_text(&sub(
+        "presence-room",
+        &presence_auth("1.1", "presence-room", cd),
+        Some(cd),
+    ));
     let f = frames(&s);
     let d: Value = serde_json::from_str(f[0]["data"].as_str().unwrap()).unwrap();
     assert_eq!(d["presence"]["ids"], serde_json::json!(["10"]));
     // signature over different channel_data bytes fails
     let cd2 = r#"{"user_id":"10","user_info":{"name":"Mr. Channels"}}"#;
-    s.handle_text(&sub("presence-b", &presence_auth("1.1", "presence-b", cd), Some(cd2)));
+    s.handle_text(&sub(
+        "presence-b",
+        &presence_auth("1.1", "presence-b", cd),
+        Some(cd2),
+    ));
     assert_eq!(frames(&s)[0]["event"], "pusher:subscription_error");
     // info too large, no user_id, channel_data not JSON, no channel_data and not signed in
     let big = format!(r#"{{"user_id":"1","user_info":"{}"}}"#, "x".repeat(64));
-    for cd in [big.as_str(), r#"{"user_info":{}}"#, "not json", r#"{"user_id":""}"#, r#"{"user_id":[1]}"#] {
-        s.handle_text(&sub("presence-c", &presence_auth("1.1", "presence-c", cd), Some(cd)));
+    for cd in [
+        big.as_str(),
+        r#"{"user_info":{}}"#,
+        "not json",
+        r#"{"user_id":""}"#,
+        r#"{"user_id":[1]}"#,
+    ] {
+        s.handle_text(&sub(
+            "presence-c",
+            &presence_auth("1.1", "presence-c", cd),
+            Some(cd),
+        ));
         let f = frames(&s);
         assert_eq!(f[0]["event"], "pusher:subscription_error", "{cd}");
     }
@@ -133,8 +191,16 @@ fn client_event_rules_and_rate_limit() {
     let mut b = session(&app, 2);
     let cd_a = r#"{"user_id":"a"}"#;
     let cd_b = r#"{"user_id":"b"}"#;
-    a.handle_text(&sub("presence-chat", &presence_auth("1.1", "presence-chat", cd_a), Some(cd_a)));
-    b.handle_text(&sub("presence-chat", &presence_auth("2.2", "presence-chat", cd_b), Some(cd_b)));
+    a.handle_text(&sub(
+        "presence-chat",
+        &presence_auth("1.1", "presence-chat", cd_a),
+        Some(cd_a),
+    ));
+    b.handle_text(&sub(
+        "presence-chat",
+        &presence_auth("2.2", "presence-chat", cd_b),
+        Some(cd_b),
+    ));
     a.handle_text(&sub("orders", "", None));
     frames(&a);
     frames(&b);
@@ -177,7 +243,10 @@ fn client_events_can_be_disabled() {
     a.handle_text(&sub("private-a", &private_auth("1.1", "private-a"), None));
     frames(&a);
     a.handle_text(r#"{"event":"client-x","channel":"private-a","data":{}}"#);
-    assert!(frames(&a)[0]["data"]["message"].as_str().unwrap().contains("disabled"));
+    assert!(frames(&a)[0]["data"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("disabled"));
 }
 
 #[test]
@@ -188,8 +257,14 @@ fn signin_server_to_user_and_failure() {
     s.handle_text(&sub("#server-to-user-12345", "", None));
     assert_eq!(frames(&s)[0]["event"], "pusher:subscription_error");
     let ud = r#"{"id":"12345","user_info":{"name":"x"}}"#;
-    let auth = format!("{KEY}:{}", sign(SECRET, format!("1.1::user::{ud}").as_bytes()));
-    s.handle_text(&serde_json::json!({"event":"pusher:signin","data":{"auth":auth,"user_data":ud}}).to_string());
+    let auth = format!(
+        "{KEY}:{}",
+        sign(SECRET, format!("1.1::user::{ud}").as_bytes())
+    );
+    s.handle_text(
+        &serde_json::json!({"event":"pusher:signin","data":{"auth":auth,"user_data":ud}})
+            .to_string(),
+    );
     let f = frames(&s);
     assert_eq!(f[0]["event"], "pusher:signin_success");
     let d: Value = serde_json::from_str(f[0]["data"].as_str().unwrap()).unwrap();
@@ -199,7 +274,11 @@ fn signin_server_to_user_and_failure() {
     s.handle_text(&sub("#server-to-user-999", "", None));
     assert_eq!(events(&s), ["pusher:subscription_error"]);
     // presence without channel_data uses the signin identity
-    s.handle_text(&sub("presence-room", &private_auth("1.1", "presence-room"), None));
+    s.handle_text(&sub(
+        "presence-room",
+        &private_auth("1.1", "presence-room"),
+        None,
+    ));
     let f = frames(&s);
     let d: Value = serde_json::from_str(f[0]["data"].as_str().unwrap()).unwrap();
     assert_eq!(d["presence"]["ids"], serde_json::json!(["12345"]));
@@ -212,8 +291,14 @@ fn signin_server_to_user_and_failure() {
     // a valid signature over user_data without an id is refused too
     let mut u = session(&app, 3);
     let ud = r#"{"name":"x"}"#;
-    let auth = format!("{KEY}:{}", sign(SECRET, format!("3.3::user::{ud}").as_bytes()));
-    u.handle_text(&serde_json::json!({"event":"pusher:signin","data":{"auth":auth,"user_data":ud}}).to_string());
+    let auth = format!(
+        "{KEY}:{}",
+        sign(SECRET, format!("3.3::user::{ud}").as_bytes())
+    );
+    u.handle_text(
+        &serde_json::json!({"event":"pusher:signin","data":{"auth":auth,"user_data":ud}})
+            .to_string(),
+    );
     assert_eq!(u.outbox().drain(&mut out).unwrap().code, 4009);
 }
 
@@ -236,7 +321,10 @@ fn liveness_ping_then_close() {
     let t0 = Instant::now();
     assert!(matches!(s.tick(t0), Tick::Wait(_)));
     assert_eq!(s.tick(t0 + Duration::from_secs(31)), Tick::Ping);
-    assert!(matches!(s.tick(t0 + Duration::from_secs(40)), Tick::Wait(_)));
+    assert!(matches!(
+        s.tick(t0 + Duration::from_secs(40)),
+        Tick::Wait(_)
+    ));
     assert_eq!(s.tick(t0 + Duration::from_secs(62)), Tick::Close);
     s.activity();
     assert!(matches!(s.tick(Instant::now()), Tick::Wait(_)));

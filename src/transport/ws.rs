@@ -46,42 +46,112 @@ fn ws_config(max_message: usize) -> WebSocketConfig {
 async fn close_with(ws: &mut Ws, code: u16, reason: &str, with_error: bool) {
     let work = async {
         if with_error {
-            ws.feed(Message::Text(message::error(Some(code), reason).into())).await?;
+            ws.feed(Message::Text(message::error(Some(code), reason).into()))
+                .await?;
         }
         let reason: String = reason.chars().take(100).collect();
-        ws.send(Message::Close(Some(CloseFrame { code: WsCloseCode::from(code), reason: reason.into() }))).await
+        ws.send(Message::Close(Some(CloseFrame {
+            code: WsCloseCode::from(code),
+            reason: reason.into(),
+        })))
+        .await
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), work).await;
 }
 
+/// Resolves once the outbox is marked for closing (overflow, terminate, bad signin).
+async fn closing(outbox: &Outbox) {
+    while !outbox.is_closing() {
+        outbox.ready().await;
+    }
+}
+
 /// Refuses an upgraded connection with a Pusher error code (unknown app, quota, origin…).
 pub async fn refuse(upgraded: Upgraded, code: CloseCode) {
-    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config(10 * 1024))).await;
+    let mut ws = WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Server,
+        Some(ws_config(10 * 1024)),
+    )
+    .await;
     let (_, code, reason) = session::refusal(code);
     close_with(&mut ws, code, reason, true).await;
 }
 
 /// Runs an accepted connection (already counted against the app's quota) to its end.
 pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
-    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config(app.config.max_message_bytes))).await;
-    let outbox = Arc::new(Outbox::new(params.conn_id, params.socket_id, params.outbound_queue));
+    let mut ws = WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Server,
+        Some(ws_config(app.config.max_message_bytes)),
+    )
+    .await;
+    let outbox = Arc::new(Outbox::new(
+        params.conn_id,
+        params.socket_id,
+        params.outbound_queue,
+    ));
     let mut session = Session::open(app, outbox.clone(), params.liveness);
     let mut shutdown = params.shutdown;
     let mut batch: Vec<Frame> = Vec::new();
     // Peers that keep alive with WebSocket control frames (mobile SDKs) are pinged the same way.
     let mut control_pinger = false;
+    // Set when the outbox has (or may have) something: drained before waiting again.
+    let mut ready = false;
     loop {
+        if ready {
+            ready = false;
+            let close = outbox.drain(&mut batch);
+            if !batch.is_empty() {
+                let write = async {
+                    for f in batch.drain(..) {
+                        ws.feed(Message::Text(f)).await?;
+                    }
+                    ws.flush().await
+                };
+                tokio::select! {
+                    biased;
+                    r = tokio::time::timeout(WRITE_TIMEOUT, write) => if !matches!(r, Ok(Ok(()))) { break },
+                    // Overflow or a close request while a slow peer blocks the write: stop writing.
+                    _ = closing(&outbox) => {}
+                }
+                batch.clear();
+                if batch.capacity() > 64 {
+                    batch = Vec::new();
+                }
+                // More may have been queued meanwhile (its wake-up consumed by `closing`).
+                ready = true;
+                continue;
+            }
+            if let Some(c) = close {
+                close_with(&mut ws, c.code, &c.reason, c.with_error).await;
+                break;
+            }
+        }
         let deadline = match session.tick(Instant::now()) {
             Tick::Wait(t) => t,
             Tick::Ping => {
-                let ping = if control_pinger { Message::Ping(Default::default()) } else { Message::Text(message::ping().into()) };
-                if tokio::time::timeout(WRITE_TIMEOUT, ws.send(ping)).await.map_or(true, |r| r.is_err()) {
+                let ping = if control_pinger {
+                    Message::Ping(Default::default())
+                } else {
+                    Message::Text(message::ping().into())
+                };
+                if tokio::time::timeout(WRITE_TIMEOUT, ws.send(ping))
+                    .await
+                    .map_or(true, |r| r.is_err())
+                {
                     break;
                 }
                 continue;
             }
             Tick::Close => {
-                close_with(&mut ws, CloseCode::PongTimeout.code(), CloseCode::PongTimeout.message(), true).await;
+                close_with(
+                    &mut ws,
+                    CloseCode::PongTimeout.code(),
+                    CloseCode::PongTimeout.message(),
+                    true,
+                )
+                .await;
                 break;
             }
         };
@@ -91,29 +161,7 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                 close_with(&mut ws, CloseCode::ReconnectNow.code(), CloseCode::ReconnectNow.message(), true).await;
                 break;
             }
-            _ = outbox.ready() => {
-                let close = outbox.drain(&mut batch);
-                if !batch.is_empty() {
-                    let write = async {
-                        for f in batch.drain(..) {
-                            ws.feed(Message::Text(f)).await?;
-                        }
-                        ws.flush().await
-                    };
-                    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-                        Ok(Ok(())) => {}
-                        _ => break,
-                    }
-                    batch.clear();
-                    if batch.capacity() > 64 {
-                        batch = Vec::new();
-                    }
-                }
-                if let Some(c) = close {
-                    close_with(&mut ws, c.code, &c.reason, c.with_error).await;
-                    break;
-                }
-            }
+            _ = outbox.ready() => ready = true,
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => session.handle_text(&t),
                 Some(Ok(Message::Ping(_))) => {
