@@ -117,6 +117,9 @@ pub struct ServerConfig {
     /// Frames queued per connection before a client that can't keep up is closed with 4100.
     #[serde(default = "d_outbound")]
     pub outbound_queue: usize,
+    /// Serve plain HTTP/WebSocket on host:port (turn off to serve TLS only).
+    #[serde(default = "d_true")]
+    pub plain: bool,
 }
 
 impl Default for ServerConfig {
@@ -130,6 +133,7 @@ impl Default for ServerConfig {
             http_path: d_http_path(),
             max_request_bytes: d_req_bytes(),
             outbound_queue: d_outbound(),
+            plain: true,
         }
     }
 }
@@ -177,9 +181,171 @@ pub struct AppConfig {
     pub max_channel_name_length: usize,
     #[serde(default = "d_rate")]
     pub client_event_rate: u32,
-    /// Webhook URL for this app (all kinds); see `PUSHBOX_WEBHOOK_URL` for the env-defined app.
+    /// Shorthand for one webhook receiving every kind (`PUSHBOX_WEBHOOK_URL` for the env app).
     #[serde(default)]
     pub webhook_url: Option<String>,
+    /// `[[apps.webhooks]]`: where this app's webhooks go and which kinds each URL gets.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookTarget>,
+}
+
+/// One webhook receiver of an app.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTarget {
+    pub url: String,
+    /// Kinds sent to this URL (`channel_occupied`, `channel_vacated`, `member_added`,
+    /// `member_removed`, `client_event`, `cache_miss`, `subscription_count`); empty = all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+}
+
+/// The webhook kinds PUSHER.md §8 defines.
+pub const WEBHOOK_KINDS: [&str; 7] = [
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+    "cache_miss",
+    "subscription_count",
+];
+
+impl AppConfig {
+    /// Every webhook receiver: `webhooks` plus `webhook_url` (all kinds).
+    pub fn webhook_targets(&self) -> Vec<WebhookTarget> {
+        let mut v = self.webhooks.clone();
+        if let Some(url) = &self.webhook_url {
+            v.push(WebhookTarget {
+                url: url.clone(),
+                event_types: Vec::new(),
+            });
+        }
+        v
+    }
+}
+
+/// `durability`: whether an accepted event is fsync'd before the API answers.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    #[default]
+    Fsync,
+    Memory,
+}
+
+fn d_spool_max() -> u64 {
+    1024 * 1024 * 1024
+}
+fn d_events_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn d_events_age() -> u64 {
+    7 * 24 * 3600
+}
+
+/// `[spool]`: the durable log on local disk under `state_dir`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    #[serde(default)]
+    pub durability: Durability,
+    /// Disk cap for everything the spool keeps; past it the API answers 503.
+    #[serde(default = "d_spool_max")]
+    pub max_bytes: u64,
+    /// The event log keeps at most this much (oldest segments go first).
+    #[serde(default = "d_events_bytes")]
+    pub events_retain_bytes: u64,
+    /// ... and nothing older than this many seconds.
+    #[serde(default = "d_events_age")]
+    pub events_retain_secs: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            durability: Durability::Fsync,
+            max_bytes: d_spool_max(),
+            events_retain_bytes: d_events_bytes(),
+            events_retain_secs: d_events_age(),
+        }
+    }
+}
+
+fn d_batch_ms() -> u64 {
+    50
+}
+fn d_wh_timeout() -> u64 {
+    4000
+}
+fn d_backoff_min() -> u64 {
+    1000
+}
+fn d_backoff_max() -> u64 {
+    5 * 60 * 1000
+}
+fn d_wh_age() -> u64 {
+    24 * 3600
+}
+fn d_wh_batch() -> usize {
+    20
+}
+
+/// `[webhooks]`: batching and delivery policy for every app's webhooks.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Events within this window go out in one request.
+    #[serde(default = "d_batch_ms")]
+    pub batch_ms: u64,
+    /// At most this many events per request.
+    #[serde(default = "d_wh_batch")]
+    pub batch_max_events: usize,
+    #[serde(default = "d_wh_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "d_backoff_min")]
+    pub backoff_initial_ms: u64,
+    /// The retry interval never grows past this.
+    #[serde(default = "d_backoff_max")]
+    pub backoff_max_ms: u64,
+    /// A batch still failing after this many seconds is parked as a dead letter.
+    #[serde(default = "d_wh_age")]
+    pub max_age_secs: u64,
+    /// Extra CA certificates (PEM) to trust for HTTPS receivers (a shop's private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            batch_ms: d_batch_ms(),
+            batch_max_events: d_wh_batch(),
+            timeout_ms: d_wh_timeout(),
+            backoff_initial_ms: d_backoff_min(),
+            backoff_max_ms: d_backoff_max(),
+            max_age_secs: d_wh_age(),
+            ca_file: None,
+        }
+    }
+}
+
+fn d_tls_port() -> u16 {
+    443
+}
+
+/// `[tls]`: the TLS listener (beside the plain one unless `server.plain = false`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (`PUSHBOX_TLS_CERT`).
+    pub cert: PathBuf,
+    /// PEM private key (`PUSHBOX_TLS_KEY`).
+    pub key: PathBuf,
+    #[serde(default = "d_host")]
+    pub host: String,
+    #[serde(default = "d_tls_port")]
+    pub port: u16,
 }
 
 impl AppConfig {
@@ -216,6 +382,7 @@ impl AppConfig {
             max_channel_name_length: d_200(),
             client_event_rate: d_rate(),
             webhook_url: None,
+            webhooks: Vec::new(),
         })
     }
 
@@ -237,8 +404,14 @@ impl AppConfig {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     state_dir: Option<PathBuf>,
+    user: Option<String>,
     #[serde(default)]
     server: ServerConfig,
+    tls: Option<TlsConfig>,
+    #[serde(default)]
+    spool: SpoolConfig,
+    #[serde(default)]
+    webhooks: WebhooksConfig,
     #[serde(default)]
     apps: Vec<AppConfig>,
 }
@@ -247,7 +420,12 @@ struct FileConfig {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub state_dir: PathBuf,
+    /// Started as root, drop to this user once the ports are bound.
+    pub user: Option<String>,
     pub server: ServerConfig,
+    pub tls: Option<TlsConfig>,
+    pub spool: SpoolConfig,
+    pub webhooks: WebhooksConfig,
     pub apps: Vec<AppConfig>,
     /// Where the configuration came from, for messages.
     pub source: String,
@@ -303,7 +481,11 @@ pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
         state_dir: file
             .state_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+        user: file.user,
         server: file.server,
+        tls: file.tls,
+        spool: file.spool,
+        webhooks: file.webhooks,
         apps: file.apps,
         source: source.clone(),
     };
@@ -333,6 +515,30 @@ fn apply_env(config: &mut Config, env: &dyn Env) -> Result<(), ConfigError> {
             var: "REVERB_SERVER_PORT".into(),
             message: format!("{port:?} is not a port number (1-65535)"),
         })?;
+    }
+    match (env.get("PUSHBOX_TLS_CERT"), env.get("PUSHBOX_TLS_KEY")) {
+        (Some(cert), Some(key)) => {
+            let (host, port) = config
+                .tls
+                .as_ref()
+                .map(|t| (t.host.clone(), t.port))
+                .unwrap_or_else(|| (d_host(), d_tls_port()));
+            config.tls = Some(TlsConfig {
+                cert: cert.into(),
+                key: key.into(),
+                host,
+                port,
+            });
+        }
+        (None, None) => {}
+        (c, _) => {
+            let var = if c.is_some() {
+                "PUSHBOX_TLS_KEY"
+            } else {
+                "PUSHBOX_TLS_CERT"
+            };
+            return Err(ConfigError::Env { var: var.into(), message: "not set: TLS needs both PUSHBOX_TLS_CERT and PUSHBOX_TLS_KEY (PEM files; `pushbox cert self-signed` makes a pair)".into() });
+        }
     }
     let id = env_first(env, &["REVERB_APP_ID", "PUSHER_APP_ID"]);
     let key = env_first(env, &["REVERB_APP_KEY", "PUSHER_APP_KEY"]);
@@ -379,6 +585,16 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             "server.pong_timeout must be at least 1 second".into(),
         ));
     }
+    if !s.plain && config.tls.is_none() {
+        return Err(invalid(
+            "server.plain = false but no [tls] is configured: nothing would listen".into(),
+        ));
+    }
+    if config.webhooks.timeout_ms == 0 || config.webhooks.batch_max_events == 0 {
+        return Err(invalid(
+            "webhooks.timeout_ms and webhooks.batch_max_events must be at least 1".into(),
+        ));
+    }
     if s.outbound_queue < 8 {
         return Err(invalid(
             "server.outbound_queue must be at least 8 frames".into(),
@@ -419,6 +635,24 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             return Err(invalid(format!(
                 "{what}: max_message_bytes must be at least 256"
             )));
+        }
+        for t in app.webhook_targets() {
+            if !(t.url.starts_with("http://") || t.url.starts_with("https://")) {
+                return Err(invalid(format!(
+                    "{what}: webhook url {:?} must start with http:// or https://",
+                    t.url
+                )));
+            }
+            if let Some(k) = t
+                .event_types
+                .iter()
+                .find(|k| !WEBHOOK_KINDS.contains(&k.as_str()))
+            {
+                return Err(invalid(format!(
+                    "{what}: unknown webhook event type {k:?}; use one of {}",
+                    WEBHOOK_KINDS.join(", ")
+                )));
+            }
         }
         if app.client_event_rate == 0 {
             return Err(invalid(format!("{what}: client_event_rate must be at least 1 (use client_events = false to turn them off)")));

@@ -82,7 +82,11 @@ pub fn config(env: &dyn Env) -> Result<Config, ConfigError> {
     );
     Ok(Config {
         state_dir,
+        user: None,
         server,
+        tls: None,
+        spool: Default::default(),
+        webhooks: Default::default(),
         apps: vec![app],
         source: "pushbox serve --dev".into(),
     })

@@ -1,5 +1,6 @@
 //! pushbox: a Pusher-compatible real-time server appliance.
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod hub;
@@ -7,4 +8,5 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod spool;
+pub mod sys;
 pub mod transport;

@@ -70,6 +70,18 @@ impl State {
     }
 }
 
+impl State {
+    /// A fresh `digits.digits` socket id.
+    pub fn new_socket_id(&self) -> SocketId {
+        SocketId::random(&self.rng)
+    }
+
+    /// Changes to `true` when the server shuts down (connections send 4200 and close).
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+}
+
 /// Binds the configured address.
 pub async fn bind(config: &Config) -> std::io::Result<TcpListener> {
     let addr = format!("{}:{}", config.server.host, config.server.port);

@@ -29,6 +29,10 @@ pub struct TestServer {
 pub fn config(configure: impl FnOnce(&mut Config)) -> Config {
     let mut c = Config {
         state_dir: std::env::temp_dir(),
+        user: None,
+        tls: None,
+        spool: Default::default(),
+        webhooks: Default::default(),
         server: ServerConfig {
             host: "127.0.0.1".into(),
             port: 0,

@@ -1,0 +1,250 @@
+//! The `pushbox` command line: argument parsing and dispatch. Each command lives in its own
+//! file: `serve`, the operator's tools (`ops`: keygen, env, check, trigger, cert), the event log
+//! (`events`) and the webhook queue (`queue`).
+
+mod events;
+mod ops;
+mod queue;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "pushbox",
+    version,
+    about = "A Pusher-compatible real-time server appliance"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the configuration comes from (shared by every command that reads it).
+#[derive(Args, Clone, Debug, Default)]
+pub struct ConfigArgs {
+    /// The TOML config file [default: /etc/pushbox/pushbox.toml].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// A Laravel .env file to read REVERB_* / PUSHER_* variables from.
+    #[arg(long, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Development mode: 127.0.0.1:8080, a dev app whose keys are kept in ./.pushbox-dev.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Print a new app id, key and secret (in the shape REVERB_* expects).
+    Keygen,
+    /// Print the Laravel .env block for an app of this box.
+    Env {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The app id (default: the only or first app).
+        #[arg(long)]
+        app: Option<String>,
+        /// The host name clients use to reach this box (default: the configured host).
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Check the configuration, keys, ports, certificate and state directory.
+    Check {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Publish a test event through the signed HTTP API of a running server.
+    Trigger {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        channel: String,
+        #[arg(long)]
+        event: String,
+        /// The event data (usually JSON).
+        #[arg(long, default_value = "{}")]
+        data: String,
+        #[arg(long)]
+        app: Option<String>,
+        /// Base URL of the server (default: from the config, http://127.0.0.1:PORT).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Certificates for a LAN box.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+    /// The event log: what the shop published, when, and to how many sockets.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// The webhook queue.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+pub enum CertCommand {
+    /// Write a self-signed key and certificate for this box.
+    SelfSigned {
+        /// Host name (repeatable).
+        #[arg(long, required = true)]
+        host: Vec<String>,
+        /// IP address (repeatable).
+        #[arg(long)]
+        ip: Vec<String>,
+        /// Output directory.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum EventsCommand {
+    /// Show recent events (works while the server runs).
+    Tail {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Only this channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// How many recent events to show.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        lines: usize,
+        /// Keep printing new events.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum QueueCommand {
+    /// Depth, oldest age, dead letters, disk use.
+    Status {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// List dead letters.
+    Dead {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Requeue dead letters.
+    Retry {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The dead letter id.
+        id: Option<String>,
+        /// Requeue every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, dev } => serve::run(&config, dev),
+        Command::Keygen => ops::keygen(),
+        Command::Env { config, app, host } => ops::env(&config, app.as_deref(), host.as_deref()),
+        Command::Check { config } => ops::check(&config),
+        Command::Trigger {
+            config,
+            channel,
+            event,
+            data,
+            app,
+            url,
+        } => ops::trigger(
+            &config,
+            &channel,
+            &event,
+            &data,
+            app.as_deref(),
+            url.as_deref(),
+        ),
+        Command::Cert {
+            command:
+                CertCommand::SelfSigned {
+                    host,
+                    ip,
+                    out,
+                    days,
+                },
+        } => ops::cert_self_signed(&host, &ip, &out, days),
+        Command::Events {
+            command:
+                EventsCommand::Tail {
+                    config,
+                    channel,
+                    lines,
+                    follow,
+                },
+        } => events::tail(&config, channel.as_deref(), lines, follow),
+        Command::Queue { command } => match command {
+            QueueCommand::Status { config } => queue::status(&config),
+            QueueCommand::Dead { config } => queue::dead(&config),
+            QueueCommand::Retry { config, id, all } => queue::retry(&config, id.as_deref(), all),
+        },
+        Command::Version => {
+            println!("pushbox {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Loads the configuration the way `serve` does (file, `.env` file, environment).
+pub fn load_config(args: &ConfigArgs) -> Result<crate::config::Config, crate::config::ConfigError> {
+    let env = process_env(args)?;
+    crate::config::load(args.config.as_deref(), &env)
+}
+
+/// The process environment overlaid on `--env-file`.
+pub fn process_env(
+    args: &ConfigArgs,
+) -> Result<crate::config::ProcessEnv, crate::config::ConfigError> {
+    let file = match &args.env_file {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(text) => crate::config::parse_env_file(&text),
+            Err(e) => {
+                return Err(crate::config::ConfigError::Read {
+                    path: p.clone(),
+                    error: e.to_string(),
+                })
+            }
+        },
+        None => Default::default(),
+    };
+    Ok(crate::config::ProcessEnv { file })
+}
+
+/// Prints a config error and returns exit status 78.
+pub fn config_failure(e: crate::config::ConfigError) -> ExitCode {
+    eprintln!("pushbox: config error: {e}");
+    ExitCode::from(crate::config::EXIT_CONFIG as u8)
+}
+
+/// Exit status for a command that is still being built in this tree.
+fn unfinished(what: &str) -> ExitCode {
+    eprintln!("pushbox: `{what}` is not available in this build yet");
+    ExitCode::from(2)
+}
