@@ -3,6 +3,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod eventlog;
 pub mod hub;
 pub mod protocol;
 pub mod server;

@@ -3,7 +3,10 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use crate::config::{Config, ConfigError};
+use crate::eventlog::EventLog;
 use crate::hub::NoObserver;
 use crate::server;
 
@@ -27,17 +30,31 @@ pub fn run(args: &ConfigArgs, dev: bool) -> ExitCode {
         Ok(c) => c,
         Err(e) => return super::config_failure(e),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // Before any thread exists: take systemd's sockets and raise the open-files limit.
+    let activated = match crate::sys::activation::take_listeners() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("pushbox: socket activation: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::sys::limits::raise_nofile_limit() {
+        Ok((soft, _hard)) => {
+            let wanted: u64 = cfg.apps.iter().map(|a| a.max_connections as u64).sum::<u64>() + 64;
+            if soft < wanted {
+                tracing::warn!(limit = soft, wanted, "open-files limit is below the configured connection limits: raise LimitNOFILE or lower max_connections");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pushbox: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(serve(cfg))
+    rt.block_on(serve(cfg, activated))
 }
 
 fn load(args: &ConfigArgs, dev: bool) -> Result<Config, ConfigError> {
@@ -47,42 +64,136 @@ fn load(args: &ConfigArgs, dev: bool) -> Result<Config, ConfigError> {
     super::load_config(args)
 }
 
-async fn serve(cfg: Config) -> ExitCode {
-    let listener = match server::bind(&cfg).await {
-        Ok(l) => l,
+async fn serve(cfg: Config, activated: Vec<crate::sys::activation::ActivatedListener>) -> ExitCode {
+    let notifier = crate::sys::notify::Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "systemd notification disabled");
+        crate::sys::notify::Notifier::disabled()
+    });
+
+    // 1. Listeners: inherited from systemd (socket activation) or bound here.
+    let mut plain = None;
+    let mut secure = None;
+    for a in activated {
+        let is_tls = a.name.as_deref() == Some("https");
+        match tokio::net::TcpListener::from_std(a.listener) {
+            Ok(l) if is_tls => secure = Some(l),
+            Ok(l) => plain = plain.or(Some(l)),
+            Err(e) => tracing::warn!(error = %e, "cannot use an inherited listener"),
+        }
+    }
+    let tls = match &cfg.tls {
+        Some(t) => match server::tls::Tls::new(&t.cert, &t.key) {
+            Ok(tls) => Some(Arc::new(tls)),
+            Err(e) => {
+                eprintln!("pushbox: config error: [tls] / PUSHBOX_TLS_CERT, PUSHBOX_TLS_KEY: {e}");
+                return ExitCode::from(crate::config::EXIT_CONFIG as u8);
+            }
+        },
+        None => None,
+    };
+    if plain.is_none() && cfg.server.plain {
+        match server::bind(&cfg).await {
+            Ok(l) => plain = Some(l),
+            Err(e) => {
+                eprintln!("pushbox: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let (Some(t), None) = (&cfg.tls, &secure) {
+        match server::bind_addr(&t.host, t.port).await {
+            Ok(l) => secure = Some(l),
+            Err(e) => {
+                eprintln!("pushbox: {e} (the [tls] listener)");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+
+    // 2. Ports are bound: drop root if asked to.
+    if let Some(user) = &cfg.user {
+        if nix::unistd::geteuid().is_root() {
+            match crate::sys::privilege::drop_to_user(user) {
+                Ok(d) => tracing::info!(user = %user, uid = d.uid, "dropped privileges"),
+                Err(e) => {
+                    eprintln!("pushbox: cannot run as user {user:?}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+
+    // 3. State: the event log (recovered after a crash).
+    let (eventlog, report) = match EventLog::open(&cfg) {
+        Ok(x) => x,
         Err(e) => {
             eprintln!("pushbox: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    if report.is_clean() {
+        tracing::debug!(%report, "event log opened");
+    } else {
+        tracing::warn!(%report, "event log recovered after an unclean stop");
+    }
+    let _retention = eventlog.spawn_retention(Duration::from_secs(60));
+
     let apps: Vec<String> = cfg.apps.iter().map(|a| a.id.clone()).collect();
-    let (state, handle) = server::State::new(cfg, Arc::new(NoObserver), None);
-    tracing::info!(%addr, apps = ?apps, "pushbox listening");
-    let server = tokio::spawn(server::serve(state, listener));
-    wait_for_signal().await;
+    let plain_addr = plain.as_ref().and_then(|l| l.local_addr().ok());
+    let tls_addr = secure.as_ref().and_then(|l| l.local_addr().ok());
+    let (state, handle) = server::State::new(cfg, Arc::new(NoObserver), Some(eventlog.clone() as Arc<dyn crate::api::EventLog>));
+    let mut servers = Vec::new();
+    if let Some(l) = plain {
+        servers.push(tokio::spawn(server::serve(state.clone(), l)));
+    }
+    if let (Some(l), Some(t)) = (secure, tls.clone()) {
+        servers.push(tokio::spawn(server::serve_tls(state.clone(), l, t)));
+    }
+    tracing::info!(plain = ?plain_addr, tls = ?tls_addr, apps = ?apps, "pushbox listening");
+    let _ = notifier.ready();
+    let _ = notifier.status(&format!("serving: plain {plain_addr:?}, tls {tls_addr:?}, apps {apps:?}"));
+    let _watchdog = notifier.spawn_watchdog_from_env();
+
+    // 4. Signals: HUP reloads the certificate, TERM/INT stop.
+    wait_for_stop(tls.as_deref(), &notifier).await;
     tracing::info!("shutting down: telling clients to reconnect (4200)");
+    let _ = notifier.stopping();
     handle.shutdown();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
-    // Give connection tasks a moment to send their close frames.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for s in servers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    }
+    // Connection tasks send their 4200 close frames; give them a bounded moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline && state.hub.apps().iter().any(|a| a.counters.connections.load(std::sync::atomic::Ordering::Relaxed) > 0) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(state);
+    // The last handle to the event log finishes queued appends and fsyncs.
+    drop(eventlog);
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+async fn wait_for_stop(tls: Option<&server::tls::Tls>, notifier: &crate::sys::notify::Notifier) {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                let _ = notifier.reloading();
+                match tls {
+                    Some(t) => match t.reload() {
+                        Ok(()) => tracing::info!(cert = %t.cert_path().display(), "TLS certificate reloaded"),
+                        Err(e) => tracing::error!(error = %e, "TLS reload failed: still serving the previous certificate"),
+                    },
+                    None => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
+                }
+                let _ = notifier.ready();
+            }
+        }
     }
 }

@@ -1,5 +1,8 @@
-//! Wiring: listeners, the HTTP/1.1 connection loop (hyper), routing to the WebSocket
-//! transport, the HTTP API and the health check, and graceful shutdown. No business logic.
+//! Wiring: listeners (plain and TLS), the HTTP/1.1 connection loop (hyper), routing to the
+//! WebSocket transport, the HTTP API and the health check, and graceful shutdown. No business
+//! logic.
+
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,7 +16,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{Api, ApiRequest, EventLog};
@@ -82,14 +85,31 @@ impl State {
     }
 }
 
-/// Binds the configured address.
+/// Binds the configured plain address.
 pub async fn bind(config: &Config) -> std::io::Result<TcpListener> {
-    let addr = format!("{}:{}", config.server.host, config.server.port);
+    bind_addr(&config.server.host, config.server.port).await
+}
+
+/// Binds `host:port` with an error that says what to do.
+pub async fn bind_addr(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let addr = if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
     TcpListener::bind(&addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e} (is another server using the port? set REVERB_SERVER_PORT or [server] port)")))
 }
 
-/// Accepts connections until shutdown.
+/// Accepts plain connections until shutdown.
 pub async fn serve(state: Arc<State>, listener: TcpListener) {
+    accept_loop(state, listener, None).await
+}
+
+/// Accepts TLS connections until shutdown; each handshake uses the certificate current then.
+pub async fn serve_tls(state: Arc<State>, listener: TcpListener, tls: Arc<tls::Tls>) {
+    accept_loop(state, listener, Some(tls)).await
+}
+
+/// How long a client may take to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn accept_loop(state: Arc<State>, listener: TcpListener, tls: Option<Arc<tls::Tls>>) {
     let mut shutdown = state.shutdown.clone();
     loop {
         tokio::select! {
@@ -97,7 +117,22 @@ pub async fn serve(state: Arc<State>, listener: TcpListener) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let state = state.clone();
-                    tokio::spawn(async move { connection(state, stream, peer).await });
+                    let _ = stream.set_nodelay(true);
+                    match &tls {
+                        None => {
+                            tokio::spawn(async move { connection(state, stream, peer).await });
+                        }
+                        Some(tls) => {
+                            let acceptor = tls.acceptor();
+                            tokio::spawn(async move {
+                                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                    Ok(Ok(s)) => connection(state, s, peer).await,
+                                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -109,8 +144,10 @@ pub async fn serve(state: Arc<State>, listener: TcpListener) {
     }
 }
 
-async fn connection(state: Arc<State>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+async fn connection<I>(state: Arc<State>, stream: I, peer: SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc = service_fn(move |req| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(route(state, req, peer).await) }

@@ -435,6 +435,14 @@ impl Spool {
             .store(max_bytes.unwrap_or(u64::MAX), Ordering::SeqCst);
     }
 
+    /// The disk cap in force (`None`: no cap).
+    pub fn max_bytes(&self) -> Option<u64> {
+        match self.inner.shared.max_bytes.load(Ordering::SeqCst) {
+            u64::MAX => None,
+            m => Some(m),
+        }
+    }
+
     /// Size and position.
     pub fn stats(&self) -> Stats {
         let shared = &self.inner.shared;

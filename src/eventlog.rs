@@ -1,0 +1,113 @@
+//! The event log: every event the HTTP API accepts is appended to a spool in
+//! `{state_dir}/events` before the API answers (fsync'd with group commit unless
+//! `durability = "memory"`), with the channels it went to and how many sockets each reached.
+//! Retention by size and age keeps it within an SD card's budget. `pushbox events tail` reads
+//! it from another process while the server runs.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{AcceptedEvent, EventLog as EventLogTrait};
+use crate::config::{Config, Durability};
+use crate::spool::{self, RecoveryReport, Spool, SpoolError, SpoolOptions};
+
+/// One accepted event as stored (one JSON object per spool record).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventRecord {
+    pub app: String,
+    pub name: String,
+    pub channels: Vec<String>,
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_id: Option<String>,
+    /// Sockets reached per channel, in `channels` order.
+    pub delivered: Vec<usize>,
+}
+
+/// The directory of the event log under a state directory.
+pub fn dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("events")
+}
+
+/// The event log of a running server.
+pub struct EventLog {
+    spool: Spool,
+}
+
+impl EventLog {
+    /// Opens (and recovers) the log; the report says what a crash left behind.
+    pub fn open(config: &Config) -> Result<(Arc<EventLog>, RecoveryReport), SpoolError> {
+        let options = SpoolOptions {
+            max_bytes: Some(config.spool.max_bytes),
+            durability: match config.spool.durability {
+                Durability::Fsync => spool::Durability::Fsync,
+                Durability::Memory => spool::Durability::Memory,
+            },
+            retain_bytes: Some(config.spool.events_retain_bytes),
+            retain_age: Some(Duration::from_secs(config.spool.events_retain_secs)),
+            ..SpoolOptions::default()
+        };
+        let (spool, report) = Spool::open(dir(&config.state_dir), options)?;
+        Ok((Arc::new(EventLog { spool }), report))
+    }
+
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Applies age retention every `every` (size retention also runs as segments roll).
+    pub fn spawn_retention(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let spool = me.spool.clone();
+                match tokio::task::spawn_blocking(move || spool.run_retention()).await {
+                    Ok(Ok(r)) if r.freed_bytes > 0 => tracing::info!(freed_bytes = r.freed_bytes, records = r.deleted_records, "event log retention"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "event log retention failed"),
+                    _ => {}
+                }
+            }
+        })
+    }
+}
+
+impl EventLogTrait for EventLog {
+    fn check_capacity(&self) -> Result<(), String> {
+        let stats = self.spool.stats();
+        match self.spool_max() {
+            Some(max) if stats.total_bytes >= max => Err(format!(
+                "The event log is full ({} of {max} bytes in {}): raise spool.max_bytes or lower spool.events_retain_bytes; nothing was published",
+                stats.total_bytes,
+                self.spool.dir().display()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn append(&self, events: Vec<AcceptedEvent>) -> Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            for e in events {
+                let record = EventRecord { app: e.app_id, name: e.name, channels: e.channels, data: e.data, socket_id: e.socket_id, delivered: e.delivered };
+                let bytes = serde_json::to_vec(&record).map_err(|e| format!("cannot encode the event for the log: {e}"))?;
+                if let Err(e) = self.spool.append(bytes).await {
+                    tracing::error!(error = %e, "event log append failed");
+                    return Err(format!("The event was not stored durably: {e}"));
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+impl EventLog {
+    fn spool_max(&self) -> Option<u64> {
+        self.spool.max_bytes()
+    }
+}
