@@ -50,7 +50,7 @@ function tomlValue(v) {
   return String(v);
 }
 
-export function renderConfig({ stateDir, port, server = {}, apps }) {
+export function renderConfig({ stateDir, port, server = {}, apps, extraToml = '' }) {
   const lines = [`state_dir = ${tomlValue(stateDir)}`, '', '[server]'];
   const srv = { host: '127.0.0.1', port, ...server };
   for (const [k, v] of Object.entries(srv)) lines.push(`${k} = ${tomlValue(v)}`);
@@ -58,7 +58,7 @@ export function renderConfig({ stateDir, port, server = {}, apps }) {
     lines.push('', '[[apps]]');
     for (const [k, v] of Object.entries(app)) lines.push(`${k} = ${tomlValue(v)}`);
   }
-  return lines.join('\n') + '\n';
+  return lines.join('\n') + '\n' + (extraToml ? `\n${extraToml}\n` : '');
 }
 
 function httpGet(url, timeoutMs) {
@@ -87,7 +87,7 @@ export async function startServer(opts = {}) {
   fs.mkdirSync(stateDir);
   const port = await freePort();
   const configPath = path.join(dir, 'pushbox.toml');
-  fs.writeFileSync(configPath, renderConfig({ stateDir, port, server: opts.server, apps }));
+  fs.writeFileSync(configPath, renderConfig({ stateDir, port, server: opts.server, apps, extraToml: opts.extraToml }));
   const logPath = path.join(dir, 'pushbox.log');
   const logFd = fs.openSync(logPath, 'a');
 
