@@ -78,6 +78,9 @@ pub enum Command {
         /// Base URL of the server (default: from the config, http://127.0.0.1:PORT).
         #[arg(long)]
         url: Option<String>,
+        /// A PEM certificate to trust for an https URL (the box's self-signed certificate).
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
     },
     /// Certificates for a LAN box.
     Cert {
@@ -114,6 +117,9 @@ pub enum CertCommand {
         /// Validity in days.
         #[arg(long, default_value_t = 825)]
         days: u32,
+        /// Replace an existing pushbox.key / pushbox.crt in the output directory.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -174,13 +180,17 @@ pub fn main() -> ExitCode {
             data,
             app,
             url,
+            ca,
         } => ops::trigger(
             &config,
-            &channel,
-            &event,
-            &data,
-            app.as_deref(),
-            url.as_deref(),
+            &ops::TriggerArgs {
+                channel: &channel,
+                event: &event,
+                data: &data,
+                app: app.as_deref(),
+                url: url.as_deref(),
+                ca: ca.as_deref(),
+            },
         ),
         Command::Cert {
             command:
@@ -189,8 +199,9 @@ pub fn main() -> ExitCode {
                     ip,
                     out,
                     days,
+                    force,
                 },
-        } => ops::cert_self_signed(&host, &ip, &out, days),
+        } => ops::cert_self_signed(&host, &ip, &out, days, force),
         Command::Events {
             command:
                 EventsCommand::Tail {
