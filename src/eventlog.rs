@@ -69,7 +69,11 @@ impl EventLog {
                 tick.tick().await;
                 let spool = me.spool.clone();
                 match tokio::task::spawn_blocking(move || spool.run_retention()).await {
-                    Ok(Ok(r)) if r.freed_bytes > 0 => tracing::info!(freed_bytes = r.freed_bytes, records = r.deleted_records, "event log retention"),
+                    Ok(Ok(r)) if r.freed_bytes > 0 => tracing::info!(
+                        freed_bytes = r.freed_bytes,
+                        records = r.deleted_records,
+                        "event log retention"
+                    ),
                     Ok(Err(e)) => tracing::warn!(error = %e, "event log retention failed"),
                     _ => {}
                 }
@@ -91,11 +95,22 @@ impl EventLogTrait for EventLog {
         }
     }
 
-    fn append(&self, events: Vec<AcceptedEvent>) -> Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+    fn append(
+        &self,
+        events: Vec<AcceptedEvent>,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
             for e in events {
-                let record = EventRecord { app: e.app_id, name: e.name, channels: e.channels, data: e.data, socket_id: e.socket_id, delivered: e.delivered };
-                let bytes = serde_json::to_vec(&record).map_err(|e| format!("cannot encode the event for the log: {e}"))?;
+                let record = EventRecord {
+                    app: e.app_id,
+                    name: e.name,
+                    channels: e.channels,
+                    data: e.data,
+                    socket_id: e.socket_id,
+                    delivered: e.delivered,
+                };
+                let bytes = serde_json::to_vec(&record)
+                    .map_err(|e| format!("cannot encode the event for the log: {e}"))?;
                 if let Err(e) = self.spool.append(bytes).await {
                     tracing::error!(error = %e, "event log append failed");
                     return Err(format!("The event was not stored durably: {e}"));

@@ -40,14 +40,22 @@ pub fn run(args: &ConfigArgs, dev: bool) -> ExitCode {
     };
     match crate::sys::limits::raise_nofile_limit() {
         Ok((soft, _hard)) => {
-            let wanted: u64 = cfg.apps.iter().map(|a| a.max_connections as u64).sum::<u64>() + 64;
+            let wanted: u64 = cfg
+                .apps
+                .iter()
+                .map(|a| a.max_connections as u64)
+                .sum::<u64>()
+                + 64;
             if soft < wanted {
                 tracing::warn!(limit = soft, wanted, "open-files limit is below the configured connection limits: raise LimitNOFILE or lower max_connections");
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pushbox: cannot start the runtime: {e}");
@@ -141,7 +149,11 @@ async fn serve(cfg: Config, activated: Vec<crate::sys::activation::ActivatedList
     let apps: Vec<String> = cfg.apps.iter().map(|a| a.id.clone()).collect();
     let plain_addr = plain.as_ref().and_then(|l| l.local_addr().ok());
     let tls_addr = secure.as_ref().and_then(|l| l.local_addr().ok());
-    let (state, handle) = server::State::new(cfg, Arc::new(NoObserver), Some(eventlog.clone() as Arc<dyn crate::api::EventLog>));
+    let (state, handle) = server::State::new(
+        cfg,
+        Arc::new(NoObserver),
+        Some(eventlog.clone() as Arc<dyn crate::api::EventLog>),
+    );
     let mut servers = Vec::new();
     if let Some(l) = plain {
         servers.push(tokio::spawn(server::serve(state.clone(), l)));
@@ -151,7 +163,9 @@ async fn serve(cfg: Config, activated: Vec<crate::sys::activation::ActivatedList
     }
     tracing::info!(plain = ?plain_addr, tls = ?tls_addr, apps = ?apps, "pushbox listening");
     let _ = notifier.ready();
-    let _ = notifier.status(&format!("serving: plain {plain_addr:?}, tls {tls_addr:?}, apps {apps:?}"));
+    let _ = notifier.status(&format!(
+        "serving: plain {plain_addr:?}, tls {tls_addr:?}, apps {apps:?}"
+    ));
     let _watchdog = notifier.spawn_watchdog_from_env();
 
     // 4. Signals: HUP reloads the certificate, TERM/INT stop.
@@ -164,7 +178,14 @@ async fn serve(cfg: Config, activated: Vec<crate::sys::activation::ActivatedList
     }
     // Connection tasks send their 4200 close frames; give them a bounded moment.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while tokio::time::Instant::now() < deadline && state.hub.apps().iter().any(|a| a.counters.connections.load(std::sync::atomic::Ordering::Relaxed) > 0) {
+    while tokio::time::Instant::now() < deadline
+        && state.hub.apps().iter().any(|a| {
+            a.counters
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        })
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(state);
@@ -175,7 +196,11 @@ async fn serve(cfg: Config, activated: Vec<crate::sys::activation::ActivatedList
 
 async fn wait_for_stop(tls: Option<&server::tls::Tls>, notifier: &crate::sys::notify::Notifier) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };

@@ -92,7 +92,11 @@ pub async fn bind(config: &Config) -> std::io::Result<TcpListener> {
 
 /// Binds `host:port` with an error that says what to do.
 pub async fn bind_addr(host: &str, port: u16) -> std::io::Result<TcpListener> {
-    let addr = if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let addr = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
     TcpListener::bind(&addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e} (is another server using the port? set REVERB_SERVER_PORT or [server] port)")))
 }
 

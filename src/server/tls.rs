@@ -36,19 +36,41 @@ impl std::error::Error for TlsError {}
 
 /// Reads the chain and key and builds a server configuration.
 pub fn load(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let cert_pem = std::fs::read(cert).map_err(|e| TlsError::Read { path: cert.into(), error: e.to_string() })?;
-    let key_pem = std::fs::read(key).map_err(|e| TlsError::Read { path: key.into(), error: e.to_string() })?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem).filter_map(Result::ok).collect();
+    let cert_pem = std::fs::read(cert).map_err(|e| TlsError::Read {
+        path: cert.into(),
+        error: e.to_string(),
+    })?;
+    let key_pem = std::fs::read(key).map_err(|e| TlsError::Read {
+        path: key.into(),
+        error: e.to_string(),
+    })?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .filter_map(Result::ok)
+        .collect();
     if chain.is_empty() {
         return Err(TlsError::NoCertificate { path: cert.into() });
     }
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKey { path: key.into(), error: e.to_string() })?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKey {
+        path: key.into(),
+        error: e.to_string(),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let signing_key = provider.key_provider.load_private_key(key_der.clone_key()).map_err(|e| TlsError::BadKey { path: key.into(), error: e.to_string() })?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key_der.clone_key())
+        .map_err(|e| TlsError::BadKey {
+            path: key.into(),
+            error: e.to_string(),
+        })?;
     let certified = rustls::sign::CertifiedKey::new(chain.clone(), signing_key);
     match certified.keys_match() {
         Ok(()) => {}
-        Err(rustls::Error::InconsistentKeys(_)) => return Err(TlsError::Mismatch { cert: cert.into(), key: key.into() }),
+        Err(rustls::Error::InconsistentKeys(_)) => {
+            return Err(TlsError::Mismatch {
+                cert: cert.into(),
+                key: key.into(),
+            })
+        }
         // Unknown: the key type can't tell us its public key; the handshake will fail if wrong.
         Err(_) => {}
     }
@@ -72,11 +94,19 @@ pub struct Tls {
 impl Tls {
     pub fn new(cert: &Path, key: &Path) -> Result<Tls, TlsError> {
         let config = load(cert, key)?;
-        Ok(Tls { cert: cert.into(), key: key.into(), current: RwLock::new(config) })
+        Ok(Tls {
+            cert: cert.into(),
+            key: key.into(),
+            current: RwLock::new(config),
+        })
     }
 
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        let cfg = self.current.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let cfg = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         tokio_rustls::TlsAcceptor::from(cfg)
     }
 

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: format, lint, unit + integration tests, the real-client
+# suites (pusher-js, laravel-echo, the Node and Python SDKs), the browser test, the systemd
+# checks and the static ARM build served under qemu. Installs what it needs first.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+failed=()
+step() {
+  local name="$1"; shift
+  printf '\n==== %s\n' "$name"
+  local t0=$SECONDS
+  if "$@"; then printf '==== %s: ok (%ss)\n' "$name" $((SECONDS - t0)); else printf '==== %s: FAILED (%ss)\n' "$name" $((SECONDS - t0)); failed+=("$name"); fi
+}
+
+step setup scripts/setup.sh || true
+[ "${#failed[@]}" -eq 0 ] || { echo "setup failed"; exit 1; }
+step "cargo fmt --check" cargo fmt --check
+step "cargo clippy" cargo clippy --all-targets --quiet -- -D warnings
+step "cargo test" cargo test --quiet
+step "real clients (node + python)" env SKIP_BUILD=1 tests/clients/run.sh
+[ -x tests/browser/run.sh ] && step "browser (chromium)" tests/browser/run.sh
+step "systemd units" scripts/check-systemd.sh
+[ -x scripts/qemu-smoke.sh ] && step "aarch64 static build under qemu" scripts/qemu-smoke.sh
+
+total=${#failed[@]}
+echo
+if [ "$total" -eq 0 ]; then
+  echo "all test steps passed"
+  exit 0
+fi
+echo "failed steps: ${failed[*]}"
+exit 1

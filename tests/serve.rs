@@ -1,0 +1,453 @@
+//! The `pushbox serve` binary end to end: config errors, the event log, TLS with SIGHUP reload,
+//! and graceful stop with 4200. Real processes, real sockets on 127.0.0.1, real files.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pushbox");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(dir: tempfile::TempDir, config: &str, port: u16) -> Server {
+    let cfg = dir.path().join("pushbox.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("PUSHBOX_STATE_DIR", dir.path().join("state"))
+        .env("PUSHBOX_LOG", "warn")
+        .env_remove("REVERB_APP_ID")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let s = Server { child, dir };
+    wait_up(port);
+    s
+}
+
+fn wait_up(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("server did not listen on {port}");
+}
+
+fn app_toml(port: u16) -> String {
+    format!("[server]\nhost = \"127.0.0.1\"\nport = {port}\n[[apps]]\nid = \"{}\"\nkey = \"{}\"\nsecret = \"{}\"\n", common::APP_ID, common::KEY, common::SECRET)
+}
+
+#[test]
+fn config_errors_exit_78_with_one_line_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pushbox.toml");
+    std::fs::write(&cfg, "[[apps]]\nid = \"1\"\nkey = \"k\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("REVERB_APP_ID")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("pushbox.toml") && err.contains("secret"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/pushbox.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/pushbox.toml"));
+
+    let out = Command::new(BIN)
+        .args(["serve"])
+        .env("REVERB_APP_ID", "1")
+        .env_remove("REVERB_APP_KEY")
+        .env_remove("REVERB_APP_SECRET")
+        .env_remove("PUSHER_APP_KEY")
+        .env_remove("PUSHER_APP_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("REVERB_APP_KEY"));
+
+    // A broken certificate is a config error too.
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\nport = {}\n",
+            app_toml(free_port()),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("REVERB_APP_ID")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nonexistent.crt"));
+}
+
+#[test]
+fn laravel_env_file_with_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = dir.path().join(".env");
+    std::fs::write(&env, format!("REVERB_APP_ID=77\nREVERB_APP_KEY=envkey\nREVERB_APP_SECRET=\"${{SECRET_PART}}-x\"\nSECRET_PART=late\nREVERB_SERVER_HOST=127.0.0.1\nREVERB_SERVER_PORT={port}\n")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent-default-is-not-used"])
+        .arg("--env-file")
+        .arg(&env)
+        .output();
+    // An explicit --config that doesn't exist is an error even with an env app.
+    assert_eq!(child.as_mut().unwrap().status.code(), Some(78));
+    let mut c = Command::new(BIN)
+        .args(["serve", "--env-file"])
+        .arg(&env)
+        .env("PUSHBOX_STATE_DIR", dir.path().join("state"))
+        .env_remove("REVERB_APP_ID")
+        .env_remove("REVERB_APP_KEY")
+        .env_remove("REVERB_APP_SECRET")
+        .env_remove("REVERB_SERVER_PORT")
+        .env_remove("REVERB_SERVER_HOST")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_up(port);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut ws = common::connect_raw(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            "/app/envkey?protocol=7",
+        )
+        .await;
+        assert_eq!(
+            common::next_json(&mut ws).await.unwrap()["event"],
+            "pusher:connection_established"
+        );
+    });
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+#[test]
+fn accepted_events_are_in_the_event_log_and_sigterm_sends_4200() {
+    let port = free_port();
+    let s = spawn(tempfile::tempdir().unwrap(), &app_toml(port), port);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut client = rt.block_on(async {
+        let mut c = common::Client::connect(addr).await;
+        c.subscribe("orders").await;
+        let (st, _) =
+            common::trigger(addr, "orders", "App\\Events\\OrderShipped", "{\"id\":7}").await;
+        assert_eq!(st, 200);
+        assert_eq!(c.recv().await["data"], "{\"id\":7}");
+        c
+    });
+    // The 200 means it is on disk: read the log from another process' point of view.
+    let reader = pushbox::spool::Spool::open_read_only(s.dir.path().join("state/events")).unwrap();
+    let records = reader.read_from(1, 10).unwrap();
+    assert_eq!(records.len(), 1);
+    let rec: pushbox::eventlog::EventRecord = serde_json::from_slice(&records[0].payload).unwrap();
+    assert_eq!(rec.name, "App\\Events\\OrderShipped");
+    assert_eq!(rec.channels, vec!["orders"]);
+    assert_eq!(rec.delivered, vec![1]);
+
+    let pid = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    rt.block_on(async {
+        assert_eq!(client.recv().await["data"]["code"], 4200);
+        assert_eq!(client.closed_with().await, Some(4200));
+    });
+    let mut s = s;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pushbox did not exit within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut err = String::new();
+    if let Some(e) = s.child.stderr.take() {
+        for line in BufReader::new(e).lines().map_while(Result::ok) {
+            err.push_str(&line);
+        }
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_second_server_on_the_same_state_dir_is_refused() {
+    let port = free_port();
+    let s = spawn(tempfile::tempdir().unwrap(), &app_toml(port), port);
+    let port2 = free_port();
+    let cfg = s.dir.path().join("second.toml");
+    std::fs::write(&cfg, app_toml(port2)).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("PUSHBOX_STATE_DIR", s.dir.path().join("state"))
+        .env_remove("REVERB_APP_ID")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another pushbox"), "{err}");
+}
+
+struct Pki {
+    ca_pem: String,
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+fn pki() -> Pki {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "pushbox test CA");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Pki {
+        ca_pem: cert.pem(),
+        ca: rcgen::Issuer::new(params, key),
+    }
+}
+
+fn leaf(pki: &Pki, cn: &str, dir: &Path) -> (PathBuf, PathBuf) {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &pki.ca).unwrap();
+    let (c, k) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+type TlsWs =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// A wss:// client trusting only `ca_pem`; returns the socket and the CN of the served cert.
+async fn wss(port: u16, ca_pem: &str) -> Result<(TlsWs, String), String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let cn = {
+        let (_, conn) = tls.get_ref();
+        assert_eq!(conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let der = conn.peer_certificates().unwrap()[0].as_ref().to_vec();
+        ["first-cert", "second-cert"]
+            .iter()
+            .find(|n| der.windows(n.len()).any(|w| w == n.as_bytes()))
+            .unwrap()
+            .to_string()
+    };
+    let url = format!("wss://localhost:{port}/app/{}?protocol=7", common::KEY);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let first = tls_json(&mut ws).await;
+    assert_eq!(first["event"], "pusher:connection_established");
+    Ok((ws, cn))
+}
+
+async fn tls_json(ws: &mut TlsWs) -> Value {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("frame within 5 s")
+        {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+}
+
+async fn tls_subscribe(ws: &mut TlsWs, channel: &str) {
+    use futures_util::SinkExt;
+    ws.send(Message::Text(
+        serde_json::json!({"event":"pusher:subscribe","data":{"channel":channel}})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        tls_json(ws).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+}
+
+#[test]
+fn tls_serves_wss_and_sighup_reloads_without_dropping_connections() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = leaf(&pki, "first-cert", dir.path());
+    let (port, tls_port) = (free_port(), free_port());
+    let config = format!(
+        "{}[tls]\nhost = \"127.0.0.1\"\nport = {tls_port}\ncert = \"{}\"\nkey = \"{}\"\n",
+        app_toml(port),
+        cert.display(),
+        key.display()
+    );
+    let s = spawn(dir, &config, port);
+    wait_up(tls_port);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let pid = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (mut before, cn) = wss(tls_port, &pki.ca_pem).await.unwrap();
+        assert_eq!(cn, "first-cert");
+        tls_subscribe(&mut before, "orders").await;
+
+        // New certificate on disk, SIGHUP: new clients get it, the old connection stays.
+        leaf(&pki, "second-cert", s.dir.path());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+        let mut reloaded = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Ok((_, cn)) = wss(tls_port, &pki.ca_pem).await {
+                if cn == "second-cert" {
+                    reloaded = true;
+                    break;
+                }
+            }
+        }
+        assert!(reloaded, "new clients see the new certificate");
+        assert_eq!(
+            common::trigger(addr, "orders", "after-reload", "1").await.0,
+            200
+        );
+        assert_eq!(tls_json(&mut before).await["event"], "after-reload");
+
+        // A broken certificate is refused; the previous one keeps serving.
+        std::fs::write(
+            s.dir.path().join("tls.crt"),
+            "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (_, cn) = wss(tls_port, &pki.ca_pem).await.unwrap();
+        assert_eq!(cn, "second-cert");
+        assert_eq!(common::trigger(addr, "orders", "still", "2").await.0, 200);
+        assert_eq!(tls_json(&mut before).await["event"], "still");
+
+        // Plain TCP to the TLS port, or old protocol versions, never get a session.
+        let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+            .await
+            .unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        raw.write_all(b"GET /up HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut buf)).await;
+        assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+    });
+}
+
+#[test]
+fn mismatched_key_is_a_config_error() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = leaf(&pki, "first-cert", dir.path());
+    let other = rcgen::KeyPair::generate().unwrap();
+    let key = dir.path().join("other.key");
+    std::fs::write(&key, other.serialize_pem()).unwrap();
+    let cfg = dir.path().join("pushbox.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[tls]\nport = {}\ncert = \"{}\"\nkey = \"{}\"\n",
+            app_toml(free_port()),
+            free_port(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("REVERB_APP_ID")
+        .env("PUSHBOX_STATE_DIR", dir.path().join("s"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not belong"), "{err}");
+}
