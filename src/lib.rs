@@ -11,3 +11,4 @@ pub mod session;
 pub mod spool;
 pub mod sys;
 pub mod transport;
+pub mod webhooks;
