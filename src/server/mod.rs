@@ -204,6 +204,9 @@ async fn route(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> R
     if path.starts_with("/apps/") {
         return api(state, req, peer).await;
     }
+    if crate::transport::fallback::is_fallback_path(&state.config.server.http_path, &path) {
+        return crate::transport::fallback::handle(state, req).await;
+    }
     if path.starts_with(&ws_prefix) {
         return json_error(
             400,

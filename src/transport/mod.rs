@@ -1,4 +1,5 @@
 //! Transports move a session's frames over the wire and hold no protocol logic: WebSocket
 //! (`ws`) and, later, pusher-js's HTTP fallbacks.
 
+pub mod fallback;
 pub mod ws;

@@ -1,0 +1,451 @@
+//! pusher-js's HTTP fallback transports (PUSHER.md §9): `xhr_streaming`, `xhr` (polling) and
+//! `xhr_send` under `{http_path}/app/{key}/{server}/{session}/`. This module owns the HTTP side
+//! — URL parsing, the admission checks a WebSocket gets (unknown key 4001, disabled 4003,
+//! protocol 4006/4007, origin 4009, quota 4004, and 4100 past the fallback session cap),
+//! response headers, CORS and preflight, request bodies. Each session runs in its own task
+//! (`driver`) around the same `Session` state machine WebSocket uses; no protocol logic here.
+
+mod driver;
+mod frames;
+mod registry;
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::mpsc;
+
+pub use registry::{configure, registry, Options, Registry};
+
+use crate::hub::{App, Outbox};
+use crate::protocol::CloseCode;
+use crate::server::{Body, State};
+use crate::session::{self, Session};
+use driver::{Cmd, Driver, Kind, Receiver};
+
+/// How long an `xhr_send` may wait for its session to take the frames.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Does `path` belong to the fallback transports (`{http_path}/app/…`)?
+pub fn is_fallback_path(http_path: &str, path: &str) -> bool {
+    path.strip_prefix(http_path)
+        .is_some_and(|rest| rest.starts_with("/app/"))
+}
+
+/// Which endpoint a request is for.
+#[derive(Debug, PartialEq, Eq)]
+enum Endpoint {
+    Receive(Kind),
+    Send,
+}
+
+/// `{key}/{server}/{session}/{endpoint}` after `{http_path}/app/`.
+#[derive(Debug, PartialEq, Eq)]
+struct Target<'a> {
+    key: &'a str,
+    server: &'a str,
+    session: &'a str,
+    endpoint: Endpoint,
+}
+
+/// Session and server ids: pusher-js uses 0–999 and 8 chars of `[0-9a-v]`; accept any short
+/// token SockJS clients could use, nothing that could smuggle path syntax.
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn parse_target<'a>(http_path: &str, path: &'a str) -> Option<Target<'a>> {
+    let rest = path.strip_prefix(http_path)?.strip_prefix("/app/")?;
+    let mut parts = rest.split('/');
+    let (key, server, session, endpoint) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || key.is_empty() || !valid_id(server) || !valid_id(session) {
+        return None;
+    }
+    let endpoint = match endpoint {
+        "xhr_streaming" => Endpoint::Receive(Kind::Streaming),
+        "xhr" => Endpoint::Receive(Kind::Polling),
+        "xhr_send" => Endpoint::Send,
+        _ => return None,
+    };
+    Some(Target {
+        key,
+        server,
+        session,
+        endpoint,
+    })
+}
+
+/// Serves one request under `{http_path}/app/`; every answer carries CORS headers.
+pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut resp = if req.method() == Method::OPTIONS {
+        preflight(req.headers())
+    } else {
+        dispatch(state, req).await
+    };
+    cors(resp.headers_mut(), origin);
+    resp
+}
+
+async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let http_path = state.config.server.http_path.clone();
+    let Some(target) = parse_target(&http_path, &path) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("Not found: {path}. The HTTP fallback URLs are {http_path}/app/{{key}}/{{server}}/{{session}}/xhr_streaming, /xhr and /xhr_send (pusher-js builds them from httpHost, httpPort and httpPath)"),
+        );
+    };
+    if req.method() != Method::POST {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "The HTTP fallback endpoints take POST (as pusher-js sends them)",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("OPTIONS, POST"));
+        return r;
+    }
+    let key = format!("{}/{}/{}", target.key, target.server, target.session);
+    match target.endpoint {
+        Endpoint::Send => send(&state, &key, req).await,
+        Endpoint::Receive(kind) => {
+            let origin = req
+                .headers()
+                .get(header::ORIGIN)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let query = req.uri().query().unwrap_or("").to_owned();
+            // The request body (pusher-js sends none) is not read.
+            drop(req);
+            receive(&state, target.key, &key, kind, origin.as_deref(), &query).await
+        }
+    }
+}
+
+/// A receive request: attach to the session, or open it (running the WebSocket handshake's
+/// checks), and stream its lines.
+async fn receive(
+    state: &Arc<State>,
+    app_key: &str,
+    key: &str,
+    kind: Kind,
+    origin: Option<&str>,
+    query: &str,
+) -> Response<Body> {
+    let registry = registry::registry(state);
+    let capacity = match kind {
+        Kind::Streaming => driver::STREAM_CHUNKS,
+        Kind::Polling => 1,
+    };
+    // An existing session resumes without `o` (stream rollover, next poll).
+    if let Some(h) = registry.get(key) {
+        let (tx, rx) = mpsc::channel(capacity);
+        if h.tx.send(Cmd::Attach(Receiver { kind, tx })).await.is_ok() {
+            return receive_response(rx);
+        }
+        // The session ended meanwhile: an unknown session on a receive URL is a new one.
+    }
+    let app = match admit(state, app_key, origin, query) {
+        Ok(app) => app,
+        Err(code) => return refused(code),
+    };
+    let opened = registry.open(key, || {
+        if app.try_connect() {
+            Ok(())
+        } else {
+            Err(CloseCode::OverQuota)
+        }
+    });
+    let (handle, new) = match opened {
+        Ok(v) => v,
+        Err(Ok(registry::OpenError::Full)) => {
+            tracing::warn!(
+                max = registry.options.max_sessions,
+                "fallback session refused: too many HTTP fallback sessions"
+            );
+            return refused(CloseCode::OverCapacity);
+        }
+        Err(Err(code)) => return refused(code),
+    };
+    if let Some((id, cmds)) = new {
+        let outbox = Arc::new(Outbox::new(
+            state.hub.next_conn_id(),
+            state.new_socket_id(),
+            state.config.server.outbound_queue,
+        ));
+        let session = Session::open(app, outbox.clone(), state.liveness);
+        let d = Driver {
+            key: key.to_owned(),
+            id,
+            registry: registry.clone(),
+            session: Some(session),
+            outbox,
+            cmds,
+            shutdown: state.shutdown_signal(),
+        };
+        tokio::spawn(d.run());
+    }
+    let (tx, rx) = mpsc::channel(capacity);
+    if handle
+        .tx
+        .send(Cmd::Attach(Receiver { kind, tx }))
+        .await
+        .is_err()
+    {
+        // Shut down between registering and attaching.
+        return refused(CloseCode::ReconnectNow);
+    }
+    receive_response(rx)
+}
+
+/// The checks a WebSocket handshake runs, in the same order and with the same codes.
+fn admit(
+    state: &State,
+    app_key: &str,
+    origin: Option<&str>,
+    query: &str,
+) -> Result<Arc<App>, CloseCode> {
+    let app = state
+        .hub
+        .app_by_key(app_key)
+        .ok_or(CloseCode::AppNotFound)?;
+    if !app.config.enabled {
+        return Err(CloseCode::AppDisabled);
+    }
+    check_protocol(query)?;
+    if !app.config.origin_allowed(origin) {
+        return Err(CloseCode::Unauthorized);
+    }
+    Ok(app.clone())
+}
+
+/// `protocol`: missing is accepted; not a number → 4006; outside 5–7 → 4007 (as for WebSocket).
+fn check_protocol(query: &str) -> Result<(), CloseCode> {
+    let Some((_, v)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "protocol")
+    else {
+        return Ok(());
+    };
+    match v.trim().parse::<u32>() {
+        Ok(5..=7) => Ok(()),
+        Ok(_) => Err(CloseCode::UnsupportedProtocol),
+        Err(_) => Err(CloseCode::InvalidVersion),
+    }
+}
+
+/// A refused receive request: `o`, `a[pusher:error]`, `c[code,"reason"]`, still 200 (pusher-js
+/// reads lines only from a 200 response).
+fn refused(code: CloseCode) -> Response<Body> {
+    tracing::info!(
+        code = code.code(),
+        reason = code.message(),
+        "fallback connection refused"
+    );
+    let (error, code, reason) = session::refusal(code);
+    let mut r = Response::new(Full::new(frames::refusal(&error, code, reason)).boxed());
+    receive_headers(r.headers_mut());
+    r
+}
+
+/// `xhr_send`: a JSON array of strings, each a Pusher frame; `[]` is a heartbeat.
+async fn send(state: &Arc<State>, key: &str, req: Request<Incoming>) -> Response<Body> {
+    let max = state.config.server.max_request_bytes;
+    let body = match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("xhr_send body larger than {max} bytes (server.max_request_bytes)"),
+                );
+            }
+            return text(StatusCode::BAD_REQUEST, "Could not read the xhr_send body");
+        }
+    };
+    let frames: Vec<String> = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("xhr_send body must be a JSON array of strings, each a Pusher frame (e.g. [\"{{\\\"event\\\":\\\"pusher:ping\\\",\\\"data\\\":{{}}}}\"]): {e}"),
+            )
+        }
+    };
+    let Some(h) = registry::registry(state).get(key) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "Unknown or expired session: open it with an xhr_streaming or xhr request first",
+        );
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, h.tx.send(Cmd::Send(frames))).await {
+        Ok(Ok(())) => {
+            let mut r = Response::new(Full::new(Bytes::new()).boxed());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            no_store(r.headers_mut());
+            r
+        }
+        Ok(Err(_)) => text(StatusCode::NOT_FOUND, "Session closed"),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Session busy: frames not taken in time, retry",
+        ),
+    }
+}
+
+/// A streaming or polling response fed by the session's task; each chunk is flushed as sent.
+fn receive_response(rx: mpsc::Receiver<Bytes>) -> Response<Body> {
+    let mut r = Response::new(ChunkBody(rx).boxed());
+    receive_headers(r.headers_mut());
+    r
+}
+
+/// The body of a receive response: chunks from the session's task until it drops the sender.
+struct ChunkBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChunkBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|c| c.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+fn no_store(h: &mut HeaderMap) {
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, no-cache, must-revalidate, max-age=0"),
+    );
+}
+
+fn receive_headers(h: &mut HeaderMap) {
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/javascript; charset=UTF-8"),
+    );
+    no_store(h);
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.into() + "\n")).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
+    no_store(r.headers_mut());
+    r
+}
+
+/// CORS preflight (pusher-js sends `Content-Type: application/json`, so browsers ask first).
+fn preflight(req: &HeaderMap) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("OPTIONS, POST"),
+    );
+    let allow_headers = req
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("Content-Type"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    r
+}
+
+/// Every fallback response may be read cross-origin: echo the page's Origin (with
+/// credentials), or `*` without one.
+fn cors(h: &mut HeaderMap, origin: Option<HeaderValue>) {
+    match origin {
+        Some(o) => {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+            h.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        None => {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert!(is_fallback_path("/pusher", "/pusher/app/k/1/abc/xhr"));
+        assert!(!is_fallback_path("/pusher", "/app/k"));
+        assert!(!is_fallback_path("/pusher", "/pusherx/app/k"));
+        assert!(is_fallback_path("", "/app/k/1/abc/xhr"));
+        let t = parse_target("/pusher", "/pusher/app/key/123/abcdefgh/xhr_streaming").unwrap();
+        assert_eq!(
+            t,
+            Target {
+                key: "key",
+                server: "123",
+                session: "abcdefgh",
+                endpoint: Endpoint::Receive(Kind::Streaming)
+            }
+        );
+        assert_eq!(
+            parse_target("/pusher", "/pusher/app/key/1/s/xhr").map(|t| t.endpoint),
+            Some(Endpoint::Receive(Kind::Polling))
+        );
+        assert_eq!(
+            parse_target("/pusher", "/pusher/app/key/1/s/xhr_send").map(|t| t.endpoint),
+            Some(Endpoint::Send)
+        );
+        for bad in [
+            "/pusher/app/key/1/s/eventsource",
+            "/pusher/app/key/1/s/xhr/more",
+            "/pusher/app/key/1/xhr",
+            "/pusher/app//1/s/xhr",
+            "/pusher/app/key/1/s.x/xhr",
+            "/pusher/app/key//s/xhr",
+            "/pusher/app/key",
+        ] {
+            assert_eq!(parse_target("/pusher", bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn protocol_versions() {
+        assert_eq!(check_protocol("protocol=7&client=js"), Ok(()));
+        assert_eq!(check_protocol(""), Ok(()));
+        assert_eq!(
+            check_protocol("protocol=4"),
+            Err(CloseCode::UnsupportedProtocol)
+        );
+        assert_eq!(check_protocol("protocol=x"), Err(CloseCode::InvalidVersion));
+    }
+}
