@@ -237,7 +237,6 @@ fn check_passes_on_a_good_config() {
         "tls key",
         "certificate",
         "state dir",
-        "disk",
     ] {
         assert!(
             out.stdout
@@ -692,4 +691,36 @@ fn cert_self_signed_writes_a_private_key_and_a_certificate_for_every_name() {
     .arg(dir.path()));
     assert_eq!(bad.code, Some(2), "{bad}");
     assert!(bad.stderr.contains("not-an-ip"), "{bad}");
+}
+
+#[test]
+fn check_warns_when_the_certificate_expires_within_30_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = check_setup(dir.path(), free_port(), free_port());
+    let out = run(pushbox(&[
+        "cert",
+        "self-signed",
+        "--host",
+        "box.lan",
+        "--days",
+        "10",
+        "--force",
+        "--out",
+    ])
+    .arg(dir.path()));
+    assert_eq!(out.code, Some(0), "{out}");
+    let out = run(pushbox(&["check", "--config"]).arg(&cfg));
+    assert_eq!(out.code, Some(0), "{out}");
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| {
+            l.get(4..)
+                .is_some_and(|r| r.trim_start().starts_with("certificate"))
+        })
+        .expect("a certificate line");
+    assert!(
+        line.starts_with("warn") && line.contains("expires in 9 days") && line.contains("renew"),
+        "{out}"
+    );
 }

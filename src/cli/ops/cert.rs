@@ -87,6 +87,18 @@ fn generate(names: &[String], days: u32) -> Result<(String, String, i64), String
     use rcgen::{
         CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256,
     };
+    let valid = |n: &str| {
+        let n = n.strip_prefix("*.").unwrap_or(n);
+        n.parse::<IpAddr>().is_ok()
+            || (!n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+    };
+    if let Some(bad) = names.iter().find(|n| !valid(n)) {
+        return Err(format!(
+            "--host {bad:?} is not a host name: use letters, digits, '-' and '.' (for example box.lan), or --ip for an address"
+        ));
+    }
     let mut params = CertificateParams::new(names.to_vec())
         .map_err(|e| format!("cannot use {names:?} as certificate names ({e}): host names are letters, digits, '-' and '.'"))?;
     let today = now_secs().div_euclid(86_400);
@@ -178,4 +190,36 @@ fn print_instructions(names: &[String], key: &Path, cert: &Path, days: u32, not_
         "Clients must connect by one of these names: {}.",
         names.join(", ")
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::pem::PemObject;
+
+    #[test]
+    fn generated_certificate_names_every_host_and_ip_for_the_days_asked() {
+        let names = vec![
+            "box.lan".to_owned(),
+            "10.0.0.7".to_owned(),
+            "::1".to_owned(),
+        ];
+        let (key, cert, not_after) = generate(&names, 30).unwrap();
+        assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        let info = x509::parse(&der).unwrap();
+        assert_eq!(info.dns_names, vec!["box.lan".to_owned()]);
+        assert_eq!(
+            info.ips,
+            vec![
+                "10.0.0.7".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(info.not_after, not_after);
+        let now = now_secs();
+        assert!(info.not_before < now && info.not_before > now - 2 * 86_400);
+        assert!((29 * 86_400..=31 * 86_400).contains(&(info.not_after - now)));
+        assert!(generate(&["bad name!".to_owned()], 1).is_err());
+    }
 }
