@@ -53,7 +53,7 @@ for (const transport of ['xhr_streaming', 'xhr_polling']) {
       const w = await clients.pusher({ user: '2' });
       const hch = await subscribe(h, 'presence-fb');
       const wch = await subscribe(w, 'presence-fb');
-      assert.equal(hch.members.count, 2);
+      await waitUntil(() => hch.members.count === 2, { what: `the HTTP client sees 2 members (has ${hch.members.count})` });
       const toWs = waitEvent(wch, 'client-hi');
       hch.trigger('client-hi', { from: 'http' });
       const got = await toWs;
