@@ -742,3 +742,66 @@ fn cli(dir: &Path, args: &[&str]) -> String {
     assert!(out.status.success(), "pushbox {args:?} failed: {text}");
     text
 }
+
+/// Child half of `sigkill_with_pending_batches`: runs only when re-executed by it.
+#[tokio::test]
+async fn sigkill_child() {
+    let Ok(dir) = std::env::var("PUSHBOX_WEBHOOK_CHILD_DIR") else {
+        return;
+    };
+    let cfg = pushbox::config::load(
+        Some(&Path::new(&dir).join("pushbox.toml")),
+        &HashMap::<String, String>::new(),
+    )
+    .expect("config loads");
+    let wh = Webhooks::start(&cfg).unwrap();
+    wh.on_event(&app(&cfg), occupied("before-the-crash"));
+    wait_for("enqueued", Duration::from_secs(5), || {
+        wh.stats().batches_enqueued == 1
+    })
+    .await;
+    println!("ENQUEUED");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+#[tokio::test]
+async fn sigkill_with_pending_batches() {
+    let rx = Receiver::start().await;
+    rx.default.store(500, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &[(&rx.url("http", "/h"), &[])], "");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sigkill_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PUSHBOX_WEBHOOK_CHILD_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("re-run this test binary");
+    // The child enqueued the batch and tried it at least once (it got a 500).
+    rx.wait_hits(1, Duration::from_secs(20)).await;
+    child.kill().expect("SIGKILL the child");
+    let _ = child.wait();
+    let first = rx.hits()[0].clone();
+
+    rx.default.store(200, Ordering::SeqCst);
+    let n = rx.hits().len();
+    let started = Instant::now();
+    let wh = Webhooks::start(&cfg).expect("the lock died with the child");
+    let hits = rx.wait_hits(n + 1, Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "pending batches are sent promptly"
+    );
+    assert_eq!(
+        hits[n].header("X-Pushbox-Batch-Id"),
+        first.header("X-Pushbox-Batch-Id")
+    );
+    assert_eq!(hits[n].body, first.body);
+    assert_eq!(hits[n].json()["events"][0]["channel"], "before-the-crash");
+    wh.shutdown().await;
+}
