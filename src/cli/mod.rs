@@ -253,9 +253,3 @@ pub fn config_failure(e: crate::config::ConfigError) -> ExitCode {
     eprintln!("pushbox: config error: {e}");
     ExitCode::from(crate::config::EXIT_CONFIG as u8)
 }
-
-/// Exit status for a command that is still being built in this tree.
-fn unfinished(what: &str) -> ExitCode {
-    eprintln!("pushbox: `{what}` is not available in this build yet");
-    ExitCode::from(2)
-}
