@@ -348,6 +348,109 @@ pub struct TlsConfig {
     pub port: u16,
 }
 
+fn d_session_secs() -> u64 {
+    8 * 3600
+}
+
+/// `[console]`: the built-in web console at `/console`. Without this section there is no
+/// console at all (404).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// The admin password (sees every app). `PUSHBOX_CONSOLE_PASSWORD` overrides it.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Also allow signing in with an app's key and secret (sees that app only).
+    #[serde(default = "d_true")]
+    pub app_login: bool,
+    /// How long a console session lasts, in seconds.
+    #[serde(default = "d_session_secs")]
+    pub session_secs: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            password: None,
+            app_login: true,
+            session_secs: d_session_secs(),
+        }
+    }
+}
+
+/// `[metrics]`: Prometheus text at `/metrics` (on by default, unrestricted).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// Require `Authorization: Bearer <token>`. `PUSHBOX_METRICS_TOKEN` overrides it.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Only these peer networks may scrape (`"127.0.0.1/32"`, `"10.0.0.0/8"`, `"::1"`); empty = any.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            token: None,
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// An address range like `192.168.1.0/24` or a single address (`::1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let s = s.trim();
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = a
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or network like \"10.0.0.0/8\""))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("{s:?}: the prefix length must be 0-{max}")),
+            },
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// True when `ip` is inside this range (IPv4-mapped IPv6 peers count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & mask == u32::from(i) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(i) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
 impl AppConfig {
     /// An app with every default, as defined by the environment or `--dev`.
     pub fn with_defaults(id: &str, key: &str, secret: &str) -> AppConfig {
@@ -412,6 +515,9 @@ struct FileConfig {
     spool: SpoolConfig,
     #[serde(default)]
     webhooks: WebhooksConfig,
+    console: Option<ConsoleConfig>,
+    #[serde(default)]
+    metrics: MetricsConfig,
     #[serde(default)]
     apps: Vec<AppConfig>,
 }
@@ -426,6 +532,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub spool: SpoolConfig,
     pub webhooks: WebhooksConfig,
+    /// `None`: no console (404).
+    pub console: Option<ConsoleConfig>,
+    pub metrics: MetricsConfig,
     pub apps: Vec<AppConfig>,
     /// Where the configuration came from, for messages.
     pub source: String,
@@ -486,6 +595,8 @@ pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
         tls: file.tls,
         spool: file.spool,
         webhooks: file.webhooks,
+        console: file.console,
+        metrics: file.metrics,
         apps: file.apps,
         source: source.clone(),
     };
@@ -539,6 +650,15 @@ fn apply_env(config: &mut Config, env: &dyn Env) -> Result<(), ConfigError> {
             };
             return Err(ConfigError::Env { var: var.into(), message: "not set: TLS needs both PUSHBOX_TLS_CERT and PUSHBOX_TLS_KEY (PEM files; `pushbox cert self-signed` makes a pair)".into() });
         }
+    }
+    if let Some(p) = env.get("PUSHBOX_CONSOLE_PASSWORD") {
+        config
+            .console
+            .get_or_insert_with(ConsoleConfig::default)
+            .password = Some(p);
+    }
+    if let Some(t) = env.get("PUSHBOX_METRICS_TOKEN") {
+        config.metrics.token = Some(t);
     }
     let id = env_first(env, &["REVERB_APP_ID", "PUSHER_APP_ID"]);
     let key = env_first(env, &["REVERB_APP_KEY", "PUSHER_APP_KEY"]);
@@ -607,6 +727,25 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         if !p.is_empty() && (!p.starts_with('/') || p.ends_with('/')) {
             return Err(invalid(format!("{name} = {p:?}: use a path like \"/ws\" (leading slash, no trailing slash) or \"\"")));
         }
+    }
+    if let Some(c) = &config.console {
+        if c.password.as_deref().is_some_and(|p| p.len() < 8) {
+            return Err(invalid("console.password must be at least 8 characters (or remove it and sign in with an app's key and secret)".into()));
+        }
+        if c.password.is_none() && !c.app_login {
+            return Err(invalid("[console] has no password and app_login = false: nobody could sign in; set console.password or app_login = true".into()));
+        }
+        if c.session_secs == 0 {
+            return Err(invalid("console.session_secs must be at least 1".into()));
+        }
+    }
+    if config.metrics.token.as_deref() == Some("") {
+        return Err(invalid(
+            "metrics.token is empty: remove it or set a token".into(),
+        ));
+    }
+    for a in &config.metrics.allow {
+        Cidr::parse(a).map_err(|e| invalid(format!("metrics.allow: {e}")))?;
     }
     let mut ids = std::collections::HashSet::new();
     let mut keys = std::collections::HashSet::new();
@@ -860,6 +999,58 @@ mod tests {
             .contains("secret"));
         let p = write(&d, "[server]\nport = 70000\n");
         assert!(load(Some(&p), &env(&[])).is_err());
+    }
+
+    #[test]
+    fn console_and_metrics_sections() {
+        let d = tmpdir("console");
+        let app = "[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n";
+        let p = write(&d, app);
+        let c = load(Some(&p), &env(&[])).unwrap();
+        assert!(c.console.is_none(), "no [console]: no console");
+        assert!(c.metrics.enabled && c.metrics.token.is_none() && c.metrics.allow.is_empty());
+        let p = write(&d, &format!("[console]\npassword = \"correct horse\"\nsession_secs = 60\n[metrics]\ntoken = \"t0k\"\nallow = [\"127.0.0.1/32\", \"::1\"]\n{app}"));
+        let c = load(Some(&p), &env(&[])).unwrap();
+        let con = c.console.unwrap();
+        assert_eq!(con.password.as_deref(), Some("correct horse"));
+        assert!(con.app_login);
+        assert_eq!(con.session_secs, 60);
+        assert_eq!(c.metrics.token.as_deref(), Some("t0k"));
+        let p = write(&d, &format!("[console]\n{app}"));
+        let c = load(
+            Some(&p),
+            &env(&[("PUSHBOX_CONSOLE_PASSWORD", "from-env-123")]),
+        )
+        .unwrap();
+        assert_eq!(c.console.unwrap().password.as_deref(), Some("from-env-123"));
+        for (bad, what) in [
+            ("[console]\npassword = \"short\"\n", "console.password"),
+            ("[console]\napp_login = false\n", "nobody could sign in"),
+            ("[console]\nsession_secs = 0\n", "session_secs"),
+            ("[metrics]\nallow = [\"10.0.0.0/33\"]\n", "metrics.allow"),
+            ("[metrics]\nallow = [\"localhost\"]\n", "metrics.allow"),
+            ("[metrics]\ntoken = \"\"\n", "metrics.token"),
+        ] {
+            let p = write(&d, &format!("{bad}{app}"));
+            let err = load(Some(&p), &env(&[])).unwrap_err().to_string();
+            assert!(err.contains(what), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn cidr_ranges() {
+        use std::net::IpAddr;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let c = Cidr::parse("192.168.1.0/24").unwrap();
+        assert!(c.contains(ip("192.168.1.77")) && !c.contains(ip("192.168.2.1")));
+        assert!(c.contains(ip("::ffff:192.168.1.5")), "IPv4-mapped peers");
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        let one = Cidr::parse("127.0.0.1").unwrap();
+        assert!(one.contains(ip("127.0.0.1")) && !one.contains(ip("127.0.0.2")));
+        assert!(Cidr::parse("::1").unwrap().contains(ip("::1")));
+        assert!(!Cidr::parse("::1").unwrap().contains(ip("127.0.0.1")));
+        assert!(Cidr::parse("fd00::/8").unwrap().contains(ip("fd12::1")));
+        assert!(Cidr::parse("1.2.3.4/40").is_err() && Cidr::parse("nope").is_err());
     }
 
     #[test]

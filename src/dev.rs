@@ -87,6 +87,8 @@ pub fn config(env: &dyn Env) -> Result<Config, ConfigError> {
         tls: None,
         spool: Default::default(),
         webhooks: Default::default(),
+        console: None,
+        metrics: Default::default(),
         apps: vec![app],
         source: "pushbox serve --dev".into(),
     })

@@ -2,9 +2,11 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod dev;
 pub mod eventlog;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;

@@ -70,11 +70,17 @@ pub trait EventLog: Send + Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
 }
 
+/// A lossy, bounded feed of accepted events with their time (Unix ms) for the console: a
+/// `send` never blocks and never fails the publish; a slow reader loses the oldest.
+pub type EventTap = tokio::sync::broadcast::Sender<(u64, Arc<AcceptedEvent>)>;
+
 pub struct Api {
     hub: Arc<Hub>,
     log: Option<Arc<dyn EventLog>>,
     /// A path prefix a reverse proxy adds that the SDK did not sign (stripped before routing).
     pub strip_prefix: String,
+    /// Where accepted events are also shown (the console), if anywhere.
+    pub tap: Option<EventTap>,
 }
 
 #[derive(Deserialize)]
@@ -116,7 +122,20 @@ impl Api {
             hub,
             log,
             strip_prefix: String::new(),
+            tap: None,
         }
+    }
+
+    /// Triggers an event (`POST /apps/{id}/events` body) on behalf of an already authenticated
+    /// operator (the console): the same validation, delivery and event log, no signature.
+    pub async fn trigger_trusted(&self, app_id: &str, body: &[u8]) -> ApiResponse {
+        let Some(app) = self.hub.app_by_id(app_id).cloned() else {
+            return ApiResponse::error(404, format!("Unknown app id {app_id:?}"));
+        };
+        if !app.config.enabled {
+            return ApiResponse::error(403, "Application disabled");
+        }
+        self.trigger(&app, body).await
     }
 
     /// Handles one request under `/apps/`.
@@ -282,14 +301,22 @@ impl Api {
             app.counters
                 .api_events
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            accepted.push(AcceptedEvent {
+            let event = AcceptedEvent {
                 app_id: app.config.id.clone(),
                 name: v.name,
                 channels: v.channels,
                 data: v.data,
                 socket_id: v.socket_id,
                 delivered,
-            });
+            };
+            if let Some(tap) = &self.tap {
+                let ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let _ = tap.send((ms, Arc::new(event.clone())));
+            }
+            accepted.push(event);
         }
         if let Some(log) = &self.log {
             log.append(accepted)

@@ -13,14 +13,8 @@ use crate::server;
 use super::ConfigArgs;
 
 fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PUSHBOX_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    // Compact on a terminal, journald-friendly under systemd (see metrics::logfmt).
+    crate::metrics::logfmt::init();
 }
 
 /// `pushbox serve [--dev]`.
@@ -154,6 +148,14 @@ async fn serve(cfg: Config, activated: Vec<crate::sys::activation::ActivatedList
         Arc::new(NoObserver),
         Some(eventlog.clone() as Arc<dyn crate::api::EventLog>),
     );
+    {
+        let log = eventlog.clone();
+        state
+            .metrics
+            .set_spool(move || crate::metrics::SpoolSnapshot {
+                bytes: vec![("events", log.spool().stats().total_bytes)],
+            });
+    }
     let mut servers = Vec::new();
     if let Some(l) = plain {
         servers.push(tokio::spawn(server::serve(state.clone(), l)));

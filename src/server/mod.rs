@@ -37,6 +37,10 @@ pub struct State {
     rng: ring::rand::SystemRandom,
     shutdown: watch::Receiver<bool>,
     pub started: std::time::Instant,
+    /// Lock-free counters for `/metrics` and the console.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The web console, when `[console]` is configured.
+    pub console: Option<Arc<crate::console::Console>>,
 }
 
 /// Stops a running server: every connection is told to reconnect (4200).
@@ -60,8 +64,13 @@ impl State {
             activity_timeout: Duration::from_secs(config.server.activity_timeout),
             pong_timeout: Duration::from_secs(config.server.pong_timeout),
         };
+        let console = crate::console::Console::new(&config).map(Arc::new);
+        let mut api = Api::new(hub.clone(), log);
+        api.tap = console.as_ref().map(|c| c.tap());
         let state = State {
-            api: Api::new(hub.clone(), log),
+            metrics: Arc::new(crate::metrics::Metrics::new(&config)),
+            console,
+            api,
             hub,
             liveness,
             config,
@@ -124,13 +133,13 @@ async fn accept_loop(state: Arc<State>, listener: TcpListener, tls: Option<Arc<t
                     let _ = stream.set_nodelay(true);
                     match &tls {
                         None => {
-                            tokio::spawn(async move { connection(state, stream, peer).await });
+                            tokio::spawn(async move { connection(state, stream, peer, false).await });
                         }
                         Some(tls) => {
                             let acceptor = tls.acceptor();
                             tokio::spawn(async move {
                                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                    Ok(Ok(s)) => connection(state, s, peer).await,
+                                    Ok(Ok(s)) => connection(state, s, peer, true).await,
                                     Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                                     Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                                 }
@@ -148,13 +157,13 @@ async fn accept_loop(state: Arc<State>, listener: TcpListener, tls: Option<Arc<t
     }
 }
 
-async fn connection<I>(state: Arc<State>, stream: I, peer: SocketAddr)
+async fn connection<I>(state: Arc<State>, stream: I, peer: SocketAddr, secure: bool)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(route(state, req, peer).await) }
+        async move { Ok::<_, Infallible>(route(state, req, peer, secure).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
@@ -192,17 +201,30 @@ fn json_error(status: u16, msg: &str) -> Response<Body> {
     json(status, serde_json::json!({ "error": msg }).to_string())
 }
 
-async fn route(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn route(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    secure: bool,
+) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let ws_prefix = format!("{}/app/", state.config.server.ws_path);
     if is_upgrade(&req) {
-        return websocket(state, req, &path, &ws_prefix);
+        return websocket(state, req, &path, &ws_prefix, peer);
     }
     if path == "/up" || path == "/ready" {
         return json(200, "{\"status\":\"ok\"}".into());
     }
     if path.starts_with("/apps/") {
-        return api(state, req, peer).await;
+        let r = api(state.clone(), req, peer).await;
+        state.metrics.api_request(r.status().as_u16());
+        return r;
+    }
+    if path == "/metrics" {
+        return metrics(&state, &req, peer);
+    }
+    if path == "/console" || path.starts_with("/console/") {
+        return crate::console::handle(state, req, peer, secure).await;
     }
     if crate::transport::fallback::is_fallback_path(&state.config.server.http_path, &path) {
         return crate::transport::fallback::handle(state, req).await;
@@ -232,6 +254,7 @@ fn websocket(
     mut req: Request<Incoming>,
     path: &str,
     ws_prefix: &str,
+    peer: SocketAddr,
 ) -> Response<Body> {
     let version_ok = req
         .headers()
@@ -307,11 +330,16 @@ fn websocket(
                     conn_id: st.hub.next_conn_id(),
                     socket_id: SocketId::random(&st.rng),
                     shutdown: st.shutdown.clone(),
+                    conn: st
+                        .metrics
+                        .connection_opened(&app.config.id, crate::metrics::Transport::WebSocket),
                 };
                 ws::run(upgraded, app, params).await;
             }
             Err(code) => {
+                st.metrics.connection_rejected(code.code());
                 tracing::info!(
+                    %peer,
                     code = code.code(),
                     reason = code.message(),
                     "websocket connection refused"
@@ -329,6 +357,32 @@ fn websocket(
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     r
+}
+
+/// `/metrics`: Prometheus text, if the peer and its token are allowed.
+fn metrics(state: &State, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match state.metrics.check_access(peer.ip(), auth) {
+        Ok(()) => full(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.metrics.render(&state.hub),
+        ),
+        Err(refusal) => {
+            tracing::info!(%peer, status = refusal.status(), "metrics scrape refused");
+            let mut r = json_error(refusal.status(), refusal.message());
+            if refusal == crate::metrics::Refusal::Token {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"pushbox metrics\""),
+                );
+            }
+            r
+        }
+    }
 }
 
 /// `protocol`: missing is accepted (like Reverb and soketi); not a number → 4006; outside 5–7 → 4007.

@@ -31,6 +31,8 @@ pub struct WsParams {
     pub conn_id: u64,
     pub socket_id: SocketId,
     pub shutdown: watch::Receiver<bool>,
+    /// Counts this connection in `/metrics` while it is open, and its frames and bytes.
+    pub conn: crate::metrics::ConnectionGuard,
 }
 
 fn ws_config(max_message: usize) -> WebSocketConfig {
@@ -103,15 +105,25 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
             ready = false;
             let close = outbox.drain(&mut batch);
             if !batch.is_empty() {
+                let conn = &params.conn;
                 let write = async {
                     for f in batch.drain(..) {
+                        conn.frame_out(f.len());
                         ws.feed(Message::Text(f)).await?;
                     }
                     ws.flush().await
                 };
                 tokio::select! {
                     biased;
-                    r = tokio::time::timeout(WRITE_TIMEOUT, write) => if !matches!(r, Ok(Ok(()))) { break },
+                    r = tokio::time::timeout(WRITE_TIMEOUT, write) => if !matches!(r, Ok(Ok(()))) {
+                        let reason = match r {
+                            Err(_) => "write timed out (peer not reading)".to_owned(),
+                            Ok(Err(e)) => e.to_string(),
+                            Ok(Ok(())) => String::new(),
+                        };
+                        tracing::info!(socket_id = %session.socket_id(), %reason, "websocket connection error");
+                        break
+                    },
                     // Overflow or a close request while a slow peer blocks the write: stop writing.
                     _ = closing(&outbox) => {}
                 }
@@ -134,7 +146,9 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                 let ping = if control_pinger {
                     Message::Ping(Default::default())
                 } else {
-                    Message::Text(message::ping().into())
+                    let p = message::ping();
+                    params.conn.frame_out(p.len());
+                    Message::Text(p.into())
                 };
                 if tokio::time::timeout(WRITE_TIMEOUT, ws.send(ping))
                     .await
@@ -145,6 +159,7 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                 continue;
             }
             Tick::Close => {
+                tracing::info!(socket_id = %session.socket_id(), reason = CloseCode::PongTimeout.message(), "websocket connection closed (4201)");
                 close_with(
                     &mut ws,
                     CloseCode::PongTimeout.code(),
@@ -163,13 +178,17 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
             }
             _ = outbox.ready() => ready = true,
             msg = ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => session.handle_text(&t),
+                Some(Ok(Message::Text(t))) => {
+                    params.conn.frame_in(t.len());
+                    session.handle_text(&t)
+                }
                 Some(Ok(Message::Ping(_))) => {
                     control_pinger = true;
                     session.activity();
                 }
                 Some(Ok(Message::Pong(_))) => session.activity(),
-                Some(Ok(Message::Binary(_))) => {
+                Some(Ok(Message::Binary(b))) => {
+                    params.conn.frame_in(b.len());
                     session.activity();
                     outbox.push(Frame::from(message::error(None, "Binary frames are not part of the Pusher protocol: send JSON text frames")));
                 }
@@ -180,7 +199,13 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                     if let Error::Capacity(_) = e {
                         close_with(&mut ws, 1009, "Message too large", false).await;
                     }
-                    tracing::debug!(socket_id = %session.socket_id(), error = %e, "websocket read error");
+                    match e {
+                        // A peer that vanished without a close frame: routine on mobile networks.
+                        Error::Protocol(_) | Error::Io(_) | Error::ConnectionClosed | Error::AlreadyClosed => {
+                            tracing::debug!(socket_id = %session.socket_id(), error = %e, "websocket read error")
+                        }
+                        _ => tracing::info!(socket_id = %session.socket_id(), reason = %e, "websocket connection error"),
+                    }
                     break;
                 }
             },

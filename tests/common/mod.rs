@@ -33,6 +33,8 @@ pub fn config(configure: impl FnOnce(&mut Config)) -> Config {
         tls: None,
         spool: Default::default(),
         webhooks: Default::default(),
+        console: None,
+        metrics: Default::default(),
         server: ServerConfig {
             host: "127.0.0.1".into(),
             port: 0,

@@ -1,0 +1,702 @@
+//! Metrics: the lock-free counters the hot path bumps (connections by app and transport,
+//! frames and bytes, HTTP API statuses, refused connections by close code), the hooks other
+//! modules plug their own numbers into (webhook queue, spool), the Prometheus text rendering
+//! at `/metrics` with its optional token / peer-address restriction, and the log format
+//! (`logfmt`: human on a terminal, journald-friendly under systemd).
+//!
+//! Everything a connection or a publish touches is an atomic with `Relaxed` ordering; a scrape
+//! only loads atomics, plus a brief read lock of each app's channel table (the same read lock a
+//! publish takes, so it never waits on a publish nor makes one wait) for channel and
+//! subscription counts.
+
+pub mod logfmt;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use crate::config::{Cidr, Config, MetricsConfig};
+use crate::hub::Hub;
+
+/// How a connection reaches pushbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    /// pusher-js's `xhr_streaming` / `xhr_polling` (the HTTP fallback).
+    Http,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 2] = [Transport::WebSocket, Transport::Http];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Http => "http",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counters of one transport of one app.
+#[derive(Default, Debug)]
+pub struct TransportCounters {
+    pub open: AtomicI64,
+    pub opened_total: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+/// Counters of one app, per transport.
+#[derive(Default, Debug)]
+pub struct AppMetrics {
+    transports: [TransportCounters; 2],
+}
+
+impl AppMetrics {
+    pub fn transport(&self, t: Transport) -> &TransportCounters {
+        &self.transports[t.index()]
+    }
+}
+
+/// One open connection, counted in the `connections` gauge until dropped. Transports count
+/// their frames through it.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    app: Arc<AppMetrics>,
+    transport: Transport,
+}
+
+impl ConnectionGuard {
+    fn counters(&self) -> &TransportCounters {
+        self.app.transport(self.transport)
+    }
+
+    /// A frame of `bytes` payload bytes came from the client.
+    #[inline]
+    pub fn frame_in(&self, bytes: usize) {
+        let c = self.counters();
+        c.frames_in.fetch_add(1, Relaxed);
+        c.bytes_in.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// A frame of `bytes` payload bytes went to the client.
+    #[inline]
+    pub fn frame_out(&self, bytes: usize) {
+        let c = self.counters();
+        c.frames_out.fetch_add(1, Relaxed);
+        c.bytes_out.fetch_add(bytes as u64, Relaxed);
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.counters().open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// What the webhook service reports (plugged in with [`Metrics::set_webhooks`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WebhookSnapshot {
+    /// Batches waiting in the queue (not yet delivered or dead-lettered).
+    pub queue_depth: u64,
+    /// Age of the oldest waiting batch, ms.
+    pub oldest_pending_age_ms: Option<u64>,
+    /// Batches delivered (2xx) since start.
+    pub delivered: u64,
+    /// Failed delivery attempts since start.
+    pub failed_attempts: u64,
+    /// Dead letters parked now.
+    pub dead_letters: u64,
+    /// Hub events dropped because the webhook pipeline was full, since start.
+    pub events_dropped: u64,
+}
+
+/// What the spool reports (plugged in with [`Metrics::set_spool`]): bytes on disk per spool.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpoolSnapshot {
+    /// `(spool name, bytes)`, e.g. `("events", 12345)`.
+    pub bytes: Vec<(&'static str, u64)>,
+}
+
+type WebhookProvider = Box<dyn Fn() -> WebhookSnapshot + Send + Sync>;
+type SpoolProvider = Box<dyn Fn() -> SpoolSnapshot + Send + Sync>;
+
+/// The lowest close code counted individually in `connections_rejected_total`.
+const REJECT_BASE: u16 = 4000;
+const REJECT_SLOTS: usize = 400;
+
+/// All counters of a running server.
+pub struct Metrics {
+    apps: HashMap<String, Arc<AppMetrics>>,
+    /// Connections of an app id not in the table (cannot happen with the hub's apps).
+    other_app: Arc<AppMetrics>,
+    /// HTTP API answers by status, index `status - 100`.
+    api_status: Box<[AtomicU64]>,
+    /// Connections refused by close code, index `code - 4000`; others in `rejected_other`.
+    rejected: Box<[AtomicU64]>,
+    rejected_other: AtomicU64,
+    webhooks: OnceLock<WebhookProvider>,
+    spool: OnceLock<SpoolProvider>,
+    started: Instant,
+    config: MetricsConfig,
+    allow: Vec<Cidr>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn atomics(n: usize) -> Box<[AtomicU64]> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
+}
+
+impl Metrics {
+    pub fn new(config: &Config) -> Metrics {
+        Metrics {
+            apps: config
+                .apps
+                .iter()
+                .map(|a| (a.id.clone(), Arc::new(AppMetrics::default())))
+                .collect(),
+            other_app: Arc::new(AppMetrics::default()),
+            api_status: atomics(500),
+            rejected: atomics(REJECT_SLOTS),
+            rejected_other: AtomicU64::new(0),
+            webhooks: OnceLock::new(),
+            spool: OnceLock::new(),
+            started: Instant::now(),
+            // Validated by `config`: a bad entry cannot get here, but skip rather than panic.
+            allow: config
+                .metrics
+                .allow
+                .iter()
+                .filter_map(|a| Cidr::parse(a).ok())
+                .collect(),
+            config: config.metrics.clone(),
+        }
+    }
+
+    /// The counters of app `app_id`.
+    pub fn app(&self, app_id: &str) -> &Arc<AppMetrics> {
+        self.apps.get(app_id).unwrap_or(&self.other_app)
+    }
+
+    /// Counts an open connection of `app_id` over `transport` until the guard is dropped.
+    pub fn connection_opened(&self, app_id: &str, transport: Transport) -> ConnectionGuard {
+        let app = self.app(app_id).clone();
+        let c = app.transport(transport);
+        c.open.fetch_add(1, Relaxed);
+        c.opened_total.fetch_add(1, Relaxed);
+        ConnectionGuard { app, transport }
+    }
+
+    /// Open connections of one transport over all apps.
+    pub fn open_connections(&self, transport: Transport) -> i64 {
+        self.apps
+            .values()
+            .chain(std::iter::once(&self.other_app))
+            .map(|a| a.transport(transport).open.load(Relaxed))
+            .sum()
+    }
+
+    /// A connection was refused with Pusher close `code` (4001 unknown app, 4004 over quota…).
+    pub fn connection_rejected(&self, code: u16) {
+        match code
+            .checked_sub(REJECT_BASE)
+            .and_then(|i| self.rejected.get(usize::from(i)))
+        {
+            Some(a) => a.fetch_add(1, Relaxed),
+            None => self.rejected_other.fetch_add(1, Relaxed),
+        };
+    }
+
+    /// The HTTP API answered with `status`.
+    pub fn api_request(&self, status: u16) {
+        if let Some(a) = status
+            .checked_sub(100)
+            .and_then(|i| self.api_status.get(usize::from(i)))
+        {
+            a.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Plugs in the webhook service's numbers (first call wins).
+    pub fn set_webhooks(&self, provider: impl Fn() -> WebhookSnapshot + Send + Sync + 'static) {
+        let _ = self.webhooks.set(Box::new(provider));
+    }
+
+    /// Plugs in the spool's numbers (first call wins).
+    pub fn set_spool(&self, provider: impl Fn() -> SpoolSnapshot + Send + Sync + 'static) {
+        let _ = self.spool.set(Box::new(provider));
+    }
+
+    /// The webhook numbers, or `None` when webhooks are not plugged in.
+    pub fn webhooks(&self) -> Option<WebhookSnapshot> {
+        self.webhooks.get().map(|f| f())
+    }
+
+    pub fn spool(&self) -> Option<SpoolSnapshot> {
+        self.spool.get().map(|f| f())
+    }
+
+    pub fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    pub fn config(&self) -> &MetricsConfig {
+        &self.config
+    }
+
+    /// Whether a scrape from `peer` with this `Authorization` header may see the metrics.
+    pub fn check_access(&self, peer: IpAddr, authorization: Option<&str>) -> Result<(), Refusal> {
+        if !self.config.enabled {
+            return Err(Refusal::Disabled);
+        }
+        if !self.allow.is_empty() && !self.allow.iter().any(|c| c.contains(peer)) {
+            return Err(Refusal::Address);
+        }
+        if let Some(token) = &self.config.token {
+            let given = authorization
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .map(str::trim)
+                .unwrap_or("");
+            if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                return Err(Refusal::Token);
+            }
+        }
+        Ok(())
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self, hub: &Hub) -> String {
+        let mut out = String::with_capacity(4096);
+        let w = &mut out;
+        header(
+            w,
+            "pushbox_build_info",
+            "gauge",
+            "Version of the running pushbox.",
+        );
+        let _ = writeln!(
+            w,
+            "pushbox_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        header(
+            w,
+            "pushbox_uptime_seconds",
+            "gauge",
+            "Seconds since the server started.",
+        );
+        let _ = writeln!(w, "pushbox_uptime_seconds {}", self.uptime_secs());
+
+        let apps = hub.apps();
+        let per_transport =
+            |w: &mut String, name: &str, get: &dyn Fn(&TransportCounters) -> i128| {
+                for app in apps {
+                    let m = self.app(&app.config.id);
+                    for t in Transport::ALL {
+                        let _ = writeln!(
+                            w,
+                            "{name}{{app=\"{}\",transport=\"{}\"}} {}",
+                            escape(&app.config.id),
+                            t.label(),
+                            get(m.transport(t))
+                        );
+                    }
+                }
+            };
+        header(
+            w,
+            "pushbox_connections",
+            "gauge",
+            "Open connections by app and transport.",
+        );
+        per_transport(w, "pushbox_connections", &|c| {
+            i128::from(c.open.load(Relaxed).max(0))
+        });
+        header(
+            w,
+            "pushbox_connections_opened_total",
+            "counter",
+            "Connections accepted since start, by app and transport.",
+        );
+        per_transport(w, "pushbox_connections_opened_total", &|c| {
+            i128::from(c.opened_total.load(Relaxed))
+        });
+        header(
+            w,
+            "pushbox_frames_in_total",
+            "counter",
+            "Frames received from clients.",
+        );
+        per_transport(w, "pushbox_frames_in_total", &|c| {
+            i128::from(c.frames_in.load(Relaxed))
+        });
+        header(
+            w,
+            "pushbox_frames_out_total",
+            "counter",
+            "Frames sent to clients.",
+        );
+        per_transport(w, "pushbox_frames_out_total", &|c| {
+            i128::from(c.frames_out.load(Relaxed))
+        });
+        header(
+            w,
+            "pushbox_bytes_in_total",
+            "counter",
+            "Payload bytes received from clients.",
+        );
+        per_transport(w, "pushbox_bytes_in_total", &|c| {
+            i128::from(c.bytes_in.load(Relaxed))
+        });
+        header(
+            w,
+            "pushbox_bytes_out_total",
+            "counter",
+            "Payload bytes sent to clients.",
+        );
+        per_transport(w, "pushbox_bytes_out_total", &|c| {
+            i128::from(c.bytes_out.load(Relaxed))
+        });
+
+        let occupancy: Vec<(usize, usize)> = apps.iter().map(|a| a.subscription_total()).collect();
+        header(
+            w,
+            "pushbox_channels",
+            "gauge",
+            "Channels with at least one subscriber, by app.",
+        );
+        for (app, (channels, _)) in apps.iter().zip(&occupancy) {
+            let _ = writeln!(
+                w,
+                "pushbox_channels{{app=\"{}\"}} {channels}",
+                escape(&app.config.id)
+            );
+        }
+        header(
+            w,
+            "pushbox_subscriptions",
+            "gauge",
+            "Channel subscriptions (connection x channel), by app.",
+        );
+        for (app, (_, subs)) in apps.iter().zip(&occupancy) {
+            let _ = writeln!(
+                w,
+                "pushbox_subscriptions{{app=\"{}\"}} {subs}",
+                escape(&app.config.id)
+            );
+        }
+        let app_counter =
+            |w: &mut String, name: &str, help: &str, get: &dyn Fn(&crate::hub::App) -> u64| {
+                header(w, name, "counter", help);
+                for app in apps {
+                    let _ = writeln!(
+                        w,
+                        "{name}{{app=\"{}\"}} {}",
+                        escape(&app.config.id),
+                        get(app)
+                    );
+                }
+            };
+        app_counter(
+            w,
+            "pushbox_messages_in_total",
+            "Protocol messages received from clients, by app.",
+            &|a| a.counters.messages_in.load(Relaxed),
+        );
+        app_counter(
+            w,
+            "pushbox_messages_out_total",
+            "Protocol messages queued to clients (fan-out counts each recipient), by app.",
+            &|a| a.counters.messages_out.load(Relaxed),
+        );
+        app_counter(
+            w,
+            "pushbox_api_events_total",
+            "Events accepted by the HTTP API, by app.",
+            &|a| a.counters.api_events.load(Relaxed),
+        );
+
+        header(
+            w,
+            "pushbox_http_api_requests_total",
+            "counter",
+            "HTTP API requests (/apps/...) by answer status.",
+        );
+        for (i, a) in self.api_status.iter().enumerate() {
+            let n = a.load(Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    w,
+                    "pushbox_http_api_requests_total{{status=\"{}\"}} {n}",
+                    i + 100
+                );
+            }
+        }
+        header(
+            w,
+            "pushbox_connections_rejected_total",
+            "counter",
+            "Connections refused, by Pusher close code.",
+        );
+        for (i, a) in self.rejected.iter().enumerate() {
+            let n = a.load(Relaxed);
+            if n > 0 {
+                let code = REJECT_BASE as usize + i;
+                let _ = writeln!(
+                    w,
+                    "pushbox_connections_rejected_total{{code=\"{code}\",reason=\"{}\"}} {n}",
+                    reason_label(code as u16)
+                );
+            }
+        }
+        let other = self.rejected_other.load(Relaxed);
+        if other > 0 {
+            let _ = writeln!(
+                w,
+                "pushbox_connections_rejected_total{{code=\"other\",reason=\"other\"}} {other}"
+            );
+        }
+
+        if let Some(s) = self.webhooks() {
+            let gauge = |w: &mut String, name: &str, kind: &str, help: &str, v: u64| {
+                header(w, name, kind, help);
+                let _ = writeln!(w, "{name} {v}");
+            };
+            gauge(
+                w,
+                "pushbox_webhook_deliveries_total",
+                "counter",
+                "Webhook batches delivered (2xx).",
+                s.delivered,
+            );
+            gauge(
+                w,
+                "pushbox_webhook_failures_total",
+                "counter",
+                "Failed webhook delivery attempts.",
+                s.failed_attempts,
+            );
+            gauge(
+                w,
+                "pushbox_webhook_queue_depth",
+                "gauge",
+                "Webhook batches waiting for delivery.",
+                s.queue_depth,
+            );
+            gauge(
+                w,
+                "pushbox_webhook_dead_letters",
+                "gauge",
+                "Webhook batches parked as dead letters.",
+                s.dead_letters,
+            );
+            gauge(
+                w,
+                "pushbox_webhook_events_dropped_total",
+                "counter",
+                "Hub events dropped because the webhook pipeline was full.",
+                s.events_dropped,
+            );
+        }
+        if let Some(s) = self.spool() {
+            header(
+                w,
+                "pushbox_spool_bytes",
+                "gauge",
+                "Bytes on disk, by spool.",
+            );
+            for (name, bytes) in &s.bytes {
+                let _ = writeln!(
+                    w,
+                    "pushbox_spool_bytes{{spool=\"{}\"}} {bytes}",
+                    escape(name)
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Why a scrape was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Disabled,
+    Address,
+    Token,
+}
+
+impl Refusal {
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::Disabled => 404,
+            Refusal::Address => 403,
+            Refusal::Token => 401,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::Disabled => "Not found: /metrics is disabled ([metrics] enabled = false)",
+            Refusal::Address => {
+                "Forbidden: this address is not in [metrics] allow; scrape from an allowed network"
+            }
+            Refusal::Token => {
+                "Unauthorized: send Authorization: Bearer <[metrics] token / PUSHBOX_METRICS_TOKEN>"
+            }
+        }
+    }
+}
+
+fn header(w: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A label value: backslash, double quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn reason_label(code: u16) -> &'static str {
+    match code {
+        4000 => "tls_only",
+        4001 => "app_not_found",
+        4003 => "app_disabled",
+        4004 => "over_quota",
+        4005 => "path_not_found",
+        4006 => "invalid_version",
+        4007 => "unsupported_protocol",
+        4008 => "no_protocol",
+        4009 => "unauthorized",
+        4100 => "over_capacity",
+        4200 => "reconnect",
+        4201 => "pong_timeout",
+        4202 => "inactivity",
+        4301 => "rate_limited",
+        _ => "other",
+    }
+}
+
+/// Compares two secrets in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // HMAC both under a throwaway key, then compare the tags in constant time: the lengths of
+    // the inputs do not leak through an early return either.
+    let rng = ring::rand::SystemRandom::new();
+    let Ok(key) = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng) else {
+        return false;
+    };
+    let tag = ring::hmac::sign(&key, b);
+    ring::hmac::verify(&key, a, tag.as_ref()).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AppConfig;
+
+    fn config() -> Config {
+        Config {
+            state_dir: std::env::temp_dir(),
+            user: None,
+            server: Default::default(),
+            tls: None,
+            spool: Default::default(),
+            webhooks: Default::default(),
+            console: None,
+            metrics: MetricsConfig {
+                enabled: true,
+                token: Some("s3cret".into()),
+                allow: vec!["127.0.0.0/8".into()],
+            },
+            apps: vec![AppConfig::with_defaults("1", "k", "s")],
+            source: "test".into(),
+        }
+    }
+
+    #[test]
+    fn guards_count_and_render() {
+        let c = config();
+        let m = Metrics::new(&c);
+        let hub = Hub::new(c.apps.clone(), Arc::new(crate::hub::NoObserver));
+        let g = m.connection_opened("1", Transport::WebSocket);
+        g.frame_in(10);
+        g.frame_out(7);
+        let h = m.connection_opened("1", Transport::Http);
+        assert_eq!(m.open_connections(Transport::WebSocket), 1);
+        drop(h);
+        assert_eq!(m.open_connections(Transport::Http), 0);
+        m.api_request(200);
+        m.api_request(401);
+        m.api_request(401);
+        m.api_request(9999);
+        m.connection_rejected(4001);
+        m.connection_rejected(1008);
+        let text = m.render(&hub);
+        for line in [
+            "pushbox_connections{app=\"1\",transport=\"websocket\"} 1",
+            "pushbox_connections{app=\"1\",transport=\"http\"} 0",
+            "pushbox_connections_opened_total{app=\"1\",transport=\"http\"} 1",
+            "pushbox_bytes_in_total{app=\"1\",transport=\"websocket\"} 10",
+            "pushbox_bytes_out_total{app=\"1\",transport=\"websocket\"} 7",
+            "pushbox_http_api_requests_total{status=\"401\"} 2",
+            "pushbox_connections_rejected_total{code=\"4001\",reason=\"app_not_found\"} 1",
+            "pushbox_connections_rejected_total{code=\"other\",reason=\"other\"} 1",
+            "pushbox_channels{app=\"1\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+        assert!(
+            !text.contains("webhook"),
+            "no provider, no webhook families"
+        );
+        m.set_webhooks(|| WebhookSnapshot {
+            queue_depth: 3,
+            ..Default::default()
+        });
+        m.set_spool(|| SpoolSnapshot {
+            bytes: vec![("events", 99)],
+        });
+        let text = m.render(&hub);
+        assert!(text.contains("pushbox_webhook_queue_depth 3"), "{text}");
+        assert!(
+            text.contains("pushbox_spool_bytes{spool=\"events\"} 99"),
+            "{text}"
+        );
+        drop(g);
+    }
+
+    #[test]
+    fn access_rules() {
+        let m = Metrics::new(&config());
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let lan: IpAddr = "192.168.1.9".parse().unwrap();
+        assert_eq!(m.check_access(local, Some("Bearer s3cret")), Ok(()));
+        assert_eq!(
+            m.check_access(local, Some("Bearer nope")),
+            Err(Refusal::Token)
+        );
+        assert_eq!(m.check_access(local, None), Err(Refusal::Token));
+        assert_eq!(
+            m.check_access(lan, Some("Bearer s3cret")),
+            Err(Refusal::Address)
+        );
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd") && !constant_time_eq(b"abc", b"abcd"));
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
