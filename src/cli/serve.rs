@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
 use crate::eventlog::EventLog;
-use crate::hub::NoObserver;
 use crate::server;
+use crate::webhooks::Webhooks;
 
 use super::ConfigArgs;
 
@@ -139,13 +139,21 @@ async fn serve(cfg: Config, activated: Vec<crate::sys::activation::ActivatedList
         tracing::warn!(%report, "event log recovered after an unclean stop");
     }
     let _retention = eventlog.spawn_retention(Duration::from_secs(60));
+    // Webhooks: a durable queue in {state_dir}/webhooks, pending batches retried promptly.
+    let webhooks = match Webhooks::start(&cfg) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("pushbox: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let apps: Vec<String> = cfg.apps.iter().map(|a| a.id.clone()).collect();
     let plain_addr = plain.as_ref().and_then(|l| l.local_addr().ok());
     let tls_addr = secure.as_ref().and_then(|l| l.local_addr().ok());
     let (state, handle) = server::State::new(
         cfg,
-        Arc::new(NoObserver),
+        webhooks.clone(),
         Some(eventlog.clone() as Arc<dyn crate::api::EventLog>),
     );
     {
@@ -190,6 +198,8 @@ async fn serve(cfg: Config, activated: Vec<crate::sys::activation::ActivatedList
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Closing sockets' channel_vacated / member_removed go into the queue before it closes.
+    webhooks.shutdown().await;
     drop(state);
     // The last handle to the event log finishes queued appends and fsyncs.
     drop(eventlog);
