@@ -41,6 +41,9 @@ pub fn refusal(code: CloseCode) -> (Frame, u16, &'static str) {
 
 struct SignedIn {
     id: String,
+    /// Raw JSON of `user_data.user_info`: the presence info when a presence subscribe comes
+    /// without `channel_data`.
+    user_info: Option<String>,
     watchlist: Vec<String>,
 }
 
@@ -204,7 +207,7 @@ impl Session {
                         let s = auth::private_string(&sid, name);
                         auth::verify_auth(&cfg.key, &cfg.secret, auth_value, &s)
                             .map_err(|e| e.describe(&s))
-                            .map(|()| Member { user_id: u.id.clone(), user_info: None })
+                            .map(|()| Member { user_id: u.id.clone(), user_info: u.user_info.clone() })
                     }
                     None => Err("Presence subscription needs channel_data from the auth endpoint (or a signed-in connection)".to_owned()),
                 },
@@ -267,16 +270,30 @@ impl Session {
         let s = auth::signin_string(self.outbox.socket_id.as_str(), user_data);
         let parsed = auth::verify_auth(&cfg.key, &cfg.secret, Some(auth_value), &s)
             .map_err(|e| e.describe(&s))
-            .and_then(|()| parse_user_data(user_data, cfg.max_presence_user_id_length));
+            .and_then(|()| {
+                parse_user_data(
+                    user_data,
+                    cfg.max_presence_user_id_length,
+                    cfg.max_presence_user_info_bytes,
+                )
+            });
         match parsed {
-            Ok((id, watchlist)) => {
+            Ok(UserData {
+                id,
+                user_info,
+                watchlist,
+            }) => {
                 if let Some(old) = self.user.take() {
                     self.app
                         .remove_connection(&self.outbox, &[], Some(&old.id), &old.watchlist);
                 }
                 self.send(message::signin_success(user_data));
                 self.app.signin(&self.outbox, &id, &watchlist);
-                self.user = Some(SignedIn { id, watchlist });
+                self.user = Some(SignedIn {
+                    id,
+                    user_info,
+                    watchlist,
+                });
             }
             Err(msg) => {
                 let code = CloseCode::Unauthorized.code();
@@ -404,7 +421,14 @@ fn id_string(raw: &serde_json::value::RawValue) -> Option<String> {
 }
 
 /// signin `user_data`: an object with a non-empty string `id`, optional `watchlist`.
-fn parse_user_data(user_data: &str, max_id: usize) -> Result<(String, Vec<String>), String> {
+/// What a signin's `user_data` says: id, raw `user_info`, watchlist.
+struct UserData {
+    id: String,
+    user_info: Option<String>,
+    watchlist: Vec<String>,
+}
+
+fn parse_user_data(user_data: &str, max_id: usize, max_info: usize) -> Result<UserData, String> {
     let v: serde_json::Value =
         serde_json::from_str(user_data).map_err(|_| "user_data is not JSON".to_owned())?;
     let id = match v.get("id") {
@@ -426,7 +450,26 @@ fn parse_user_data(user_data: &str, max_id: usize) -> Result<(String, Vec<String
             .collect(),
         _ => Vec::new(),
     };
-    Ok((id, watchlist))
+    // Keep user_info's JSON text as the app wrote it (key order, escapes).
+    #[derive(serde::Deserialize)]
+    struct Raw<'a> {
+        #[serde(borrow)]
+        user_info: Option<&'a serde_json::value::RawValue>,
+    }
+    let user_info = serde_json::from_str::<Raw<'_>>(user_data)
+        .ok()
+        .and_then(|r| r.user_info.map(|i| i.get().to_owned()))
+        .filter(|i| i != "null");
+    if user_info.as_ref().is_some_and(|i| i.len() > max_info) {
+        return Err(format!(
+            "user_info is larger than {max_info} bytes (max_presence_user_info_bytes)"
+        ));
+    }
+    Ok(UserData {
+        id,
+        user_info,
+        watchlist,
+    })
 }
 
 #[cfg(test)]

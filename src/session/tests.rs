@@ -282,6 +282,11 @@ fn signin_server_to_user_and_failure() {
     let f = frames(&s);
     let d: Value = serde_json::from_str(f[0]["data"].as_str().unwrap()).unwrap();
     assert_eq!(d["presence"]["ids"], serde_json::json!(["12345"]));
+    assert_eq!(
+        d["presence"]["hash"]["12345"],
+        serde_json::json!({"name":"x"}),
+        "signin's user_info is the presence info"
+    );
 
     let mut t = session(&app, 2);
     t.handle_text(r#"{"event":"pusher:signin","data":{"auth":"278d425bdf160c739803:00","user_data":"{\"id\":\"1\"}"}}"#);
