@@ -157,12 +157,37 @@ async fn serve(cfg: Config, activated: Vec<crate::sys::activation::ActivatedList
         Some(eventlog.clone() as Arc<dyn crate::api::EventLog>),
     );
     {
-        let log = eventlog.clone();
-        state
-            .metrics
-            .set_spool(move || crate::metrics::SpoolSnapshot {
-                bytes: vec![("events", log.spool().stats().total_bytes)],
+        // /metrics and the console: spool sizes, and the webhook queue when an app has receivers.
+        let (log, wh) = (eventlog.clone(), webhooks.clone());
+        state.metrics.set_spool(move || {
+            let w = wh.stats();
+            crate::metrics::SpoolSnapshot {
+                bytes: vec![
+                    ("events", log.spool().stats().total_bytes),
+                    ("webhooks", w.queue_bytes),
+                    ("webhooks-dead", w.dead_bytes),
+                ],
+            }
+        });
+        if state
+            .config
+            .apps
+            .iter()
+            .any(|a| !a.webhook_targets().is_empty())
+        {
+            let wh = webhooks.clone();
+            state.metrics.set_webhooks(move || {
+                let s = wh.stats();
+                crate::metrics::WebhookSnapshot {
+                    queue_depth: s.queue_depth,
+                    oldest_pending_age_ms: s.oldest_pending_age_ms,
+                    delivered: s.delivered,
+                    failed_attempts: s.failed_attempts,
+                    dead_letters: s.dead_letters,
+                    events_dropped: s.events_dropped,
+                }
             });
+        }
     }
     let mut servers = Vec::new();
     if let Some(l) = plain {
