@@ -19,7 +19,8 @@ step "cargo fmt --check" cargo fmt --check
 step "cargo clippy" cargo clippy --all-targets --quiet -- -D warnings
 step "cargo test" cargo test --quiet
 step "real clients (node + python)" env SKIP_BUILD=1 tests/clients/run.sh
-[ -x tests/browser/run.sh ] && step "browser (chromium)" tests/browser/run.sh
+[ -x tests/browser/run.sh ] && step "fallback in a browser (chromium)" env SKIP_BUILD=1 tests/browser/run.sh
+[ -x tests/console-browser/run.sh ] && step "console in a browser (chromium)" env SKIP_BUILD=1 tests/console-browser/run.sh
 step "systemd units" scripts/check-systemd.sh
 [ -x scripts/qemu-smoke.sh ] && step "aarch64 static build under qemu" scripts/qemu-smoke.sh
 

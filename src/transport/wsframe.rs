@@ -148,10 +148,7 @@ impl Decoder {
         out: &mut Vec<Incoming>,
     ) -> Result<usize, WsError> {
         let mut pos = 0;
-        loop {
-            let Some(h) = parse_header(&buf[pos..], limit)? else {
-                break;
-            };
+        while let Some(h) = parse_header(&buf[pos..], limit)? {
             let end = pos + h.header_len + h.len;
             if buf.len() < end {
                 break;
