@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use super::frames;
 use super::registry::Registry;
 use crate::hub::{Frame, Outbox};
+use crate::metrics::ConnectionGuard;
 use crate::protocol::{message, CloseCode};
 use crate::session::{Session, Tick};
 
@@ -64,6 +65,8 @@ pub(super) struct Driver {
     pub outbox: Arc<Outbox>,
     pub cmds: mpsc::Receiver<Cmd>,
     pub shutdown: watch::Receiver<bool>,
+    /// Counts this session in `/metrics` (transport `http`) while it lives, and its frames.
+    pub conn: ConnectionGuard,
 }
 
 enum Wake {
@@ -204,6 +207,7 @@ impl Driver {
                             s.activity();
                         }
                         for t in &texts {
+                            self.conn.frame_in(t.len());
                             s.handle_text(t);
                         }
                     }
@@ -278,6 +282,9 @@ impl Driver {
             }
         }
         frames::push_array(&mut chunk, &r.batch);
+        for f in &r.batch {
+            self.conn.frame_out(f.len());
+        }
         r.batch.clear();
         if r.batch.capacity() > 64 {
             r.batch = Vec::new();

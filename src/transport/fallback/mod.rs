@@ -158,7 +158,7 @@ async fn receive(
     }
     let app = match admit(state, app_key, origin, query) {
         Ok(app) => app,
-        Err(code) => return refused(code),
+        Err(code) => return refused(state, code),
     };
     let opened = registry.open(key, || {
         if app.try_connect() {
@@ -174,9 +174,9 @@ async fn receive(
                 max = registry.options.max_sessions,
                 "fallback session refused: too many HTTP fallback sessions"
             );
-            return refused(CloseCode::OverCapacity);
+            return refused(state, CloseCode::OverCapacity);
         }
-        Err(Err(code)) => return refused(code),
+        Err(Err(code)) => return refused(state, code),
     };
     if let Some((id, cmds)) = new {
         let outbox = Arc::new(Outbox::new(
@@ -184,6 +184,9 @@ async fn receive(
             state.new_socket_id(),
             state.config.server.outbound_queue,
         ));
+        let conn = state
+            .metrics
+            .connection_opened(&app.config.id, crate::metrics::Transport::Http);
         let session = Session::open(app, outbox.clone(), state.liveness);
         let d = Driver {
             key: key.to_owned(),
@@ -193,6 +196,7 @@ async fn receive(
             outbox,
             cmds,
             shutdown: state.shutdown_signal(),
+            conn,
         };
         tokio::spawn(d.run());
     }
@@ -204,7 +208,7 @@ async fn receive(
         .is_err()
     {
         // Shut down between registering and attaching.
-        return refused(CloseCode::ReconnectNow);
+        return refused(state, CloseCode::ReconnectNow);
     }
     receive_response(rx)
 }
@@ -245,7 +249,8 @@ fn check_protocol(query: &str) -> Result<(), CloseCode> {
 
 /// A refused receive request: `o`, `a[pusher:error]`, `c[code,"reason"]`, still 200 (pusher-js
 /// reads lines only from a 200 response).
-fn refused(code: CloseCode) -> Response<Body> {
+fn refused(state: &State, code: CloseCode) -> Response<Body> {
+    state.metrics.connection_rejected(code.code());
     tracing::info!(
         code = code.code(),
         reason = code.message(),
