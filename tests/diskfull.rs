@@ -1,0 +1,440 @@
+//! Disk full, end to end with the real `pushbox serve` binary on a small filesystem the test
+//! mounts itself (a 2 MiB tmpfs; as root). Two ways to run out of room:
+//!
+//! * `enospc_…`: `spool.max_bytes` is far above the filesystem's size, so the OS's ENOSPC is
+//!   what stops the event log. A filler file taken up front is deleted to free space.
+//! * `disk_cap_…`: `spool.max_bytes` is small, so the cap answers first (this one also runs
+//!   on a plain temp directory where mounting is refused: it needs no small filesystem).
+//!
+//! In both: the API answers 503 with a JSON object whose `error` says what to do; nothing that
+//! got a 200 is lost and nothing that got a 503 is in the log; the server restarts on the full
+//! disk and recovers cleanly (no torn tail to cut: the failed write was cut back); once there is
+//! room again publishing works. Where mounting is refused (not root, no CAP_SYS_ADMIN) the
+//! ENOSPC case prints `SKIPPED: …` and passes.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{APP_ID, KEY, SECRET};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pushbox");
+
+// ---------------------------------------------------------------- a small filesystem
+
+/// A tmpfs mounted on a temp directory; unmounted (lazily if busy) on drop, panics included.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `Err` says why mounting is not possible here.
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("not running as root, cannot mount a tmpfs".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs refused: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+/// Free bytes on the filesystem holding `p`.
+fn free_bytes(p: &Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(p).unwrap();
+    s.blocks_available() as u64 * s.fragment_size() as u64
+}
+
+// ---------------------------------------------------------------- the server
+
+struct Server {
+    child: Child,
+    port: u16,
+    stderr: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `work` holds the config and the logs (on the normal disk); `state` is the state directory.
+fn write_config(work: &Path, port: u16, max_bytes: u64) {
+    std::fs::write(
+        work.join("pushbox.toml"),
+        format!(
+            "[server]\nhost = \"127.0.0.1\"\nport = {port}\n[spool]\nmax_bytes = {max_bytes}\n\
+             [[apps]]\nid = \"{APP_ID}\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nmax_event_data_bytes = 10240\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn start(work: &Path, state: &Path, port: u16, run: &str) -> Server {
+    let stderr = work.join(format!("stderr-{run}.log"));
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(work.join("pushbox.toml"))
+        .env("PUSHBOX_STATE_DIR", state)
+        .env("PUSHBOX_LOG", "warn")
+        .env_remove("REVERB_APP_ID")
+        .env_remove("PUSHER_APP_ID")
+        .env_remove("PUSHBOX_WEBHOOK_URL")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("spawn pushbox serve");
+    let mut s = Server {
+        child,
+        port,
+        stderr,
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(Some(st)) = s.child.try_wait() {
+            panic!(
+                "{run}: pushbox exited with {st} instead of starting:\n{}",
+                s.log()
+            );
+        }
+        if matches!(request(s.addr(), "GET", "/up", ""), Ok((200, _))) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{run}: no /up within 15 s:\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Server {
+    fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn assert_no_panic(&self) {
+        let log = self.log();
+        assert!(!log.contains("panicked"), "the server panicked:\n{log}");
+    }
+
+    /// SIGTERM and wait: a graceful stop must succeed even on a full disk.
+    fn stop(mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "graceful stop failed ({st}):\n{}", self.log());
+        self.assert_no_panic();
+    }
+
+    /// SIGKILL and wait.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+        self.assert_no_panic();
+    }
+
+    /// A signed publish of one event with `data`.
+    fn publish(&self, data: &str) -> (u16, String) {
+        let body =
+            serde_json::json!({"name": "disk-test", "channel": "orders", "data": data}).to_string();
+        let path = format!("/apps/{APP_ID}/events");
+        let q = pushbox::protocol::signing::sign_query(
+            "POST",
+            &path,
+            KEY,
+            SECRET,
+            common::now(),
+            body.as_bytes(),
+            &[],
+        );
+        request(self.addr(), "POST", &format!("{path}?{q}"), &body).expect("the server answers")
+    }
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// `data` of every record in the event log, read from outside the server; seqs contiguous.
+fn logged(state: &Path) -> Vec<String> {
+    let reader = pushbox::spool::Spool::open_read_only(pushbox::eventlog::dir(state)).unwrap();
+    let records = reader.read_from(1, usize::MAX).unwrap();
+    let mut out = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.seq, i as u64 + 1, "event log seqs are contiguous from 1");
+        let e: pushbox::eventlog::EventRecord =
+            serde_json::from_slice(&r.payload).expect("every record is an EventRecord");
+        out.push(e.data);
+    }
+    out
+}
+
+/// The log holds exactly the acknowledged events, in order (the publisher is sequential, so
+/// an event that got a 503 must not be there either).
+fn assert_log_is(state: &Path, acked: &[String]) {
+    let log = logged(state);
+    assert_eq!(
+        log.len(),
+        acked.len(),
+        "the log holds exactly the acknowledged events"
+    );
+    assert!(
+        log == acked,
+        "the log holds the acknowledged events in order"
+    );
+}
+
+fn payload(i: usize) -> String {
+    format!("{i:06}-{}", "x".repeat(1000))
+}
+
+/// Publishes until the first 503 (asserting every other answer is 200); returns the 503's body.
+fn publish_until_503(s: &Server, acked: &mut Vec<String>, limit: usize) -> String {
+    for _ in 0..limit {
+        let data = payload(acked.len());
+        match s.publish(&data) {
+            (200, _) => acked.push(data),
+            (503, body) => return body,
+            (st, body) => panic!("unexpected {st} after {} events: {body}", acked.len()),
+        }
+    }
+    panic!("still accepting after {limit} events of 1 KB: the disk never filled");
+}
+
+/// The 503 body is a JSON object with an `error` a person can act on; returns the message.
+fn assert_actionable_503(body: &str, hints: &[&str]) -> String {
+    let v: serde_json::Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("503 body is not JSON ({e}): {body:?}"));
+    let msg = v
+        .as_object()
+        .and_then(|o| o.get("error"))
+        .and_then(|e| e.as_str())
+        .unwrap_or_else(|| panic!("503 body is not an object with an `error` string: {body}"))
+        .to_string();
+    assert!(
+        hints.iter().any(|h| msg.contains(h)),
+        "the error says what to do (one of {hints:?}): {msg}"
+    );
+    msg
+}
+
+// ---------------------------------------------------------------- the tests
+
+#[test]
+fn enospc_answers_503_keeps_the_log_intact_and_publishing_resumes_once_space_is_freed() {
+    let fs = match Tmpfs::mount("2m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            println!("SKIPPED enospc test: {why} (run as root to mount a 2 MiB tmpfs)");
+            return;
+        }
+    };
+    let work = tempfile::tempdir().unwrap();
+    let state = fs.path().join("state");
+    let port = free_port();
+    // The cap is far above the filesystem: only ENOSPC can stop the log.
+    write_config(work.path(), port, 1 << 30);
+    // Take most of the room up front, to give it back later.
+    let filler = fs.path().join("filler");
+    std::fs::write(&filler, vec![0xa5u8; 1536 * 1024]).unwrap();
+
+    let s = start(work.path(), &state, port, "fill");
+    let mut acked = Vec::new();
+    let body = publish_until_503(&s, &mut acked, 5000);
+    let msg = assert_actionable_503(&body, &["Free space", "free space"]);
+    println!(
+        "ENOSPC after {} events ({} bytes free): {msg}",
+        acked.len(),
+        free_bytes(fs.path())
+    );
+    assert!(
+        acked.len() > 50,
+        "the log took events before the disk filled"
+    );
+    assert!(msg.contains("full"), "{msg}");
+    // Still refusing (not crashing, not hanging), and the refusals left nothing behind.
+    // (Same size as the refused one: a smaller record may still fit in the last page.)
+    for _ in 0..5 {
+        let (st, b) = s.publish(&payload(acked.len()));
+        assert_eq!(st, 503, "{b}");
+    }
+    assert_eq!(request(s.addr(), "GET", "/up", "").unwrap().0, 200);
+    assert_log_is(&state, &acked);
+
+    // A restart on the full disk: graceful stop, start, still a clean 503.
+    s.stop();
+    let s = start(work.path(), &state, port, "restart-full");
+    let (st, b) = s.publish(&payload(acked.len()));
+    assert_eq!(st, 503, "{b}");
+    assert_actionable_503(&b, &["Free space", "free space"]);
+    assert_log_is(&state, &acked);
+
+    // Free the space: publishing resumes at once, in the same process.
+    std::fs::remove_file(&filler).unwrap();
+    for _ in 0..50 {
+        let data = payload(acked.len());
+        let (st, b) = s.publish(&data);
+        assert_eq!(st, 200, "publishing resumes once space is freed: {b}");
+        acked.push(data);
+    }
+    assert_log_is(&state, &acked);
+
+    // SIGKILL and restart: recovery finds nothing to cut (the failed writes were cut back).
+    s.kill();
+    let s = start(work.path(), &state, port, "after");
+    let log = s.log();
+    assert!(
+        !log.contains("recovered"),
+        "the event log needed recovery after the disk-full episode:\n{log}"
+    );
+    let data = payload(acked.len());
+    assert_eq!(s.publish(&data).0, 200);
+    acked.push(data);
+    s.stop();
+    assert_log_is(&state, &acked);
+    for run in ["fill", "restart-full", "after"] {
+        let log = std::fs::read_to_string(work.path().join(format!("stderr-{run}.log"))).unwrap();
+        assert!(!log.contains("panicked"), "{run}: {log}");
+    }
+}
+
+#[test]
+fn disk_cap_answers_503_before_the_disk_fills_and_a_raised_cap_takes_events_again() {
+    // On the small filesystem where possible; the cap needs none, so a plain temp dir otherwise.
+    let fs = Tmpfs::mount("2m")
+        .map_err(|why| println!("note: {why}; running the cap test on a plain temp directory"))
+        .ok();
+    let plain = tempfile::tempdir().unwrap();
+    let root = fs.as_ref().map_or(plain.path(), |f| f.path());
+    let work = tempfile::tempdir().unwrap();
+    let state = root.join("state");
+    let port = free_port();
+    let cap = 64 * 1024;
+    write_config(work.path(), port, cap);
+
+    let s = start(work.path(), &state, port, "cap");
+    let mut acked = Vec::new();
+    let body = publish_until_503(&s, &mut acked, 1000);
+    let msg = assert_actionable_503(&body, &["spool.max_bytes"]);
+    println!(
+        "cap of {cap} bytes reached after {} events: {msg}",
+        acked.len()
+    );
+    let disk = pushbox::spool::Spool::open_read_only(pushbox::eventlog::dir(&state))
+        .unwrap()
+        .stats()
+        .unwrap()
+        .total_bytes;
+    assert!(disk <= cap, "the log stays within its cap: {disk} > {cap}");
+    assert!(
+        disk + 2 * 1024 > cap,
+        "the cap was nearly used before refusing: {disk} of {cap}"
+    );
+    if fs.is_some() {
+        assert!(
+            free_bytes(root) > 1024 * 1024,
+            "the cap answered, not the disk"
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(s.publish(&payload(acked.len())).0, 503);
+    }
+    assert_log_is(&state, &acked);
+
+    // Raise the cap and restart: publishing works again; nothing was lost or left over.
+    s.stop();
+    write_config(work.path(), port, 1024 * 1024);
+    let s = start(work.path(), &state, port, "raised");
+    assert!(!s.log().contains("recovered"), "{}", s.log());
+    for _ in 0..20 {
+        let data = payload(acked.len());
+        let (st, b) = s.publish(&data);
+        assert_eq!(st, 200, "{b}");
+        acked.push(data);
+    }
+    s.stop();
+    assert_log_is(&state, &acked);
+}
