@@ -4,14 +4,53 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
 use crate::protocol::{CloseCode, SocketId};
 
-/// A serialised frame: refcounted UTF-8 bytes, encoded once and shared by every subscriber.
-pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
+/// A serialised frame: a refcounted JSON string, encoded once and shared by every subscriber
+/// (a queue entry is two words).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame(Arc<str>);
+
+impl Frame {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for Frame {
+    fn from(s: String) -> Frame {
+        Frame(Arc::from(s))
+    }
+}
+
+impl From<&str> for Frame {
+    fn from(s: &str) -> Frame {
+        Frame(Arc::from(s))
+    }
+}
+
+impl std::ops::Deref for Frame {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
 
 /// Why and how a connection is to be closed.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -275,7 +275,7 @@ fn websocket(
         );
         return r;
     };
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let accept = crate::transport::wsframe::accept_key(key.as_bytes());
     let origin = req
         .headers()
         .get(header::ORIGIN)

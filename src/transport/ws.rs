@@ -1,28 +1,40 @@
-//! WebSocket transport (tokio-tungstenite over an upgraded hyper connection): reads text
-//! frames into the session, writes the session's outbox, drives the liveness timer, and closes
-//! with the code the session or the hub asked for. Buffers are sized for Pusher's 10 KB
-//! messages, not for bulk transfer.
+//! WebSocket transport over an upgraded hyper connection, with our own framing
+//! (`wsframe`): reads client frames into the session, writes the session's outbox, drives the
+//! liveness timer, and closes with the code the session or the hub asked for.
+//!
+//! Built for many idle connections on a small box: an idle connection holds no read or write
+//! buffer. Reads go through a stack buffer during the poll and only an incomplete frame is
+//! kept on the heap; writes hand each queued `Frame` (shared by every subscriber) to the kernel
+//! with `writev`, header and payload side by side, without copying it.
 
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
+use super::wsframe::{self, Decoder, Incoming, WsError};
 use crate::hub::{App, Frame, Outbox};
 use crate::protocol::{message, CloseCode, SocketId};
 use crate::session::{self, Liveness, Session, Tick};
 
-/// How long one write of a backlog may take before the peer is considered gone.
+/// How long a queued write may make no progress before the peer is considered gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a closing handshake may take to flush.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes read per poll (on the stack, never kept per connection).
+const READ_CHUNK: usize = 4096;
+/// Frames handed to one `writev`.
+const MAX_IOV: usize = 64;
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Io = TokioIo<Upgraded>;
 
 /// Everything a connection needs from the server.
 pub struct WsParams {
@@ -35,30 +47,188 @@ pub struct WsParams {
     pub conn: crate::metrics::ConnectionGuard,
 }
 
-fn ws_config(max_message: usize) -> WebSocketConfig {
-    let hard = (max_message * 2).max(64 * 1024);
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_write_buffer_size(1024 * 1024)
-        .max_message_size(Some(hard))
-        .max_frame_size(Some(hard))
+/// One queued server frame: a shared text `Frame` (header added on write) or raw bytes
+/// (control frames).
+enum Out {
+    Text(Frame),
+    Raw(Vec<u8>),
 }
 
-async fn close_with(ws: &mut Ws, code: u16, reason: &str, with_error: bool) {
-    let work = async {
-        if with_error {
-            ws.feed(Message::Text(message::error(Some(code), reason).into()))
-                .await?;
+impl Out {
+    fn payload(&self) -> &[u8] {
+        match self {
+            Out::Text(f) => f.as_bytes(),
+            Out::Raw(b) => b,
         }
-        let reason: String = reason.chars().take(100).collect();
-        ws.send(Message::Close(Some(CloseFrame {
-            code: WsCloseCode::from(code),
-            reason: reason.into(),
-        })))
-        .await
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), work).await;
+    }
+}
+
+/// Frames waiting for the kernel; the first may be partly written.
+#[derive(Default)]
+struct WriteQueue {
+    frames: VecDeque<Out>,
+    /// Bytes of the first frame (header + payload) already written.
+    offset: usize,
+}
+
+impl WriteQueue {
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Keeps only a partly written first frame (it must be finished to keep the stream valid).
+    fn truncate_unsent(&mut self) {
+        let keep = usize::from(self.offset > 0);
+        self.frames.truncate(keep);
+    }
+
+    /// Writes as much as the socket takes; `Ready(Ok)` once everything is written.
+    fn poll_flush(&mut self, cx: &mut Context<'_>, io: &mut Io) -> Poll<std::io::Result<()>> {
+        while !self.frames.is_empty() {
+            let mut headers = [[0u8; 10]; MAX_IOV / 2];
+            let mut lens = [0usize; MAX_IOV / 2];
+            let n = self.frames.len().min(MAX_IOV / 2);
+            for (i, out) in self.frames.iter().take(n).enumerate() {
+                lens[i] = match out {
+                    Out::Text(f) => {
+                        wsframe::encode_header(wsframe::OP_TEXT, f.len(), &mut headers[i])
+                    }
+                    Out::Raw(_) => 0,
+                };
+            }
+            let mut slices: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
+            let mut count = 0;
+            let mut skip = self.offset;
+            for (i, out) in self.frames.iter().take(n).enumerate() {
+                for part in [&headers[i][..lens[i]], out.payload()] {
+                    if skip >= part.len() {
+                        skip -= part.len();
+                        continue;
+                    }
+                    slices[count] = IoSlice::new(&part[skip..]);
+                    skip = 0;
+                    count += 1;
+                }
+            }
+            let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(w)) => w,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            let mut left = written;
+            while left > 0 {
+                let Some(first) = self.frames.front() else {
+                    break;
+                };
+                let total = match first {
+                    Out::Text(f) => wsframe::header_len(f.len()) + f.len(),
+                    Out::Raw(b) => b.len(),
+                };
+                let remaining = total - self.offset;
+                if left >= remaining {
+                    left -= remaining;
+                    self.offset = 0;
+                    self.frames.pop_front();
+                } else {
+                    self.offset += left;
+                    left = 0;
+                }
+            }
+        }
+        if self.frames.capacity() > 64 {
+            self.frames = VecDeque::new();
+        }
+        match Pin::new(&mut *io).poll_flush(cx) {
+            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// What the socket did while we waited.
+enum IoEvent {
+    /// Everything queued was written.
+    Flushed,
+    /// Bytes arrived and were decoded into `incoming`.
+    Read,
+    /// The peer closed the TCP stream.
+    Eof,
+    Failed(String),
+    Protocol(WsError),
+}
+
+/// The read side's state: an incomplete frame (only while one is in flight) and reassembly.
+#[derive(Default)]
+struct ReadState {
+    partial: Vec<u8>,
+    decoder: Decoder,
+}
+
+impl ReadState {
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut Io,
+        limit: usize,
+        incoming: &mut Vec<Incoming>,
+    ) -> Poll<IoEvent> {
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut rb = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(IoEvent::Failed(e.to_string())),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(IoEvent::Eof);
+                }
+                let result = if self.partial.is_empty() {
+                    let data = &mut chunk[..n];
+                    self.decoder.decode(data, limit, incoming).map(|used| {
+                        if used < n {
+                            self.partial.extend_from_slice(&data[used..]);
+                        }
+                    })
+                } else {
+                    self.partial.extend_from_slice(&chunk[..n]);
+                    let mut buf = std::mem::take(&mut self.partial);
+                    self.decoder.decode(&mut buf, limit, incoming).map(|used| {
+                        buf.drain(..used);
+                        if buf.capacity() > 2 * READ_CHUNK && buf.len() < READ_CHUNK {
+                            buf.shrink_to_fit();
+                        }
+                        self.partial = buf;
+                    })
+                };
+                match result {
+                    Ok(()) => Poll::Ready(IoEvent::Read),
+                    Err(e) => Poll::Ready(IoEvent::Protocol(e)),
+                }
+            }
+        }
+    }
+}
+
+/// Writes `frames` and a close frame, bounded by `CLOSE_TIMEOUT`.
+async fn close_with(
+    io: &mut Io,
+    queue: &mut WriteQueue,
+    code: u16,
+    reason: &str,
+    with_error: bool,
+) {
+    if with_error {
+        queue
+            .frames
+            .push_back(Out::Text(Frame::from(message::error(Some(code), reason))));
+    }
+    queue
+        .frames
+        .push_back(Out::Raw(wsframe::close_frame(code, reason)));
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, poll_fn(|cx| queue.poll_flush(cx, io))).await;
 }
 
 /// Resolves once the outbox is marked for closing (overflow, terminate, bad signin).
@@ -70,24 +240,16 @@ async fn closing(outbox: &Outbox) {
 
 /// Refuses an upgraded connection with a Pusher error code (unknown app, quota, origin…).
 pub async fn refuse(upgraded: Upgraded, code: CloseCode) {
-    let mut ws = WebSocketStream::from_raw_socket(
-        TokioIo::new(upgraded),
-        Role::Server,
-        Some(ws_config(10 * 1024)),
-    )
-    .await;
+    let mut io = TokioIo::new(upgraded);
     let (_, code, reason) = session::refusal(code);
-    close_with(&mut ws, code, reason, true).await;
+    close_with(&mut io, &mut WriteQueue::default(), code, reason, true).await;
 }
 
 /// Runs an accepted connection (already counted against the app's quota) to its end.
 pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
-    let mut ws = WebSocketStream::from_raw_socket(
-        TokioIo::new(upgraded),
-        Role::Server,
-        Some(ws_config(app.config.max_message_bytes)),
-    )
-    .await;
+    let mut io = TokioIo::new(upgraded);
+    // The transport's own cap; messages between the app limit and this get a pusher:error.
+    let limit = (app.config.max_message_bytes * 2).max(64 * 1024);
     let outbox = Arc::new(Outbox::new(
         params.conn_id,
         params.socket_id,
@@ -95,121 +257,159 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
     ));
     let mut session = Session::open(app, outbox.clone(), params.liveness);
     let mut shutdown = params.shutdown;
-    let mut batch: Vec<Frame> = Vec::new();
+    let conn = params.conn;
+    let mut queue = WriteQueue::default();
+    let mut read = ReadState::default();
+    let mut incoming: Vec<Incoming> = Vec::new();
+    let mut drained: Vec<Frame> = Vec::new();
     // Peers that keep alive with WebSocket control frames (mobile SDKs) are pinged the same way.
     let mut control_pinger = false;
-    // Set when the outbox has (or may have) something: drained before waiting again.
-    let mut ready = false;
+    // The outbox may hold frames: drain it before waiting.
+    let mut ready = true;
+    let mut stalled_since: Option<Instant> = None;
+
     loop {
         if ready {
             ready = false;
-            let close = outbox.drain(&mut batch);
-            if !batch.is_empty() {
-                let conn = &params.conn;
-                let write = async {
-                    for f in batch.drain(..) {
-                        conn.frame_out(f.len());
-                        ws.feed(Message::Text(f)).await?;
-                    }
-                    ws.flush().await
-                };
-                tokio::select! {
-                    biased;
-                    r = tokio::time::timeout(WRITE_TIMEOUT, write) => if !matches!(r, Ok(Ok(()))) {
-                        let reason = match r {
-                            Err(_) => "write timed out (peer not reading)".to_owned(),
-                            Ok(Err(e)) => e.to_string(),
-                            Ok(Ok(())) => String::new(),
-                        };
-                        tracing::info!(socket_id = %session.socket_id(), %reason, "websocket connection error");
-                        break
-                    },
-                    // Overflow or a close request while a slow peer blocks the write: stop writing.
-                    _ = closing(&outbox) => {}
-                }
-                batch.clear();
-                if batch.capacity() > 64 {
-                    batch = Vec::new();
-                }
-                // More may have been queued meanwhile (its wake-up consumed by `closing`).
-                ready = true;
-                continue;
+            let close = outbox.drain(&mut drained);
+            for f in drained.drain(..) {
+                conn.frame_out(f.len());
+                queue.frames.push_back(Out::Text(f));
+            }
+            if drained.capacity() > 64 {
+                drained = Vec::new();
             }
             if let Some(c) = close {
-                close_with(&mut ws, c.code, &c.reason, c.with_error).await;
+                if c.code == CloseCode::OverCapacity.code() {
+                    // A client that can't keep up: don't wait for its backlog.
+                    queue.truncate_unsent();
+                }
+                close_with(&mut io, &mut queue, c.code, &c.reason, c.with_error).await;
                 break;
             }
         }
-        let deadline = match session.tick(Instant::now()) {
+        let now = Instant::now();
+        let mut deadline = match session.tick(now) {
             Tick::Wait(t) => t,
             Tick::Ping => {
-                let ping = if control_pinger {
-                    Message::Ping(Default::default())
+                if control_pinger {
+                    queue
+                        .frames
+                        .push_back(Out::Raw(wsframe::encode(wsframe::OP_PING, b"")));
                 } else {
-                    let p = message::ping();
-                    params.conn.frame_out(p.len());
-                    Message::Text(p.into())
-                };
-                if tokio::time::timeout(WRITE_TIMEOUT, ws.send(ping))
-                    .await
-                    .map_or(true, |r| r.is_err())
-                {
-                    break;
+                    let ping = Frame::from(message::ping());
+                    conn.frame_out(ping.len());
+                    queue.frames.push_back(Out::Text(ping));
                 }
                 continue;
             }
             Tick::Close => {
                 tracing::info!(socket_id = %session.socket_id(), reason = CloseCode::PongTimeout.message(), "websocket connection closed (4201)");
-                close_with(
-                    &mut ws,
-                    CloseCode::PongTimeout.code(),
-                    CloseCode::PongTimeout.message(),
-                    true,
-                )
-                .await;
+                let c = CloseCode::PongTimeout;
+                close_with(&mut io, &mut queue, c.code(), c.message(), true).await;
                 break;
             }
         };
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => {
-                close_with(&mut ws, CloseCode::ReconnectNow.code(), CloseCode::ReconnectNow.message(), true).await;
+        if queue.is_empty() {
+            stalled_since = None;
+        } else {
+            let since = *stalled_since.get_or_insert(now);
+            if now >= since + WRITE_TIMEOUT {
+                tracing::info!(socket_id = %session.socket_id(), reason = "write timed out (peer not reading)", "websocket connection error");
                 break;
             }
-            _ = outbox.ready() => ready = true,
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => {
-                    params.conn.frame_in(t.len());
-                    session.handle_text(&t)
-                }
-                Some(Ok(Message::Ping(_))) => {
-                    control_pinger = true;
-                    session.activity();
-                }
-                Some(Ok(Message::Pong(_))) => session.activity(),
-                Some(Ok(Message::Binary(b))) => {
-                    params.conn.frame_in(b.len());
-                    session.activity();
-                    outbox.push(Frame::from(message::error(None, "Binary frames are not part of the Pusher protocol: send JSON text frames")));
-                }
-                Some(Ok(Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) | None => break,
-                Some(Err(e)) => {
-                    use tokio_tungstenite::tungstenite::Error;
-                    if let Error::Capacity(_) = e {
-                        close_with(&mut ws, 1009, "Message too large", false).await;
+            deadline = deadline.min(since + WRITE_TIMEOUT);
+        }
+        let writing = !queue.is_empty();
+        let event = tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                let c = CloseCode::ReconnectNow;
+                close_with(&mut io, &mut queue, c.code(), c.message(), true).await;
+                break;
+            }
+            _ = outbox.ready(), if !writing => { ready = true; continue; }
+            // Overflow or a close request while a slow peer blocks the write.
+            _ = closing(&outbox), if writing => { ready = true; continue; }
+            ev = poll_fn(|cx| {
+                if writing {
+                    match queue.poll_flush(cx, &mut io) {
+                        Poll::Ready(Ok(())) => return Poll::Ready(IoEvent::Flushed),
+                        Poll::Ready(Err(e)) => return Poll::Ready(IoEvent::Failed(e.to_string())),
+                        Poll::Pending => {}
                     }
-                    match e {
-                        // A peer that vanished without a close frame: routine on mobile networks.
-                        Error::Protocol(_) | Error::Io(_) | Error::ConnectionClosed | Error::AlreadyClosed => {
-                            tracing::debug!(socket_id = %session.socket_id(), error = %e, "websocket read error")
+                }
+                read.poll_read(cx, &mut io, limit, &mut incoming)
+            }) => ev,
+            _ = tokio::time::sleep_until(deadline.into()) => continue,
+        };
+        match event {
+            IoEvent::Flushed => {
+                stalled_since = None;
+                // More may have been queued while we were writing.
+                ready = true;
+            }
+            IoEvent::Read => {
+                let mut closed = false;
+                for msg in incoming.drain(..) {
+                    match msg {
+                        Incoming::Text(t) => {
+                            conn.frame_in(t.len());
+                            session.handle_text(&t);
                         }
-                        _ => tracing::info!(socket_id = %session.socket_id(), reason = %e, "websocket connection error"),
+                        Incoming::Ping(payload) => {
+                            control_pinger = true;
+                            session.activity();
+                            queue
+                                .frames
+                                .push_back(Out::Raw(wsframe::encode(wsframe::OP_PONG, &payload)));
+                        }
+                        Incoming::Pong => session.activity(),
+                        Incoming::Binary(len) => {
+                            conn.frame_in(len);
+                            session.activity();
+                            outbox.push(Frame::from(message::error(None, "Binary frames are not part of the Pusher protocol: send JSON text frames")));
+                        }
+                        Incoming::Close(code) => {
+                            // Answer the closing handshake with the peer's code.
+                            let echo = match code {
+                                Some(c)
+                                    if (1000..=4999).contains(&c)
+                                        && !matches!(c, 1004..=1006 | 1015) =>
+                                {
+                                    c
+                                }
+                                _ => 1000,
+                            };
+                            queue
+                                .frames
+                                .push_back(Out::Raw(wsframe::close_frame(echo, "")));
+                            let _ = tokio::time::timeout(
+                                CLOSE_TIMEOUT,
+                                poll_fn(|cx| queue.poll_flush(cx, &mut io)),
+                            )
+                            .await;
+                            closed = true;
+                            break;
+                        }
                     }
+                }
+                if closed {
                     break;
                 }
-            },
-            _ = tokio::time::sleep_until(deadline.into()) => {}
+                ready = true;
+            }
+            IoEvent::Eof => break,
+            IoEvent::Failed(e) => {
+                tracing::debug!(socket_id = %session.socket_id(), error = %e, "websocket connection error");
+                break;
+            }
+            IoEvent::Protocol(e) => {
+                tracing::info!(socket_id = %session.socket_id(), reason = %e, "websocket protocol error");
+                queue.truncate_unsent();
+                close_with(&mut io, &mut queue, e.close_code(), &e.to_string(), false).await;
+                break;
+            }
         }
     }
     // Dropping the session leaves every channel, presence and signin, and frees the quota slot.
