@@ -1,5 +1,6 @@
 //! Transports move a session's frames over the wire and hold no protocol logic: WebSocket
-//! (`ws`) and, later, pusher-js's HTTP fallbacks.
+//! (`ws`, framed by `wsframe`) and pusher-js's HTTP fallbacks (`fallback`: xhr_streaming,
+//! xhr polling and xhr_send).
 
 pub mod fallback;
 pub mod ws;
