@@ -106,7 +106,34 @@ pub async fn bind_addr(host: &str, port: u16) -> std::io::Result<TcpListener> {
     } else {
         format!("{host}:{port}")
     };
-    TcpListener::bind(&addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e} (is another server using the port? set REVERB_SERVER_PORT or [server] port)")))
+    let fail = |e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e} (is another server using the port? set REVERB_SERVER_PORT or [server] port)"))
+    };
+    let mut last = None;
+    for sa in tokio::net::lookup_host(&addr).await.map_err(fail)? {
+        match listen(sa) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(fail(last.unwrap_or_else(|| {
+        std::io::ErrorKind::AddrNotAvailable.into()
+    })))
+}
+
+/// Connections the kernel may hold for us before `accept`: a LAN box that restarts sees every
+/// client reconnect at once, so the default 1024 overflows into SYN retries.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(sa: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if sa.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(sa)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Accepts plain connections until shutdown.

@@ -237,6 +237,8 @@ impl Session {
         match self.app.subscribe(&self.outbox, name, member) {
             Ok(()) => {
                 if !self.subscriptions.iter().any(|s| s.channel == name) {
+                    // Grow one at a time: most connections hold one or two channels.
+                    self.subscriptions.reserve_exact(1);
                     self.subscriptions.push(Subscription {
                         channel: name.to_owned(),
                         user_id,

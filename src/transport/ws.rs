@@ -231,13 +231,6 @@ async fn close_with(
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, poll_fn(|cx| queue.poll_flush(cx, io))).await;
 }
 
-/// Resolves once the outbox is marked for closing (overflow, terminate, bad signin).
-async fn closing(outbox: &Outbox) {
-    while !outbox.is_closing() {
-        outbox.ready().await;
-    }
-}
-
 /// Refuses an upgraded connection with a Pusher error code (unknown app, quota, origin…).
 pub async fn refuse(upgraded: Upgraded, code: CloseCode) {
     let mut io = TokioIo::new(upgraded);
@@ -328,9 +321,14 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                 close_with(&mut io, &mut queue, c.code(), c.message(), true).await;
                 break;
             }
-            _ = outbox.ready(), if !writing => { ready = true; continue; }
-            // Overflow or a close request while a slow peer blocks the write.
-            _ = closing(&outbox), if writing => { ready = true; continue; }
+            // While a write is in flight only a close request (overflow, terminate) matters;
+            // frames queued meanwhile are drained once the write is done.
+            _ = outbox.ready() => {
+                if !writing || outbox.is_closing() {
+                    ready = true;
+                }
+                continue;
+            }
             ev = poll_fn(|cx| {
                 if writing {
                     match queue.poll_flush(cx, &mut io) {
