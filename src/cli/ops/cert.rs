@@ -108,7 +108,9 @@ fn generate(names: &[String], days: u32) -> Result<(String, String, i64), String
     };
     // From yesterday, so a client whose clock is a little behind accepts it.
     params.not_before = ymd(today - 1);
-    let expiry_day = today + i64::from(days);
+    // Valid for exactly `days` from not_before (Apple refuses server certificates valid for more
+    // than 825 days, the default).
+    let expiry_day = today - 1 + i64::from(days);
     params.not_after = ymd(expiry_day);
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(
@@ -183,7 +185,8 @@ fn print_instructions(names: &[String], key: &Path, cert: &Path, days: u32, not_
     println!("    \"trust this CA to identify websites\"); macOS: open it in Keychain Access and set \"Always Trust\";");
     println!("    Windows: certutil -addstore -f Root pushbox.crt");
     println!("  Node.js (pusher SDK, Vite dev server): NODE_EXTRA_CA_CERTS={cert}");
-    println!("  Python (pusher, requests): REQUESTS_CA_BUNDLE={cert}; ssl/httpx/urllib: SSL_CERT_FILE={cert}");
+    println!("  Python pusher SDK: it ignores REQUESTS_CA_BUNDLE (it pins its own bundle); pass backend= a pusher.requests.RequestsBackend subclass that sets self.options['verify'] = '{cert}' (docs/CLI.md)");
+    println!("  Python requests/httpx/urllib: REQUESTS_CA_BUNDLE={cert} / SSL_CERT_FILE={cert}");
     println!("    (both replace the default bundle; after update-ca-certificates use /etc/ssl/certs/ca-certificates.crt instead)");
     println!("  pushbox trigger: --ca {cert}");
     println!(

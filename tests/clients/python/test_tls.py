@@ -101,24 +101,23 @@ def test_plain_requests_and_ssl_trust_the_ca_file(tls_server):
 
 
 def test_the_trust_hint_of_pushbox_cert_works_for_the_python_sdk(tls_server):
-    """`pushbox cert self-signed` tells Python users: "Python (pusher, requests):
-    REQUESTS_CA_BUNDLE=<crt>". Following that hint literally must let the pusher SDK trigger.
-
-    It does not: pusher 3.x's RequestsBackend always passes verify=<its bundled cacert.pem> when
-    ssl=True, and requests ignores REQUESTS_CA_BUNDLE whenever verify is a path. This test runs a
-    fresh interpreter with only the hinted variable set. (Passes once the hint changes.)
-    """
-    hint = [l for l in tls_server.cert_output.splitlines() if "Python" in l and "pusher" in l]
-    if not hint or "REQUESTS_CA_BUNDLE" not in hint[0]:
-        return  # the hint no longer promises REQUESTS_CA_BUNDLE for the pusher SDK
+    """`pushbox cert self-signed` tells Python users how to make the pusher SDK trust the
+    certificate. pusher 3.x ignores REQUESTS_CA_BUNDLE (its RequestsBackend pins its bundled
+    cacert.pem when ssl=True), so the hint must name the backend= way, and following it in a
+    fresh interpreter must let the SDK trigger over https."""
+    hint = [l for l in tls_server.cert_output.splitlines() if "Python pusher SDK" in l]
+    assert hint, tls_server.cert_output
+    assert "backend=" in hint[0] and "self.options['verify']" in hint[0], hint[0]
     a = tls_server.apps["main"]
     code = (
-        "import pusher\n"
-        "c = pusher.Pusher(app_id=%r, key=%r, secret=%r, ssl=True, host='localhost', port=%d, timeout=5)\n"
-        "print(c.trigger('py-tls', 'hint', {}))\n" % (a["id"], a["key"], a["secret"], tls_server.tls_port)
+        "import pusher, pusher.requests\n"
+        "class CABackend(pusher.requests.RequestsBackend):\n"
+        "    def __init__(self, client, **o):\n"
+        "        super().__init__(client, **o)\n"
+        "        self.options['verify'] = %r\n"
+        "c = pusher.Pusher(app_id=%r, key=%r, secret=%r, ssl=True, host='localhost', port=%d, timeout=5, backend=CABackend)\n"
+        "print(c.trigger('py-tls', 'hint', {}))\n" % (tls_server.cert, a["id"], a["key"], a["secret"], tls_server.tls_port)
     )
-    env = dict(os.environ, REQUESTS_CA_BUNDLE=tls_server.cert)
+    env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, (
-        "pushbox's hint REQUESTS_CA_BUNDLE=%s does not make the pusher SDK trust the certificate:\n%s"
-        % (tls_server.cert, r.stderr[-600:]))
+    assert r.returncode == 0, "the hinted backend does not make the pusher SDK trust the certificate:\n%s" % r.stderr[-600:]
