@@ -720,7 +720,7 @@ fn check_warns_when_the_certificate_expires_within_30_days() {
         })
         .expect("a certificate line");
     assert!(
-        line.starts_with("warn") && line.contains("expires in 9 days") && line.contains("renew"),
+        line.starts_with("warn") && line.contains("expires in 8 days") && line.contains("renew"),
         "{out}"
     );
 }
