@@ -319,9 +319,15 @@ impl Api {
             accepted.push(event);
         }
         if let Some(log) = &self.log {
-            log.append(accepted)
-                .await
-                .map_err(|e| ApiResponse::error(503, e))?;
+            let reached: usize = accepted.iter().flat_map(|e| e.delivered.iter()).sum();
+            log.append(accepted).await.map_err(|e| {
+                // The capacity check above refuses before delivering; a write that fails after
+                // it (ENOSPC, I/O error) comes after delivery, and the sender must know that.
+                ApiResponse::error(
+                    503,
+                    format!("{e} (the event already reached {reached} live connection(s); a retry may deliver it twice)"),
+                )
+            })?;
         }
         Ok(())
     }
