@@ -408,3 +408,29 @@ async fn graceful_shutdown_tells_clients_to_reconnect() {
     assert_eq!(a.recv().await["data"]["code"], 4200);
     assert_eq!(a.closed_with().await, Some(4200));
 }
+
+#[tokio::test]
+async fn coalescing_window_delivers_everything_in_order() {
+    let s = start(|c| c.server.coalesce_ms = 5).await;
+    let mut a = Client::connect(s.addr).await;
+    a.subscribe("orders").await;
+    let items: Vec<Value> = (0..10)
+        .map(|i| json!({"channel":"orders","name":"e","data":format!("{i}")}))
+        .collect();
+    let body = json!({ "batch": items }).to_string();
+    assert_eq!(
+        api(
+            s.addr,
+            "POST",
+            &format!("/apps/{APP_ID}/batch_events"),
+            &body,
+            &[]
+        )
+        .await
+        .0,
+        200
+    );
+    for i in 0..10 {
+        assert_eq!(a.recv().await["data"], format!("{i}"));
+    }
+}

@@ -354,6 +354,7 @@ fn websocket(
                 let params = ws::WsParams {
                     liveness: st.liveness,
                     outbound_queue: st.config.server.outbound_queue,
+                    coalesce: Duration::from_millis(st.config.server.coalesce_ms),
                     conn_id: st.hub.next_conn_id(),
                     socket_id: SocketId::random(&st.rng),
                     shutdown: st.shutdown.clone(),

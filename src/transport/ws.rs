@@ -40,6 +40,8 @@ type Io = TokioIo<Upgraded>;
 pub struct WsParams {
     pub liveness: Liveness,
     pub outbound_queue: usize,
+    /// Opt-in: wait this long after the first queued frame so more share one `writev`.
+    pub coalesce: Duration,
     pub conn_id: u64,
     pub socket_id: SocketId,
     pub shutdown: watch::Receiver<bool>,
@@ -326,6 +328,9 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
             _ = outbox.ready() => {
                 if !writing || outbox.is_closing() {
                     ready = true;
+                    if !writing && !params.coalesce.is_zero() && !outbox.is_closing() {
+                        tokio::time::sleep(params.coalesce).await;
+                    }
                 }
                 continue;
             }
