@@ -46,10 +46,15 @@ pub fn run(args: &ConfigArgs, dev: bool) -> ExitCode {
         }
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One CPU (a single-core board, or a server pinned to one core): the current-thread
+    // scheduler does the same work without cross-thread wake-ups and atomics.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pushbox: cannot start the runtime: {e}");

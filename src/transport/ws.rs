@@ -262,6 +262,13 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
     // The outbox may hold frames: drain it before waiting.
     let mut ready = true;
     let mut stalled_since: Option<Instant> = None;
+    // Long-lived waits, registered once rather than on every wake-up: the shutdown signal and
+    // the liveness/write timer (re-armed only when its deadline moves).
+    let shutdown_signal = shutdown.changed();
+    tokio::pin!(shutdown_signal);
+    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
 
     loop {
         if ready {
@@ -315,10 +322,14 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
             }
             deadline = deadline.min(since + WRITE_TIMEOUT);
         }
+        if armed != Some(deadline) {
+            timer.as_mut().reset(deadline.into());
+            armed = Some(deadline);
+        }
         let writing = !queue.is_empty();
         let event = tokio::select! {
             biased;
-            _ = shutdown.changed() => {
+            _ = &mut shutdown_signal => {
                 let c = CloseCode::ReconnectNow;
                 close_with(&mut io, &mut queue, c.code(), c.message(), true).await;
                 break;
@@ -344,7 +355,7 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                 }
                 read.poll_read(cx, &mut io, limit, &mut incoming)
             }) => ev,
-            _ = tokio::time::sleep_until(deadline.into()) => continue,
+            _ = &mut timer => { armed = None; continue }
         };
         match event {
             IoEvent::Flushed => {
