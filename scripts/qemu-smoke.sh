@@ -18,13 +18,11 @@ cd "$REPO"
 TARGET=aarch64-unknown-linux-musl
 SMOKE_TIMEOUT=${SMOKE_TIMEOUT:-60}
 T0=$(date +%s.%N)
-elapsed() { printf '%.1f' "$(echo "$(date +%s.%N) - $T0" | bc)"; }
+elapsed() { python3 -c "import time; print(f'{time.time() - $T0:.1f}')" 2>/dev/null || echo "?"; }
 say() { printf '==> [%6ss] %s\n' "$(elapsed)" "$*" >&2; }
 die() { printf 'qemu-smoke: FAIL: %s\n' "$*" >&2; exit 1; }
 
 # --- tools ---------------------------------------------------------------------------------
-command -v bc >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bc >/dev/null 2>&1 || true; }
-command -v bc >/dev/null || elapsed() { echo $(( $(date +%s) - ${T0%.*} )); }
 command -v node >/dev/null || die "node is not installed (the client side uses Node >= 20)"
 [ -d tests/clients/node_modules/pusher-js ] && [ -d tests/clients/node_modules/pusher ] ||
     die "tests/clients/node_modules lacks pusher-js/pusher: run (cd tests/clients && npm ci) first"
