@@ -36,6 +36,8 @@ pub fn dir(state_dir: &Path) -> PathBuf {
 /// The event log of a running server.
 pub struct EventLog {
     spool: Spool,
+    /// `durability = "memory"`: appends are queued without waiting for the write.
+    detached: bool,
 }
 
 impl EventLog {
@@ -52,7 +54,8 @@ impl EventLog {
             ..SpoolOptions::default()
         };
         let (spool, report) = Spool::open(dir(&config.state_dir), options)?;
-        Ok((Arc::new(EventLog { spool }), report))
+        let detached = config.spool.durability == Durability::Memory;
+        Ok((Arc::new(EventLog { spool, detached }), report))
     }
 
     pub fn spool(&self) -> &Spool {
@@ -100,6 +103,7 @@ impl EventLogTrait for EventLog {
         events: Vec<AcceptedEvent>,
     ) -> Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
+            let mut waiting = Vec::new();
             for e in events {
                 let record = EventRecord {
                     app: e.app_id,
@@ -109,9 +113,22 @@ impl EventLogTrait for EventLog {
                     socket_id: e.socket_id,
                     delivered: e.delivered,
                 };
-                let bytes = serde_json::to_vec(&record)
+                let mut bytes = serde_json::to_vec(&record)
                     .map_err(|e| format!("cannot encode the event for the log: {e}"))?;
-                if let Err(e) = self.spool.append(bytes).await {
+                if self.detached {
+                    // durability = "memory": the answer doesn't wait for the write, so the
+                    // writer thread batches many publishes per write and nobody is woken per event.
+                    match self.spool.append_detached(bytes) {
+                        Ok(None) => continue,
+                        Ok(Some(back)) => bytes = back,
+                        Err(e) => return Err(format!("The event was not stored: {e}")),
+                    }
+                }
+                // Queue every record of a batch before waiting: they share one commit.
+                waiting.push(self.spool.append(bytes));
+            }
+            for r in futures_util::future::join_all(waiting).await {
+                if let Err(e) = r {
                     tracing::error!(error = %e, "event log append failed");
                     return Err(format!("The event was not stored durably: {e}"));
                 }

@@ -171,6 +171,9 @@ pub(crate) struct Shared {
     pub appends: AtomicU64,
     pub commits: AtomicU64,
     pub fsyncs: AtomicU64,
+    /// The last batch failed (full disk, I/O error); cleared by the next good batch. Detached
+    /// appends (nobody waits for their answer) are refused while it is set.
+    pub failing: std::sync::atomic::AtomicBool,
     /// Held (flock) for as long as the spool is open.
     pub _lock: File,
     /// Test hook: make the next batch write fail half way with ENOSPC.
@@ -229,6 +232,7 @@ impl Spool {
             appends: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
+            failing: std::sync::atomic::AtomicBool::new(false),
             _lock: rec.lock,
             #[cfg(test)]
             inject_enospc: std::sync::atomic::AtomicBool::new(false),
@@ -285,6 +289,23 @@ impl Spool {
             .await
             .map_err(|_| self.closed())?;
         rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Queues a record without waiting for its commit: for `Durability::Memory`, where the
+    /// caller answers before the data reaches the disk anyway. Gives the payload back when it
+    /// could not be queued that way (the queue is full, or the last write failed and the caller
+    /// must learn how this one ends): then use [`append`](Self::append).
+    pub fn append_detached(&self, payload: Vec<u8>) -> Result<Option<Vec<u8>>, SpoolError> {
+        if self.inner.shared.failing.load(Ordering::Relaxed) {
+            return Ok(Some(payload));
+        }
+        let tx = self.sender(&payload)?;
+        let (reply, _) = oneshot::channel();
+        match tx.try_send(AppendReq { payload, reply }) {
+            Ok(()) => Ok(None),
+            Err(mpsc::error::TrySendError::Full(req)) => Ok(Some(req.payload)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.closed()),
+        }
     }
 
     /// Blocking [`append`](Self::append) for threads outside a tokio runtime (CLI, tests).

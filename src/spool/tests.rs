@@ -642,3 +642,33 @@ async fn waiters_wake_on_commit() {
     rx.changed().await.unwrap();
     assert_eq!(*rx.borrow(), 4);
 }
+
+#[test]
+fn detached_appends_are_committed_and_a_failed_write_makes_callers_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, _) = open(tmp.path(), opts(4096));
+    for i in 0..100u64 {
+        assert_eq!(s.append_detached(payload(i)).unwrap(), None, "queued");
+    }
+    // The writer commits them in order; an awaited append lands after them.
+    assert_eq!(s.append_blocking(payload(200)).unwrap(), 101);
+    assert_eq!(all(&s).len(), 101);
+    // After a failed write the next detached append is handed back: its caller must wait
+    // for the outcome (and answer 503 if the disk is still full).
+    s.shared()
+        .inject_enospc
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(s.append_blocking(payload(1)).is_err());
+    let back = s.append_detached(payload(7)).unwrap();
+    assert_eq!(back, Some(payload(7)));
+    assert_eq!(s.append_blocking(payload(7)).unwrap(), 102);
+    assert_eq!(
+        s.append_detached(payload(8)).unwrap(),
+        None,
+        "a good write clears it"
+    );
+    drop(s);
+    let (s, report) = open(tmp.path(), opts(4096));
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(all(&s).len(), 103);
+}

@@ -157,6 +157,9 @@ impl Writer {
                 .map_err(|e| SpoolError::io(path, "fsync", e));
         }
         if let Err(e) = result {
+            self.shared
+                .failing
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             // Cut back whatever part of the batch reached the file; the seqs will be reused.
             let _ = self.active.file.set_len(self.active.len);
             for (_, reply) in batch.replies {
@@ -198,6 +201,9 @@ impl Writer {
         for (seq, reply) in batch.replies {
             let _ = reply.send(Ok(seq));
         }
+        self.shared
+            .failing
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Close the active segment and start a new one at `next_seq`; then run retention.
