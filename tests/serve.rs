@@ -50,9 +50,44 @@ fn spawn(dir: tempfile::TempDir, config: &str, port: u16) -> Server {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let s = Server { child, dir };
+    let mut s = Server { child, dir };
     wait_up(port);
+    // The port answered; make sure it is this server (another test may have taken the port
+    // between free_port() and the bind) and that it holds its state directory.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.dir.path().join("state/events/LOCK").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not open its state directory"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Ok(Some(status)) = s.child.try_wait() {
+        panic!("the server exited at start ({status}); was port {port} taken by another test?");
+    }
     s
+}
+
+/// Runs a command that must exit by itself within `secs`.
+fn output_within(cmd: &mut Command, secs: u64) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {secs} s: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
 
 fn wait_up(port: u16) {
@@ -229,13 +264,14 @@ fn a_second_server_on_the_same_state_dir_is_refused() {
     let port2 = free_port();
     let cfg = s.dir.path().join("second.toml");
     std::fs::write(&cfg, app_toml(port2)).unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("PUSHBOX_STATE_DIR", s.dir.path().join("state"))
-        .env_remove("REVERB_APP_ID")
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("PUSHBOX_STATE_DIR", s.dir.path().join("state"))
+            .env_remove("REVERB_APP_ID"),
+        15,
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another pushbox"), "{err}");
