@@ -234,6 +234,12 @@ async fn route(
     peer: SocketAddr,
     secure: bool,
 ) -> Response<Body> {
+    // The HTTP API first: it is the hot path of a publishing shop and needs no allocation here.
+    if req.uri().path().starts_with("/apps/") && !is_upgrade(&req) {
+        let r = api(state.clone(), req, peer).await;
+        state.metrics.api_request(r.status().as_u16());
+        return r;
+    }
     let path = req.uri().path().to_owned();
     let ws_prefix = format!("{}/app/", state.config.server.ws_path);
     if is_upgrade(&req) {
