@@ -30,6 +30,14 @@ pub struct ApiResponse {
 }
 
 impl ApiResponse {
+    /// `200 {}`, the answer of most calls.
+    fn empty() -> ApiResponse {
+        ApiResponse {
+            status: 200,
+            body: "{}".to_owned(),
+        }
+    }
+
     fn ok(v: Value) -> ApiResponse {
         ApiResponse {
             status: 200,
@@ -166,10 +174,9 @@ impl Api {
         if !app.config.enabled {
             return ApiResponse::error(403, "Application disabled");
         }
-        let params: Vec<(String, String)> = form_urlencoded::parse(req.query.as_bytes())
-            .into_owned()
-            .collect();
-        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let params: Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> =
+            signing::query_pairs(req.query).collect();
+        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_ref());
         let segments: Vec<&str> = route.split('/').collect();
         match (req.method, segments.as_slice()) {
             ("POST", ["events"]) => self.trigger(&app, req.body).await,
@@ -187,7 +194,7 @@ impl Api {
             ("GET", ["channels", name, "users"]) => users(&app, &signing::percent_decode(name)),
             ("POST", ["users", user, "terminate_connections"]) => {
                 app.terminate_user(&signing::percent_decode(user));
-                ApiResponse::ok(json!({}))
+                ApiResponse::empty()
             }
             ("GET", ["connections"]) => ApiResponse::ok(
                 json!({ "connections": app.counters.connections.load(std::sync::atomic::Ordering::Relaxed) }),
@@ -222,7 +229,7 @@ impl Api {
             return r;
         }
         if info.is_empty() {
-            return ApiResponse::ok(json!({}));
+            return ApiResponse::empty();
         }
         let mut out = Map::new();
         for c in &channels {
@@ -270,7 +277,7 @@ impl Api {
             return r;
         }
         if infos.iter().all(|(_, i)| i.is_empty()) {
-            return ApiResponse::ok(json!({}));
+            return ApiResponse::empty();
         }
         let batch: Vec<Value> = infos
             .iter()

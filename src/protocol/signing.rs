@@ -2,6 +2,7 @@
 //! parameter string and HMAC-SHA256 over `METHOD\nPATH\nparams`, with a ±600 s timestamp window.
 
 use md5::{Digest, Md5};
+use std::borrow::Cow;
 use std::fmt;
 
 /// MD5 of the empty body, which the Python SDK signs on every GET.
@@ -59,17 +60,61 @@ pub fn md5_hex(bytes: &[u8]) -> String {
     super::hex(&Md5::digest(bytes))
 }
 
-/// Builds the string to sign from decoded, lowercased, sorted params (without `auth_signature`).
-pub fn string_to_sign(method: &str, path: &str, params: &[(String, String)]) -> String {
-    let mut sorted: Vec<&(String, String)> = params.iter().collect();
-    sorted.sort();
-    let joined: Vec<String> = sorted.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!(
-        "{}\n{}\n{}",
-        method.to_ascii_uppercase(),
-        path,
-        joined.join("&")
-    )
+/// Builds the string to sign from decoded, lowercased params (without `auth_signature`),
+/// sorted by key (then value) and joined `k=v` with `&`.
+pub fn string_to_sign<K: AsRef<str>, V: AsRef<str>>(
+    method: &str,
+    path: &str,
+    params: &[(K, V)],
+) -> String {
+    let mut sorted: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_ref(), v.as_ref()))
+        .collect();
+    sorted.sort_unstable();
+    let len = method.len()
+        + path.len()
+        + 2
+        + sorted
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>();
+    let mut out = String::with_capacity(len);
+    out.push_str(method);
+    out.make_ascii_uppercase();
+    out.push('\n');
+    out.push_str(path);
+    out.push('\n');
+    for (i, (k, v)) in sorted.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        out.push_str(k);
+        out.push('=');
+        out.push_str(v);
+    }
+    out
+}
+
+/// The query's `key=value` pairs, percent- and `+`-decoded like `application/x-www-form-urlencoded`;
+/// borrowed from `query` unless a pair needs decoding (the SDKs mostly send plain values).
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode_component(k), decode_component(v))
+    })
+}
+
+fn decode_component(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b == b'%' || b == b'+') {
+        let bytes: Vec<u8> = form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned().into_bytes())
+            .unwrap_or_default();
+        Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
+    } else {
+        Cow::Borrowed(s)
+    }
 }
 
 /// Verifies `req` for the app with `key` and `secret` at Unix time `now`.
@@ -79,21 +124,25 @@ pub fn verify(
     secret: &str,
     now: i64,
 ) -> Result<(), SigningError> {
-    let mut params: Vec<(String, String)> = Vec::new();
-    let mut signature: Option<String> = None;
-    for (k, v) in form_urlencoded::parse(req.query.as_bytes()) {
-        let k = k.to_ascii_lowercase();
-        if k == "auth_signature" {
-            signature = Some(v.into_owned());
+    let mut params: Vec<(Cow<'_, str>, Cow<'_, str>)> = Vec::with_capacity(8);
+    let mut signature: Option<Cow<'_, str>> = None;
+    for (k, v) in query_pairs(req.query) {
+        let k = if k.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(k.to_ascii_lowercase())
         } else {
-            params.push((k, v.into_owned()));
+            k
+        };
+        if k == "auth_signature" {
+            signature = Some(v);
+        } else {
+            params.push((k, v));
         }
     }
     let get = |name: &'static str| -> Result<&str, SigningError> {
         params
             .iter()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
             .ok_or(SigningError::Missing(name))
     };
     let signature = signature.ok_or(SigningError::Missing("auth_signature"))?;
@@ -396,5 +445,41 @@ mod tests {
         assert_eq!(percent_decode("%"), "%");
         assert_eq!(percent_decode("%zz"), "%zz");
         assert_eq!(percent_decode("%ff"), "\u{fffd}");
+    }
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    #[test]
+    fn query_pairs_decode_only_what_needs_it() {
+        let pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> =
+            query_pairs("a=1&info=user_count%2Csubscription_count&b=x+y&&c&d=e=f&%41=%zz")
+                .collect();
+        let plain: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_ref()))
+            .collect();
+        assert_eq!(
+            plain,
+            [
+                ("a", "1"),
+                ("info", "user_count,subscription_count"),
+                ("b", "x y"),
+                ("c", ""),
+                ("d", "e=f"),
+                ("A", "%zz")
+            ]
+        );
+        assert!(matches!(pairs[0].0, Cow::Borrowed(_)) && matches!(pairs[0].1, Cow::Borrowed(_)));
+        // Agrees with form_urlencoded on everything it returns.
+        let q = "x=%E2%9C%93&y=%FF&z=a%20b";
+        let ours: Vec<(String, String)> = query_pairs(q)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let theirs: Vec<(String, String)> =
+            form_urlencoded::parse(q.as_bytes()).into_owned().collect();
+        assert_eq!(ours, theirs);
     }
 }

@@ -22,6 +22,8 @@ use super::{lock, now_ms, retention, AppendReq, Durability, SegMeta, Shared};
 /// At most this many appends or bytes go into one batch.
 const MAX_BATCH_RECORDS: usize = 4096;
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// With `Durability::Memory`, how long the writer gathers appends before writing them.
+const MEMORY_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 pub(crate) struct Writer {
     shared: Arc<Shared>,
@@ -55,7 +57,15 @@ impl Writer {
             let first = match pending.take() {
                 Some(r) => r,
                 None => match rx.blocking_recv() {
-                    Some(r) => r,
+                    Some(r) => {
+                        if self.shared.opts.durability == Durability::Memory {
+                            // Nobody waits for a Memory commit: let appends pile up for a
+                            // moment so one write carries many, and senders meanwhile find no
+                            // sleeping writer to wake.
+                            std::thread::sleep(MEMORY_LINGER);
+                        }
+                        r
+                    }
                     None => break,
                 },
             };
