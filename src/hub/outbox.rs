@@ -153,6 +153,18 @@ impl Outbox {
         inner.close.clone()
     }
 
+    /// Like [`drain`](Self::drain), handing each frame to `f` (no intermediate vector).
+    pub fn drain_with(&self, mut f: impl FnMut(Frame)) -> Option<CloseRequest> {
+        let mut inner = self.lock();
+        for frame in inner.queue.drain(..) {
+            f(frame);
+        }
+        if inner.queue.capacity() > 64 {
+            inner.queue.shrink_to_fit();
+        }
+        inner.close.clone()
+    }
+
     pub fn len(&self) -> usize {
         self.lock().queue.len()
     }

@@ -177,8 +177,9 @@ impl ReadState {
         limit: usize,
         incoming: &mut Vec<Incoming>,
     ) -> Poll<IoEvent> {
-        let mut chunk = [0u8; READ_CHUNK];
-        let mut rb = ReadBuf::new(&mut chunk);
+        // Not zeroed: this runs on every wake-up, and only the bytes read are looked at.
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut rb = ReadBuf::uninit(&mut chunk);
         match Pin::new(&mut *io).poll_read(cx, &mut rb) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(e)) => Poll::Ready(IoEvent::Failed(e.to_string())),
@@ -188,14 +189,14 @@ impl ReadState {
                     return Poll::Ready(IoEvent::Eof);
                 }
                 let result = if self.partial.is_empty() {
-                    let data = &mut chunk[..n];
+                    let data = rb.filled_mut();
                     self.decoder.decode(data, limit, incoming).map(|used| {
                         if used < n {
                             self.partial.extend_from_slice(&data[used..]);
                         }
                     })
                 } else {
-                    self.partial.extend_from_slice(&chunk[..n]);
+                    self.partial.extend_from_slice(rb.filled());
                     let mut buf = std::mem::take(&mut self.partial);
                     self.decoder.decode(&mut buf, limit, incoming).map(|used| {
                         buf.drain(..used);
@@ -256,7 +257,6 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
     let mut queue = WriteQueue::default();
     let mut read = ReadState::default();
     let mut incoming: Vec<Incoming> = Vec::new();
-    let mut drained: Vec<Frame> = Vec::new();
     // Peers that keep alive with WebSocket control frames (mobile SDKs) are pinged the same way.
     let mut control_pinger = false;
     // The outbox may hold frames: drain it before waiting.
@@ -273,14 +273,10 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
     loop {
         if ready {
             ready = false;
-            let close = outbox.drain(&mut drained);
-            for f in drained.drain(..) {
+            let close = outbox.drain_with(|f| {
                 conn.frame_out(f.len());
                 queue.frames.push_back(Out::Text(f));
-            }
-            if drained.capacity() > 64 {
-                drained = Vec::new();
-            }
+            });
             if let Some(c) = close {
                 if c.code == CloseCode::OverCapacity.code() {
                     // A client that can't keep up: don't wait for its backlog.
@@ -312,10 +308,9 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                 break;
             }
         };
-        if queue.is_empty() {
-            stalled_since = None;
-        } else {
-            let since = *stalled_since.get_or_insert(now);
+        // A write the socket would not take (set in the poll below); most writes finish at once
+        // and never touch the timer.
+        if let Some(since) = stalled_since {
             if now >= since + WRITE_TIMEOUT {
                 tracing::info!(socket_id = %session.socket_id(), reason = "write timed out (peer not reading)", "websocket connection error");
                 break;
@@ -350,7 +345,9 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                     match queue.poll_flush(cx, &mut io) {
                         Poll::Ready(Ok(())) => return Poll::Ready(IoEvent::Flushed),
                         Poll::Ready(Err(e)) => return Poll::Ready(IoEvent::Failed(e.to_string())),
-                        Poll::Pending => {}
+                        Poll::Pending => {
+                            stalled_since.get_or_insert_with(Instant::now);
+                        }
                     }
                 }
                 read.poll_read(cx, &mut io, limit, &mut incoming)
