@@ -177,6 +177,12 @@ impl Outbox {
     pub async fn ready(&self) {
         self.notify.notified().await
     }
+
+    /// [`ready`](Self::ready) as a nameable future, for a transport that keeps one waiting
+    /// across wake-ups instead of registering a new one each time.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
 }
 
 #[cfg(test)]

@@ -269,6 +269,9 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
     let timer = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
+    let mut liveness: Option<Instant> = None;
+    let outbox_wake = outbox.notified();
+    tokio::pin!(outbox_wake);
 
     loop {
         if ready {
@@ -286,32 +289,39 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                 break;
             }
         }
-        let now = Instant::now();
-        let mut deadline = match session.tick(now) {
-            Tick::Wait(t) => t,
-            Tick::Ping => {
-                if control_pinger {
-                    queue
-                        .frames
-                        .push_back(Out::Raw(wsframe::encode(wsframe::OP_PING, b"")));
-                } else {
-                    let ping = Frame::from(message::ping());
-                    conn.frame_out(ping.len());
-                    queue.frames.push_back(Out::Text(ping));
+        // The liveness deadline only moves when the peer says something or the timer fires:
+        // a wake-up that only brings frames to send doesn't read the clock.
+        let mut deadline = match liveness {
+            Some(d) => d,
+            None => match session.tick(Instant::now()) {
+                Tick::Wait(t) => {
+                    liveness = Some(t);
+                    t
                 }
-                continue;
-            }
-            Tick::Close => {
-                tracing::info!(socket_id = %session.socket_id(), reason = CloseCode::PongTimeout.message(), "websocket connection closed (4201)");
-                let c = CloseCode::PongTimeout;
-                close_with(&mut io, &mut queue, c.code(), c.message(), true).await;
-                break;
-            }
+                Tick::Ping => {
+                    if control_pinger {
+                        queue
+                            .frames
+                            .push_back(Out::Raw(wsframe::encode(wsframe::OP_PING, b"")));
+                    } else {
+                        let ping = Frame::from(message::ping());
+                        conn.frame_out(ping.len());
+                        queue.frames.push_back(Out::Text(ping));
+                    }
+                    continue;
+                }
+                Tick::Close => {
+                    tracing::info!(socket_id = %session.socket_id(), reason = CloseCode::PongTimeout.message(), "websocket connection closed (4201)");
+                    let c = CloseCode::PongTimeout;
+                    close_with(&mut io, &mut queue, c.code(), c.message(), true).await;
+                    break;
+                }
+            },
         };
         // A write the socket would not take (set in the poll below); most writes finish at once
         // and never touch the timer.
         if let Some(since) = stalled_since {
-            if now >= since + WRITE_TIMEOUT {
+            if Instant::now() >= since + WRITE_TIMEOUT {
                 tracing::info!(socket_id = %session.socket_id(), reason = "write timed out (peer not reading)", "websocket connection error");
                 break;
             }
@@ -331,7 +341,8 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
             }
             // While a write is in flight only a close request (overflow, terminate) matters;
             // frames queued meanwhile are drained once the write is done.
-            _ = outbox.ready() => {
+            _ = &mut outbox_wake => {
+                outbox_wake.set(outbox.notified());
                 if !writing || outbox.is_closing() {
                     ready = true;
                     if !writing && !params.coalesce.is_zero() && !outbox.is_closing() {
@@ -352,7 +363,7 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                 }
                 read.poll_read(cx, &mut io, limit, &mut incoming)
             }) => ev,
-            _ = &mut timer => { armed = None; continue }
+            _ = &mut timer => { armed = None; liveness = None; continue }
         };
         match event {
             IoEvent::Flushed => {
@@ -361,6 +372,7 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                 ready = true;
             }
             IoEvent::Read => {
+                liveness = None;
                 let mut closed = false;
                 for msg in incoming.drain(..) {
                     match msg {
