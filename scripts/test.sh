@@ -22,6 +22,7 @@ step "real clients (node + python)" env SKIP_BUILD=1 tests/clients/run.sh
 [ -x tests/browser/run.sh ] && step "fallback in a browser (chromium)" env SKIP_BUILD=1 tests/browser/run.sh
 [ -x tests/console-browser/run.sh ] && step "console in a browser (chromium)" env SKIP_BUILD=1 tests/console-browser/run.sh
 step "systemd units" scripts/check-systemd.sh
+[ -x tests/tls/testssl.sh ] && step "TLS scan (testssl.sh)" tests/tls/testssl.sh
 [ -x scripts/qemu-smoke.sh ] && step "aarch64 static build under qemu" scripts/qemu-smoke.sh
 
 total=${#failed[@]}
