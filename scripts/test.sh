@@ -6,11 +6,12 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 failed=()
+passed=0
 step() {
   local name="$1"; shift
   printf '\n==== %s\n' "$name"
   local t0=$SECONDS
-  if "$@"; then printf '==== %s: ok (%ss)\n' "$name" $((SECONDS - t0)); else printf '==== %s: FAILED (%ss)\n' "$name" $((SECONDS - t0)); failed+=("$name"); fi
+  if "$@"; then printf '==== %s: ok (%ss)\n' "$name" $((SECONDS - t0)); passed=$((passed + 1)); else printf '==== %s: FAILED (%ss)\n' "$name" $((SECONDS - t0)); failed+=("$name"); fi
 }
 
 step setup scripts/setup.sh || true
@@ -27,6 +28,7 @@ step "systemd units" scripts/check-systemd.sh
 
 total=${#failed[@]}
 echo
+echo "steps: $passed passed, $total failed"
 if [ "$total" -eq 0 ]; then
   echo "all test steps passed"
   exit 0
