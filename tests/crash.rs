@@ -71,12 +71,15 @@ impl Rng {
 
 // ---------------------------------------------------------------- the webhook receiver
 
+/// batch id -> (deliveries, events as (name, channel, user_id)).
+type Seen = Arc<Mutex<HashMap<String, (usize, Vec<Activity>)>>>;
+
 /// A raw HTTP receiver on a fixed port that can be taken down (the port refuses connections)
 /// and brought back up. Records each request's batch id and events.
 struct Receiver {
     port: u16,
     /// batch id -> (deliveries, events as (name, channel, user_id)).
-    seen: Arc<Mutex<HashMap<String, (usize, Vec<Activity>)>>>,
+    seen: Seen,
     requests: Arc<AtomicU64>,
     unsigned: Arc<AtomicU64>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -138,7 +141,7 @@ impl Receiver {
 
 async fn serve_hook(
     mut s: TcpStream,
-    seen: Arc<Mutex<HashMap<String, (usize, Vec<Activity>)>>>,
+    seen: Seen,
     requests: Arc<AtomicU64>,
     unsigned: Arc<AtomicU64>,
 ) -> std::io::Result<()> {
@@ -514,11 +517,10 @@ fn read_log(state: &Path) -> Vec<pushbox::eventlog::EventRecord> {
         .expect("open the event log read-only");
     let records = reader.read_from(1, usize::MAX).expect("read the event log");
     let mut out = Vec::with_capacity(records.len());
-    let mut expect = records.first().map(|r| r.seq).unwrap_or(1);
-    assert_eq!(expect, 1, "nothing was retired, so the log starts at seq 1");
-    for r in records {
+    let first = records.first().map(|r| r.seq).unwrap_or(1);
+    assert_eq!(first, 1, "nothing was retired, so the log starts at seq 1");
+    for (expect, r) in (first..).zip(records) {
         assert_eq!(r.seq, expect, "event log seqs are contiguous");
-        expect += 1;
         out.push(serde_json::from_slice(&r.payload).expect("every record is an EventRecord"));
     }
     out
@@ -736,6 +738,6 @@ fn sigkill_loop_keeps_every_acknowledged_event_and_enqueued_webhook() {
         assert!(must_arrive.len() > cycles * 10, "the clients generated webhook activity");
         assert!(recoveries >= torn, "{torn} runs started on a torn tail, only {recoveries} logged a recovery");
         drop(seen);
-        receiver.down().await;
+        drop(receiver);
     });
 }

@@ -37,19 +37,30 @@ pub fn tail(config: &ConfigArgs, channel: Option<&str>, lines: usize, follow: bo
     }
 }
 
-fn run(reader: &SpoolReader, channel: Option<&str>, lines: usize, follow: bool, out: &mut dyn std::io::Write) -> Result<(), String> {
+fn run(
+    reader: &SpoolReader,
+    channel: Option<&str>,
+    lines: usize,
+    follow: bool,
+    out: &mut dyn std::io::Write,
+) -> Result<(), String> {
     let stats = reader.stats().map_err(|e| e.to_string())?;
     let last = stats.last_seq;
     let first = stats.first_seq.unwrap_or(last + 1);
     let start = match channel {
-        None => last.saturating_sub(lines as u64).saturating_add(1).max(first),
+        None => last
+            .saturating_sub(lines as u64)
+            .saturating_add(1)
+            .max(first),
         Some(_) => last.saturating_sub(SCAN_WINDOW).max(first),
     };
     let mut shown: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     let mut next = start;
     loop {
         let batch = reader.read_from(next, 1000).map_err(|e| e.to_string())?;
-        let Some(end) = batch.last().map(|r| r.seq) else { break };
+        let Some(end) = batch.last().map(|r| r.seq) else {
+            break;
+        };
         for r in &batch {
             if let Some(line) = format_record(r, channel) {
                 shown.push_back(line);
@@ -86,20 +97,37 @@ pub fn format_record(r: &Record, channel: Option<&str>) -> Option<String> {
         if channel.is_some() {
             return None;
         }
-        return Some(format!("{} #{} (unreadable record: {} bytes)", rfc3339(r.timestamp_ms), r.seq, r.payload.len()));
+        return Some(format!(
+            "{} #{} (unreadable record: {} bytes)",
+            rfc3339(r.timestamp_ms),
+            r.seq,
+            r.payload.len()
+        ));
     };
     if let Some(c) = channel {
         if !e.channels.iter().any(|x| x == c) {
             return None;
         }
     }
-    let targets: Vec<String> = e.channels.iter().zip(e.delivered.iter().chain(std::iter::repeat(&0))).map(|(c, n)| format!("{c}→{n}")).collect();
+    let targets: Vec<String> = e
+        .channels
+        .iter()
+        .zip(e.delivered.iter().chain(std::iter::repeat(&0)))
+        .map(|(c, n)| format!("{c}→{n}"))
+        .collect();
     let mut data: String = e.data.chars().take(200).collect();
     if e.data.chars().count() > 200 {
         data.push('…');
     }
     let data = data.replace(['\n', '\r'], " ");
-    Some(format!("{} app={} {} [{}] {}", rfc3339(r.timestamp_ms), e.app, e.name, targets.join(" "), data))
+    Some(format!(
+        "{} app={} {} [{}] {}",
+        rfc3339(r.timestamp_ms),
+        e.app,
+        e.name,
+        targets.join(" "),
+        data
+    ))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` from Unix milliseconds (no time-zone database on the box).
@@ -117,7 +145,13 @@ pub fn rfc3339(ms: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
 }
 
 #[cfg(test)]
@@ -136,8 +170,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(dir.path(), Default::default()).unwrap();
         for i in 0..30 {
-            let rec = EventRecord { app: "1".into(), name: format!("e{i}"), channels: vec![if i % 3 == 0 { "orders".into() } else { "other".into() }], data: format!("{{\"i\":{i}}}\nx"), socket_id: None, delivered: vec![i] };
-            spool.append_blocking(serde_json::to_vec(&rec).unwrap()).unwrap();
+            let rec = EventRecord {
+                app: "1".into(),
+                name: format!("e{i}"),
+                channels: vec![if i % 3 == 0 {
+                    "orders".into()
+                } else {
+                    "other".into()
+                }],
+                data: format!("{{\"i\":{i}}}\nx"),
+                socket_id: None,
+                delivered: vec![i],
+            };
+            spool
+                .append_blocking(serde_json::to_vec(&rec).unwrap())
+                .unwrap();
         }
         spool.append_blocking(b"not json".to_vec()).unwrap();
         let reader = Spool::open_read_only(dir.path()).unwrap();
@@ -146,7 +193,11 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[0].contains("e28") && lines[0].contains("other→28"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("e28") && lines[0].contains("other→28"),
+            "{}",
+            lines[0]
+        );
         assert!(lines[2].contains("unreadable record"));
         let mut out = Vec::new();
         run(&reader, Some("orders"), 2, false, &mut out).unwrap();
