@@ -324,18 +324,7 @@ fn websocket(
         if key.is_empty() || key.contains('/') {
             return Err(CloseCode::PathNotFound);
         }
-        let app = state
-            .hub
-            .app_by_key(key)
-            .ok_or(CloseCode::AppNotFound)?
-            .clone();
-        if !app.config.enabled {
-            return Err(CloseCode::AppDisabled);
-        }
-        check_protocol(&query)?;
-        if !app.config.origin_allowed(origin.as_deref()) {
-            return Err(CloseCode::Unauthorized);
-        }
+        let app = crate::session::admit(&state.hub, key, &query, origin.as_deref())?;
         if !app.try_connect() {
             return Err(CloseCode::OverQuota);
         }
@@ -419,19 +408,6 @@ fn metrics(state: &State, req: &Request<Incoming>, peer: SocketAddr) -> Response
     }
 }
 
-/// `protocol`: missing is accepted (like Reverb and soketi); not a number → 4006; outside 5–7 → 4007.
-fn check_protocol(query: &str) -> Result<(), CloseCode> {
-    let Some((_, v)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "protocol")
-    else {
-        return Ok(());
-    };
-    match v.trim().parse::<u32>() {
-        Ok(5..=7) => Ok(()),
-        Ok(_) => Err(CloseCode::UnsupportedProtocol),
-        Err(_) => Err(CloseCode::InvalidVersion),
-    }
-}
-
 async fn api(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let max = state.config.server.max_request_bytes;
@@ -467,6 +443,8 @@ async fn api(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::session::check_protocol;
 
     #[test]
     fn protocol_versions() {

@@ -30,6 +30,40 @@ pub enum Tick {
     Close,
 }
 
+/// Who may open a session, whatever the transport: a known app key, an enabled app, a
+/// supported protocol version, an allowed `Origin` (the connection quota is counted when the
+/// transport takes the connection: `App::try_connect`).
+pub fn admit(
+    hub: &crate::hub::Hub,
+    app_key: &str,
+    query: &str,
+    origin: Option<&str>,
+) -> Result<Arc<App>, CloseCode> {
+    let app = hub.app_by_key(app_key).ok_or(CloseCode::AppNotFound)?;
+    if !app.config.enabled {
+        return Err(CloseCode::AppDisabled);
+    }
+    check_protocol(query)?;
+    if !app.config.origin_allowed(origin) {
+        return Err(CloseCode::Unauthorized);
+    }
+    Ok(app.clone())
+}
+
+/// `protocol`: missing is accepted (like Reverb and soketi); not a number → 4006; outside 5–7
+/// → 4007.
+pub fn check_protocol(query: &str) -> Result<(), CloseCode> {
+    let Some((_, v)) = crate::protocol::signing::query_pairs(query).find(|(k, _)| k == "protocol")
+    else {
+        return Ok(());
+    };
+    match v.trim().parse::<u32>() {
+        Ok(5..=7) => Ok(()),
+        Ok(_) => Err(CloseCode::UnsupportedProtocol),
+        Err(_) => Err(CloseCode::InvalidVersion),
+    }
+}
+
 /// A connection that was refused before its session started: send the error frame, then close.
 pub fn refusal(code: CloseCode) -> (Frame, u16, &'static str) {
     (

@@ -220,31 +220,7 @@ fn admit(
     origin: Option<&str>,
     query: &str,
 ) -> Result<Arc<App>, CloseCode> {
-    let app = state
-        .hub
-        .app_by_key(app_key)
-        .ok_or(CloseCode::AppNotFound)?;
-    if !app.config.enabled {
-        return Err(CloseCode::AppDisabled);
-    }
-    check_protocol(query)?;
-    if !app.config.origin_allowed(origin) {
-        return Err(CloseCode::Unauthorized);
-    }
-    Ok(app.clone())
-}
-
-/// `protocol`: missing is accepted; not a number → 4006; outside 5–7 → 4007 (as for WebSocket).
-fn check_protocol(query: &str) -> Result<(), CloseCode> {
-    let Some((_, v)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "protocol")
-    else {
-        return Ok(());
-    };
-    match v.trim().parse::<u32>() {
-        Ok(5..=7) => Ok(()),
-        Ok(_) => Err(CloseCode::UnsupportedProtocol),
-        Err(_) => Err(CloseCode::InvalidVersion),
-    }
+    session::admit(&state.hub, app_key, query, origin)
 }
 
 /// A refused receive request: `o`, `a[pusher:error]`, `c[code,"reason"]`, still 200 (pusher-js
@@ -441,16 +417,5 @@ mod tests {
         ] {
             assert_eq!(parse_target("/pusher", bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn protocol_versions() {
-        assert_eq!(check_protocol("protocol=7&client=js"), Ok(()));
-        assert_eq!(check_protocol(""), Ok(()));
-        assert_eq!(
-            check_protocol("protocol=4"),
-            Err(CloseCode::UnsupportedProtocol)
-        );
-        assert_eq!(check_protocol("protocol=x"), Err(CloseCode::InvalidVersion));
     }
 }
