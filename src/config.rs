@@ -124,6 +124,13 @@ pub struct ServerConfig {
     /// for more before one `writev` (fewer syscalls under bursts, at that much latency). 0 = off.
     #[serde(default)]
     pub coalesce_ms: u64,
+    /// An HTTP fallback session with no request for this many seconds is closed like a dropped
+    /// WebSocket (default: `pong_timeout`).
+    #[serde(default)]
+    pub fallback_session_timeout: Option<u64>,
+    /// HTTP fallback sessions on this server; more are refused with 4100.
+    #[serde(default = "d_max_conn")]
+    pub max_fallback_sessions: usize,
 }
 
 impl Default for ServerConfig {
@@ -139,6 +146,8 @@ impl Default for ServerConfig {
             outbound_queue: d_outbound(),
             plain: true,
             coalesce_ms: 0,
+            fallback_session_timeout: None,
+            max_fallback_sessions: d_max_conn(),
         }
     }
 }

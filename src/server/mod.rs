@@ -39,6 +39,8 @@ pub struct State {
     pub started: std::time::Instant,
     /// Lock-free counters for `/metrics` and the console.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The HTTP fallback sessions (made on the first fallback request).
+    pub fallback: std::sync::OnceLock<Arc<crate::transport::fallback::Registry>>,
     /// The web console, when `[console]` is configured.
     pub console: Option<Arc<crate::console::Console>>,
 }
@@ -70,6 +72,7 @@ impl State {
         let state = State {
             metrics: Arc::new(crate::metrics::Metrics::new(&config)),
             console,
+            fallback: std::sync::OnceLock::new(),
             api,
             hub,
             liveness,

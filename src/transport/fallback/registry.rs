@@ -2,13 +2,11 @@
 //! `{app key}/{server}/{session}` (the pusher-js URL segments), the cap on how many may exist,
 //! the timings they run with, and a janitor that forgets sessions whose task has ended.
 //!
-//! One registry per running server. `State` has no slot for it (the wiring belongs to
-//! `server`), so registries are found through a small process-wide table keyed by the `State`
-//! they serve; entries go away with their `State`.
+//! One registry per running server, kept in `State::fallback` and made on first use.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -47,10 +45,16 @@ impl Options {
         Options {
             heartbeat: Duration::from_secs(25),
             poll_hold: Duration::from_secs(25),
-            session_timeout: Duration::from_secs(config.server.pong_timeout.max(1)),
+            session_timeout: Duration::from_secs(
+                config
+                    .server
+                    .fallback_session_timeout
+                    .unwrap_or(config.server.pong_timeout)
+                    .max(1),
+            ),
             stream_limit: 256 * 1024,
             rollover_grace: Duration::from_secs(10),
-            max_sessions: 10_000,
+            max_sessions: config.server.max_fallback_sessions,
             prelude: true,
         }
     }
@@ -152,37 +156,32 @@ impl Registry {
     }
 }
 
-type Table = Vec<(Weak<State>, Arc<Registry>)>;
-static REGISTRIES: Mutex<Table> = Mutex::new(Vec::new());
-
-fn table() -> MutexGuard<'static, Table> {
-    REGISTRIES.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Sets the options of `state`'s fallback registry (tests shorten the timers). Call it before
-/// the first fallback request; sessions already open keep the options they started with.
+/// the first fallback request: once the registry exists its options stay (a later call logs
+/// and returns the existing one).
 pub fn configure(state: &Arc<State>, options: Options) -> Arc<Registry> {
-    let registry = Arc::new(Registry::new(options));
-    let mut t = table();
-    t.retain(|(s, _)| s.strong_count() > 0 && !std::ptr::eq(s.as_ptr(), Arc::as_ptr(state)));
-    t.push((Arc::downgrade(state), registry.clone()));
-    drop(t);
-    spawn_janitor(&registry, state.shutdown_signal());
+    let mut fresh = false;
+    let registry = state
+        .fallback
+        .get_or_init(|| {
+            fresh = true;
+            Arc::new(Registry::new(options))
+        })
+        .clone();
+    if fresh {
+        spawn_janitor(&registry, state.shutdown_signal());
+    } else {
+        tracing::warn!("fallback options set after the first fallback request: ignored");
+    }
     registry
 }
 
 /// `state`'s fallback registry, created with `Options::from_config` on first use.
 pub fn registry(state: &Arc<State>) -> Arc<Registry> {
-    {
-        let t = table();
-        if let Some((_, r)) = t
-            .iter()
-            .find(|(s, _)| s.strong_count() > 0 && std::ptr::eq(s.as_ptr(), Arc::as_ptr(state)))
-        {
-            return r.clone();
-        }
+    match state.fallback.get() {
+        Some(r) => r.clone(),
+        None => configure(state, Options::from_config(&state.config)),
     }
-    configure(state, Options::from_config(&state.config))
 }
 
 fn spawn_janitor(registry: &Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
