@@ -208,12 +208,13 @@ impl Writer {
         self.shared.appends.fetch_add(n, Ordering::Relaxed);
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
         self.shared.committed.send_replace(self.next_seq - 1);
-        for (seq, reply) in batch.replies {
-            let _ = reply.send(Ok(seq));
-        }
+        // Cleared before anyone hears of the success, so a caller who saw it may detach again.
         self.shared
             .failing
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        for (seq, reply) in batch.replies {
+            let _ = reply.send(Ok(seq));
+        }
     }
 
     /// Close the active segment and start a new one at `next_seq`; then run retention.
