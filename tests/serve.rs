@@ -487,3 +487,102 @@ fn mismatched_key_is_a_config_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not belong"), "{err}");
 }
+
+/// systemd's socket activation and notification with the real binary: `systemd-socket-activate`
+/// (the tool systemd ships for this) holds the listening socket and execs pushbox on the first
+/// connection with `LISTEN_FDS`; pushbox serves on the inherited socket (not its config port),
+/// says `READY=1` on `NOTIFY_SOCKET`, and keeps the watchdog fed.
+#[test]
+fn socket_activation_notify_and_watchdog_with_systemd_tools() {
+    let Some(activate) = [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists()) else {
+        println!("SKIPPED: systemd-socket-activate is not installed (apt-get install systemd)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (activated_port, config_port) = (free_port(), free_port());
+    let cfg = dir.path().join("pushbox.toml");
+    std::fs::write(&cfg, app_toml(config_port)).unwrap();
+    let mut child = Command::new(activate)
+        .arg(format!("--listen=127.0.0.1:{activated_port}"))
+        .arg("--fdname=http")
+        .arg(format!("--setenv=NOTIFY_SOCKET={}", notify_path.display()))
+        .arg("--setenv=WATCHDOG_USEC=400000")
+        .arg(format!(
+            "--setenv=PUSHBOX_STATE_DIR={}",
+            dir.path().join("state").display()
+        ))
+        .arg("--setenv=PUSHBOX_LOG=warn")
+        .arg(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("REVERB_APP_ID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    wait_up(activated_port);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "systemd-socket-activate is running"
+    );
+    let guard = Kill(child);
+
+    // The first connection makes the tool exec pushbox with the socket; it answers on it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{activated_port}").parse().unwrap();
+    let (status, body) = rt.block_on(common::http(addr, "GET", "/up", b""));
+    assert_eq!((status, body.as_str()), (200, "{\"status\":\"ok\"}"));
+    // The config's own port is not bound: the inherited listener replaced it.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", config_port)).is_err());
+
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline
+        && !(got.iter().any(|m: &String| m.contains("READY=1"))
+            && got.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2)
+    {
+        if let Ok(n) = notify.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    assert!(got.iter().any(|m| m.contains("READY=1")), "{got:?}");
+    assert!(got.iter().any(|m| m.contains("STATUS=")), "{got:?}");
+    assert!(
+        got.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2,
+        "{got:?}"
+    );
+
+    // SIGTERM: STOPPING=1, then a clean exit.
+    let pid = nix::unistd::Pid::from_raw(guard.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut stopping = false;
+    while Instant::now() < deadline + Duration::from_secs(5) {
+        match notify.recv(&mut buf) {
+            Ok(n) if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") => {
+                stopping = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(stopping, "STOPPING=1 on SIGTERM");
+}
