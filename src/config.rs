@@ -286,8 +286,10 @@ impl Default for SpoolConfig {
     }
 }
 
+/// Events within this window share one webhook request; short, so a batch is in the spool
+/// within milliseconds of its first event.
 fn d_batch_ms() -> u64 {
-    50
+    10
 }
 fn d_wh_timeout() -> u64 {
     4000
