@@ -96,6 +96,8 @@ if [ -z "$up" ]; then
 fi
 echo "== pushbox $("$PUSHBOX_BIN" version 2>/dev/null | head -1) TLS-only on 127.0.0.1:$PORT; testssl.sh $TESTSSL_VERSION"
 
+# A scan whose only trouble was connecting for some check (seen under heavy load) is repeated once.
+scan_and_judge() {
 # --- scan ------------------------------------------------------------------------------------
 SCAN_START=$(date +%s)
 set +e
@@ -199,9 +201,20 @@ if fails:
     print("\nFAIL (%d):" % len(fails))
     for x in fails:
         print("  " + x)
-    sys.exit(1)
+    # Only "the scanner could not connect for one check" (seen under heavy load): exit 3, so the
+    # caller scans once more instead of passing an incomplete scan.
+    sys.exit(3 if all(x.startswith("scan problem") for x in fails) else 1)
 print("\nPASS: TLS 1.2 + 1.3 only, AEAD suites only, every vulnerability check OK/INFO")
 PY
-RC=$?
+}
+for attempt in 1 2; do
+  set +e
+  scan_and_judge
+  RC=$?
+  set -e
+  if [ "$RC" -eq 3 ] && [ "$attempt" -eq 1 ]; then echo "== scan incomplete (connection trouble): scanning again"; continue; fi
+  break
+done
+[ "$RC" -eq 3 ] && RC=1
 echo "total $(( $(date +%s) - START )) s"
 exit $RC
