@@ -285,7 +285,14 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                     // A client that can't keep up: don't wait for its backlog.
                     queue.truncate_unsent();
                 }
-                close_with(&mut io, &mut queue, c.code, &c.reason, c.with_error).await;
+                Box::pin(close_with(
+                    &mut io,
+                    &mut queue,
+                    c.code,
+                    &c.reason,
+                    c.with_error,
+                ))
+                .await;
                 break;
             }
         }
@@ -313,7 +320,7 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                 Tick::Close => {
                     tracing::info!(socket_id = %session.socket_id(), reason = CloseCode::PongTimeout.message(), "websocket connection closed (4201)");
                     let c = CloseCode::PongTimeout;
-                    close_with(&mut io, &mut queue, c.code(), c.message(), true).await;
+                    Box::pin(close_with(&mut io, &mut queue, c.code(), c.message(), true)).await;
                     break;
                 }
             },
@@ -336,7 +343,7 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
             biased;
             _ = &mut shutdown_signal => {
                 let c = CloseCode::ReconnectNow;
-                close_with(&mut io, &mut queue, c.code(), c.message(), true).await;
+                Box::pin(close_with(&mut io, &mut queue, c.code(), c.message(), true)).await;
                 break;
             }
             // While a write is in flight only a close request (overflow, terminate) matters;
@@ -346,7 +353,7 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                 if !writing || outbox.is_closing() {
                     ready = true;
                     if !writing && !params.coalesce.is_zero() && !outbox.is_closing() {
-                        tokio::time::sleep(params.coalesce).await;
+                        Box::pin(tokio::time::sleep(params.coalesce)).await;
                     }
                 }
                 continue;
@@ -407,10 +414,12 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                             queue
                                 .frames
                                 .push_back(Out::Raw(wsframe::close_frame(echo, "")));
-                            let _ = tokio::time::timeout(
+                            // Boxed, like every close path: rare awaits must not grow every
+                            // connection's future (an idle connection's whole footprint).
+                            let _ = Box::pin(tokio::time::timeout(
                                 CLOSE_TIMEOUT,
                                 poll_fn(|cx| queue.poll_flush(cx, &mut io)),
-                            )
+                            ))
                             .await;
                             closed = true;
                             break;
@@ -430,7 +439,14 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
             IoEvent::Protocol(e) => {
                 tracing::info!(socket_id = %session.socket_id(), reason = %e, "websocket protocol error");
                 queue.truncate_unsent();
-                close_with(&mut io, &mut queue, e.close_code(), &e.to_string(), false).await;
+                Box::pin(close_with(
+                    &mut io,
+                    &mut queue,
+                    e.close_code(),
+                    &e.to_string(),
+                    false,
+                ))
+                .await;
                 break;
             }
         }
