@@ -243,17 +243,22 @@ pub async fn refuse(upgraded: Upgraded, code: CloseCode) {
 
 /// Runs an accepted connection (already counted against the app's quota) to its end.
 pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
+    // Taken apart at once: a struct partly moved out of stays in the future as a whole.
+    let WsParams {
+        liveness,
+        outbound_queue,
+        coalesce,
+        conn_id,
+        socket_id,
+        shutdown,
+        conn,
+    } = params;
     let mut io = TokioIo::new(upgraded);
     // The transport's own cap; messages between the app limit and this get a pusher:error.
     let limit = (app.config.max_message_bytes * 2).max(64 * 1024);
-    let outbox = Arc::new(Outbox::new(
-        params.conn_id,
-        params.socket_id,
-        params.outbound_queue,
-    ));
-    let mut session = Session::open(app, outbox.clone(), params.liveness);
-    let mut shutdown = params.shutdown;
-    let conn = params.conn;
+    let outbox = Arc::new(Outbox::new(conn_id, socket_id, outbound_queue));
+    let mut session = Session::open(app, outbox.clone(), liveness);
+    let mut shutdown = shutdown;
     let mut queue = WriteQueue::default();
     let mut read = ReadState::default();
     let mut incoming: Vec<Incoming> = Vec::new();
@@ -352,8 +357,8 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                 outbox_wake.set(outbox.notified());
                 if !writing || outbox.is_closing() {
                     ready = true;
-                    if !writing && !params.coalesce.is_zero() && !outbox.is_closing() {
-                        Box::pin(tokio::time::sleep(params.coalesce)).await;
+                    if !writing && !coalesce.is_zero() && !outbox.is_closing() {
+                        Box::pin(tokio::time::sleep(coalesce)).await;
                     }
                 }
                 continue;
