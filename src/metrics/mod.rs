@@ -317,60 +317,49 @@ impl Metrics {
                     }
                 }
             };
-        header(
-            w,
-            "pushbox_connections",
-            "gauge",
-            "Open connections by app and transport.",
-        );
-        per_transport(w, "pushbox_connections", &|c| {
-            i128::from(c.open.load(Relaxed).max(0))
-        });
-        header(
-            w,
-            "pushbox_connections_opened_total",
-            "counter",
-            "Connections accepted since start, by app and transport.",
-        );
-        per_transport(w, "pushbox_connections_opened_total", &|c| {
-            i128::from(c.opened_total.load(Relaxed))
-        });
-        header(
-            w,
-            "pushbox_frames_in_total",
-            "counter",
-            "Frames received from clients.",
-        );
-        per_transport(w, "pushbox_frames_in_total", &|c| {
-            i128::from(c.frames_in.load(Relaxed))
-        });
-        header(
-            w,
-            "pushbox_frames_out_total",
-            "counter",
-            "Frames sent to clients.",
-        );
-        per_transport(w, "pushbox_frames_out_total", &|c| {
-            i128::from(c.frames_out.load(Relaxed))
-        });
-        header(
-            w,
-            "pushbox_bytes_in_total",
-            "counter",
-            "Payload bytes received from clients.",
-        );
-        per_transport(w, "pushbox_bytes_in_total", &|c| {
-            i128::from(c.bytes_in.load(Relaxed))
-        });
-        header(
-            w,
-            "pushbox_bytes_out_total",
-            "counter",
-            "Payload bytes sent to clients.",
-        );
-        per_transport(w, "pushbox_bytes_out_total", &|c| {
-            i128::from(c.bytes_out.load(Relaxed))
-        });
+        type Get = fn(&TransportCounters) -> i128;
+        let series: [(&str, &str, &str, Get); 6] = [
+            (
+                "pushbox_connections",
+                "gauge",
+                "Open connections by app and transport.",
+                |c| i128::from(c.open.load(Relaxed).max(0)),
+            ),
+            (
+                "pushbox_connections_opened_total",
+                "counter",
+                "Connections accepted since start, by app and transport.",
+                |c| i128::from(c.opened_total.load(Relaxed)),
+            ),
+            (
+                "pushbox_frames_in_total",
+                "counter",
+                "Frames received from clients.",
+                |c| i128::from(c.frames_in.load(Relaxed)),
+            ),
+            (
+                "pushbox_frames_out_total",
+                "counter",
+                "Frames sent to clients.",
+                |c| i128::from(c.frames_out.load(Relaxed)),
+            ),
+            (
+                "pushbox_bytes_in_total",
+                "counter",
+                "Payload bytes received from clients.",
+                |c| i128::from(c.bytes_in.load(Relaxed)),
+            ),
+            (
+                "pushbox_bytes_out_total",
+                "counter",
+                "Payload bytes sent to clients.",
+                |c| i128::from(c.bytes_out.load(Relaxed)),
+            ),
+        ];
+        for (name, kind, help, get) in series {
+            header(w, name, kind, help);
+            per_transport(w, name, &get);
+        }
 
         let occupancy: Vec<(usize, usize)> = apps.iter().map(|a| a.subscription_total()).collect();
         header(
