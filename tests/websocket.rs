@@ -333,18 +333,7 @@ async fn slow_consumer_is_dropped_with_4100_instead_of_queueing() {
     let app = s.state.hub.app_by_id(APP_ID).unwrap().clone();
     let mut closed = false;
     for _ in 0..400 {
-        assert_eq!(
-            api(
-                s.addr,
-                "POST",
-                &format!("/apps/{APP_ID}/batch_events"),
-                &body,
-                &[]
-            )
-            .await
-            .0,
-            200
-        );
+        assert_eq!(batch(s.addr, &body).await, 200);
         for _ in 0..10 {
             fast.recv().await;
         }
@@ -418,18 +407,7 @@ async fn coalescing_window_delivers_everything_in_order() {
         .map(|i| json!({"channel":"orders","name":"e","data":format!("{i}")}))
         .collect();
     let body = json!({ "batch": items }).to_string();
-    assert_eq!(
-        api(
-            s.addr,
-            "POST",
-            &format!("/apps/{APP_ID}/batch_events"),
-            &body,
-            &[]
-        )
-        .await
-        .0,
-        200
-    );
+    assert_eq!(batch(s.addr, &body).await, 200);
     for i in 0..10 {
         assert_eq!(a.recv().await["data"], format!("{i}"));
     }

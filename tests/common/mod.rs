@@ -263,3 +263,16 @@ pub async fn trigger(addr: SocketAddr, channel: &str, name: &str, data: &str) ->
     let body = serde_json::json!({"name": name, "channels": [channel], "data": data}).to_string();
     api(addr, "POST", &format!("/apps/{APP_ID}/events"), &body, &[]).await
 }
+
+/// A signed `POST /apps/{id}/batch_events` with `body`; returns the status.
+pub async fn batch(addr: SocketAddr, body: &str) -> u16 {
+    api(
+        addr,
+        "POST",
+        &format!("/apps/{APP_ID}/batch_events"),
+        body,
+        &[],
+    )
+    .await
+    .0
+}
