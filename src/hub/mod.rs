@@ -6,7 +6,7 @@
 
 mod outbox;
 
-pub use outbox::{CloseRequest, Frame, Outbox};
+pub use outbox::{CloseRequest, Direct, DirectWrite, Frame, Outbox, Taken};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -1,12 +1,22 @@
 //! `Outbox`: one connection's bounded queue of outgoing frames. The hub and the session push;
 //! the transport drains. A queue that would pass its capacity marks the connection for closing
 //! with 4100 instead of growing: a client that can't keep up never grows the server's memory.
+//!
+//! Wake-ups cost nothing extra: the consumer's `Waker` lives under the queue's own lock (taken
+//! anyway to push), so a delivery is one uncontended lock and, when the queue was empty, one
+//! wake — no separate notifier with a lock of its own.
+//!
+//! The queue is for backlog. A transport that can write without waiting registers a
+//! [`DirectWrite`]: while its connection is idle (nothing queued, nothing being written) a push
+//! hands the frame straight to the socket — one non-blocking `writev` from the fan-out, no task
+//! wake-up, no poll. Whatever the socket doesn't take at once is queued as before, so order,
+//! the bound and back-pressure are unchanged.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-
-use tokio::sync::Notify;
+use std::task::{Context, Poll, Waker};
 
 use crate::protocol::{CloseCode, SocketId};
 
@@ -52,6 +62,24 @@ impl std::ops::Deref for Frame {
     }
 }
 
+/// What a [`DirectWrite`] did with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direct {
+    /// The whole frame is in the kernel.
+    Written,
+    /// The socket took this many bytes of the encoded frame; the transport finishes it.
+    Partial(usize),
+    /// Nothing was written (the socket is full, or failed: the transport's own write will say).
+    Blocked,
+}
+
+/// A transport's non-blocking write path (see the module doc). Called under the outbox's lock,
+/// never concurrently with the transport's own writes: those only happen while the outbox
+/// knows the transport is busy.
+pub trait DirectWrite: Send + Sync {
+    fn try_write(&self, frame: &Frame) -> Direct;
+}
+
 /// Why and how a connection is to be closed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CloseRequest {
@@ -65,6 +93,32 @@ pub struct CloseRequest {
 struct Inner {
     queue: VecDeque<Frame>,
     close: Option<CloseRequest>,
+    /// The transport waiting for frames or a close request.
+    waker: Option<Waker>,
+    /// Something was pushed (onto an empty queue) or a close requested since [`Outbox::ready`]
+    /// last resolved: one stored permit, so a wake-up is never lost between two waits.
+    signalled: bool,
+    direct: Option<Arc<dyn DirectWrite>>,
+    /// The transport has frames of its own in hand (taken from here, or control frames): no
+    /// direct write may go between them.
+    busy: bool,
+    /// Bytes of the first queued frame a direct write already put on the wire.
+    offset: usize,
+}
+
+impl Inner {
+    /// Marks the outbox ready and returns the waiter to wake (after the lock is released).
+    fn signal(&mut self) -> Option<Waker> {
+        self.signalled = true;
+        self.waker.take()
+    }
+
+    fn register(&mut self, cx: &Context<'_>) {
+        match &self.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => self.waker = Some(cx.waker().clone()),
+        }
+    }
 }
 
 pub struct Outbox {
@@ -73,7 +127,6 @@ pub struct Outbox {
     pub socket_id: SocketId,
     capacity: usize,
     inner: Mutex<Inner>,
-    notify: Notify,
     closed: AtomicBool,
 }
 
@@ -84,7 +137,6 @@ impl Outbox {
             socket_id,
             capacity,
             inner: Mutex::new(Inner::default()),
-            notify: Notify::new(),
             closed: AtomicBool::new(false),
         }
     }
@@ -110,16 +162,25 @@ impl Outbox {
                 with_error: true,
             });
             self.closed.store(true, Ordering::Relaxed);
+            let waker = inner.signal();
             drop(inner);
-            self.notify.notify_one();
+            wake(waker);
             return false;
         }
         let was_empty = inner.queue.is_empty();
-        inner.queue.push_back(frame);
-        drop(inner);
-        if was_empty {
-            self.notify.notify_one();
+        if was_empty && !inner.busy {
+            if let Some(direct) = &inner.direct {
+                match direct.try_write(&frame) {
+                    Direct::Written => return true,
+                    Direct::Partial(n) => inner.offset = n,
+                    Direct::Blocked => {}
+                }
+            }
         }
+        inner.queue.push_back(frame);
+        let waker = if was_empty { inner.signal() } else { None };
+        drop(inner);
+        wake(waker);
         true
     }
 
@@ -134,8 +195,28 @@ impl Outbox {
             });
         }
         self.closed.store(true, Ordering::Relaxed);
+        let waker = inner.signal();
         drop(inner);
-        self.notify.notify_one();
+        wake(waker);
+    }
+
+    /// Lets `push` write straight to the socket while the transport is idle.
+    pub fn set_direct(&self, direct: Arc<dyn DirectWrite>) {
+        self.lock().direct = Some(direct);
+    }
+
+    /// The transport is about to write frames of its own (a ping, a pong, a close): no direct
+    /// write until it next finds the outbox empty in [`poll_drain`](Self::poll_drain).
+    pub fn hold(&self) {
+        self.lock().busy = true;
+    }
+
+    /// Drops the direct write path for good (the connection is ending: its socket must close
+    /// with the transport, not live on in a queue that outlasts it).
+    pub fn detach_direct(&self) {
+        let mut inner = self.lock();
+        inner.busy = true;
+        inner.direct = None;
     }
 
     pub fn is_closing(&self) -> bool {
@@ -146,6 +227,7 @@ impl Outbox {
     /// queued before the close request are still delivered first.
     pub fn drain(&self, out: &mut Vec<Frame>) -> Option<CloseRequest> {
         let mut inner = self.lock();
+        inner.busy = true;
         out.extend(inner.queue.drain(..));
         if inner.queue.capacity() > 64 {
             inner.queue.shrink_to_fit();
@@ -156,6 +238,8 @@ impl Outbox {
     /// Like [`drain`](Self::drain), handing each frame to `f` (no intermediate vector).
     pub fn drain_with(&self, mut f: impl FnMut(Frame)) -> Option<CloseRequest> {
         let mut inner = self.lock();
+        inner.busy = true;
+        debug_assert_eq!(inner.offset, 0, "no direct write while busy");
         for frame in inner.queue.drain(..) {
             f(frame);
         }
@@ -173,15 +257,73 @@ impl Outbox {
         self.len() == 0
     }
 
-    /// Resolves when something was pushed or a close was requested since the last drain.
+    /// Resolves when something was pushed or a close was requested since it last resolved
+    /// (edge-triggered: frames left queued on purpose don't wake the waiter again).
     pub async fn ready(&self) {
-        self.notify.notified().await
+        poll_fn(|cx| {
+            let mut inner = self.lock();
+            if std::mem::take(&mut inner.signalled) {
+                Poll::Ready(())
+            } else {
+                inner.register(cx);
+                Poll::Pending
+            }
+        })
+        .await
     }
 
-    /// [`ready`](Self::ready) as a nameable future, for a transport that keeps one waiting
-    /// across wake-ups instead of registering a new one each time.
-    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.notify.notified()
+    /// For a transport that polls, called only when it has written everything it had: hands
+    /// every queued frame to `f` and returns `Ready` when there was something to take, or
+    /// registers `cx` to be woken by the next push or close request, marks the transport idle
+    /// (direct writes may go ahead) and returns `Pending`. One lock either way.
+    pub fn poll_drain(&self, cx: &Context<'_>, mut f: impl FnMut(Frame)) -> Poll<Taken> {
+        let mut inner = self.lock();
+        if inner.queue.is_empty() && inner.close.is_none() {
+            inner.register(cx);
+            inner.busy = false;
+            return Poll::Pending;
+        }
+        inner.busy = true;
+        inner.signalled = false;
+        for frame in inner.queue.drain(..) {
+            f(frame);
+        }
+        if inner.queue.capacity() > 64 {
+            inner.queue.shrink_to_fit();
+        }
+        Poll::Ready(Taken {
+            close: inner.close.clone(),
+            offset: std::mem::take(&mut inner.offset),
+        })
+    }
+
+    /// For a transport whose socket is busy (it takes no frames meanwhile): `Ready` with the
+    /// close request once there is one (overflow, terminate), else registers `cx` and returns
+    /// `Pending`. A push may wake it spuriously.
+    pub fn poll_close(&self, cx: &Context<'_>) -> Poll<CloseRequest> {
+        let mut inner = self.lock();
+        match &inner.close {
+            Some(c) => Poll::Ready(c.clone()),
+            None => {
+                inner.register(cx);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// What [`Outbox::poll_drain`] took besides the frames.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Taken {
+    /// A pending close request (after the frames).
+    pub close: Option<CloseRequest>,
+    /// Bytes of the first frame a direct write already put on the wire.
+    pub offset: usize,
+}
+
+fn wake(waker: Option<Waker>) {
+    if let Some(w) = waker {
+        w.wake();
     }
 }
 
@@ -244,5 +386,176 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(n, 1);
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Counter(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn poll_drain_takes_everything_then_waits_for_the_next_push() {
+        let o = outbox(10);
+        let counter = Arc::new(Counter(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let cx = Context::from_waker(&waker);
+        let mut got = Vec::new();
+        assert!(o.poll_drain(&cx, |f| got.push(f)).is_pending());
+        o.push(Frame::from("a"));
+        o.push(Frame::from("b"));
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            1,
+            "woken once: when the queue stopped being empty"
+        );
+        assert_eq!(
+            o.poll_drain(&cx, |f| got.push(f)),
+            Poll::Ready(Taken {
+                close: None,
+                offset: 0
+            })
+        );
+        assert_eq!(
+            got.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert!(o.poll_drain(&cx, |f| got.push(f)).is_pending());
+        o.close(4009, "bye", false);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 2, "a close request wakes");
+        match o.poll_drain(&cx, |f| got.push(f)) {
+            Poll::Ready(Taken { close: Some(c), .. }) => assert_eq!(c.code, 4009),
+            other => panic!("expected the close request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn poll_close_sees_an_overflow_while_the_socket_is_busy() {
+        let o = outbox(2);
+        let counter = Arc::new(Counter(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let cx = Context::from_waker(&waker);
+        assert!(o.poll_close(&cx).is_pending());
+        o.push(Frame::from("a"));
+        o.push(Frame::from("b"));
+        assert!(o.poll_close(&cx).is_pending(), "frames alone are no close");
+        assert!(!o.push(Frame::from("c")));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 2);
+        match o.poll_close(&cx) {
+            Poll::Ready(c) => assert_eq!(c.code, 4100),
+            Poll::Pending => panic!("the overflow must be seen"),
+        }
+    }
+
+    #[tokio::test]
+    async fn ready_is_edge_triggered_frames_left_queued_do_not_wake_again() {
+        let o = outbox(10);
+        o.push(Frame::from("a"));
+        tokio::time::timeout(std::time::Duration::from_secs(5), o.ready())
+            .await
+            .expect("a push before waiting is not lost");
+        let again = tokio::time::timeout(std::time::Duration::from_millis(50), o.ready()).await;
+        assert!(again.is_err(), "the frame is still queued but nothing new came");
+        o.push(Frame::from("b"));
+        assert_eq!(o.len(), 2);
+    }
+
+    /// Records what it is handed and answers as told. The real socket path (`DirectTcp` in
+    /// `transport::ws`) is exercised over 127.0.0.1 by `tests/websocket.rs`; this checks the
+    /// outbox's side of the contract: when a direct write may happen and what follows from it.
+    struct Scripted {
+        answer: Mutex<Direct>,
+        written: Mutex<Vec<String>>,
+    }
+
+    impl DirectWrite for Scripted {
+        fn try_write(&self, frame: &Frame) -> Direct {
+            let answer = *self.answer.lock().unwrap();
+            if answer != Direct::Blocked {
+                self.written.lock().unwrap().push(frame.as_str().to_owned());
+            }
+            answer
+        }
+    }
+
+    fn direct_outbox() -> (Outbox, Arc<Scripted>) {
+        let o = outbox(10);
+        let d = Arc::new(Scripted {
+            answer: Mutex::new(Direct::Written),
+            written: Mutex::new(Vec::new()),
+        });
+        o.set_direct(d.clone());
+        (o, d)
+    }
+
+    #[test]
+    fn an_idle_connection_gets_frames_written_directly_a_busy_one_gets_them_queued() {
+        let (o, d) = direct_outbox();
+        let counter = Arc::new(Counter(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let cx = Context::from_waker(&waker);
+        // A new connection's transport has nothing in hand: idle from the start.
+        assert!(o.push(Frame::from("a")));
+        assert_eq!(o.len(), 0, "written, not queued");
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            0,
+            "a direct write wakes nobody"
+        );
+        o.hold();
+        o.push(Frame::from("b"));
+        o.push(Frame::from("c"));
+        assert_eq!(o.len(), 2, "the transport has frames of its own in hand");
+        let mut got = Vec::new();
+        assert!(o.poll_drain(&cx, |f| got.push(f)).is_ready());
+        assert!(o.poll_drain(&cx, |_| {}).is_pending());
+        o.push(Frame::from("d"));
+        assert_eq!(*d.written.lock().unwrap(), ["a", "d"]);
+        assert_eq!(o.len(), 0);
+        assert_eq!(
+            got.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+    }
+
+    #[test]
+    fn what_the_socket_does_not_take_is_queued_in_order_and_the_transport_woken() {
+        let (o, d) = direct_outbox();
+        let counter = Arc::new(Counter(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let cx = Context::from_waker(&waker);
+        assert!(o.poll_drain(&cx, |_| {}).is_pending());
+        *d.answer.lock().unwrap() = Direct::Partial(3);
+        o.push(Frame::from("half"));
+        *d.answer.lock().unwrap() = Direct::Written;
+        o.push(Frame::from("next"));
+        assert_eq!(
+            *d.written.lock().unwrap(),
+            ["half"],
+            "nothing goes direct behind a queued frame"
+        );
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        let mut got = Vec::new();
+        match o.poll_drain(&cx, |f| got.push(f)) {
+            Poll::Ready(t) => assert_eq!(t.offset, 3, "the transport finishes the frame"),
+            Poll::Pending => panic!("the partly written frame must reach the transport"),
+        }
+        assert_eq!(
+            got.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
+            ["half", "next"]
+        );
+        assert!(o.poll_drain(&cx, |_| {}).is_pending());
+        *d.answer.lock().unwrap() = Direct::Blocked;
+        o.push(Frame::from("full"));
+        assert_eq!(o.len(), 1);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 2, "a blocked write wakes");
+        o.detach_direct();
+        assert!(o.poll_drain(&cx, |_| {}).is_ready());
+        assert!(o.poll_drain(&cx, |_| {}).is_pending());
+        *d.answer.lock().unwrap() = Direct::Written;
+        o.push(Frame::from("after"));
+        assert_eq!(o.len(), 1, "detached: queued from now on");
     }
 }

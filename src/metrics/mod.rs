@@ -91,7 +91,41 @@ impl ConnectionGuard {
     /// A frame of `bytes` payload bytes went to the client.
     #[inline]
     pub fn frame_out(&self, bytes: usize) {
+        self.frames_out(1, bytes);
+    }
+
+    /// Counts a batch of frames at once (a transport that drains its outbox in one go).
+    pub fn frames_out(&self, frames: u64, bytes: usize) {
+        if frames == 0 {
+            return;
+        }
         let c = self.counters();
+        c.frames_out.fetch_add(frames, Relaxed);
+        c.bytes_out.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// A handle that counts this connection's outgoing frames from outside its task (a frame
+    /// written straight from the fan-out); it doesn't hold the connection open in the gauge.
+    pub fn frame_counter(&self) -> FrameCounter {
+        FrameCounter {
+            app: self.app.clone(),
+            transport: self.transport,
+        }
+    }
+}
+
+/// See [`ConnectionGuard::frame_counter`].
+#[derive(Debug)]
+pub struct FrameCounter {
+    app: Arc<AppMetrics>,
+    transport: Transport,
+}
+
+impl FrameCounter {
+    /// A frame of `bytes` payload bytes went to the client.
+    #[inline]
+    pub fn frame_out(&self, bytes: usize) {
+        let c = self.app.transport(self.transport);
         c.frames_out.fetch_add(1, Relaxed);
         c.bytes_out.fetch_add(bytes as u64, Relaxed);
     }

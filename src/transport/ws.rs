@@ -6,9 +6,16 @@
 //! buffer. Reads go through a stack buffer during the poll and only an incomplete frame is
 //! kept on the heap; writes hand each queued `Frame` (shared by every subscriber) to the kernel
 //! with `writev`, header and payload side by side, without copying it.
+//!
+//! Built for fan-out. A plain TCP connection is taken back from hyper and shared with its
+//! outbox as a [`DirectWrite`]: while the connection is idle, a published frame goes to the
+//! socket from the fan-out itself, and this task is not even woken. Only a backlog (the socket
+//! was full, or the task had frames of its own in hand) reaches the task, where one poll drains
+//! the outbox, writes, and reads. TLS connections stay behind hyper's boxed I/O and take the
+//! queued path.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,10 +25,11 @@ use std::time::{Duration, Instant};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::wsframe::{self, Decoder, Incoming, WsError};
-use crate::hub::{App, Frame, Outbox};
+use crate::hub::{App, Direct, DirectWrite, Frame, Outbox};
 use crate::protocol::{message, CloseCode, SocketId};
 use crate::session::{self, Liveness, Session, Tick};
 
@@ -31,10 +39,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bytes read per poll (on the stack, never kept per connection).
 const READ_CHUNK: usize = 4096;
-/// Frames handed to one `writev`.
-const MAX_IOV: usize = 64;
-
-type Io = TokioIo<Upgraded>;
+/// Frames handed to one `writev` (two slices each, within Linux's `IOV_MAX` of 1024): a
+/// socket's backlog goes out in one call.
+const MAX_FRAMES: usize = 512;
+/// Frames laid out on the stack; more take one allocation per `writev`.
+const INLINE_FRAMES: usize = 8;
 
 /// Everything a connection needs from the server.
 pub struct WsParams {
@@ -47,6 +56,96 @@ pub struct WsParams {
     pub shutdown: watch::Receiver<bool>,
     /// Counts this connection in `/metrics` while it is open, and its frames and bytes.
     pub conn: crate::metrics::ConnectionGuard,
+}
+
+/// A plain TCP connection, shared by its task (reads, backlog and control frames) and its
+/// outbox (direct writes of published frames while the task has nothing in hand).
+struct DirectTcp {
+    stream: TcpStream,
+    frames: crate::metrics::FrameCounter,
+}
+
+impl DirectWrite for DirectTcp {
+    fn try_write(&self, frame: &Frame) -> Direct {
+        let mut header = [0u8; 10];
+        let hlen = wsframe::encode_header(wsframe::OP_TEXT, frame.len(), &mut header);
+        let slices = [
+            IoSlice::new(&header[..hlen]),
+            IoSlice::new(frame.as_bytes()),
+        ];
+        // Never waits: tokio answers `WouldBlock` without a syscall while the socket is known
+        // to be full. An error is left for the task's own write to meet and report.
+        match self.stream.try_write_vectored(&slices) {
+            Ok(n) if n == hlen + frame.len() => {
+                self.frames.frame_out(frame.len());
+                Direct::Written
+            }
+            Ok(0) | Err(_) => Direct::Blocked,
+            // Counted by the task when it takes the frame to finish it.
+            Ok(n) => Direct::Partial(n),
+        }
+    }
+}
+
+/// The task's side of a [`DirectTcp`]: async reads and writes over the shared stream.
+struct SharedTcp(Arc<DirectTcp>);
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let stream = &self.0.stream;
+        loop {
+            std::task::ready!(stream.poll_read_ready(cx))?;
+            match stream.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let stream = &self.0.stream;
+        loop {
+            std::task::ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write_vectored(bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// One queued server frame: a shared text `Frame` (header added on write) or raw bytes
@@ -84,35 +183,62 @@ impl WriteQueue {
         self.frames.truncate(keep);
     }
 
-    /// Writes as much as the socket takes; `Ready(Ok)` once everything is written.
-    fn poll_flush(&mut self, cx: &mut Context<'_>, io: &mut Io) -> Poll<std::io::Result<()>> {
-        while !self.frames.is_empty() {
-            let mut headers = [[0u8; 10]; MAX_IOV / 2];
-            let mut lens = [0usize; MAX_IOV / 2];
-            let n = self.frames.len().min(MAX_IOV / 2);
-            for (i, out) in self.frames.iter().take(n).enumerate() {
-                lens[i] = match out {
-                    Out::Text(f) => {
-                        wsframe::encode_header(wsframe::OP_TEXT, f.len(), &mut headers[i])
-                    }
-                    Out::Raw(_) => 0,
-                };
+    /// Fills `slices` with the first `n` frames (header, payload), skipping what of the first
+    /// was already written; returns how many slices are in use.
+    fn lay_out<'a>(
+        &'a self,
+        n: usize,
+        headers: &'a mut [[u8; 10]],
+        slices: &mut [IoSlice<'a>],
+    ) -> usize {
+        for (i, out) in self.frames.iter().take(n).enumerate() {
+            if let Out::Text(f) = out {
+                wsframe::encode_header(wsframe::OP_TEXT, f.len(), &mut headers[i]);
             }
-            let mut slices: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
-            let mut count = 0;
-            let mut skip = self.offset;
-            for (i, out) in self.frames.iter().take(n).enumerate() {
-                for part in [&headers[i][..lens[i]], out.payload()] {
-                    if skip >= part.len() {
-                        skip -= part.len();
-                        continue;
-                    }
-                    slices[count] = IoSlice::new(&part[skip..]);
-                    skip = 0;
-                    count += 1;
+        }
+        let headers: &'a [[u8; 10]] = headers;
+        let mut count = 0;
+        let mut skip = self.offset;
+        for (i, out) in self.frames.iter().take(n).enumerate() {
+            let hlen = match out {
+                Out::Text(f) => wsframe::header_len(f.len()),
+                Out::Raw(_) => 0,
+            };
+            for part in [&headers[i][..hlen], out.payload()] {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
                 }
+                slices[count] = IoSlice::new(&part[skip..]);
+                skip = 0;
+                count += 1;
             }
-            let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]) {
+        }
+        count
+    }
+
+    /// Writes as much as the socket takes; `Ready(Ok)` once everything is written.
+    fn poll_flush<I: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut I,
+    ) -> Poll<std::io::Result<()>> {
+        while !self.frames.is_empty() {
+            let n = self.frames.len().min(MAX_FRAMES);
+            // The usual case (a frame or a few) is laid out on the stack without touching more
+            // of it than it needs; a long backlog (a burst) takes one allocation per `writev`.
+            let result = if n <= INLINE_FRAMES {
+                let mut headers = [[0u8; 10]; INLINE_FRAMES];
+                let mut slices = [IoSlice::new(&[]); 2 * INLINE_FRAMES];
+                let count = self.lay_out(n, &mut headers, &mut slices);
+                Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count])
+            } else {
+                let mut headers = vec![[0u8; 10]; n];
+                let mut slices = vec![IoSlice::new(&[]); 2 * n];
+                let count = self.lay_out(n, &mut headers, &mut slices);
+                Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count])
+            };
+            let written = match result {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
                 }
@@ -150,10 +276,14 @@ impl WriteQueue {
     }
 }
 
-/// What the socket did while we waited.
+/// What the socket or the outbox did while we waited.
 enum IoEvent {
-    /// Everything queued was written.
-    Flushed,
+    /// A write could not finish: the write timeout starts now.
+    Stalled,
+    /// Frames were taken from an idle outbox and the coalescing window is on: wait, then write.
+    Coalesce,
+    /// The session or the hub asked to close (after the frames taken with it).
+    Close(crate::hub::CloseRequest),
     /// Bytes arrived and were decoded into `incoming`.
     Read,
     /// The peer closed the TCP stream.
@@ -170,10 +300,24 @@ struct ReadState {
 }
 
 impl ReadState {
-    fn poll_read(
+    /// Decodes bytes hyper had already read past the upgrade request.
+    fn feed(&mut self, data: &[u8], limit: usize, incoming: &mut Vec<Incoming>) -> IoEvent {
+        self.partial.extend_from_slice(data);
+        let mut buf = std::mem::take(&mut self.partial);
+        match self.decoder.decode(&mut buf, limit, incoming) {
+            Ok(used) => {
+                buf.drain(..used);
+                self.partial = buf;
+                IoEvent::Read
+            }
+            Err(e) => IoEvent::Protocol(e),
+        }
+    }
+
+    fn poll_read<I: AsyncRead + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
-        io: &mut Io,
+        io: &mut I,
         limit: usize,
         incoming: &mut Vec<Incoming>,
     ) -> Poll<IoEvent> {
@@ -216,8 +360,8 @@ impl ReadState {
 }
 
 /// Writes `frames` and a close frame, bounded by `CLOSE_TIMEOUT`.
-async fn close_with(
-    io: &mut Io,
+async fn close_with<I: AsyncWrite + Unpin>(
+    io: &mut I,
     queue: &mut WriteQueue,
     code: u16,
     reason: &str,
@@ -243,6 +387,28 @@ pub async fn refuse(upgraded: Upgraded, code: CloseCode) {
 
 /// Runs an accepted connection (already counted against the app's quota) to its end.
 pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
+    // Plain TCP (the fan-out path) is written directly; TLS stays behind hyper's boxed I/O so
+    // that its large state never sizes every connection's future.
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let tcp = Arc::new(DirectTcp {
+                stream: parts.io.into_inner(),
+                frames: params.conn.frame_counter(),
+            });
+            let direct: Arc<dyn DirectWrite> = tcp.clone();
+            run_io(SharedTcp(tcp), &parts.read_buf, Some(direct), app, params).await
+        }
+        Err(upgraded) => run_io(TokioIo::new(upgraded), &[], None, app, params).await,
+    }
+}
+
+async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
+    mut io: I,
+    read_ahead: &[u8],
+    direct: Option<Arc<dyn DirectWrite>>,
+    app: Arc<App>,
+    params: WsParams,
+) {
     // Taken apart at once: a struct partly moved out of stays in the future as a whole.
     let WsParams {
         liveness,
@@ -253,52 +419,51 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
         shutdown,
         conn,
     } = params;
-    let mut io = TokioIo::new(upgraded);
     // The transport's own cap; messages between the app limit and this get a pusher:error.
     let limit = (app.config.max_message_bytes * 2).max(64 * 1024);
     let outbox = Arc::new(Outbox::new(conn_id, socket_id, outbound_queue));
+    // The opt-in coalescing window wants frames to wait and share a write: queued path only.
+    if let Some(d) = direct.filter(|_| coalesce.is_zero()) {
+        outbox.set_direct(d);
+    }
     let mut session = Session::open(app, outbox.clone(), liveness);
     let mut shutdown = shutdown;
+    let stop_check = shutdown.clone();
     let mut queue = WriteQueue::default();
     let mut read = ReadState::default();
     let mut incoming: Vec<Incoming> = Vec::new();
     // Peers that keep alive with WebSocket control frames (mobile SDKs) are pinged the same way.
     let mut control_pinger = false;
-    // The outbox may hold frames: drain it before waiting.
-    let mut ready = true;
+    // Set after a coalescing wait: take what else arrived before writing.
+    let mut ready = false;
+    // What the client sent right after the upgrade request, decoded before the first wait.
+    let mut early = (!read_ahead.is_empty()).then(|| read.feed(read_ahead, limit, &mut incoming));
     let mut stalled_since: Option<Instant> = None;
     // Long-lived waits, registered once rather than on every wake-up: the shutdown signal and
     // the liveness/write timer (re-armed only when its deadline moves).
     let shutdown_signal = shutdown.changed();
     tokio::pin!(shutdown_signal);
+    // Polled once to register this task with the signal. After that it is looked at only when
+    // the signal's version moved (an atomic load per wake-up, not a lock): the waker it holds
+    // stays this task's, so the shutdown still wakes us.
+    let stopping = poll_fn(|cx| Poll::Ready(shutdown_signal.as_mut().poll(cx).is_ready())).await;
     let timer = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
     let mut liveness: Option<Instant> = None;
-    let outbox_wake = outbox.notified();
-    tokio::pin!(outbox_wake);
 
     loop {
         if ready {
             ready = false;
+            let (mut frames, mut bytes) = (0, 0);
             let close = outbox.drain_with(|f| {
-                conn.frame_out(f.len());
+                frames += 1;
+                bytes += f.len();
                 queue.frames.push_back(Out::Text(f));
             });
+            conn.frames_out(frames, bytes);
             if let Some(c) = close {
-                if c.code == CloseCode::OverCapacity.code() {
-                    // A client that can't keep up: don't wait for its backlog.
-                    queue.truncate_unsent();
-                }
-                Box::pin(close_with(
-                    &mut io,
-                    &mut queue,
-                    c.code,
-                    &c.reason,
-                    c.with_error,
-                ))
-                .await;
-                break;
+                early = Some(IoEvent::Close(c));
             }
         }
         // The liveness deadline only moves when the peer says something or the timer fires:
@@ -311,6 +476,7 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                     t
                 }
                 Tick::Ping => {
+                    outbox.hold();
                     if control_pinger {
                         queue
                             .frames
@@ -323,6 +489,7 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                     continue;
                 }
                 Tick::Close => {
+                    outbox.hold();
                     tracing::info!(socket_id = %session.socket_id(), reason = CloseCode::PongTimeout.message(), "websocket connection closed (4201)");
                     let c = CloseCode::PongTimeout;
                     Box::pin(close_with(&mut io, &mut queue, c.code(), c.message(), true)).await;
@@ -343,45 +510,96 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
             timer.as_mut().reset(deadline.into());
             armed = Some(deadline);
         }
-        let writing = !queue.is_empty();
-        let event = tokio::select! {
-            biased;
-            _ = &mut shutdown_signal => {
-                let c = CloseCode::ReconnectNow;
-                Box::pin(close_with(&mut io, &mut queue, c.code(), c.message(), true)).await;
-                break;
-            }
-            // While a write is in flight only a close request (overflow, terminate) matters;
-            // frames queued meanwhile are drained once the write is done.
-            _ = &mut outbox_wake => {
-                outbox_wake.set(outbox.notified());
-                if !writing || outbox.is_closing() {
-                    ready = true;
-                    if !writing && !coalesce.is_zero() && !outbox.is_closing() {
-                        Box::pin(tokio::time::sleep(coalesce)).await;
+        let event = match early.take() {
+            Some(ev) => ev,
+            None => tokio::select! {
+                biased;
+                _ = poll_fn(|_| {
+                    if stopping || stop_check.has_changed().unwrap_or(true) {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending
                     }
+                }) => {
+                    outbox.hold();
+                    let c = CloseCode::ReconnectNow;
+                    Box::pin(close_with(&mut io, &mut queue, c.code(), c.message(), true)).await;
+                    break;
                 }
-                continue;
-            }
-            ev = poll_fn(|cx| {
-                if writing {
-                    match queue.poll_flush(cx, &mut io) {
-                        Poll::Ready(Ok(())) => return Poll::Ready(IoEvent::Flushed),
-                        Poll::Ready(Err(e)) => return Poll::Ready(IoEvent::Failed(e.to_string())),
-                        Poll::Pending => {
-                            stalled_since.get_or_insert_with(Instant::now);
+                ev = poll_fn(|cx| {
+                    let mut flushed = false;
+                    loop {
+                        if !queue.is_empty() {
+                            match queue.poll_flush(cx, &mut io) {
+                                Poll::Ready(Ok(())) => {
+                                    stalled_since = None;
+                                    flushed = true;
+                                }
+                                Poll::Ready(Err(e)) => {
+                                    return Poll::Ready(IoEvent::Failed(e.to_string()))
+                                }
+                                Poll::Pending => {
+                                    // While a write is in flight only a close request
+                                    // (overflow, terminate) matters; frames queued meanwhile
+                                    // wait in the bounded outbox.
+                                    if let Poll::Ready(c) = outbox.poll_close(cx) {
+                                        return Poll::Ready(IoEvent::Close(c));
+                                    }
+                                    if stalled_since.is_none() {
+                                        stalled_since = Some(Instant::now());
+                                        return Poll::Ready(IoEvent::Stalled);
+                                    }
+                                    break;
+                                }
+                            }
                         }
+                        let (mut frames, mut bytes) = (0, 0);
+                        let taken = outbox.poll_drain(cx, |f| {
+                            frames += 1;
+                            bytes += f.len();
+                            queue.frames.push_back(Out::Text(f));
+                        });
+                        conn.frames_out(frames, bytes);
+                        let taken = match taken {
+                            Poll::Ready(t) => t,
+                            Poll::Pending => break,
+                        };
+                        // A frame a direct write began: finish it first.
+                        queue.offset = taken.offset;
+                        if let Some(c) = taken.close {
+                            return Poll::Ready(IoEvent::Close(c));
+                        }
+                        if !flushed && !coalesce.is_zero() {
+                            return Poll::Ready(IoEvent::Coalesce);
+                        }
+                        // Otherwise write what was taken at once.
                     }
-                }
-                read.poll_read(cx, &mut io, limit, &mut incoming)
-            }) => ev,
-            _ = &mut timer => { armed = None; liveness = None; continue }
+                    read.poll_read(cx, &mut io, limit, &mut incoming)
+                }) => ev,
+                _ = &mut timer => { armed = None; liveness = None; continue }
+            },
         };
         match event {
-            IoEvent::Flushed => {
-                stalled_since = None;
-                // More may have been queued while we were writing.
+            // The deadline is recomputed with the stall at the top of the loop.
+            IoEvent::Stalled => {}
+            IoEvent::Coalesce => {
+                Box::pin(tokio::time::sleep(coalesce)).await;
                 ready = true;
+            }
+            IoEvent::Close(c) => {
+                if c.code == CloseCode::OverCapacity.code() {
+                    // A client that can't keep up: don't wait for its backlog.
+                    queue.truncate_unsent();
+                }
+                Box::pin(close_with(
+                    &mut io,
+                    &mut queue,
+                    c.code,
+                    &c.reason,
+                    c.with_error,
+                ))
+                .await;
+                break;
             }
             IoEvent::Read => {
                 liveness = None;
@@ -393,6 +611,7 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                             session.handle_text(&t);
                         }
                         Incoming::Ping(payload) => {
+                            outbox.hold();
                             control_pinger = true;
                             session.activity();
                             queue
@@ -407,6 +626,7 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                         }
                         Incoming::Close(code) => {
                             // Answer the closing handshake with the peer's code.
+                            outbox.hold();
                             let echo = match code {
                                 Some(c)
                                     if (1000..=4999).contains(&c)
@@ -434,7 +654,6 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                 if closed {
                     break;
                 }
-                ready = true;
             }
             IoEvent::Eof => break,
             IoEvent::Failed(e) => {
@@ -443,6 +662,7 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
             }
             IoEvent::Protocol(e) => {
                 tracing::info!(socket_id = %session.socket_id(), reason = %e, "websocket protocol error");
+                outbox.hold();
                 queue.truncate_unsent();
                 Box::pin(close_with(
                     &mut io,
@@ -456,6 +676,8 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
             }
         }
     }
+    // The socket closes with this task, not whenever the last holder of the outbox lets go.
+    outbox.detach_direct();
     // Dropping the session leaves every channel, presence and signin, and frees the quota slot.
     drop(session);
 }
