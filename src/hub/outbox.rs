@@ -457,7 +457,10 @@ mod tests {
             .await
             .expect("a push before waiting is not lost");
         let again = tokio::time::timeout(std::time::Duration::from_millis(50), o.ready()).await;
-        assert!(again.is_err(), "the frame is still queued but nothing new came");
+        assert!(
+            again.is_err(),
+            "the frame is still queued but nothing new came"
+        );
         o.push(Frame::from("b"));
         assert_eq!(o.len(), 2);
     }

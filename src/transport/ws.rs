@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -302,12 +303,10 @@ struct ReadState {
 impl ReadState {
     /// Decodes bytes hyper had already read past the upgrade request.
     fn feed(&mut self, data: &[u8], limit: usize, incoming: &mut Vec<Incoming>) -> IoEvent {
-        self.partial.extend_from_slice(data);
-        let mut buf = std::mem::take(&mut self.partial);
+        let mut buf = data.to_vec();
         match self.decoder.decode(&mut buf, limit, incoming) {
             Ok(used) => {
-                buf.drain(..used);
-                self.partial = buf;
+                self.partial = buf.split_off(used);
                 IoEvent::Read
             }
             Err(e) => IoEvent::Protocol(e),
@@ -396,15 +395,15 @@ pub async fn run(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
                 frames: params.conn.frame_counter(),
             });
             let direct: Arc<dyn DirectWrite> = tcp.clone();
-            run_io(SharedTcp(tcp), &parts.read_buf, Some(direct), app, params).await
+            run_io(SharedTcp(tcp), parts.read_buf, Some(direct), app, params).await
         }
-        Err(upgraded) => run_io(TokioIo::new(upgraded), &[], None, app, params).await,
+        Err(upgraded) => run_io(TokioIo::new(upgraded), Bytes::new(), None, app, params).await,
     }
 }
 
 async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
     mut io: I,
-    read_ahead: &[u8],
+    read_ahead: Bytes,
     direct: Option<Arc<dyn DirectWrite>>,
     app: Arc<App>,
     params: WsParams,
@@ -437,7 +436,10 @@ async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
     // Set after a coalescing wait: take what else arrived before writing.
     let mut ready = false;
     // What the client sent right after the upgrade request, decoded before the first wait.
-    let mut early = (!read_ahead.is_empty()).then(|| read.feed(read_ahead, limit, &mut incoming));
+    // Only the undecoded rest is kept: the bytes are a view of hyper's whole read buffer, which
+    // must not live on with every connection.
+    let mut early = (!read_ahead.is_empty()).then(|| read.feed(&read_ahead, limit, &mut incoming));
+    drop(read_ahead);
     let mut stalled_since: Option<Instant> = None;
     // Long-lived waits, registered once rather than on every wake-up: the shutdown signal and
     // the liveness/write timer (re-armed only when its deadline moves).
