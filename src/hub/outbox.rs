@@ -113,6 +113,17 @@ impl Inner {
         self.waker.take()
     }
 
+    /// Hands every queued frame to `f`; the transport now has them in hand.
+    fn take_all(&mut self, f: &mut impl FnMut(Frame)) {
+        self.busy = true;
+        for frame in self.queue.drain(..) {
+            f(frame);
+        }
+        if self.queue.capacity() > 64 {
+            self.queue.shrink_to_fit();
+        }
+    }
+
     fn register(&mut self, cx: &Context<'_>) {
         match &self.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -226,26 +237,14 @@ impl Outbox {
     /// Moves every queued frame into `out`; returns a pending close request, if any. Frames
     /// queued before the close request are still delivered first.
     pub fn drain(&self, out: &mut Vec<Frame>) -> Option<CloseRequest> {
-        let mut inner = self.lock();
-        inner.busy = true;
-        out.extend(inner.queue.drain(..));
-        if inner.queue.capacity() > 64 {
-            inner.queue.shrink_to_fit();
-        }
-        inner.close.clone()
+        self.drain_with(|f| out.push(f))
     }
 
     /// Like [`drain`](Self::drain), handing each frame to `f` (no intermediate vector).
     pub fn drain_with(&self, mut f: impl FnMut(Frame)) -> Option<CloseRequest> {
         let mut inner = self.lock();
-        inner.busy = true;
         debug_assert_eq!(inner.offset, 0, "no direct write while busy");
-        for frame in inner.queue.drain(..) {
-            f(frame);
-        }
-        if inner.queue.capacity() > 64 {
-            inner.queue.shrink_to_fit();
-        }
+        inner.take_all(&mut f);
         inner.close.clone()
     }
 
@@ -283,14 +282,8 @@ impl Outbox {
             inner.busy = false;
             return Poll::Pending;
         }
-        inner.busy = true;
         inner.signalled = false;
-        for frame in inner.queue.drain(..) {
-            f(frame);
-        }
-        if inner.queue.capacity() > 64 {
-            inner.queue.shrink_to_fit();
-        }
+        inner.take_all(&mut f);
         Poll::Ready(Taken {
             close: inner.close.clone(),
             offset: std::mem::take(&mut inner.offset),
@@ -396,11 +389,15 @@ mod tests {
         }
     }
 
+    fn counting_waker() -> (Arc<Counter>, Waker) {
+        let counter = Arc::new(Counter(Default::default()));
+        (counter.clone(), Waker::from(counter))
+    }
+
     #[test]
     fn poll_drain_takes_everything_then_waits_for_the_next_push() {
         let o = outbox(10);
-        let counter = Arc::new(Counter(Default::default()));
-        let waker = Waker::from(counter.clone());
+        let (counter, waker) = counting_waker();
         let cx = Context::from_waker(&waker);
         let mut got = Vec::new();
         assert!(o.poll_drain(&cx, |f| got.push(f)).is_pending());
@@ -434,8 +431,7 @@ mod tests {
     #[test]
     fn poll_close_sees_an_overflow_while_the_socket_is_busy() {
         let o = outbox(2);
-        let counter = Arc::new(Counter(Default::default()));
-        let waker = Waker::from(counter.clone());
+        let (counter, waker) = counting_waker();
         let cx = Context::from_waker(&waker);
         assert!(o.poll_close(&cx).is_pending());
         o.push(Frame::from("a"));
@@ -496,8 +492,7 @@ mod tests {
     #[test]
     fn an_idle_connection_gets_frames_written_directly_a_busy_one_gets_them_queued() {
         let (o, d) = direct_outbox();
-        let counter = Arc::new(Counter(Default::default()));
-        let waker = Waker::from(counter.clone());
+        let (counter, waker) = counting_waker();
         let cx = Context::from_waker(&waker);
         // A new connection's transport has nothing in hand: idle from the start.
         assert!(o.push(Frame::from("a")));
@@ -526,8 +521,7 @@ mod tests {
     #[test]
     fn what_the_socket_does_not_take_is_queued_in_order_and_the_transport_woken() {
         let (o, d) = direct_outbox();
-        let counter = Arc::new(Counter(Default::default()));
-        let waker = Waker::from(counter.clone());
+        let (counter, waker) = counting_waker();
         let cx = Context::from_waker(&waker);
         assert!(o.poll_drain(&cx, |_| {}).is_pending());
         *d.answer.lock().unwrap() = Direct::Partial(3);
