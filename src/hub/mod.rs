@@ -6,7 +6,7 @@
 
 mod outbox;
 
-pub use outbox::{CloseRequest, Direct, DirectWrite, Frame, Outbox, Taken};
+pub use outbox::{CloseRequest, DirectWrite, Flusher, Frame, Outbox, Pushed, Taken, Wrote};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -118,6 +118,8 @@ pub struct App {
     state: RwLock<AppState>,
     pub counters: AppCounters,
     observer: Arc<dyn HubObserver>,
+    /// Writes the fan-out's frames to idle sockets once the publisher yields.
+    flusher: Arc<Flusher>,
 }
 
 /// Occupancy of a channel, for the HTTP API.
@@ -136,6 +138,7 @@ impl App {
             state: RwLock::new(AppState::default()),
             counters: AppCounters::default(),
             observer,
+            flusher: Arc::default(),
         }
     }
 
@@ -402,15 +405,13 @@ impl App {
         let Some(ch) = st.channels.get(channel) else {
             return 0;
         };
-        let mut n = 0;
-        for s in ch.subscribers.values() {
-            if except.is_some_and(|e| e == s.outbox.socket_id.as_str()) {
-                continue;
-            }
-            if s.outbox.push(frame.clone()) {
-                n += 1;
-            }
-        }
+        let to = ch
+            .subscribers
+            .values()
+            .map(|s| &s.outbox)
+            .filter(|o| except.is_none_or(|e| e != o.socket_id.as_str()));
+        let n = self.flusher.fan_out(to, frame);
+        drop(st);
         self.counters
             .messages_out
             .fetch_add(n as u64, Ordering::Relaxed);
@@ -432,13 +433,12 @@ impl App {
             let Some(ch) = st.channels.get(channel) else {
                 return 0;
             };
-            let mut n = 0;
-            for s in ch.subscribers.values() {
-                if s.outbox.conn_id != from.conn_id && s.outbox.push(frame.clone()) {
-                    n += 1;
-                }
-            }
-            n
+            let to = ch
+                .subscribers
+                .values()
+                .map(|s| &s.outbox)
+                .filter(|o| o.conn_id != from.conn_id);
+            self.flusher.fan_out(to, &frame)
         };
         self.counters
             .messages_out

@@ -7,9 +7,13 @@
 //! wake — no separate notifier with a lock of its own.
 //!
 //! The queue is for backlog. A transport that can write without waiting registers a
-//! [`DirectWrite`]: while its connection is idle (nothing queued, nothing being written) a push
-//! hands the frame straight to the socket — one non-blocking `writev` from the fan-out, no task
-//! wake-up, no poll. Whatever the socket doesn't take at once is queued as before, so order,
+//! [`DirectWrite`]: while its connection is idle (nothing queued, nothing being written) the
+//! socket is written from outside the transport's task — no task wake-up, no poll. A push does
+//! it at once; the hub's fan-out instead *defers* it ([`Outbox::push_deferred`]): the frame is
+//! queued and the outbox handed to a [`Flusher`], which writes every deferred outbox's whole
+//! queue in one `writev` once the publishing task yields. Events published meanwhile share that
+//! write (a burst costs one syscall per socket, not one per frame), and the writes happen
+//! outside the hub's lock. Whatever the socket doesn't take is left to the transport, so order,
 //! the bound and back-pressure are unchanged.
 
 use std::collections::VecDeque;
@@ -62,22 +66,21 @@ impl std::ops::Deref for Frame {
     }
 }
 
-/// What a [`DirectWrite`] did with a frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direct {
-    /// The whole frame is in the kernel.
-    Written,
-    /// The socket took this many bytes of the encoded frame; the transport finishes it.
-    Partial(usize),
-    /// Nothing was written (the socket is full, or failed: the transport's own write will say).
-    Blocked,
+/// What a [`DirectWrite`] put on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wrote {
+    /// Leading frames now wholly in the kernel.
+    pub frames: usize,
+    /// Bytes of the next frame (its encoding) the socket took too; the transport finishes it.
+    pub partial: usize,
 }
 
 /// A transport's non-blocking write path (see the module doc). Called under the outbox's lock,
 /// never concurrently with the transport's own writes: those only happen while the outbox
-/// knows the transport is busy.
+/// knows the transport is busy. Writes as much of `frames`, from the front, as the socket takes
+/// at once (nothing when it is full or failed: the transport's own write will say).
 pub trait DirectWrite: Send + Sync {
-    fn try_write(&self, frame: &Frame) -> Direct;
+    fn try_write(&self, frames: &VecDeque<Frame>) -> Wrote;
 }
 
 /// Why and how a connection is to be closed.
@@ -104,6 +107,8 @@ struct Inner {
     busy: bool,
     /// Bytes of the first queued frame a direct write already put on the wire.
     offset: usize,
+    /// The queue waits for a [`Flusher`] to write it (the transport was not woken).
+    deferred: bool,
 }
 
 impl Inner {
@@ -116,11 +121,30 @@ impl Inner {
     /// Hands every queued frame to `f`; the transport now has them in hand.
     fn take_all(&mut self, f: &mut impl FnMut(Frame)) {
         self.busy = true;
+        self.deferred = false;
         for frame in self.queue.drain(..) {
             f(frame);
         }
         if self.queue.capacity() > 64 {
             self.queue.shrink_to_fit();
+        }
+    }
+
+    /// Writes the queue through the direct path; `true` when all of it went.
+    fn write_direct(&mut self) -> bool {
+        let Some(direct) = &self.direct else {
+            return false;
+        };
+        let wrote = direct.try_write(&self.queue);
+        self.queue.drain(..wrote.frames.min(self.queue.len()));
+        self.offset = wrote.partial;
+        if self.queue.is_empty() {
+            if self.queue.capacity() > 64 {
+                self.queue = VecDeque::new();
+            }
+            true
+        } else {
+            false
         }
     }
 
@@ -157,11 +181,22 @@ impl Outbox {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a frame; `false` when the connection is closing or its queue is full (in which
-    /// case it is now marked for closing with 4100).
+    /// Queues a frame, or writes it straight to an idle socket; `false` when the connection is
+    /// closing or its queue is full (in which case it is now marked for closing with 4100).
     pub fn push(&self, frame: Frame) -> bool {
+        self.enqueue(frame, false) != Pushed::Dropped
+    }
+
+    /// Like [`push`](Self::push), but an idle socket is not written now: the frame waits with
+    /// the outbox for [`flush_deferred`](Self::flush_deferred), which the caller must arrange
+    /// when this answers [`Pushed::Deferred`] (see [`Flusher`]).
+    pub fn push_deferred(&self, frame: Frame) -> Pushed {
+        self.enqueue(frame, true)
+    }
+
+    fn enqueue(&self, frame: Frame, defer: bool) -> Pushed {
         if self.closed.load(Ordering::Relaxed) {
-            return false;
+            return Pushed::Dropped;
         }
         let mut inner = self.lock();
         if inner.queue.len() >= self.capacity {
@@ -176,23 +211,39 @@ impl Outbox {
             let waker = inner.signal();
             drop(inner);
             wake(waker);
-            return false;
+            return Pushed::Dropped;
         }
         let was_empty = inner.queue.is_empty();
-        if was_empty && !inner.busy {
-            if let Some(direct) = &inner.direct {
-                match direct.try_write(&frame) {
-                    Direct::Written => return true,
-                    Direct::Partial(n) => inner.offset = n,
-                    Direct::Blocked => {}
-                }
+        inner.queue.push_back(frame);
+        if was_empty && !inner.busy && inner.direct.is_some() {
+            if defer {
+                inner.deferred = true;
+                return Pushed::Deferred;
+            }
+            if inner.write_direct() {
+                return Pushed::Queued;
             }
         }
-        inner.queue.push_back(frame);
+        // While deferred the queue is not empty: the flusher, not the transport, is due.
         let waker = if was_empty { inner.signal() } else { None };
         drop(inner);
         wake(waker);
-        true
+        Pushed::Queued
+    }
+
+    /// Writes a deferred queue through the direct path, unless the transport took it over
+    /// meanwhile; what the socket doesn't take is left to the transport (woken).
+    pub fn flush_deferred(&self) {
+        let mut inner = self.lock();
+        if !std::mem::take(&mut inner.deferred) || inner.busy {
+            return;
+        }
+        if inner.write_direct() {
+            return;
+        }
+        let waker = inner.signal();
+        drop(inner);
+        wake(waker);
     }
 
     /// Asks the transport to close the connection (first request wins).
@@ -217,9 +268,13 @@ impl Outbox {
     }
 
     /// The transport is about to write frames of its own (a ping, a pong, a close): no direct
-    /// write until it next finds the outbox empty in [`poll_drain`](Self::poll_drain).
-    pub fn hold(&self) {
-        self.lock().busy = true;
+    /// write until it next finds the outbox empty in [`poll_drain`](Self::poll_drain). What is
+    /// queued goes to `f` first (a frame a direct write began must be finished before anything
+    /// else goes on the wire); returns how much of the first one is already written.
+    pub fn hold(&self, mut f: impl FnMut(Frame)) -> usize {
+        let mut inner = self.lock();
+        inner.take_all(&mut f);
+        std::mem::take(&mut inner.offset)
     }
 
     /// Drops the direct write path for good (the connection is ending: its socket must close
@@ -301,6 +356,66 @@ impl Outbox {
                 inner.register(cx);
                 Poll::Pending
             }
+        }
+    }
+}
+
+/// What became of a pushed frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// The connection is closing (or just overflowed): not delivered.
+    Dropped,
+    /// Queued for the transport, or already written.
+    Queued,
+    /// Queued for a [`Flusher`]: the caller hands the outbox to one.
+    Deferred,
+}
+
+/// Outboxes whose deferred queues are due to be written (see the module doc). Filled by a
+/// fan-out, flushed by one task spawned when the list stops being empty — on a runtime, after
+/// the publishing task yields; without one (unit tests), at once.
+#[derive(Default)]
+pub struct Flusher {
+    due: Mutex<Vec<Arc<Outbox>>>,
+}
+
+impl Flusher {
+    /// Pushes `frame` to each outbox in `to`; returns how many accepted it.
+    pub fn fan_out<'a>(
+        self: &Arc<Self>,
+        to: impl Iterator<Item = &'a Arc<Outbox>>,
+        frame: &Frame,
+    ) -> usize {
+        let mut n = 0;
+        let mut due = self.due.lock().unwrap_or_else(|e| e.into_inner());
+        let was_empty = due.is_empty();
+        for outbox in to {
+            match outbox.push_deferred(frame.clone()) {
+                Pushed::Dropped => continue,
+                Pushed::Queued => {}
+                Pushed::Deferred => due.push(outbox.clone()),
+            }
+            n += 1;
+        }
+        let schedule = was_empty && !due.is_empty();
+        drop(due);
+        if schedule {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let this = self.clone();
+                    drop(rt.spawn(async move { this.flush() }));
+                }
+                Err(_) => self.flush(),
+            }
+        }
+        n
+    }
+
+    /// Writes every due outbox (in the order they became due).
+    pub fn flush(&self) {
+        let due = std::mem::take(&mut *self.due.lock().unwrap_or_else(|e| e.into_inner()));
+        for outbox in &due {
+            outbox.flush_deferred();
         }
     }
 }
@@ -461,32 +576,51 @@ mod tests {
         assert_eq!(o.len(), 2);
     }
 
-    /// Records what it is handed and answers as told. The real socket path (`DirectTcp` in
-    /// `transport::ws`) is exercised over 127.0.0.1 by `tests/websocket.rs`; this checks the
-    /// outbox's side of the contract: when a direct write may happen and what follows from it.
+    /// Takes what it is told to from the front of the queue and records it. The real socket
+    /// path (`DirectTcp` in `transport::ws`) is exercised over 127.0.0.1 by `tests/websocket.rs`;
+    /// this checks the outbox's side of the contract: when a direct write may happen and what
+    /// follows from it.
     struct Scripted {
-        answer: Mutex<Direct>,
+        /// Whole frames the socket takes per call (`usize::MAX`: all) and bytes of the next.
+        answer: Mutex<(usize, usize)>,
         written: Mutex<Vec<String>>,
+        calls: std::sync::atomic::AtomicUsize,
     }
 
     impl DirectWrite for Scripted {
-        fn try_write(&self, frame: &Frame) -> Direct {
-            let answer = *self.answer.lock().unwrap();
-            if answer != Direct::Blocked {
-                self.written.lock().unwrap().push(frame.as_str().to_owned());
+        fn try_write(&self, frames: &VecDeque<Frame>) -> Wrote {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let (whole, partial) = *self.answer.lock().unwrap();
+            let whole = whole.min(frames.len());
+            let mut written = self.written.lock().unwrap();
+            written.extend(frames.iter().take(whole).map(|f| f.as_str().to_owned()));
+            let partial = if whole < frames.len() { partial } else { 0 };
+            if partial > 0 {
+                written.push(format!("{}…", &frames[whole].as_str()[..partial]));
             }
-            answer
+            Wrote {
+                frames: whole,
+                partial,
+            }
         }
     }
+
+    const ALL: (usize, usize) = (usize::MAX, 0);
+    const FULL: (usize, usize) = (0, 0);
 
     fn direct_outbox() -> (Outbox, Arc<Scripted>) {
         let o = outbox(10);
         let d = Arc::new(Scripted {
-            answer: Mutex::new(Direct::Written),
+            answer: Mutex::new(ALL),
             written: Mutex::new(Vec::new()),
+            calls: Default::default(),
         });
         o.set_direct(d.clone());
         (o, d)
+    }
+
+    fn names(frames: &[Frame]) -> Vec<&str> {
+        frames.iter().map(|f| f.as_str()).collect()
     }
 
     #[test]
@@ -502,7 +636,7 @@ mod tests {
             0,
             "a direct write wakes nobody"
         );
-        o.hold();
+        assert_eq!(o.hold(|_| panic!("nothing was queued")), 0);
         o.push(Frame::from("b"));
         o.push(Frame::from("c"));
         assert_eq!(o.len(), 2, "the transport has frames of its own in hand");
@@ -512,10 +646,7 @@ mod tests {
         o.push(Frame::from("d"));
         assert_eq!(*d.written.lock().unwrap(), ["a", "d"]);
         assert_eq!(o.len(), 0);
-        assert_eq!(
-            got.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
-            ["b", "c"]
-        );
+        assert_eq!(names(&got), ["b", "c"]);
     }
 
     #[test]
@@ -524,13 +655,13 @@ mod tests {
         let (counter, waker) = counting_waker();
         let cx = Context::from_waker(&waker);
         assert!(o.poll_drain(&cx, |_| {}).is_pending());
-        *d.answer.lock().unwrap() = Direct::Partial(3);
+        *d.answer.lock().unwrap() = (0, 3);
         o.push(Frame::from("half"));
-        *d.answer.lock().unwrap() = Direct::Written;
+        *d.answer.lock().unwrap() = ALL;
         o.push(Frame::from("next"));
         assert_eq!(
             *d.written.lock().unwrap(),
-            ["half"],
+            ["hal…"],
             "nothing goes direct behind a queued frame"
         );
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
@@ -539,20 +670,120 @@ mod tests {
             Poll::Ready(t) => assert_eq!(t.offset, 3, "the transport finishes the frame"),
             Poll::Pending => panic!("the partly written frame must reach the transport"),
         }
-        assert_eq!(
-            got.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
-            ["half", "next"]
-        );
+        assert_eq!(names(&got), ["half", "next"]);
         assert!(o.poll_drain(&cx, |_| {}).is_pending());
-        *d.answer.lock().unwrap() = Direct::Blocked;
+        *d.answer.lock().unwrap() = FULL;
         o.push(Frame::from("full"));
         assert_eq!(o.len(), 1);
         assert_eq!(counter.0.load(Ordering::SeqCst), 2, "a blocked write wakes");
         o.detach_direct();
         assert!(o.poll_drain(&cx, |_| {}).is_ready());
         assert!(o.poll_drain(&cx, |_| {}).is_pending());
-        *d.answer.lock().unwrap() = Direct::Written;
+        *d.answer.lock().unwrap() = ALL;
         o.push(Frame::from("after"));
         assert_eq!(o.len(), 1, "detached: queued from now on");
+    }
+
+    #[test]
+    fn hold_hands_over_a_frame_a_direct_write_began_before_the_transport_writes_its_own() {
+        let (o, d) = direct_outbox();
+        *d.answer.lock().unwrap() = (0, 2);
+        o.push(Frame::from("begun"));
+        o.push(Frame::from("queued"));
+        let mut got = Vec::new();
+        assert_eq!(o.hold(|f| got.push(f)), 2, "the bytes already on the wire");
+        assert_eq!(names(&got), ["begun", "queued"]);
+        assert_eq!(o.len(), 0);
+    }
+
+    #[test]
+    fn deferred_pushes_share_one_write_when_flushed_and_wake_nobody() {
+        let (o, d) = direct_outbox();
+        let (counter, waker) = counting_waker();
+        let cx = Context::from_waker(&waker);
+        assert!(o.poll_drain(&cx, |_| {}).is_pending());
+        assert_eq!(o.push_deferred(Frame::from("a")), Pushed::Deferred);
+        assert_eq!(
+            o.push_deferred(Frame::from("b")),
+            Pushed::Queued,
+            "already due: the caller must not hand it over twice"
+        );
+        assert_eq!(d.calls.load(Ordering::SeqCst), 0, "nothing written yet");
+        o.flush_deferred();
+        assert_eq!(d.calls.load(Ordering::SeqCst), 1, "one write for both");
+        assert_eq!(*d.written.lock().unwrap(), ["a", "b"]);
+        assert_eq!(o.len(), 0);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 0);
+        o.flush_deferred();
+        assert_eq!(
+            d.calls.load(Ordering::SeqCst),
+            1,
+            "a second flush has nothing to do"
+        );
+        // What the socket doesn't take goes to the transport, in order, with the offset.
+        assert_eq!(o.push_deferred(Frame::from("c")), Pushed::Deferred);
+        o.push_deferred(Frame::from("d"));
+        o.push_deferred(Frame::from("e"));
+        *d.answer.lock().unwrap() = (1, 1);
+        o.flush_deferred();
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            1,
+            "the transport is woken"
+        );
+        let mut got = Vec::new();
+        match o.poll_drain(&cx, |f| got.push(f)) {
+            Poll::Ready(t) => assert_eq!(t.offset, 1),
+            Poll::Pending => panic!("the rest must reach the transport"),
+        }
+        assert_eq!(names(&got), ["d", "e"]);
+    }
+
+    #[test]
+    fn a_transport_that_takes_a_deferred_queue_over_is_not_written_behind_its_back() {
+        let (o, d) = direct_outbox();
+        assert_eq!(o.push_deferred(Frame::from("a")), Pushed::Deferred);
+        let mut got = Vec::new();
+        assert_eq!(o.hold(|f| got.push(f)), 0);
+        o.flush_deferred();
+        assert_eq!(d.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(names(&got), ["a"]);
+        // Busy from the start (a transport writing a frame of its own): queued, not deferred.
+        assert_eq!(o.push_deferred(Frame::from("b")), Pushed::Queued);
+        assert_eq!(o.len(), 1);
+    }
+
+    #[test]
+    fn flusher_writes_every_due_outbox_once_and_counts_deliveries() {
+        let flusher = Arc::new(Flusher::default());
+        let (a, da) = direct_outbox();
+        let (b, db) = direct_outbox();
+        let plain = outbox(1);
+        let to = [Arc::new(a), Arc::new(b), Arc::new(plain)];
+        // No runtime here: the flusher writes before fan_out returns.
+        assert_eq!(flusher.fan_out(to.iter(), &Frame::from("x")), 3);
+        assert_eq!(*da.written.lock().unwrap(), ["x"]);
+        assert_eq!(*db.written.lock().unwrap(), ["x"]);
+        assert_eq!(to[2].len(), 1, "no direct path: queued for its transport");
+        assert_eq!(
+            flusher.fan_out(to.iter(), &Frame::from("y")),
+            2,
+            "the full plain outbox overflowed"
+        );
+        assert_eq!(*da.written.lock().unwrap(), ["x", "y"]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn on_a_runtime_the_flush_waits_until_the_publisher_yields() {
+        let flusher = Arc::new(Flusher::default());
+        let (a, da) = direct_outbox();
+        let to = [Arc::new(a)];
+        flusher.fan_out(to.iter(), &Frame::from("1"));
+        flusher.fan_out(to.iter(), &Frame::from("2"));
+        assert_eq!(da.calls.load(Ordering::SeqCst), 0);
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert_eq!(da.calls.load(Ordering::SeqCst), 1, "both events, one write");
+        assert_eq!(*da.written.lock().unwrap(), ["1", "2"]);
     }
 }

@@ -71,13 +71,12 @@ impl AppMetrics {
 /// their frames through it.
 #[derive(Debug)]
 pub struct ConnectionGuard {
-    app: Arc<AppMetrics>,
-    transport: Transport,
+    counter: FrameCounter,
 }
 
 impl ConnectionGuard {
     fn counters(&self) -> &TransportCounters {
-        self.app.transport(self.transport)
+        self.counter.counters()
     }
 
     /// A frame of `bytes` payload bytes came from the client.
@@ -91,42 +90,40 @@ impl ConnectionGuard {
     /// A frame of `bytes` payload bytes went to the client.
     #[inline]
     pub fn frame_out(&self, bytes: usize) {
-        self.frames_out(1, bytes);
+        self.counter.frames_out(1, bytes);
     }
 
     /// Counts a batch of frames at once (a transport that drains its outbox in one go).
     pub fn frames_out(&self, frames: u64, bytes: usize) {
-        if frames == 0 {
-            return;
-        }
-        let c = self.counters();
-        c.frames_out.fetch_add(frames, Relaxed);
-        c.bytes_out.fetch_add(bytes as u64, Relaxed);
+        self.counter.frames_out(frames, bytes);
     }
 
-    /// A handle that counts this connection's outgoing frames from outside its task (a frame
+    /// A handle that counts this connection's outgoing frames from outside its task (frames
     /// written straight from the fan-out); it doesn't hold the connection open in the gauge.
     pub fn frame_counter(&self) -> FrameCounter {
-        FrameCounter {
-            app: self.app.clone(),
-            transport: self.transport,
-        }
+        self.counter.clone()
     }
 }
 
 /// See [`ConnectionGuard::frame_counter`].
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct FrameCounter {
     app: Arc<AppMetrics>,
     transport: Transport,
 }
 
 impl FrameCounter {
-    /// A frame of `bytes` payload bytes went to the client.
-    #[inline]
-    pub fn frame_out(&self, bytes: usize) {
-        let c = self.app.transport(self.transport);
-        c.frames_out.fetch_add(1, Relaxed);
+    fn counters(&self) -> &TransportCounters {
+        self.app.transport(self.transport)
+    }
+
+    /// `frames` frames of `bytes` payload bytes in all went to the client.
+    pub fn frames_out(&self, frames: u64, bytes: usize) {
+        if frames == 0 {
+            return;
+        }
+        let c = self.counters();
+        c.frames_out.fetch_add(frames, Relaxed);
         c.bytes_out.fetch_add(bytes as u64, Relaxed);
     }
 }
@@ -232,7 +229,9 @@ impl Metrics {
         let c = app.transport(transport);
         c.open.fetch_add(1, Relaxed);
         c.opened_total.fetch_add(1, Relaxed);
-        ConnectionGuard { app, transport }
+        ConnectionGuard {
+            counter: FrameCounter { app, transport },
+        }
     }
 
     /// Open connections of one transport over all apps.

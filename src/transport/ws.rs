@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::wsframe::{self, Decoder, Incoming, WsError};
-use crate::hub::{App, Direct, DirectWrite, Frame, Outbox};
+use crate::hub::{App, DirectWrite, Frame, Outbox, Wrote};
 use crate::protocol::{message, CloseCode, SocketId};
 use crate::session::{self, Liveness, Session, Tick};
 
@@ -67,25 +67,56 @@ struct DirectTcp {
 }
 
 impl DirectWrite for DirectTcp {
-    fn try_write(&self, frame: &Frame) -> Direct {
-        let mut header = [0u8; 10];
-        let hlen = wsframe::encode_header(wsframe::OP_TEXT, frame.len(), &mut header);
-        let slices = [
-            IoSlice::new(&header[..hlen]),
-            IoSlice::new(frame.as_bytes()),
-        ];
+    fn try_write(&self, frames: &VecDeque<Frame>) -> Wrote {
+        let n = frames.len().min(MAX_FRAMES);
         // Never waits: tokio answers `WouldBlock` without a syscall while the socket is known
         // to be full. An error is left for the task's own write to meet and report.
-        match self.stream.try_write_vectored(&slices) {
-            Ok(n) if n == hlen + frame.len() => {
-                self.frames.frame_out(frame.len());
-                Direct::Written
+        let written = if n <= INLINE_FRAMES {
+            let mut headers = [[0u8; 10]; INLINE_FRAMES];
+            let mut slices = [IoSlice::new(&[]); 2 * INLINE_FRAMES];
+            let count = lay_out_text(frames, n, &mut headers, &mut slices);
+            self.stream.try_write_vectored(&slices[..count])
+        } else {
+            let mut headers = vec![[0u8; 10]; n];
+            let mut slices = vec![IoSlice::new(&[]); 2 * n];
+            let count = lay_out_text(frames, n, &mut headers, &mut slices);
+            self.stream.try_write_vectored(&slices[..count])
+        };
+        let mut left = written.unwrap_or(0);
+        let (mut wrote, mut bytes) = (Wrote::default(), 0);
+        for f in frames.iter().take(n) {
+            let total = wsframe::header_len(f.len()) + f.len();
+            if left < total {
+                // Counted by the task when it takes the frame to finish it.
+                wrote.partial = left;
+                break;
             }
-            Ok(0) | Err(_) => Direct::Blocked,
-            // Counted by the task when it takes the frame to finish it.
-            Ok(n) => Direct::Partial(n),
+            left -= total;
+            wrote.frames += 1;
+            bytes += f.len();
         }
+        self.frames.frames_out(wrote.frames as u64, bytes);
+        wrote
     }
+}
+
+/// Fills `slices` with the first `n` frames as WebSocket text frames (header, payload); returns
+/// how many slices are in use.
+fn lay_out_text<'a>(
+    frames: &'a VecDeque<Frame>,
+    n: usize,
+    headers: &'a mut [[u8; 10]],
+    slices: &mut [IoSlice<'a>],
+) -> usize {
+    let mut count = 0;
+    for (f, header) in frames.iter().take(n).zip(headers.iter_mut()) {
+        let hlen = wsframe::encode_header(wsframe::OP_TEXT, f.len(), &mut *header);
+        let header: &'a [u8; 10] = header;
+        slices[count] = IoSlice::new(&header[..hlen]);
+        slices[count + 1] = IoSlice::new(f.as_bytes());
+        count += 2;
+    }
+    count
 }
 
 /// The task's side of a [`DirectTcp`]: async reads and writes over the shared stream.
@@ -274,6 +305,23 @@ impl WriteQueue {
             Poll::Ready(r) => Poll::Ready(r),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// Marks the outbox busy before the task writes a frame of its own, taking what it had queued
+/// first (see [`Outbox::hold`]).
+fn hold(outbox: &Outbox, queue: &mut WriteQueue, conn: &crate::metrics::ConnectionGuard) {
+    let (mut frames, mut bytes) = (0, 0);
+    let offset = outbox.hold(|f| {
+        frames += 1;
+        bytes += f.len();
+        queue.frames.push_back(Out::Text(f));
+    });
+    conn.frames_out(frames, bytes);
+    if offset > 0 {
+        // Only an idle transport's outbox has a frame begun by a direct write: it is first.
+        debug_assert_eq!(queue.frames.len(), frames as usize);
+        queue.offset = offset;
     }
 }
 
@@ -478,7 +526,7 @@ async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
                     t
                 }
                 Tick::Ping => {
-                    outbox.hold();
+                    hold(&outbox, &mut queue, &conn);
                     if control_pinger {
                         queue
                             .frames
@@ -491,7 +539,7 @@ async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
                     continue;
                 }
                 Tick::Close => {
-                    outbox.hold();
+                    hold(&outbox, &mut queue, &conn);
                     tracing::info!(socket_id = %session.socket_id(), reason = CloseCode::PongTimeout.message(), "websocket connection closed (4201)");
                     let c = CloseCode::PongTimeout;
                     Box::pin(close_with(&mut io, &mut queue, c.code(), c.message(), true)).await;
@@ -523,7 +571,7 @@ async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
                         Poll::Pending
                     }
                 }) => {
-                    outbox.hold();
+                    hold(&outbox, &mut queue, &conn);
                     let c = CloseCode::ReconnectNow;
                     Box::pin(close_with(&mut io, &mut queue, c.code(), c.message(), true)).await;
                     break;
@@ -613,7 +661,7 @@ async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
                             session.handle_text(&t);
                         }
                         Incoming::Ping(payload) => {
-                            outbox.hold();
+                            hold(&outbox, &mut queue, &conn);
                             control_pinger = true;
                             session.activity();
                             queue
@@ -628,7 +676,7 @@ async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
                         }
                         Incoming::Close(code) => {
                             // Answer the closing handshake with the peer's code.
-                            outbox.hold();
+                            hold(&outbox, &mut queue, &conn);
                             let echo = match code {
                                 Some(c)
                                     if (1000..=4999).contains(&c)
@@ -664,7 +712,7 @@ async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
             }
             IoEvent::Protocol(e) => {
                 tracing::info!(socket_id = %session.socket_id(), reason = %e, "websocket protocol error");
-                outbox.hold();
+                hold(&outbox, &mut queue, &conn);
                 queue.truncate_unsent();
                 Box::pin(close_with(
                     &mut io,
