@@ -360,7 +360,7 @@ fn websocket(
                         .metrics
                         .connection_opened(&app.config.id, crate::metrics::Transport::WebSocket),
                 };
-                ws::run(upgraded, app, params).await;
+                ws::spawn(upgraded, app, params);
             }
             Err(code) => {
                 st.metrics.connection_rejected(code.code());
