@@ -174,22 +174,34 @@ impl Api {
         if !app.config.enabled {
             return ApiResponse::error(403, "Application disabled");
         }
-        let params: Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> =
-            signing::query_pairs(req.query).collect();
-        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_ref());
-        let segments: Vec<&str> = route.split('/').collect();
-        match (req.method, segments.as_slice()) {
+        // Only the GET endpoints read query parameters: publishing doesn't decode them twice.
+        let param = |k: &str| {
+            signing::query_pairs(req.query)
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v)
+        };
+        // At most four segments (`users/{id}/terminate_connections` has three): no allocation.
+        let mut parts = [""; 5];
+        let mut n = 0;
+        for part in route.split('/') {
+            if n == parts.len() {
+                break;
+            }
+            parts[n] = part;
+            n += 1;
+        }
+        match (req.method, &parts[..n]) {
             ("POST", ["events"]) => self.trigger(&app, req.body).await,
             ("POST", ["batch_events"]) => self.batch(&app, req.body).await,
             ("GET", ["channels"]) => channels(
                 &app,
-                param("filter_by_prefix").unwrap_or(""),
-                param("info").unwrap_or(""),
+                param("filter_by_prefix").as_deref().unwrap_or(""),
+                param("info").as_deref().unwrap_or(""),
             ),
             ("GET", ["channels", name]) => channel_info(
                 &app,
                 &signing::percent_decode(name),
-                param("info").unwrap_or(""),
+                param("info").as_deref().unwrap_or(""),
             ),
             ("GET", ["channels", name, "users"]) => users(&app, &signing::percent_decode(name)),
             ("POST", ["users", user, "terminate_connections"]) => {
@@ -223,14 +235,14 @@ impl Api {
             Ok(v) => v,
             Err(r) => return r,
         };
-        let info = v.info.clone();
-        let channels = v.channels.clone();
+        // What the answer needs after the event moved on (usually nothing: no `info` asked).
+        let wanted = (!v.info.is_empty()).then(|| (v.channels.clone(), v.info.clone()));
         if let Err(r) = self.publish(app, vec![v]).await {
             return r;
         }
-        if info.is_empty() {
+        let Some((channels, info)) = wanted else {
             return ApiResponse::empty();
-        }
+        };
         let mut out = Map::new();
         for c in &channels {
             out.insert(c.clone(), Value::Object(info_attrs(app, c, &info)));
@@ -302,8 +314,8 @@ impl Api {
         for v in items {
             let mut delivered = Vec::with_capacity(v.channels.len());
             for c in &v.channels {
-                let frame = Frame::from(message::frame(&v.name, Some(c), Some(&v.data), None));
-                delivered.push(app.publish(c, &frame, v.socket_id.as_deref()));
+                let frame = || Frame::from(message::frame(&v.name, Some(c), Some(&v.data), None));
+                delivered.push(app.publish_with(c, frame, v.socket_id.as_deref()));
             }
             app.counters
                 .api_events

@@ -396,10 +396,22 @@ impl App {
     /// Publishes a prebuilt frame on `channel`, skipping the connection with `except` socket id.
     /// Stores it as the cached event of a cache channel. Returns how many sockets got it.
     pub fn publish(&self, channel: &str, frame: &Frame, except: Option<&str>) -> usize {
+        self.publish_with(channel, || frame.clone(), except)
+    }
+
+    /// Like [`publish`](Self::publish), building the frame only when someone will get it (or
+    /// a cache channel keeps it): an event for an empty channel is not serialised at all.
+    pub fn publish_with(
+        &self,
+        channel: &str,
+        frame: impl FnOnce() -> Frame,
+        except: Option<&str>,
+    ) -> usize {
+        let frame = std::cell::LazyCell::new(frame);
         if ChannelKind::of(channel).is_cache() {
             self.write()
                 .caches
-                .insert(channel.to_owned(), (frame.clone(), Instant::now()));
+                .insert(channel.to_owned(), (Frame::clone(&frame), Instant::now()));
         }
         let st = self.read();
         let Some(ch) = st.channels.get(channel) else {
@@ -410,7 +422,7 @@ impl App {
             .values()
             .map(|s| &s.outbox)
             .filter(|o| except.is_none_or(|e| e != o.socket_id.as_str()));
-        let n = self.flusher.fan_out(to, frame);
+        let n = self.flusher.fan_out(to, &frame);
         drop(st);
         self.counters
             .messages_out

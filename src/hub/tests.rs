@@ -167,6 +167,30 @@ fn publish_shares_one_frame_and_honours_socket_exclusion() {
 }
 
 #[test]
+fn an_event_nobody_receives_is_not_serialised_unless_a_cache_channel_keeps_it() {
+    let (app, _) = app(|_| {});
+    let built = std::cell::Cell::new(0);
+    let make = || {
+        built.set(built.get() + 1);
+        Frame::from(message::frame("e", Some("x"), Some("1"), None))
+    };
+    assert_eq!(app.publish_with("nobody-here", make, None), 0);
+    assert_eq!(built.get(), 0, "no subscriber, no frame");
+    assert_eq!(app.publish_with("cache-empty", make, None), 0);
+    assert_eq!(
+        built.get(),
+        1,
+        "a cache channel keeps the event for later subscribers"
+    );
+    let c = conn(1);
+    app.subscribe(&c, "orders", None).unwrap();
+    frames(&c);
+    assert_eq!(app.publish_with("orders", make, None), 1);
+    assert_eq!(built.get(), 2, "built once for the subscriber");
+    assert_eq!(frames(&c)[0]["event"], "e");
+}
+
+#[test]
 fn client_events_are_not_echoed() {
     let (app, rec) = app(|_| {});
     let (a, b) = (conn(1), conn(2));
