@@ -10,7 +10,8 @@
 #
 # Environment: RUNS, PUSHBOX_BIN (skip the slow LTO build and benchmark this binary),
 # PBLOAD_BIN, PORT_BASE (default 6400), SERVER_CPU (1), CLIENT_CPU (0), OUT_DIR,
-# DURABILITY (pushbox's [spool] durability: memory, the default, or fsync).
+# DURABILITY (pushbox's [spool] durability: memory, the default, or fsync), COALESCE_MS
+# (pushbox's opt-in [server] coalesce_ms, default 0: measure what the window buys).
 # Raw pbload JSON lines (one per run, tagged with .bench) go to target/bench-results/*.jsonl.
 set -euo pipefail
 
@@ -82,6 +83,7 @@ state_dir = "$WORK/state"
 host = "127.0.0.1"
 port = 6400
 activity_timeout = 120
+coalesce_ms = ${COALESCE_MS:-0}
 [spool]
 durability = "${DURABILITY:-memory}"
 [[apps]]
@@ -221,7 +223,7 @@ pair() {
 }
 
 {
-    echo "{\"cmd\":\"meta\",\"bench\":{\"scenario\":\"meta\"},\"stamp\":\"$STAMP\",\"quick\":$QUICK,\"runs\":$RUNS,\"pushbox_commit\":\"$PB_COMMIT\",\"pushbox_bin\":\"$PB_SRC\",\"durability\":\"${DURABILITY:-memory}\",\"nproc\":$(nproc),\"loadavg_start\":\"$(cut -d' ' -f1-3 /proc/loadavg)\",\"scenarios\":\"${SCEN[*]}\"}"
+    echo "{\"cmd\":\"meta\",\"bench\":{\"scenario\":\"meta\"},\"stamp\":\"$STAMP\",\"quick\":$QUICK,\"runs\":$RUNS,\"pushbox_commit\":\"$PB_COMMIT\",\"pushbox_bin\":\"$PB_SRC\",\"durability\":\"${DURABILITY:-memory}\",\"coalesce_ms\":${COALESCE_MS:-0},\"nproc\":$(nproc),\"loadavg_start\":\"$(cut -d' ' -f1-3 /proc/loadavg)\",\"scenarios\":\"${SCEN[*]}\"}"
 } >>"$JSONL"
 log "results: $JSONL (pushbox $PB_COMMIT, RUNS=$RUNS, quick=$QUICK, load $(cut -d' ' -f1-3 /proc/loadavg))"
 ps -eo pcpu,pid,comm --sort=-pcpu | head -8 >"$OUT_DIR/logs/$STAMP-top-start.txt"

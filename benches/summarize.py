@@ -131,7 +131,7 @@ print()
 if loads:
     print(f"load average (1 min) at the start of each pbload run: min {min(loads):.2f}, median {statistics.median(loads):.2f}, max {max(loads):.2f}")
 for m in meta:
-    print(f"pushbox {m.get('pushbox_commit')} ({m.get('pushbox_bin')}, durability {m.get('durability', 'memory')}); RUNS={m.get('runs')} quick={m.get('quick')}; stamp {m.get('stamp')}")
+    print(f"pushbox {m.get('pushbox_commit')} ({m.get('pushbox_bin')}, durability {m.get('durability', 'memory')}, coalesce_ms {m.get('coalesce_ms', 0)}); RUNS={m.get('runs')} quick={m.get('quick')}; stamp {m.get('stamp')}")
 print("ratio = median of per-run pushbox/reference ratios (range in brackets); pushbox and reference ran back to back in each run.")
 for n in notes:
     print(f"- note: {n}")
