@@ -232,6 +232,25 @@ async fn signing_failures_and_routing() {
     assert_eq!(r.status, 404);
     assert_eq!(call(&api, "GET", "/apps/7/nope", "", &[]).await.0, 404);
     assert_eq!(call(&api, "DELETE", "/apps/7/events", "", &[]).await.0, 405);
+    // More segments than any endpoint has: still a clear 404, never a shorter route's match.
+    assert_eq!(
+        call(
+            &api,
+            "POST",
+            "/apps/7/users/u/terminate_connections/x/y/z",
+            "",
+            &[]
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        call(&api, "GET", "/apps/7/channels/a/users/b/c/d", "", &[])
+            .await
+            .0,
+        405
+    );
     let (api, _) = setup(|c| c.enabled = false);
     assert_eq!(call(&api, "POST", "/apps/7/events", body, &[]).await.0, 403);
 }

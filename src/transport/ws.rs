@@ -311,17 +311,35 @@ impl WriteQueue {
 /// Marks the outbox busy before the task writes a frame of its own, taking what it had queued
 /// first (see [`Outbox::hold`]).
 fn hold(outbox: &Outbox, queue: &mut WriteQueue, conn: &crate::metrics::ConnectionGuard) {
-    let (mut frames, mut bytes) = (0, 0);
-    let offset = outbox.hold(|f| {
-        frames += 1;
-        bytes += f.len();
-        queue.frames.push_back(Out::Text(f));
-    });
-    conn.frames_out(frames, bytes);
+    let mut tally = Tally::default();
+    let offset = outbox.hold(tally.taker(&mut queue.frames));
+    tally.count(conn);
     if offset > 0 {
         // Only an idle transport's outbox has a frame begun by a direct write: it is first.
-        debug_assert_eq!(queue.frames.len(), frames as usize);
+        debug_assert_eq!(queue.frames.len() as u64, tally.frames);
         queue.offset = offset;
+    }
+}
+
+/// Frames taken from the outbox into the write queue, counted once per take.
+#[derive(Default)]
+struct Tally {
+    frames: u64,
+    bytes: usize,
+}
+
+impl Tally {
+    /// The consumer an outbox take hands each frame to.
+    fn taker<'a>(&'a mut self, frames: &'a mut VecDeque<Out>) -> impl FnMut(Frame) + 'a {
+        move |f| {
+            self.frames += 1;
+            self.bytes += f.len();
+            frames.push_back(Out::Text(f));
+        }
+    }
+
+    fn count(&self, conn: &crate::metrics::ConnectionGuard) {
+        conn.frames_out(self.frames, self.bytes);
     }
 }
 
@@ -521,13 +539,9 @@ async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
     loop {
         if ready {
             ready = false;
-            let (mut frames, mut bytes) = (0, 0);
-            let close = outbox.drain_with(|f| {
-                frames += 1;
-                bytes += f.len();
-                queue.frames.push_back(Out::Text(f));
-            });
-            conn.frames_out(frames, bytes);
+            let mut tally = Tally::default();
+            let close = outbox.drain_with(tally.taker(&mut queue.frames));
+            tally.count(&conn);
             if let Some(c) = close {
                 early = Some(IoEvent::Close(c));
             }
@@ -619,13 +633,9 @@ async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
                                 }
                             }
                         }
-                        let (mut frames, mut bytes) = (0, 0);
-                        let taken = outbox.poll_drain(cx, |f| {
-                            frames += 1;
-                            bytes += f.len();
-                            queue.frames.push_back(Out::Text(f));
-                        });
-                        conn.frames_out(frames, bytes);
+                        let mut tally = Tally::default();
+                        let taken = outbox.poll_drain(cx, tally.taker(&mut queue.frames));
+                        tally.count(&conn);
                         let taken = match taken {
                             Poll::Ready(t) => t,
                             Poll::Pending => break,
