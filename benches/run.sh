@@ -135,13 +135,21 @@ stop_server() {
     sleep 1     # sockets in TIME_WAIT are per port, and each start uses a new port
 }
 
+# The machine's CPU ticks (all CPUs) from /proc/stat, printed as "total steal".
+cpu_ticks() { awk '/^cpu /{t=0; for(i=2;i<=NF;i++) t+=$i; print t, $9; exit}' /proc/stat; }
+
 # pbload SCENARIO SERVER RUN SUBCOMMAND ARGS... : one pbload run against $SPID, JSON appended.
+# Also records the hypervisor's steal time over the run (% of all CPU ticks): on a shared VM
+# that is what the ratios follow, and a run under heavy steal is worth repeating.
 pbload() {
     local scen=$1 srv=$2 run=$3; shift 3
-    local out="$WORK/pbload.out" load
+    local out="$WORK/pbload.out" load t0 t1 steal
     load=$(cut -d' ' -f1 /proc/loadavg)
     log "$scen run $run: $srv: pbload $*"
+    t0=$(cpu_ticks)
     taskset -c "$CLIENT_CPU" "$PBLOAD" "$@" --server-pid "$SPID" >"$out" 2>"$out.err" || true
+    t1=$(cpu_ticks)
+    steal=$(echo "$t0 $t1" | awk '{d=$3-$1; printf "%.1f", (d > 0 ? 100 * ($4 - $2) / d : 0)}')
     cat "$out" >>"$OUT_DIR/logs/$STAMP-pbload.txt"
     local last
     last=$(tail -n1 "$out")
@@ -150,8 +158,8 @@ pbload() {
         tail -n5 "$out.err" >&2
     fi
     LAST_JSON=$(echo "$last" | jq -c --arg s "$scen" --arg v "$srv" --argjson r "$run" \
-        --arg c "$PB_COMMIT" --arg l "$load" --arg t "$(date -u +%FT%TZ)" \
-        '. + {bench: {scenario: $s, server: $v, run: $r, pushbox_commit: $c, loadavg1: ($l|tonumber), at: $t}}')
+        --arg c "$PB_COMMIT" --arg l "$load" --arg t "$(date -u +%FT%TZ)" --arg st "$steal" \
+        '. + {bench: {scenario: $s, server: $v, run: $r, pushbox_commit: $c, loadavg1: ($l|tonumber), steal_pct: ($st|tonumber), at: $t}}')
     echo "$LAST_JSON" >>"$JSONL"
     echo "$last" | jq -r '"  -> ok=\(.ok) " + ([.server.rss_per_conn_kb, .deliveries_per_s, .loss_pct, .latency.p99_us, .server.deliveries_per_cpu_s, .server.ok_per_cpu_s, .cycles, .server.rss_delta_kb, .client_util] | map(tostring) | join(" "))' >&2 || true
 }

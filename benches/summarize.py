@@ -21,6 +21,7 @@ meta = [r for r in rows if r.get("cmd") == "meta"]
 by = defaultdict(lambda: defaultdict(dict))
 slices = defaultdict(lambda: defaultdict(list))  # churn slices: several per (server, run)
 loads = []
+steals = defaultdict(list)  # server -> steal % of each of its runs
 for r in rows:
     b = r.get("bench", {})
     if b.get("scenario") in (None, "meta"):
@@ -29,6 +30,8 @@ for r in rows:
     slices[b["scenario"]][b["server"]].append(r)
     if "loadavg1" in b:
         loads.append(b["loadavg1"])
+    if "steal_pct" in b:
+        steals[b["server"]].append(b["steal_pct"])
 
 
 def g(d, *path):
@@ -130,6 +133,10 @@ print("\n".join(out))
 print()
 if loads:
     print(f"load average (1 min) at the start of each pbload run: min {min(loads):.2f}, median {statistics.median(loads):.2f}, max {max(loads):.2f}")
+for srv, st in sorted(steals.items()):
+    heavy = sum(1 for x in st if x > 10)
+    print(f"hypervisor steal during {srv}'s runs (% of all CPU ticks): median {statistics.median(st):.1f}, max {max(st):.1f}"
+          + (f"; {heavy} of {len(st)} runs above 10 % (ratios from those are noise-dominated)" if heavy else ""))
 for m in meta:
     print(f"pushbox {m.get('pushbox_commit')} ({m.get('pushbox_bin')}, durability {m.get('durability', 'memory')}, coalesce_ms {m.get('coalesce_ms', 0)}); RUNS={m.get('runs')} quick={m.get('quick')}; stamp {m.get('stamp')}")
 print("ratio = median of per-run pushbox/reference ratios (range in brackets); pushbox and reference ran back to back in each run.")
