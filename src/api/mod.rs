@@ -168,7 +168,7 @@ impl Api {
             query: req.query,
             body: req.body,
         };
-        if let Err(e) = signing::verify(&signed, &app.config.key, &app.config.secret, now_secs()) {
+        if let Err(e) = signing::verify(&signed, &app.config.key, &app.mac_key, now_secs()) {
             return ApiResponse::error(401, e.to_string());
         }
         if !app.config.enabled {

@@ -115,6 +115,8 @@ pub struct AppCounters {
 /// One app's live state.
 pub struct App {
     pub config: AppConfig,
+    /// `config.secret`'s HMAC key, computed once for the HTTP API's signature checks.
+    pub mac_key: crate::protocol::auth::MacKey,
     state: RwLock<AppState>,
     pub counters: AppCounters,
     observer: Arc<dyn HubObserver>,
@@ -134,6 +136,7 @@ pub struct ChannelInfo {
 impl App {
     pub fn new(config: AppConfig, observer: Arc<dyn HubObserver>) -> App {
         App {
+            mac_key: crate::protocol::auth::MacKey::new(&config.secret),
             config,
             state: RwLock::new(AppState::default()),
             counters: AppCounters::default(),

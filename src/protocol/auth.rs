@@ -11,11 +11,44 @@ pub fn sign(secret: &str, msg: &[u8]) -> String {
 
 /// True when `hex_sig` is the HMAC of `msg` (constant-time comparison of the raw MACs).
 pub fn verify_hex(secret: &str, msg: &[u8], hex_sig: &str) -> bool {
-    let Some(sig) = super::unhex(hex_sig) else {
-        return false;
-    };
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    hmac::verify(&key, msg, &sig).is_ok()
+    secret.verify_hex(msg, hex_sig)
+}
+
+/// An app secret whose HMAC key schedule (the hashed inner and outer pads) is computed once,
+/// when the app is loaded, instead of on every signed request.
+pub struct MacKey(hmac::Key);
+
+impl MacKey {
+    pub fn new(secret: &str) -> MacKey {
+        MacKey(hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MacKey(..)") // never the secret
+    }
+}
+
+/// Something that checks HMAC-SHA256 signatures: a secret as configured, or its [`MacKey`].
+pub trait Secret {
+    /// True when `hex_sig` is the HMAC of `msg` (constant-time comparison of the raw MACs).
+    fn verify_hex(&self, msg: &[u8], hex_sig: &str) -> bool;
+}
+
+impl Secret for str {
+    fn verify_hex(&self, msg: &[u8], hex_sig: &str) -> bool {
+        MacKey::new(self).verify_hex(msg, hex_sig)
+    }
+}
+
+impl Secret for MacKey {
+    fn verify_hex(&self, msg: &[u8], hex_sig: &str) -> bool {
+        let Some(sig) = super::unhex(hex_sig) else {
+            return false;
+        };
+        hmac::verify(&self.0, msg, &sig).is_ok()
+    }
 }
 
 /// Why an `auth` string was refused.
@@ -84,6 +117,20 @@ mod tests {
 
     const KEY: &str = "278d425bdf160c739803";
     const SECRET: &str = "7ad3773142a6692b25b8";
+
+    #[test]
+    fn mac_key_verifies_like_the_secret_it_was_made_from() {
+        let msg = b"1234.1234:private-foobar";
+        let good = "58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4";
+        let key = MacKey::new(SECRET);
+        assert!(key.verify_hex(msg, good));
+        assert!(SECRET.verify_hex(msg, good));
+        assert!(!key.verify_hex(b"1234.1234:private-other", good));
+        assert!(!MacKey::new("another secret").verify_hex(msg, good));
+        assert!(!key.verify_hex(msg, "not hex"));
+        assert!(!key.verify_hex(msg, &good[..62]));
+        assert_eq!(format!("{key:?}"), "MacKey(..)");
+    }
 
     #[test]
     fn private_vector() {

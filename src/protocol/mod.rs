@@ -39,10 +39,12 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
             _ => None,
         }
     };
-    bytes
-        .chunks(2)
-        .map(|p| Some(nib(p[0])? << 4 | nib(p[1])?))
-        .collect()
+    // One allocation of the final size (collecting into Option<Vec> grew it twice per MAC).
+    let mut out = Vec::with_capacity(bytes.len() / 2);
+    for p in bytes.chunks_exact(2) {
+        out.push(nib(p[0])? << 4 | nib(p[1])?);
+    }
+    Some(out)
 }
 
 /// Appends `s` to `out` as a JSON string literal (with quotes and escapes).

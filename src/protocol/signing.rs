@@ -1,6 +1,7 @@
 //! HTTP API request signing (PUSHER.md §7.2): `auth_*` query parameters, `body_md5`, the sorted
 //! parameter string and HMAC-SHA256 over `METHOD\nPATH\nparams`, with a ±600 s timestamp window.
 
+use super::auth::Secret;
 use md5::{Digest, Md5};
 use std::borrow::Cow;
 use std::fmt;
@@ -118,10 +119,10 @@ fn decode_component(s: &str) -> Cow<'_, str> {
 }
 
 /// Verifies `req` for the app with `key` and `secret` at Unix time `now`.
-pub fn verify(
+pub fn verify<S: Secret + ?Sized>(
     req: &SignedRequest<'_>,
     key: &str,
-    secret: &str,
+    secret: &S,
     now: i64,
 ) -> Result<(), SigningError> {
     let mut params: Vec<(Cow<'_, str>, Cow<'_, str>)> = Vec::with_capacity(8);
@@ -174,13 +175,13 @@ pub fn verify(
     }
 
     let sts = string_to_sign(req.method, req.path, &params);
-    let mut ok = super::auth::verify_hex(secret, sts.as_bytes(), &signature);
+    let mut ok = secret.verify_hex(sts.as_bytes(), &signature);
     if !ok {
         // Channel names in paths may arrive percent-encoded; the SDK signed the raw name.
         let decoded = percent_decode(req.path);
         if decoded != req.path {
             let alt = string_to_sign(req.method, &decoded, &params);
-            ok = super::auth::verify_hex(secret, alt.as_bytes(), &signature);
+            ok = secret.verify_hex(alt.as_bytes(), &signature);
         }
     }
     if !ok {
