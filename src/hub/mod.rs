@@ -115,7 +115,7 @@ pub struct AppCounters {
 /// One app's live state.
 pub struct App {
     pub config: AppConfig,
-    /// `config.secret`'s HMAC key, computed once for the HTTP API's signature checks.
+    /// `config.secret`'s HMAC key, computed once for the signature checks (HTTP API, channel auth).
     pub mac_key: crate::protocol::auth::MacKey,
     state: RwLock<AppState>,
     pub counters: AppCounters,

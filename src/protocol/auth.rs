@@ -9,11 +9,6 @@ pub fn sign(secret: &str, msg: &[u8]) -> String {
     super::hex(hmac::sign(&key, msg).as_ref())
 }
 
-/// True when `hex_sig` is the HMAC of `msg` (constant-time comparison of the raw MACs).
-pub fn verify_hex(secret: &str, msg: &[u8], hex_sig: &str) -> bool {
-    secret.verify_hex(msg, hex_sig)
-}
-
 /// An app secret whose HMAC key schedule (the hashed inner and outer pads) is computed once,
 /// when the app is loaded, instead of on every signed request.
 pub struct MacKey(hmac::Key);
@@ -74,9 +69,9 @@ impl AuthError {
 }
 
 /// Checks `auth` (`"{key}:{hex}"`) against `app_key` and the HMAC of `string_to_sign`.
-pub fn verify_auth(
+pub fn verify_auth<S: Secret + ?Sized>(
     app_key: &str,
-    secret: &str,
+    secret: &S,
     auth: Option<&str>,
     string_to_sign: &str,
 ) -> Result<(), AuthError> {
@@ -92,7 +87,7 @@ pub fn verify_auth(
     if key != app_key {
         return Err(AuthError::WrongKey);
     }
-    if verify_hex(secret, string_to_sign.as_bytes(), sig) {
+    if secret.verify_hex(string_to_sign.as_bytes(), sig) {
         Ok(())
     } else {
         Err(AuthError::BadSignature)

@@ -233,13 +233,13 @@ impl Session {
             }
         } else if kind.is_presence() {
             let result = match channel_data {
-                Some(cd) => auth::verify_auth(&cfg.key, &cfg.secret, auth_value, &auth::presence_string(&sid, name, cd))
+                Some(cd) => auth::verify_auth(&cfg.key, &self.app.mac_key, auth_value, &auth::presence_string(&sid, name, cd))
                     .map_err(|e| e.describe(&auth::presence_string(&sid, name, cd)))
                     .and_then(|()| parse_channel_data(cd, cfg.max_presence_user_id_length, cfg.max_presence_user_info_bytes)),
                 None => match &self.user {
                     Some(u) => {
                         let s = auth::private_string(&sid, name);
-                        auth::verify_auth(&cfg.key, &cfg.secret, auth_value, &s)
+                        auth::verify_auth(&cfg.key, &self.app.mac_key, auth_value, &s)
                             .map_err(|e| e.describe(&s))
                             .map(|()| Member { user_id: u.id.clone(), user_info: u.user_info.clone() })
                     }
@@ -255,7 +255,7 @@ impl Session {
             }
         } else if kind.needs_auth() {
             let s = auth::private_string(&sid, name);
-            if let Err(e) = auth::verify_auth(&cfg.key, &cfg.secret, auth_value, &s) {
+            if let Err(e) = auth::verify_auth(&cfg.key, &self.app.mac_key, auth_value, &s) {
                 self.sub_error(name, "AuthError", &e.describe(&s), 401);
                 return;
             }
@@ -304,7 +304,7 @@ impl Session {
             return;
         }
         let s = auth::signin_string(self.outbox.socket_id.as_str(), user_data);
-        let parsed = auth::verify_auth(&cfg.key, &cfg.secret, Some(auth_value), &s)
+        let parsed = auth::verify_auth(&cfg.key, &self.app.mac_key, Some(auth_value), &s)
             .map_err(|e| e.describe(&s))
             .and_then(|()| {
                 parse_user_data(
