@@ -9,6 +9,8 @@ mod outbox;
 pub use outbox::{CloseRequest, DirectWrite, Flusher, Frame, Outbox, Pushed, Taken, Wrote};
 
 use std::collections::HashMap;
+
+use indexmap::IndexMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -89,7 +91,8 @@ struct MemberEntry {
 
 #[derive(Default)]
 struct Channel {
-    subscribers: HashMap<u64, Subscriber>,
+    /// In subscription order: a fan-out walks the outboxes in the order they were allocated.
+    subscribers: IndexMap<u64, Subscriber>,
     members: HashMap<String, MemberEntry>,
 }
 
@@ -314,7 +317,7 @@ impl App {
         let Some(ch) = st.channels.get_mut(channel) else {
             return;
         };
-        let Some(sub) = ch.subscribers.remove(&conn_id) else {
+        let Some(sub) = ch.subscribers.swap_remove(&conn_id) else {
             return;
         };
         if let Some(user_id) = sub.user_id {

@@ -299,3 +299,58 @@ fn connection_quota() {
     app.disconnected();
     assert!(app.try_connect());
 }
+
+/// Records which connection each direct write went to.
+struct Order {
+    conn: u64,
+    log: Arc<Mutex<Vec<u64>>>,
+}
+impl DirectWrite for Order {
+    fn try_write(&self, frames: &std::collections::VecDeque<Frame>) -> Wrote {
+        self.log.lock().unwrap().push(self.conn);
+        Wrote {
+            frames: frames.len(),
+            partial: 0,
+        }
+    }
+}
+
+#[test]
+fn fan_out_walks_subscribers_in_subscription_order_and_survives_unsubscribes() {
+    let (app, _) = app(|_| {});
+    let log = Arc::new(Mutex::new(Vec::new()));
+    // Connection numbers out of any hash order; they subscribe in this order.
+    let ids: Vec<u64> = (0..300u64).map(|i| (i * 7919) % 1000 + 1).collect();
+    let cs: Vec<_> = ids
+        .iter()
+        .map(|&n| {
+            let c = conn(n);
+            app.subscribe(&c, "orders", None).unwrap();
+            frames(&c);
+            c.set_direct(Arc::new(Order {
+                conn: n,
+                log: log.clone(),
+            }));
+            // The transport has written what it took and goes idle: direct writes may go.
+            let idle = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(c.poll_drain(&idle, |_| {}).is_pending());
+            c
+        })
+        .collect();
+    let frame = Frame::from(message::frame("created", Some("orders"), Some("{}"), None));
+    assert_eq!(app.publish("orders", &frame, None), ids.len());
+    assert_eq!(
+        *log.lock().unwrap(),
+        ids,
+        "one write each, in subscription order"
+    );
+    // Unsubscribing one in the middle leaves every other subscriber written exactly once.
+    app.unsubscribe(&cs[100], "orders");
+    log.lock().unwrap().clear();
+    assert_eq!(app.publish("orders", &frame, None), ids.len() - 1);
+    let mut got = log.lock().unwrap().clone();
+    got.sort_unstable();
+    let mut want: Vec<u64> = ids.iter().copied().filter(|&n| n != ids[100]).collect();
+    want.sort_unstable();
+    assert_eq!(got, want);
+}
