@@ -910,11 +910,12 @@ mod tests {
         p
     }
 
-    fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("pushbox-config-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    /// A directory removed when the test ends (pass or fail).
+    fn tmpdir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("pushbox-config-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
@@ -970,8 +971,9 @@ mod tests {
 
     #[test]
     fn toml_file_with_several_apps() {
-        let d = tmpdir("apps");
-        let p = write(&d, "state_dir = \"/srv/pb\"\n[server]\nport = 6001\nactivity_timeout = 120\n[[apps]]\nid = \"a\"\nkey = \"ka\"\nsecret = \"sa\"\nclient_events = false\nmax_presence_members = 2\n[[apps]]\nid = \"b\"\nkey = \"kb\"\nsecret = \"sb\"\nallowed_origins = [\"https://shop.example\"]\n");
+        let tmp = tmpdir("apps");
+        let d = tmp.path();
+        let p = write(d, "state_dir = \"/srv/pb\"\n[server]\nport = 6001\nactivity_timeout = 120\n[[apps]]\nid = \"a\"\nkey = \"ka\"\nsecret = \"sa\"\nclient_events = false\nmax_presence_members = 2\n[[apps]]\nid = \"b\"\nkey = \"kb\"\nsecret = \"sb\"\nallowed_origins = [\"https://shop.example\"]\n");
         let c = load(Some(&p), &env(&[])).unwrap();
         assert_eq!(c.apps.len(), 2);
         assert!(!c.apps[0].client_events);
@@ -986,9 +988,10 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_and_the_key() {
-        let d = tmpdir("errors");
+        let tmp = tmpdir("errors");
+        let d = tmp.path();
         let p = write(
-            &d,
+            d,
             "[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\nclient_event = true\n",
         );
         let err = load(Some(&p), &env(&[])).unwrap_err().to_string();
@@ -996,56 +999,57 @@ mod tests {
             err.contains("pushbox.toml") && err.contains("client_event"),
             "{err}"
         );
-        let p = write(&d, "[server\n");
+        let p = write(d, "[server\n");
         let err = load(Some(&p), &env(&[])).unwrap_err().to_string();
         assert!(err.contains("pushbox.toml"), "{err}");
         assert!(!err.contains('\n'));
-        let p = write(&d, "[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n[[apps]]\nid = \"b\"\nkey = \"k\"\nsecret = \"s\"\n");
+        let p = write(d, "[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n[[apps]]\nid = \"b\"\nkey = \"k\"\nsecret = \"s\"\n");
         assert!(load(Some(&p), &env(&[]))
             .unwrap_err()
             .to_string()
             .contains("unique"));
         let p = write(
-            &d,
+            d,
             "[server]\nactivity_timeout = 0\n[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n",
         );
         assert!(load(Some(&p), &env(&[]))
             .unwrap_err()
             .to_string()
             .contains("activity_timeout"));
-        let p = write(&d, "[[apps]]\nid = \"a\"\nkey = \"k\"\n");
+        let p = write(d, "[[apps]]\nid = \"a\"\nkey = \"k\"\n");
         assert!(load(Some(&p), &env(&[]))
             .unwrap_err()
             .to_string()
             .contains("secret"));
         let p = write(
-            &d,
+            d,
             "[server]\ncoalesce_ms = 50\n[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n",
         );
         assert!(load(Some(&p), &env(&[]))
             .unwrap_err()
             .to_string()
             .contains("coalesce_ms"));
-        let p = write(&d, "[server]\nport = 70000\n");
+        let p = write(d, "[server]\nport = 70000\n");
         assert!(load(Some(&p), &env(&[])).is_err());
     }
 
     #[test]
     fn console_and_metrics_sections() {
-        let d = tmpdir("console");
+        let tmp = tmpdir("console");
+        let d = tmp.path();
         let app = "[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n";
-        let p = write(&d, app);
+        let p = write(d, app);
         let c = load(Some(&p), &env(&[])).unwrap();
         assert!(c.console.is_none(), "no [console]: no console");
         assert!(c.metrics.enabled && c.metrics.token.is_none() && c.metrics.allow.is_empty());
-        let p = write(&d, &format!("[console]\npassword = \"correct horse\"\nsession_secs = 60\n[metrics]\ntoken = \"t0k\"\nallow = [\"127.0.0.1/32\", \"::1\"]\n{app}"));
+        let p = write(d, &format!("[console]\npassword = \"correct horse\"\nsession_secs = 60\n[metrics]\ntoken = \"t0k\"\nallow = [\"127.0.0.1/32\", \"::1\"]\n{app}"));
         let c = load(Some(&p), &env(&[])).unwrap();
         let con = c.console.unwrap();
         assert_eq!(con.password.as_deref(), Some("correct horse"));
         assert!(con.app_login);
         assert_eq!(con.session_secs, 60);
         assert_eq!(c.metrics.token.as_deref(), Some("t0k"));
-        let p = write(&d, &format!("[console]\n{app}"));
+        let p = write(d, &format!("[console]\n{app}"));
         let c = load(
             Some(&p),
             &env(&[("PUSHBOX_CONSOLE_PASSWORD", "from-env-123")]),
@@ -1060,7 +1064,7 @@ mod tests {
             ("[metrics]\nallow = [\"localhost\"]\n", "metrics.allow"),
             ("[metrics]\ntoken = \"\"\n", "metrics.token"),
         ] {
-            let p = write(&d, &format!("{bad}{app}"));
+            let p = write(d, &format!("{bad}{app}"));
             let err = load(Some(&p), &env(&[])).unwrap_err().to_string();
             assert!(err.contains(what), "{bad}: {err}");
         }
