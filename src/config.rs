@@ -15,11 +15,29 @@ pub const EXIT_CONFIG: i32 = 78;
 /// A configuration problem, one line, naming where it is and what to do.
 #[derive(Debug)]
 pub enum ConfigError {
-    Read { path: PathBuf, error: String },
-    Parse { path: PathBuf, error: String },
-    Invalid { source: String, message: String },
-    Env { var: String, message: String },
-    NoApps { path: PathBuf },
+    Read {
+        path: PathBuf,
+        error: String,
+    },
+    Parse {
+        path: PathBuf,
+        error: String,
+    },
+    Invalid {
+        source: String,
+        message: String,
+    },
+    Env {
+        var: String,
+        message: String,
+    },
+    NoApps {
+        path: PathBuf,
+    },
+    /// `--dev` on a command other than `serve`, with no dev app saved yet.
+    NoDevApp {
+        dir: PathBuf,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -31,8 +49,13 @@ impl fmt::Display for ConfigError {
             ConfigError::Env { var, message } => write!(f, "environment variable {var}: {message}"),
             ConfigError::NoApps { path } => write!(
                 f,
-                "no app configured: add an [[apps]] table to {} or set REVERB_APP_ID, REVERB_APP_KEY and REVERB_APP_SECRET (or run `pushbox serve --dev`)",
+                "no app configured: add an [[apps]] table to {} or set REVERB_APP_ID, REVERB_APP_KEY and REVERB_APP_SECRET (or, to develop, run `pushbox serve --dev` and pass --dev to the other commands)",
                 path.display()
+            ),
+            ConfigError::NoDevApp { dir } => write!(
+                f,
+                "no dev app in {}: start `pushbox serve --dev` in this directory first (it saves its keys there), or set PUSHBOX_STATE_DIR to the dev state directory it printed",
+                dir.display()
             ),
         }
     }

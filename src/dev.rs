@@ -1,6 +1,7 @@
 //! `pushbox serve --dev`: the embedded default. A dev app on 127.0.0.1:8080 whose generated
 //! id, key and secret are kept in a local state directory (`./.pushbox-dev`, or
 //! `PUSHBOX_STATE_DIR`) so they survive restarts, printed with the Laravel `.env` block.
+//! The other commands take `--dev` too and then use that saved app (never a new one).
 
 use std::path::{Path, PathBuf};
 
@@ -25,21 +26,37 @@ pub fn generate_app() -> Result<(String, String, String), String> {
     Ok((id.to_string(), pick(&buf[4..24]), pick(&buf[24..56])))
 }
 
-fn load_or_create(dir: &Path) -> Result<(String, String, String), ConfigError> {
+/// The saved dev app in `dir`, if there is one.
+fn load_saved(dir: &Path) -> Result<Option<(String, String, String)>, ConfigError> {
     let file = dir.join("dev-app.toml");
-    if let Ok(text) = std::fs::read_to_string(&file) {
-        #[derive(serde::Deserialize)]
-        struct Saved {
-            id: String,
-            key: String,
-            secret: String,
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(ConfigError::Read {
+                path: file,
+                error: e.to_string(),
+            })
         }
-        let s: Saved = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: file.clone(),
-            error: format!("{e} (delete the file to generate new dev keys)"),
-        })?;
-        return Ok((s.id, s.key, s.secret));
+    };
+    #[derive(serde::Deserialize)]
+    struct Saved {
+        id: String,
+        key: String,
+        secret: String,
     }
+    let s: Saved = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: file.clone(),
+        error: format!("{e} (delete the file to generate new dev keys)"),
+    })?;
+    Ok(Some((s.id, s.key, s.secret)))
+}
+
+fn load_or_create(dir: &Path) -> Result<(String, String, String), ConfigError> {
+    if let Some(saved) = load_saved(dir)? {
+        return Ok(saved);
+    }
+    let file = dir.join("dev-app.toml");
     let (id, key, secret) = generate_app().map_err(|e| ConfigError::Invalid {
         source: "pushbox serve --dev".into(),
         message: e,
@@ -57,13 +74,46 @@ fn load_or_create(dir: &Path) -> Result<(String, String, String), ConfigError> {
     Ok((id, key, secret))
 }
 
-/// The `--dev` configuration (and prints the keys and the `.env` block).
-pub fn config(env: &dyn Env) -> Result<Config, ConfigError> {
-    let state_dir = env
-        .get("PUSHBOX_STATE_DIR")
+fn state_dir(env: &dyn Env) -> PathBuf {
+    env.get("PUSHBOX_STATE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".pushbox-dev"));
+        .unwrap_or_else(|| PathBuf::from(".pushbox-dev"))
+}
+
+/// `serve --dev`: the dev configuration, creating the dev app on first use, and prints the keys
+/// and the `.env` block.
+pub fn config(env: &dyn Env) -> Result<Config, ConfigError> {
+    let state_dir = state_dir(env);
     let (id, key, secret) = load_or_create(&state_dir)?;
+    let cfg = build(state_dir, &id, &key, &secret, env)?;
+    println!(
+        "{}",
+        env_block(&cfg.apps[0], &cfg.server.host, cfg.server.port, "http")
+    );
+    println!(
+        "# dev state: {} (delete dev-app.toml there to regenerate the keys)",
+        cfg.state_dir.display()
+    );
+    Ok(cfg)
+}
+
+/// `--dev` on the other commands (`trigger`, `events tail`, `queue`, `env`, `check`): the same
+/// configuration `serve --dev` runs with, from its saved app; prints nothing and creates nothing.
+pub fn existing(env: &dyn Env) -> Result<Config, ConfigError> {
+    let state_dir = state_dir(env);
+    match load_saved(&state_dir)? {
+        Some((id, key, secret)) => build(state_dir, &id, &key, &secret, env),
+        None => Err(ConfigError::NoDevApp { dir: state_dir }),
+    }
+}
+
+fn build(
+    state_dir: PathBuf,
+    id: &str,
+    key: &str,
+    secret: &str,
+    env: &dyn Env,
+) -> Result<Config, ConfigError> {
     let mut server = ServerConfig {
         host: "127.0.0.1".into(),
         ..ServerConfig::default()
@@ -74,12 +124,7 @@ pub fn config(env: &dyn Env) -> Result<Config, ConfigError> {
             message: format!("{p:?} is not a port number"),
         })?;
     }
-    let app = AppConfig::with_defaults(&id, &key, &secret);
-    println!("{}", env_block(&app, &server.host, server.port, "http"));
-    println!(
-        "# dev state: {} (delete dev-app.toml there to regenerate the keys)",
-        state_dir.display()
-    );
+    let app = AppConfig::with_defaults(id, key, secret);
     Ok(Config {
         state_dir,
         user: None,

@@ -724,3 +724,108 @@ fn check_warns_when_the_certificate_expires_within_30_days() {
         "{out}"
     );
 }
+
+/// The README's first command, then the operator's commands against it with `--dev`: they use
+/// the app `serve --dev` saved, never a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_commands_use_the_app_serve_dev_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let dev = |args: &[&str]| {
+        let mut c = pushbox(args);
+        c.current_dir(dir.path())
+            .env("REVERB_SERVER_PORT", port.to_string());
+        c
+    };
+    let child = dev(&["serve", "--dev"])
+        .env("PUSHBOX_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut guard = Kill(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "serve --dev did not listen on {port}"
+        );
+        if let Ok(Some(st)) = guard.0.try_wait() {
+            panic!("serve --dev exited: {st}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let saved = std::fs::read_to_string(dir.path().join(".pushbox-dev/dev-app.toml")).unwrap();
+    let saved: toml::Table = toml::from_str(&saved).unwrap();
+    let (id, key) = (
+        saved["id"].as_str().unwrap().to_owned(),
+        saved["key"].as_str().unwrap().to_owned(),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut client = common::Client::connect_key(addr, &key).await;
+    client.subscribe("orders").await;
+
+    let trigger = dev(&[
+        "trigger",
+        "--dev",
+        "--channel",
+        "orders",
+        "--event",
+        "OrderShipped",
+        "--data",
+        r#"{"id":7}"#,
+    ]);
+    let out = tokio::task::spawn_blocking(move || run(&mut { trigger }))
+        .await
+        .unwrap();
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.contains(&format!("(app {id})")), "{out}");
+    let ev = client.recv_event("OrderShipped").await;
+    assert_eq!(ev["data"], r#"{"id":7}"#);
+
+    // The event log of the dev state directory has it, with the one socket it reached.
+    let out = run(&mut dev(&["events", "tail", "--dev", "-n", "1"]));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        out.stdout.contains("OrderShipped") && out.stdout.contains("orders→1"),
+        "{out}"
+    );
+    let out = run(&mut dev(&["check", "--dev"]));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.contains("held by a running pushbox"), "{out}");
+    let out = run(&mut dev(&["env", "--dev"]));
+    assert!(
+        out.stdout.contains(&format!("REVERB_APP_KEY={key}")),
+        "{out}"
+    );
+    assert!(out.stdout.contains(&format!("REVERB_PORT={port}")), "{out}");
+    drop(guard);
+
+    // Where `serve --dev` never ran: exit 78, saying what to do, and no keys are made.
+    let empty = tempfile::tempdir().unwrap();
+    let out = run(
+        pushbox(&["trigger", "--dev", "--channel", "c", "--event", "e"]).current_dir(empty.path()),
+    );
+    assert_eq!(out.code, Some(78), "{out}");
+    assert!(
+        out.stderr.contains("no dev app") && out.stderr.contains("pushbox serve --dev"),
+        "{out}"
+    );
+    assert!(!empty.path().join(".pushbox-dev").exists());
+    // --dev and --config name two different configurations.
+    let out = run(&mut pushbox(&[
+        "queue",
+        "status",
+        "--dev",
+        "--config",
+        "/nonexistent.toml",
+    ]));
+    assert_eq!(out.code, Some(2), "{out}");
+}

@@ -32,6 +32,10 @@ pub struct ConfigArgs {
     /// A Laravel .env file to read REVERB_* / PUSHER_* variables from.
     #[arg(long, value_name = "PATH")]
     pub env_file: Option<PathBuf>,
+    /// Development mode: 127.0.0.1:8080 and the dev app whose keys `serve --dev` keeps in
+    /// ./.pushbox-dev (or $PUSHBOX_STATE_DIR); the other commands use that saved app.
+    #[arg(long, conflicts_with = "config")]
+    pub dev: bool,
 }
 
 #[derive(Subcommand)]
@@ -40,9 +44,6 @@ pub enum Command {
     Serve {
         #[command(flatten)]
         config: ConfigArgs,
-        /// Development mode: 127.0.0.1:8080, a dev app whose keys are kept in ./.pushbox-dev.
-        #[arg(long)]
-        dev: bool,
     },
     /// Print a new app id, key and secret (in the shape REVERB_* expects).
     Keygen,
@@ -169,7 +170,7 @@ pub enum QueueCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, dev } => serve::run(&config, dev),
+        Command::Serve { config } => serve::run(&config),
         Command::Keygen => ops::keygen(),
         Command::Env { config, app, host } => ops::env(&config, app.as_deref(), host.as_deref()),
         Command::Check { config } => ops::check(&config),
@@ -223,9 +224,13 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Loads the configuration the way `serve` does (file, `.env` file, environment).
+/// Loads the configuration the way `serve` does (file, `.env` file, environment); with `--dev`,
+/// the saved dev app of `serve --dev`.
 pub fn load_config(args: &ConfigArgs) -> Result<crate::config::Config, crate::config::ConfigError> {
     let env = process_env(args)?;
+    if args.dev {
+        return crate::dev::existing(&env);
+    }
     crate::config::load(args.config.as_deref(), &env)
 }
 

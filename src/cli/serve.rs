@@ -18,9 +18,9 @@ fn init_logging() {
 }
 
 /// `pushbox serve [--dev]`.
-pub fn run(args: &ConfigArgs, dev: bool) -> ExitCode {
+pub fn run(args: &ConfigArgs) -> ExitCode {
     init_logging();
-    let cfg = match load(args, dev) {
+    let cfg = match load(args) {
         Ok(c) => c,
         Err(e) => return super::config_failure(e),
     };
@@ -64,8 +64,8 @@ pub fn run(args: &ConfigArgs, dev: bool) -> ExitCode {
     rt.block_on(serve(cfg, activated))
 }
 
-fn load(args: &ConfigArgs, dev: bool) -> Result<Config, ConfigError> {
-    if dev {
+fn load(args: &ConfigArgs) -> Result<Config, ConfigError> {
+    if args.dev {
         return crate::dev::config(&super::process_env(args)?);
     }
     super::load_config(args)
