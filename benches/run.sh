@@ -11,7 +11,8 @@
 # Environment: RUNS, PUSHBOX_BIN (skip the slow LTO build and benchmark this binary),
 # PBLOAD_BIN, PORT_BASE (default 6400), SERVER_CPU (1), CLIENT_CPU (0), OUT_DIR,
 # DURABILITY (pushbox's [spool] durability: memory, the default, or fsync), COALESCE_MS
-# (pushbox's opt-in [server] coalesce_ms, default 0: measure what the window buys).
+# (pushbox's opt-in [server] coalesce_ms, default 0: measure what the window buys),
+# CHURN_CYCLES (default 100000; 20000 quick) and CHURN_MAX_SLICES (12): a longer churn.
 # Raw pbload JSON lines (one per run, tagged with .bench) go to target/bench-results/*.jsonl.
 set -euo pipefail
 
@@ -195,14 +196,14 @@ scen_api() { # name srv run duration
 }
 
 # Churn: a short warm-up (allocator pools, runtime), then connect/subscribe/close cycles in
-# 10 s slices until CYCLES are done (at most 12 slices); growth = RSS after the last slice's
-# settle − RSS after the warm-up.
+# 10 s slices until CYCLES are done (at most CHURN_MAX_SLICES, default 12); growth = RSS after
+# the last slice's settle − RSS after the warm-up. Each slice's settled RSS is in the JSONL too.
 scen_churn() { # name srv run cycles
     local name=$1 srv=$2 run=$3 target=$4 total=0 i first="" lastj=""
     local ips=127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8
     start_server "$srv"
     pbload "$name-warmup" "$srv" "$run" churn --url "$(WS)" --conns 50 --duration 3 --settle 2 --source-ips "$ips"
-    for i in 1 2 3 4 5 6 7 8 9 10 11 12; do
+    for i in $(seq 1 "${CHURN_MAX_SLICES:-12}"); do
         pbload "$name-slice" "$srv" "$run" churn --url "$(WS)" --conns 50 --duration 10 --settle 3 --source-ips "$ips"
         [ -z "$first" ] && first=$LAST_JSON
         lastj=$LAST_JSON
@@ -258,7 +259,7 @@ for s in "${SCEN[@]}"; do
         api)
             pair api http scen_api $([ $QUICK = 1 ] && echo 5 || echo 10) ;;
         churn)
-            pair churn writeloop scen_churn $([ $QUICK = 1 ] && echo 20000 || echo 100000) ;;
+            pair churn writeloop scen_churn "${CHURN_CYCLES:-$([ $QUICK = 1 ] && echo 20000 || echo 100000)}" ;;
     esac
 done
 
