@@ -829,3 +829,35 @@ async fn dev_commands_use_the_app_serve_dev_saved() {
     ]));
     assert_eq!(out.code, Some(2), "{out}");
 }
+
+/// `pushbox … | head`: when the reader has gone, a command ends quietly by SIGPIPE like any Unix
+/// tool, instead of panicking with "failed printing to stdout: Broken pipe".
+#[test]
+fn a_command_whose_reader_went_away_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [&["keygen"][..], &["version"][..], &["env", "--dev"][..]] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".pushbox-dev")).unwrap();
+        write(
+            &dir.path().join(".pushbox-dev"),
+            "dev-app.toml",
+            "id = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
+        );
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = pushbox(args)
+            .current_dir(dir.path())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(
+            out.status.signal(),
+            Some(nix::sys::signal::Signal::SIGPIPE as i32),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+}

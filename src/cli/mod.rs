@@ -169,6 +169,9 @@ pub enum QueueCommand {
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        crate::sys::pipe::die_quietly_on_closed_stdout();
+    }
     match cli.command {
         Command::Serve { config } => serve::run(&config),
         Command::Keygen => ops::keygen(),

@@ -6,7 +6,9 @@
 //! * [`activation`]: systemd socket activation (`LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES`),
 //!   turning inherited file descriptors into `std::net::TcpListener`s;
 //! * [`limits`]: raising `RLIMIT_NOFILE` so that many idle connections fit;
-//! * [`privilege`]: dropping from root to an unprivileged user after the listeners are bound.
+//! * [`privilege`]: dropping from root to an unprivileged user after the listeners are bound;
+//! * [`pipe`]: the default `SIGPIPE` action for the commands that print (`… | head` ends them
+//!   quietly instead of a panic); never for `serve`.
 //!
 //! Every function here is a no-op or a clear error when the OS feature is absent, never a panic.
 //! Protocol, hub and session code must not call into this module; only `main`/`server` wiring does.
@@ -21,4 +23,5 @@
 pub mod activation;
 pub mod limits;
 pub mod notify;
+pub mod pipe;
 pub mod privilege;
