@@ -611,12 +611,16 @@ pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
         Some(p) => (p.to_path_buf(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
+    let mut source = path.display().to_string();
     let file: FileConfig = match std::fs::read_to_string(&path) {
         Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.clone(),
             error: e.to_string(),
         })?,
-        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => FileConfig::default(),
+        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+            source = format!("the environment (there is no {source})");
+            FileConfig::default()
+        }
         Err(e) => {
             return Err(ConfigError::Read {
                 path: path.clone(),
@@ -624,7 +628,6 @@ pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
             })
         }
     };
-    let source = path.display().to_string();
     let mut config = Config {
         state_dir: file
             .state_dir
@@ -962,6 +965,11 @@ mod tests {
         assert_eq!(c.server.port, 8090);
         assert_eq!(c.server.host, "0.0.0.0");
         assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
+        // Messages (and `pushbox check`) say where the app came from, not a file that isn't there.
+        assert_eq!(
+            c.source,
+            format!("the environment (there is no {DEFAULT_CONFIG_PATH})")
+        );
     }
 
     #[test]
