@@ -367,6 +367,25 @@ fn check_exits_78_on_a_config_missing_a_key_and_warns_on_weak_secrets() {
         out.stdout.contains("warn") && out.stdout.contains("weak"),
         "{out}"
     );
+
+    // The seed runbook's .env, pasted without generating keys: long enough, but known to all.
+    let env = write(
+        dir.path(),
+        ".env",
+        &format!(
+            "REVERB_APP_ID=sellermind\nREVERB_APP_KEY=your-generated-key-here\nREVERB_APP_SECRET=your-generated-secret-here\nREVERB_SERVER_HOST=127.0.0.1\nREVERB_SERVER_PORT={}\nPUSHBOX_STATE_DIR={}\n",
+            free_port(),
+            dir.path().display()
+        ),
+    );
+    let out = run(pushbox(&["check", "--config", "/dev/null", "--env-file"]).arg(&env));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        out.stdout.contains("warn  app sellermind")
+            && out.stdout.contains("key and the secret look")
+            && out.stdout.contains("pushbox keygen"),
+        "{out}"
+    );
 }
 
 fn trigger_config(dir: &Path, port: u16, secret: &str) -> PathBuf {
