@@ -60,6 +60,38 @@ impl std::fmt::Display for Out {
     }
 }
 
+/// A `pushbox serve` child process, killed when dropped.
+struct Served(std::process::Child);
+
+impl Served {
+    /// Spawns `serve` (logs at warn, output discarded) and waits until it accepts on `port`.
+    async fn start(mut serve: Command, port: u16) -> Served {
+        let child = serve
+            .env("PUSHBOX_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut served = Served(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "serve did not listen on {port}");
+            if let Ok(Some(st)) = served.0.try_wait() {
+                panic!("serve exited: {st}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        served
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -507,32 +539,9 @@ async fn trigger_over_https_trusting_the_self_signed_certificate() {
             app_toml(common::SECRET)
         ),
     );
-    let mut child = pushbox(&["serve", "--config"])
-        .arg(&cfg)
-        .env("PUSHBOX_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "serve did not listen on {tls_port}"
-        );
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("serve exited: {st}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _guard = Kill(child);
+    let mut serve = pushbox(&["serve", "--config"]);
+    serve.arg(&cfg);
+    let _served = Served::start(serve, tls_port).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut client = common::Client::connect(addr).await;
     client.subscribe("company.1").await;
@@ -756,31 +765,7 @@ async fn dev_commands_use_the_app_serve_dev_saved() {
             .env("REVERB_SERVER_PORT", port.to_string());
         c
     };
-    let child = dev(&["serve", "--dev"])
-        .env("PUSHBOX_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut guard = Kill(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "serve --dev did not listen on {port}"
-        );
-        if let Ok(Some(st)) = guard.0.try_wait() {
-            panic!("serve --dev exited: {st}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let served = Served::start(dev(&["serve", "--dev"]), port).await;
     let saved = std::fs::read_to_string(dir.path().join(".pushbox-dev/dev-app.toml")).unwrap();
     let saved: toml::Table = toml::from_str(&saved).unwrap();
     let (id, key) = (
@@ -825,7 +810,7 @@ async fn dev_commands_use_the_app_serve_dev_saved() {
         "{out}"
     );
     assert!(out.stdout.contains(&format!("REVERB_PORT={port}")), "{out}");
-    drop(guard);
+    drop(served);
 
     // Where `serve --dev` never ran: exit 78, saying what to do, and no keys are made.
     let empty = tempfile::tempdir().unwrap();
