@@ -248,7 +248,51 @@ pub const WEBHOOK_KINDS: [&str; 7] = [
     "subscription_count",
 ];
 
+/// Which of key or secret (with its verb) still holds the text a runbook told the reader to
+/// replace (`REVERB_APP_KEY=your-generated-key-here` in the seed's runbook, `changeme`, …).
+fn placeholder(key: &str, secret: &str) -> Option<&'static str> {
+    const MARKS: [&str; 8] = [
+        "your-",
+        "your_",
+        "-here",
+        "_here",
+        "changeme",
+        "change-me",
+        "example",
+        "placeholder",
+    ];
+    let looks = |v: &str| {
+        let v = v.to_ascii_lowercase();
+        MARKS.iter().any(|m| v.contains(m))
+    };
+    match (looks(key), looks(secret)) {
+        (true, true) => Some("key and the secret look"),
+        (true, false) => Some("key looks"),
+        (false, true) => Some("secret looks"),
+        (false, false) => None,
+    }
+}
+
 impl AppConfig {
+    /// What is wrong with the app's credentials, if anything: a key or secret still holding a
+    /// runbook's placeholder, a weak or short one, or a secret equal to the key. `pushbox check`
+    /// prints it and `serve` logs it at start; neither refuses to run.
+    pub fn credential_warning(&self) -> Option<String> {
+        let distinct = |s: &str| s.chars().collect::<std::collections::HashSet<_>>().len();
+        let (key, secret) = (&self.key, &self.secret);
+        if let Some(which) = placeholder(key, secret) {
+            Some(format!("the {which} like a placeholder from a runbook or .env.example, not a generated value: anyone who read the same text knows it; put the values of `pushbox keygen` in the shop's .env and here"))
+        } else if secret.len() < 20 || distinct(secret) < 10 {
+            Some(format!("the secret is weak ({} characters, {} distinct): anyone who guesses it can publish; use 32+ random characters (`pushbox keygen`)", secret.len(), distinct(secret)))
+        } else if key.len() < 8 {
+            Some("the key is short: use 16+ random characters (`pushbox keygen`)".into())
+        } else if secret == key {
+            Some("the secret equals the key, which browsers see: use a separate random secret (`pushbox keygen`)".into())
+        } else {
+            None
+        }
+    }
+
     /// Every webhook receiver: `webhooks` plus `webhook_url` (all kinds).
     pub fn webhook_targets(&self) -> Vec<WebhookTarget> {
         let mut v = self.webhooks.clone();

@@ -255,6 +255,9 @@ fn accepted_events_are_in_the_event_log_and_sigterm_sends_4200() {
         }
     }
     assert!(!err.contains("panicked"), "{err}");
+    // The test app's secret is weak: said once at start (without the secret), like `check` says it.
+    assert!(err.contains("the secret is weak (11 characters"), "{err}");
+    assert!(!err.contains(common::SECRET), "{err}");
 }
 
 #[test]

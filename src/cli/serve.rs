@@ -24,6 +24,11 @@ pub fn run(args: &ConfigArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return super::config_failure(e),
     };
+    for app in &cfg.apps {
+        if let Some(w) = app.credential_warning() {
+            tracing::warn!(app = %app.id, "{w}");
+        }
+    }
     // Before any thread exists: take systemd's sockets and raise the open-files limit.
     let activated = match crate::sys::activation::take_listeners() {
         Ok(l) => l,

@@ -86,18 +86,8 @@ pub fn check(args: &ConfigArgs) -> ExitCode {
 fn keys(r: &mut Report, config: &Config) {
     for app in &config.apps {
         let what = format!("app {}", app.id);
-        let distinct = |s: &str| s.chars().collect::<std::collections::HashSet<_>>().len();
-        if let Some(which) = placeholder(&app.key, &app.secret) {
-            r.warn(&what, format!("the {which} like a placeholder from a runbook or .env.example, not a generated value: anyone who read the same text knows it; put the values of `pushbox keygen` in the shop's .env and here"));
-        } else if app.secret.len() < 20 || distinct(&app.secret) < 10 {
-            r.warn(&what, format!("the secret is weak ({} characters, {} distinct): anyone who guesses it can publish; use 32+ random characters (`pushbox keygen`)", app.secret.len(), distinct(&app.secret)));
-        } else if app.key.len() < 8 {
-            r.warn(
-                &what,
-                "the key is short: use 16+ random characters (`pushbox keygen`)",
-            );
-        } else if app.secret == app.key {
-            r.warn(&what, "the secret equals the key, which browsers see: use a separate random secret (`pushbox keygen`)");
+        if let Some(w) = app.credential_warning() {
+            r.warn(&what, w);
         } else if !app.enabled {
             r.warn(
                 &what,
@@ -113,31 +103,6 @@ fn keys(r: &mut Report, config: &Config) {
                 ),
             );
         }
-    }
-}
-
-/// Which of key or secret (with its verb) still holds the text a runbook told the reader to replace
-/// (`REVERB_APP_KEY=your-generated-key-here` in the seed's runbook, `changeme`, …).
-fn placeholder(key: &str, secret: &str) -> Option<&'static str> {
-    const MARKS: [&str; 8] = [
-        "your-",
-        "your_",
-        "-here",
-        "_here",
-        "changeme",
-        "change-me",
-        "example",
-        "placeholder",
-    ];
-    let looks = |v: &str| {
-        let v = v.to_ascii_lowercase();
-        MARKS.iter().any(|m| v.contains(m))
-    };
-    match (looks(key), looks(secret)) {
-        (true, true) => Some("key and the secret look"),
-        (true, false) => Some("key looks"),
-        (false, true) => Some("secret looks"),
-        (false, false) => None,
     }
 }
 
