@@ -328,6 +328,41 @@ async fn check_accepts_a_port_held_by_a_running_pushbox() {
         .unwrap();
     assert_eq!(out.code, Some(0), "{out}");
     assert!(out.stdout.contains("held by a running pushbox"), "{out}");
+    // ... and a Pusher client with the app's key really connects to it.
+    let connects = format!(
+        "a client connects to ws://127.0.0.1:{}/app/{} (pusher:connection_established, socket ",
+        server.addr.port(),
+        common::KEY
+    );
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("ok    ws {} ", common::APP_ID))
+                && l.contains(&connects)),
+        "{out}"
+    );
+
+    // The config was edited (a new key) but the server not restarted: the running one refuses
+    // the key, and check says so instead of "all checks passed".
+    let edited = std::fs::read_to_string(dir.path().join("p.toml"))
+        .unwrap()
+        .replace(
+            &format!("key = \"{}\"", common::KEY),
+            "key = \"rotatedkey123456\"",
+        );
+    let cfg = write(dir.path(), "edited.toml", &edited);
+    let out = tokio::task::spawn_blocking(move || run(pushbox(&["check", "--config"]).arg(&cfg)))
+        .await
+        .unwrap();
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stdout.contains(&format!("FAIL  ws {}", common::APP_ID))
+            && out
+                .stdout
+                .contains("does not know key rotatedkey123456: 4001")
+            && out.stdout.contains("restart it"),
+        "{out}"
+    );
 }
 
 #[test]

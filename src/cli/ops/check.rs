@@ -149,6 +149,7 @@ fn ports(r: &mut Report, config: &Config) {
             None
         }
     };
+    let mut held = Vec::new();
     for (what, host, port, tls) in listeners {
         let shown = if host.contains(':') {
             format!("[{host}]:{port}")
@@ -170,7 +171,10 @@ fn ports(r: &mut Report, config: &Config) {
                     .as_ref()
                     .is_some_and(|rt| rt.block_on(is_pushbox(addr, tls)));
                 match e.kind() {
-                    _ if by_pushbox => r.ok(what, format!("{shown} is held by a running pushbox (it answers /up)")),
+                    _ if by_pushbox => {
+                        r.ok(what, format!("{shown} is held by a running pushbox (it answers /up)"));
+                        held.push((addr, tls));
+                    }
                     std::io::ErrorKind::AddrInUse => r.fail(
                         what,
                         format!("port {port} ({shown}) is in use by another program: find it with `ss -ltnp 'sport = :{port}'` and stop it, or choose another port in {}", if tls { "[tls] port" } else { "[server] port (or REVERB_SERVER_PORT)" }),
@@ -188,10 +192,60 @@ fn ports(r: &mut Report, config: &Config) {
             }
         }
     }
+    if let Some(rt) = &rt {
+        for (addr, tls) in held {
+            rt.block_on(clients_connect(r, config, addr, tls));
+        }
+    }
 }
 
-/// True when whatever listens at `addr` answers `GET /up` the way pushbox does.
-async fn is_pushbox(addr: SocketAddr, tls: bool) -> bool {
+/// The "WebSocket not connected" question itself, asked of the running server: each enabled
+/// app's key opens `/app/{key}` and must get `pusher:connection_established`. A refusal there
+/// while the config is fine means the running server has another configuration.
+async fn clients_connect(r: &mut Report, config: &Config, addr: SocketAddr, tls: bool) {
+    let target = local_target(addr, tls);
+    let probe = if tls {
+        match http::probe_config() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                r.warn(
+                    "websocket",
+                    format!("cannot open a TLS client to test {}: {e}", target.url()),
+                );
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let scheme = if tls { "wss" } else { "ws" };
+    for app in config.apps.iter().filter(|a| a.enabled) {
+        let what = format!("ws {}", app.id);
+        let url = format!("{scheme}://{}/app/{}", target.authority(), app.key);
+        match http::websocket_probe(&target, probe.clone(), &app.key, Duration::from_secs(3)).await {
+            Ok(http::WsProbe::Connected { socket_id }) => r.ok(
+                &what,
+                format!("a client connects to {url} (pusher:connection_established, socket {socket_id})"),
+            ),
+            Ok(http::WsProbe::Refused { code, message }) if code == 4001 => r.fail(
+                &what,
+                format!("the running pushbox does not know key {}: {code} {message:?}. It was started with another configuration: restart it to load this one (systemctl restart pushbox)", app.key),
+            ),
+            Ok(http::WsProbe::Refused { code, message }) => r.fail(
+                &what,
+                format!("{url} refused the client: {code} {message:?}"),
+            ),
+            Ok(http::WsProbe::NotUpgraded { status, body }) => r.fail(
+                &what,
+                format!("{url} answered HTTP {status} instead of a WebSocket upgrade: {body:?}"),
+            ),
+            Err(e) => r.fail(&what, format!("{url}: {e}")),
+        }
+    }
+}
+
+/// Where to reach a local listener: loopback for a wildcard address.
+fn local_target(addr: SocketAddr, tls: bool) -> Target {
     let ip = if addr.ip().is_unspecified() {
         if addr.is_ipv4() {
             std::net::Ipv4Addr::LOCALHOST.into()
@@ -201,11 +255,16 @@ async fn is_pushbox(addr: SocketAddr, tls: bool) -> bool {
     } else {
         addr.ip()
     };
-    let target = Target {
+    Target {
         https: tls,
         host: ip.to_string(),
         port: addr.port(),
-    };
+    }
+}
+
+/// True when whatever listens at `addr` answers `GET /up` the way pushbox does.
+async fn is_pushbox(addr: SocketAddr, tls: bool) -> bool {
+    let target = local_target(addr, tls);
     let config = if tls {
         match http::probe_config() {
             Ok(c) => Some(c),

@@ -1,5 +1,7 @@
 //! One HTTP/1.1 request from the command line (hyper's client connection), over TCP or over TLS
-//! (tokio-rustls, ring): `trigger` posts events with it and `check` asks a port's owner for `/up`.
+//! (tokio-rustls, ring): `trigger` posts events with it and `check` asks a port's owner for `/up`,
+//! then opens `/app/{key}` as a Pusher client would and reads the first frame
+//! ([`websocket_probe`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -46,7 +48,7 @@ impl Target {
     }
 
     /// The `Host` header value.
-    fn authority(&self) -> String {
+    pub fn authority(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -107,6 +109,10 @@ pub async fn request(
     .unwrap_or(Err(HttpError::Timeout))
 }
 
+/// A connection's byte stream, plain TCP or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
 async fn request_inner(
     target: &Target,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -114,15 +120,6 @@ async fn request_inner(
     path_and_query: &str,
     body: Vec<u8>,
 ) -> Result<Reply, HttpError> {
-    let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => HttpError::Refused(format!(
-                "cannot connect to {}: connection refused",
-                target.url()
-            )),
-            _ => HttpError::Other(format!("cannot connect to {}: {e}", target.url())),
-        })?;
     let req = hyper::Request::builder()
         .method(method)
         .uri(path_and_query)
@@ -134,6 +131,23 @@ async fn request_inner(
         )
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| HttpError::Other(format!("cannot build the request: {e}")))?;
+    send(open(target, tls).await?, req).await
+}
+
+/// Connects to `target`, with a TLS handshake for https.
+async fn open(
+    target: &Target,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Box<dyn Io>, HttpError> {
+    let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => HttpError::Refused(format!(
+                "cannot connect to {}: connection refused",
+                target.url()
+            )),
+            _ => HttpError::Other(format!("cannot connect to {}: {e}", target.url())),
+        })?;
     if target.https {
         let config =
             tls.ok_or_else(|| HttpError::Other("no TLS settings for an https URL".into()))?;
@@ -146,9 +160,9 @@ async fn request_inner(
             .map_err(|e| {
                 HttpError::Tls(format!("TLS handshake with {} failed: {e}", target.url()))
             })?;
-        send(stream, req).await
+        Ok(Box::new(stream))
     } else {
-        send(tcp, req).await
+        Ok(Box::new(tcp))
     }
 }
 
@@ -178,6 +192,161 @@ where
         reason: status.canonical_reason().unwrap_or("").to_owned(),
         body,
     })
+}
+
+/// What a Pusher client is told when it opens `/app/{key}`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WsProbe {
+    /// `pusher:connection_established`, with the socket id it was given.
+    Connected { socket_id: String },
+    /// `pusher:error` (or a close frame) instead: the server refused this key or client.
+    Refused { code: u64, message: String },
+    /// No WebSocket upgrade: the HTTP status and the start of the body.
+    NotUpgraded { status: u16, body: String },
+}
+
+/// Opens `/app/{key}` at `target` as pusher-js does (protocol 7), reads the first frame the server
+/// sends and closes with 1000; within `timeout`.
+pub async fn websocket_probe(
+    target: &Target,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    key: &str,
+    timeout: Duration,
+) -> Result<WsProbe, HttpError> {
+    tokio::time::timeout(timeout, probe_inner(target, tls, key))
+        .await
+        .unwrap_or(Err(HttpError::Timeout))
+}
+
+async fn probe_inner(
+    target: &Target,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    key: &str,
+) -> Result<WsProbe, HttpError> {
+    use tokio::io::AsyncWriteExt;
+    let key: String = form_urlencoded::byte_serialize(key.as_bytes()).collect();
+    let req = hyper::Request::builder()
+        .method("GET")
+        .uri(format!(
+            "/app/{key}?protocol=7&client=pushbox-check&version={}",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .header(hyper::header::HOST, target.authority())
+        .header(hyper::header::CONNECTION, "Upgrade")
+        .header(hyper::header::UPGRADE, "websocket")
+        .header(hyper::header::SEC_WEBSOCKET_VERSION, "13")
+        .header(hyper::header::SEC_WEBSOCKET_KEY, "cHVzaGJveCBjaGVjayEhIQ==")
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("pushbox-cli/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| HttpError::Other(format!("cannot build the request: {e}")))?;
+    let stream = open(target, tls).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| HttpError::Other(format!("HTTP handshake failed: {e}")))?;
+    let driver = tokio::spawn(conn.with_upgrades());
+    let resp = sender.send_request(req).await.map_err(|e| {
+        HttpError::Other(format!(
+            "the server closed the connection without an HTTP answer: {e}"
+        ))
+    })?;
+    if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        let status = resp.status().as_u16();
+        let body = match resp.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        driver.abort();
+        return Ok(WsProbe::NotUpgraded {
+            status,
+            body: String::from_utf8_lossy(&body).chars().take(200).collect(),
+        });
+    }
+    let upgraded = hyper::upgrade::on(resp)
+        .await
+        .map_err(|e| HttpError::Other(format!("the WebSocket upgrade failed: {e}")))?;
+    let mut io = TokioIo::new(upgraded);
+    let (opcode, payload) = read_server_frame(&mut io).await?;
+    // A masked close frame, 1000: a polite goodbye (the answer is not waited for).
+    let _ = io.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]).await;
+    driver.abort();
+    Ok(first_frame(opcode, &payload))
+}
+
+/// What the first frame says: `pusher:connection_established`, `pusher:error`, or a close.
+fn first_frame(opcode: u8, payload: &[u8]) -> WsProbe {
+    if opcode == 0x8 {
+        let code = match payload {
+            [a, b, ..] => u64::from(u16::from_be_bytes([*a, *b])),
+            _ => 1005,
+        };
+        let message = String::from_utf8_lossy(payload.get(2..).unwrap_or_default()).into_owned();
+        return WsProbe::Refused { code, message };
+    }
+    let frame: serde_json::Value = match serde_json::from_slice(payload) {
+        Ok(v) => v,
+        Err(_) => {
+            return WsProbe::Refused {
+                code: 0,
+                message: format!(
+                    "not a Pusher frame: {}",
+                    String::from_utf8_lossy(payload)
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                ),
+            }
+        }
+    };
+    // `data` is a JSON string in connection_established and an object in pusher:error.
+    let data = match &frame["data"] {
+        serde_json::Value::String(s) => serde_json::from_str(s).unwrap_or_default(),
+        other => other.clone(),
+    };
+    match frame["event"].as_str() {
+        Some("pusher:connection_established") => WsProbe::Connected {
+            socket_id: data["socket_id"].as_str().unwrap_or("?").to_owned(),
+        },
+        Some("pusher:error") => WsProbe::Refused {
+            code: data["code"].as_u64().unwrap_or(0),
+            message: data["message"].as_str().unwrap_or("").to_owned(),
+        },
+        other => WsProbe::Refused {
+            code: 0,
+            message: format!("unexpected first event {other:?}"),
+        },
+    }
+}
+
+/// Reads one unmasked server frame (a first frame is small: at most 64 KiB is accepted).
+async fn read_server_frame<R: tokio::io::AsyncRead + Unpin>(
+    io: &mut R,
+) -> Result<(u8, Vec<u8>), HttpError> {
+    use tokio::io::AsyncReadExt;
+    let broken = |e: std::io::Error| {
+        HttpError::Other(format!(
+            "the connection ended before the first WebSocket frame: {e}"
+        ))
+    };
+    let mut head = [0u8; 2];
+    io.read_exact(&mut head).await.map_err(broken)?;
+    if head[1] & 0x80 != 0 {
+        return Err(HttpError::Other("the server sent a masked frame".into()));
+    }
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            io.read_exact(&mut b).await.map_err(broken)?;
+            usize::from(u16::from_be_bytes(b))
+        }
+        127 => return Err(HttpError::Other("the first frame is over 64 KiB".into())),
+        n => usize::from(n),
+    };
+    let mut payload = vec![0u8; len];
+    io.read_exact(&mut payload).await.map_err(broken)?;
+    Ok((head[0] & 0x0f, payload))
 }
 
 /// The ring provider with pushbox's protocol versions.
@@ -302,5 +471,49 @@ mod tests {
         assert!(Target::parse("ftp://x").unwrap_err().contains("scheme"));
         assert!(Target::parse("http://x/apps/1/events").is_err());
         assert!(Target::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn first_frames_as_pusher_servers_send_them() {
+        assert_eq!(
+            first_frame(
+                0x1,
+                br#"{"event":"pusher:connection_established","data":"{\"socket_id\":\"12.34\",\"activity_timeout\":30}"}"#
+            ),
+            WsProbe::Connected {
+                socket_id: "12.34".into()
+            }
+        );
+        assert_eq!(
+            first_frame(
+                0x1,
+                br#"{"event":"pusher:error","data":{"code":4001,"message":"App key nope does not exist"}}"#
+            ),
+            WsProbe::Refused {
+                code: 4001,
+                message: "App key nope does not exist".into()
+            }
+        );
+        let mut close = 4003u16.to_be_bytes().to_vec();
+        close.extend_from_slice(b"App disabled");
+        assert_eq!(
+            first_frame(0x8, &close),
+            WsProbe::Refused {
+                code: 4003,
+                message: "App disabled".into()
+            }
+        );
+        assert!(matches!(
+            first_frame(0x8, &[]),
+            WsProbe::Refused { code: 1005, .. }
+        ));
+        assert!(matches!(
+            first_frame(0x1, b"<html>"),
+            WsProbe::Refused { code: 0, .. }
+        ));
+        assert!(matches!(
+            first_frame(0x1, br#"{"event":"hello"}"#),
+            WsProbe::Refused { code: 0, .. }
+        ));
     }
 }
