@@ -580,6 +580,25 @@ async fn trigger_over_https_trusting_the_self_signed_certificate() {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut client = common::Client::connect(addr).await;
     client.subscribe("company.1").await;
+
+    // check's client probe on both listeners: ws on the plain port, wss on the TLS one.
+    let cfg3 = cfg.clone();
+    let out = tokio::task::spawn_blocking(move || run(pushbox(&["check", "--config"]).arg(&cfg3)))
+        .await
+        .unwrap();
+    for url in [
+        format!("ws://127.0.0.1:{port}/app/{}", common::KEY),
+        format!("wss://127.0.0.1:{tls_port}/app/{}", common::KEY),
+    ] {
+        assert!(
+            out.stdout.lines().any(|l| l.starts_with("ok    ws ")
+                && l.contains(&format!(
+                    "a client connects to {url} (pusher:connection_established"
+                ))),
+            "{url}\n{out}"
+        );
+    }
+
     let url = format!("https://127.0.0.1:{tls_port}");
     let (cfg2, crt2, url2) = (cfg.clone(), crt.clone(), url.clone());
     let out = tokio::task::spawn_blocking(move || {
