@@ -33,9 +33,9 @@ fn load_saved(dir: &Path) -> Result<Option<(String, String, String)>, ConfigErro
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
-            return Err(ConfigError::Read {
-                path: file,
-                error: e.to_string(),
+            return Err(ConfigError::Invalid {
+                source: file.display().to_string(),
+                message: format!("cannot read the saved dev app ({e}): fix its permissions, or delete it to generate new dev keys"),
             })
         }
     };
@@ -67,9 +67,9 @@ fn load_or_create(dir: &Path) -> Result<(String, String, String), ConfigError> {
         std::fs::write(&tmp, format!("# pushbox --dev app (delete to regenerate)\nid = \"{id}\"\nkey = \"{key}\"\nsecret = \"{secret}\"\n"))?;
         std::fs::rename(&tmp, &file)
     };
-    write().map_err(|e| ConfigError::Read {
-        path: file.clone(),
-        error: format!("cannot save the dev app: {e}"),
+    write().map_err(|e| ConfigError::Invalid {
+        source: file.display().to_string(),
+        message: format!("cannot save the dev app ({e}): make the directory writable, or set PUSHBOX_STATE_DIR to one that is"),
     })?;
     Ok((id, key, secret))
 }

@@ -473,6 +473,29 @@ mod tests {
         assert!(Target::parse("nonsense").is_err());
     }
 
+    #[tokio::test]
+    async fn server_frames_from_the_wire_and_what_is_refused() {
+        let mut ok: &[u8] = &[0x81, 2, b'h', b'i', 0xff];
+        assert_eq!(
+            read_server_frame(&mut ok).await.unwrap(),
+            (0x1, b"hi".to_vec())
+        );
+        let mut long = vec![0x81, 126, 0x01, 0x00];
+        long.extend(std::iter::repeat_n(b'x', 256));
+        assert_eq!(
+            read_server_frame(&mut &long[..]).await.unwrap().1.len(),
+            256
+        );
+        for bad in [
+            &[0x81, 0x82, 1, 2, 3, 4, b'h', b'i'][..], // masked
+            &[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0][..],  // 64-bit length
+            &[0x81, 5, b'h'][..],                      // cut short
+            &[0x81][..],
+        ] {
+            assert!(read_server_frame(&mut &bad[..]).await.is_err(), "{bad:?}");
+        }
+    }
+
     #[test]
     fn first_frames_as_pusher_servers_send_them() {
         assert_eq!(
