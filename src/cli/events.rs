@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::ConfigArgs;
+use crate::date;
 use crate::eventlog::{self, EventRecord};
 use crate::spool::{Record, Spool, SpoolReader};
 
@@ -99,7 +100,7 @@ pub fn format_record(r: &Record, channel: Option<&str>) -> Option<String> {
         }
         return Some(format!(
             "{} #{} (unreadable record: {} bytes)",
-            rfc3339(r.timestamp_ms),
+            date::rfc3339(r.timestamp_ms),
             r.seq,
             r.payload.len()
         ));
@@ -122,7 +123,7 @@ pub fn format_record(r: &Record, channel: Option<&str>) -> Option<String> {
     let data = data.replace(['\n', '\r'], " ");
     Some(format!(
         "{} app={} {} [{}] {}",
-        rfc3339(r.timestamp_ms),
+        date::rfc3339(r.timestamp_ms),
         e.app,
         e.name,
         targets.join(" "),
@@ -130,40 +131,9 @@ pub fn format_record(r: &Record, channel: Option<&str>) -> Option<String> {
     ))
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` from Unix milliseconds (no time-zone database on the box).
-pub fn rfc3339(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(rfc3339(1_795_649_045_123), "2026-11-25T23:24:05.123Z");
-    }
 
     #[test]
     fn tail_and_channel_filter() {

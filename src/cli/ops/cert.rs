@@ -8,8 +8,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::x509;
 use super::{fail, now_secs, EXIT_USAGE};
+use crate::date;
 
 pub const KEY_FILE: &str = "pushbox.key";
 pub const CERT_FILE: &str = "pushbox.crt";
@@ -103,7 +103,7 @@ fn generate(names: &[String], days: u32) -> Result<(String, String, i64), String
         .map_err(|e| format!("cannot use {names:?} as certificate names ({e}): host names are letters, digits, '-' and '.'"))?;
     let today = now_secs().div_euclid(86_400);
     let ymd = |d: i64| {
-        let (y, m, day) = x509::civil_from_days(d);
+        let (y, m, day) = date::civil_from_days(d);
         rcgen::date_time_ymd(y, m, day)
     };
     // From yesterday, so a client whose clock is a little behind accepts it.
@@ -163,7 +163,7 @@ fn print_instructions(names: &[String], key: &Path, cert: &Path, days: u32, not_
     println!("wrote {key} (EC P-256 private key, mode 0600: keep it secret, readable only by the pushbox user)");
     println!(
         "wrote {cert} (self-signed, valid {days} days until {}, for: {})",
-        x509::date(not_after),
+        date::date(not_after),
         names.join(", ")
     );
     println!();
@@ -198,6 +198,7 @@ fn print_instructions(names: &[String], key: &Path, cert: &Path, days: u32, not_
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::x509;
     use rustls::pki_types::pem::PemObject;
 
     #[test]

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::http::{self, Target};
-use super::{is_unspecified, now_secs, runtime, x509};
+use super::{is_unspecified, now_secs, runtime};
 use crate::cli::ConfigArgs;
 use crate::config::{Config, TlsConfig};
+use crate::{date, x509};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Level {
@@ -293,7 +294,7 @@ async fn is_pushbox(addr: SocketAddr, tls: bool) -> bool {
 }
 
 fn certificate(r: &mut Report, tls: &TlsConfig) {
-    let certs = match http::read_certs(&tls.cert) {
+    let certs = match x509::read_pem(&tls.cert) {
         Ok(c) => c,
         Err(e) => {
             r.fail("certificate", format!("{e}: check [tls] cert / PUSHBOX_TLS_CERT (PEM; `pushbox cert self-signed` makes one) and that the pushbox user can read it"));
@@ -344,23 +345,23 @@ fn certificate(r: &mut Report, tls: &TlsConfig) {
     let what = "certificate";
     let cert = tls.cert.display();
     if info.not_after <= now {
-        r.fail(what, format!("{cert} expired on {}: renew it (`pushbox cert self-signed --force ...` for a LAN box), then `systemctl reload pushbox`", x509::date(info.not_after)));
+        r.fail(what, format!("{cert} expired on {}: renew it (`pushbox cert self-signed --force ...` for a LAN box), then `systemctl reload pushbox`", date::date(info.not_after)));
     } else if info.not_before > now {
         r.warn(
             what,
             format!(
                 "{cert} is not valid until {}: check this machine's clock",
-                x509::date(info.not_before)
+                date::date(info.not_before)
             ),
         );
     } else if days < 30 {
-        r.warn(what, format!("{cert} expires in {days} days ({}): renew it soon and `systemctl reload pushbox` (for {names})", x509::date(info.not_after)));
+        r.warn(what, format!("{cert} expires in {days} days ({}): renew it soon and `systemctl reload pushbox` (for {names})", date::date(info.not_after)));
     } else {
         r.ok(
             what,
             format!(
                 "{cert} valid for {days} more days (until {}), for {names}",
-                x509::date(info.not_after)
+                date::date(info.not_after)
             ),
         );
     }

@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 /// Where a request goes: parsed from `http://host:port` / `https://host:port`.
@@ -356,21 +355,6 @@ fn builder() -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::Wants
         .map_err(|e| format!("TLS setup failed: {e}"))
 }
 
-/// Reads every certificate of a PEM file.
-pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate file ({e})", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{}: no \"BEGIN CERTIFICATE\" block in it",
-            path.display()
-        ));
-    }
-    Ok(certs)
-}
-
 /// The system bundle Debian's `update-ca-certificates` maintains.
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -378,11 +362,11 @@ const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// (`--ca`, or the server's own certificate).
 pub fn client_config(extra: &[&Path]) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
-    if let Ok(certs) = read_certs(Path::new(SYSTEM_BUNDLE)) {
+    if let Ok(certs) = crate::x509::read_pem(Path::new(SYSTEM_BUNDLE)) {
         roots.add_parsable_certificates(certs);
     }
     for path in extra {
-        for cert in read_certs(path)? {
+        for cert in crate::x509::read_pem(path)? {
             roots
                 .add(cert)
                 .map_err(|e| format!("{}: cannot trust this certificate: {e}", path.display()))?;

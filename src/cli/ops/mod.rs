@@ -7,7 +7,6 @@ mod check;
 mod http;
 mod keys;
 mod trigger;
-mod x509;
 
 pub use cert::cert_self_signed;
 pub use check::check;

@@ -1,8 +1,17 @@
-//! Just enough X.509 DER reading for `check` and `cert`: a certificate's validity period and its
-//! subject alternative names. Everything is bounds-checked; a malformed certificate is an error,
-//! never a panic. (rustls checks that the certificate parses and matches its key.)
+//! X.509 certificates as pushbox reads them, in one place: PEM files to DER (rustls' PEM reader)
+//! and just enough DER walking for a certificate's validity period and its subject alternative
+//! names. `pushbox check` and `pushbox cert`, the console's expiry line and the HTTPS clients'
+//! extra roots all read certificates through here. Everything is bounds-checked; a malformed
+//! certificate (a truncated length, a non-ASCII time) is an error, never a panic. (rustls checks
+//! that a certificate parses and matches its key.)
 
 use std::net::IpAddr;
+use std::path::Path;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use crate::date::days_from_civil;
 
 /// What `check` reports about a certificate.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -156,51 +165,24 @@ fn time(tag: u8, body: &[u8]) -> Result<i64, String> {
     Ok(days_from_civil(year, month as u32, day as u32) * 86_400 + h * 3600 + m * 60 + sec)
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date `(year, month, day)` of a day number since 1970-01-01.
-pub fn civil_from_days(z: i64) -> (i32, u8, u8) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y as i32, m, d)
-}
-
-/// `YYYY-MM-DD` of Unix seconds.
-pub fn date(secs: i64) -> String {
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    format!("{y:04}-{m:02}-{d:02}")
+/// Every certificate of a PEM file, in order; an error when there is none or one is broken.
+pub fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate file ({e})", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no \"BEGIN CERTIFICATE\" block in it",
+            path.display()
+        ));
+    }
+    Ok(certs)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn civil_round_trip() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        for z in [-1, 0, 59, 11_016, 20_000, 2_932_896] {
-            let (y, m, d) = civil_from_days(z);
-            assert_eq!(days_from_civil(y as i64, m as u32, d as u32), z);
-        }
-        assert_eq!(date(951_782_400), "2000-02-29");
-    }
 
     #[test]
     fn times() {
@@ -211,6 +193,49 @@ mod tests {
         );
         assert!(time(UTC_TIME, b"0002290000Z").is_err());
         assert!(time(UTC_TIME, b"").is_err());
+    }
+
+    #[test]
+    fn a_multibyte_character_in_a_time_is_an_error_not_a_panic() {
+        // 'é' is two bytes: slicing the time by byte index would cut it in half.
+        for t in [
+            "0é0229000000Z",
+            "é00229000000Z",
+            "00022900000éZ",
+            "2000022900000éZ",
+        ] {
+            let err = time(UTC_TIME, t.as_bytes())
+                .and(time(GENERALIZED_TIME, t.as_bytes()))
+                .unwrap_err();
+            assert!(err.contains("unreadable certificate time"), "{err}");
+        }
+        // The same inside a whole certificate: notAfter "310517000000Z" becomes "3é517000000Z"
+        // (the same 13 bytes, so the DER stays well-formed; `&s[..2]` would panic on it).
+        let mut params = rcgen::CertificateParams::new(vec!["pushbox.local".into()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut der = params.self_signed(&key).unwrap().der().to_vec();
+        let at = der
+            .windows(13)
+            .position(|w| w == b"310517000000Z")
+            .expect("notAfter as UTCTime");
+        der[at + 1..at + 3].copy_from_slice("é".as_bytes());
+        let err = parse(&der).unwrap_err();
+        assert!(err.contains("unreadable certificate time"), "{err}");
+    }
+
+    #[test]
+    fn reads_every_certificate_of_a_pem_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["pushbox.local".into()]).unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        let path = dir.path().join("chain.pem");
+        std::fs::write(&path, format!("{pem}{pem}")).unwrap();
+        assert_eq!(read_pem(&path).unwrap().len(), 2);
+        std::fs::write(&path, "hello").unwrap();
+        assert!(read_pem(&path).unwrap_err().contains("BEGIN CERTIFICATE"));
+        assert!(read_pem(&dir.path().join("none.pem")).is_err());
     }
 
     #[test]
