@@ -292,10 +292,10 @@ async fn login(
         (Some(p), _, _) => cfg
             .password
             .as_deref()
-            .filter(|want| crate::metrics::constant_time_eq(p.as_bytes(), want.as_bytes()))
+            .filter(|want| crate::protocol::auth::constant_time_eq(p.as_bytes(), want.as_bytes()))
             .map(|_| Scope::Admin),
         (None, Some(k), Some(s)) if cfg.app_login => state.hub.app_by_key(k).and_then(|app| {
-            crate::metrics::constant_time_eq(s.as_bytes(), app.config.secret.as_bytes())
+            crate::protocol::auth::constant_time_eq(s.as_bytes(), app.config.secret.as_bytes())
                 .then(|| Scope::App(app.config.id.clone()))
         }),
         _ => None,

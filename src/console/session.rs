@@ -7,6 +7,8 @@ use std::fmt;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::protocol::{hex, unhex};
+
 pub const COOKIE: &str = "pushbox_console";
 pub const CSRF_HEADER: &str = "x-pushbox-csrf";
 
@@ -169,33 +171,17 @@ impl Sessions {
     pub fn check_csrf(&self, session: &Session, header: Option<&str>) -> Result<(), AuthError> {
         let want = self.csrf(session);
         match header {
-            Some(h) if crate::metrics::constant_time_eq(h.trim().as_bytes(), want.as_bytes()) => {
+            Some(h)
+                if crate::protocol::auth::constant_time_eq(
+                    h.trim().as_bytes(),
+                    want.as_bytes(),
+                ) =>
+            {
                 Ok(())
             }
             _ => Err(AuthError::Csrf),
         }
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    const D: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(D[usize::from(b >> 4)] as char);
-        s.push(D[usize::from(b & 15)] as char);
-    }
-    s
-}
-
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Auth signatures (PUSHER.md §5): `key:hex(HMAC-SHA256(secret, string_to_sign))` for private,
-//! presence and signin, compared in constant time.
+//! presence and signin, compared in constant time; and the constant-time comparison of the other
+//! secrets pushbox checks ([`constant_time_eq`]).
 
 use ring::hmac;
 
@@ -44,6 +45,19 @@ impl Secret for MacKey {
         };
         hmac::verify(&self.0, msg, &sig).is_ok()
     }
+}
+
+/// Compares two secrets (a bearer token, a console password, a CSRF token) in time independent
+/// of where they differ: the one constant-time comparison of pushbox's own secrets.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // HMAC both under a throwaway key, then compare the tags in constant time (ring's
+    // `hmac::verify`): the lengths of the inputs do not leak through an early return either.
+    let rng = ring::rand::SystemRandom::new();
+    let Ok(key) = hmac::Key::generate(hmac::HMAC_SHA256, &rng) else {
+        return false;
+    };
+    let tag = hmac::sign(&key, b);
+    hmac::verify(&key, a, tag.as_ref()).is_ok()
 }
 
 /// Why an `auth` string was refused.
@@ -125,6 +139,12 @@ mod tests {
         assert!(!key.verify_hex(msg, "not hex"));
         assert!(!key.verify_hex(msg, &good[..62]));
         assert_eq!(format!("{key:?}"), "MacKey(..)");
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_values() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd") && !constant_time_eq(b"abc", b"abcd"));
     }
 
     #[test]
