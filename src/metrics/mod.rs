@@ -21,6 +21,7 @@ use std::time::Instant;
 use crate::config::{Cidr, Config, MetricsConfig};
 use crate::hub::Hub;
 use crate::protocol::auth::constant_time_eq;
+use crate::protocol::CloseCode;
 
 /// How a connection reaches pushbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -482,7 +483,7 @@ impl Metrics {
                 let _ = writeln!(
                     w,
                     "pushbox_connections_rejected_total{{code=\"{code}\",reason=\"{}\"}} {n}",
-                    reason_label(code as u16)
+                    CloseCode::from_code(code as u16).map_or("other", CloseCode::label)
                 );
             }
         }
@@ -593,26 +594,6 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
-}
-
-fn reason_label(code: u16) -> &'static str {
-    match code {
-        4000 => "tls_only",
-        4001 => "app_not_found",
-        4003 => "app_disabled",
-        4004 => "over_quota",
-        4005 => "path_not_found",
-        4006 => "invalid_version",
-        4007 => "unsupported_protocol",
-        4008 => "no_protocol",
-        4009 => "unauthorized",
-        4100 => "over_capacity",
-        4200 => "reconnect",
-        4201 => "pong_timeout",
-        4202 => "inactivity",
-        4301 => "rate_limited",
-        _ => "other",
-    }
 }
 
 #[cfg(test)]

@@ -21,8 +21,50 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
+    pub const ALL: [CloseCode; 14] = [
+        CloseCode::TlsOnly,
+        CloseCode::AppNotFound,
+        CloseCode::AppDisabled,
+        CloseCode::OverQuota,
+        CloseCode::PathNotFound,
+        CloseCode::InvalidVersion,
+        CloseCode::UnsupportedProtocol,
+        CloseCode::NoProtocol,
+        CloseCode::Unauthorized,
+        CloseCode::OverCapacity,
+        CloseCode::ReconnectNow,
+        CloseCode::PongTimeout,
+        CloseCode::Inactivity,
+        CloseCode::RateLimited,
+    ];
+
     pub fn code(self) -> u16 {
         self as u16
+    }
+
+    /// The Pusher code `code` names, if it is one of ours.
+    pub fn from_code(code: u16) -> Option<CloseCode> {
+        CloseCode::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    /// A short snake_case name, for metrics labels (`reason="app_not_found"`).
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseCode::TlsOnly => "tls_only",
+            CloseCode::AppNotFound => "app_not_found",
+            CloseCode::AppDisabled => "app_disabled",
+            CloseCode::OverQuota => "over_quota",
+            CloseCode::PathNotFound => "path_not_found",
+            CloseCode::InvalidVersion => "invalid_version",
+            CloseCode::UnsupportedProtocol => "unsupported_protocol",
+            CloseCode::NoProtocol => "no_protocol",
+            CloseCode::Unauthorized => "unauthorized",
+            CloseCode::OverCapacity => "over_capacity",
+            CloseCode::ReconnectNow => "reconnect",
+            CloseCode::PongTimeout => "pong_timeout",
+            CloseCode::Inactivity => "inactivity",
+            CloseCode::RateLimited => "rate_limited",
+        }
     }
 
     /// The default human message for this code.
@@ -43,5 +85,26 @@ impl CloseCode {
             CloseCode::Inactivity => "Closed after inactivity",
             CloseCode::RateLimited => "Client event rejected due to rate limit",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_round_trips_and_has_a_distinct_label() {
+        for c in CloseCode::ALL {
+            assert_eq!(CloseCode::from_code(c.code()), Some(c));
+        }
+        let mut labels: Vec<_> = CloseCode::ALL.iter().map(|c| c.label()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), CloseCode::ALL.len());
+        assert_eq!(CloseCode::from_code(4002), None);
+        assert_eq!(
+            CloseCode::from_code(4001).map(CloseCode::label),
+            Some("app_not_found")
+        );
     }
 }
