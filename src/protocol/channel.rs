@@ -52,13 +52,6 @@ impl ChannelKind {
         )
     }
 
-    pub fn is_encrypted(self) -> bool {
-        matches!(
-            self,
-            ChannelKind::PrivateEncrypted | ChannelKind::PrivateEncryptedCache
-        )
-    }
-
     pub fn is_cache(self) -> bool {
         matches!(
             self,
@@ -109,26 +102,6 @@ impl fmt::Display for ChannelNameError {
                 "Channel names starting with '#' are reserved (only #server-to-user-{{id}})"
             ),
         }
-    }
-}
-
-/// A validated channel name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ChannelName(String);
-
-impl ChannelName {
-    /// Validates `name` against the charset and `max_len`.
-    pub fn parse(name: &str, max_len: usize) -> Result<ChannelName, ChannelNameError> {
-        validate(name, max_len)?;
-        Ok(ChannelName(name.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn kind(&self) -> ChannelKind {
-        ChannelKind::of(&self.0)
     }
 }
 
@@ -231,7 +204,7 @@ mod tests {
             Err(ChannelNameError::TooLong { len: 201, max: 200 })
         );
         assert!(validate(&"x".repeat(200), 200).is_ok());
-        assert!(ChannelName::parse("x", 1).is_ok());
+        assert!(validate("x", 1).is_ok());
         // Every message reads as a sentence a person can act on.
         assert!(ChannelNameError::BadCharacter('/')
             .to_string()

@@ -10,7 +10,7 @@ pub mod message;
 pub mod signing;
 pub mod socket_id;
 
-pub use channel::{ChannelKind, ChannelName, ChannelNameError};
+pub use channel::{ChannelKind, ChannelNameError};
 pub use codes::CloseCode;
 pub use hex::{hex, unhex};
 pub use message::{ClientMessage, MessageError};

@@ -201,11 +201,6 @@ impl Decoder {
         }
         Ok(pos)
     }
-
-    /// True when a fragmented message is being reassembled.
-    pub fn in_message(&self) -> bool {
-        self.fragments.is_some()
-    }
 }
 
 fn finish(opcode: u8, data: Vec<u8>) -> Result<Incoming, WsError> {
@@ -352,7 +347,7 @@ mod tests {
                 vec![Incoming::Pong, Incoming::Text(payload.clone())],
                 "split {split}"
             );
-            assert!(!d.in_message());
+            assert!(d.fragments.is_none());
         }
     }
 
