@@ -6,6 +6,7 @@ pub mod console;
 pub mod date;
 pub mod dev;
 pub mod eventlog;
+pub mod http_client;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;

@@ -165,19 +165,42 @@ fn time(tag: u8, body: &[u8]) -> Result<i64, String> {
     Ok(days_from_civil(year, month as u32, day as u32) * 86_400 + h * 3600 + m * 60 + sec)
 }
 
+/// Why a PEM file gave no certificates (said without the path; [`read_pem`] adds it).
+#[derive(Debug)]
+pub enum PemError {
+    Unreadable(String),
+    NotPem(String),
+    Empty,
+}
+
+impl std::fmt::Display for PemError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PemError::Unreadable(e) => write!(f, "cannot read it: {e}"),
+            PemError::NotPem(e) => write!(f, "not a PEM certificate file ({e})"),
+            PemError::Empty => f.write_str("no \"BEGIN CERTIFICATE\" block in it"),
+        }
+    }
+}
+
 /// Every certificate of a PEM file, in order; an error when there is none or one is broken.
-pub fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .map_err(|e| PemError::Unreadable(e.to_string()))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate file ({e})", path.display()))?;
+        .map_err(|e| PemError::NotPem(e.to_string()))?;
     if certs.is_empty() {
-        return Err(format!(
-            "{}: no \"BEGIN CERTIFICATE\" block in it",
-            path.display()
-        ));
+        return Err(PemError::Empty);
     }
     Ok(certs)
+}
+
+/// [`pem_certs`], with the path in the error.
+pub fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    pem_certs(path).map_err(|e| match e {
+        PemError::Unreadable(e) => format!("cannot read {}: {e}", path.display()),
+        e => format!("{}: {e}", path.display()),
+    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,10 @@
 //! message size limit, validating UTF-8 and the control-frame rules) and encodes the short
 //! unmasked headers of server frames, so a frame's payload can be written straight from the
 //! shared `Frame` bytes with `writev`. It keeps no buffer of its own between messages.
+//!
+//! The client side is here too, for `pushbox check`'s WebSocket probe: a masked client frame
+//! ([`encode_masked`]) and one unmasked server frame ([`decode_server_frame`]). The server's
+//! decode path does not go through them.
 
 use std::fmt;
 
@@ -73,6 +77,23 @@ struct Header {
     header_len: usize,
 }
 
+/// The payload length a frame header announces (7-bit, 16-bit or 64-bit form) and the offset
+/// just after it; `None` until those bytes have arrived. `buf` holds at least two bytes.
+#[inline]
+fn payload_len(buf: &[u8]) -> Option<(u64, usize)> {
+    match buf[1] & 0x7f {
+        126 => {
+            let b = buf.get(2..4)?;
+            Some((u64::from(u16::from_be_bytes([b[0], b[1]])), 4))
+        }
+        127 => {
+            let b: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+            Some((u64::from_be_bytes(b), 10))
+        }
+        n => Some((u64::from(n), 2)),
+    }
+}
+
 fn parse_header(buf: &[u8], limit: usize) -> Result<Option<Header>, WsError> {
     if buf.len() < 2 {
         return Ok(None);
@@ -92,22 +113,8 @@ fn parse_header(buf: &[u8], limit: usize) -> Result<Option<Header>, WsError> {
     if b1 & 0x80 == 0 {
         return Err(WsError::Protocol("client frames must be masked"));
     }
-    let (len, mut at) = match b1 & 0x7f {
-        126 => {
-            if buf.len() < 4 {
-                return Ok(None);
-            }
-            (u16::from_be_bytes([buf[2], buf[3]]) as u64, 4)
-        }
-        127 => {
-            if buf.len() < 10 {
-                return Ok(None);
-            }
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&buf[2..10]);
-            (u64::from_be_bytes(b), 10)
-        }
-        n => (n as u64, 2),
+    let Some((len, mut at)) = payload_len(buf) else {
+        return Ok(None);
     };
     if opcode >= OP_CLOSE {
         if !fin {
@@ -269,6 +276,51 @@ pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
     }
     p.extend_from_slice(&reason.as_bytes()[..cut]);
     encode(OP_CLOSE, &p)
+}
+
+/// Client side: a whole final frame masked with `mask`, as a client must send it.
+pub fn encode_masked(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut v = encode(opcode, payload);
+    let at = v.len() - payload.len();
+    v[1] |= 0x80;
+    v.splice(at..at, mask);
+    unmask(&mut v[at + 4..], mask);
+    v
+}
+
+/// One frame from the server, read by a client.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServerFrame<'a> {
+    pub opcode: u8,
+    pub payload: &'a [u8],
+    /// The bytes of `buf` the frame took, header included.
+    pub used: usize,
+}
+
+/// Client side: the unmasked server frame at the start of `buf`; `None` until all of it has
+/// arrived. A masked frame or a payload over `limit` is an error.
+pub fn decode_server_frame(buf: &[u8], limit: usize) -> Result<Option<ServerFrame<'_>>, WsError> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    if buf[1] & 0x80 != 0 {
+        return Err(WsError::Protocol("server frames must not be masked"));
+    }
+    let Some((len, at)) = payload_len(buf) else {
+        return Ok(None);
+    };
+    if len > limit as u64 {
+        return Err(WsError::TooLarge { limit });
+    }
+    let end = at + len as usize;
+    match buf.get(at..end) {
+        Some(payload) => Ok(Some(ServerFrame {
+            opcode: buf[0] & 0x0f,
+            payload,
+            used: end,
+        })),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -445,6 +497,42 @@ mod tests {
         assert_eq!(STANDARD.encode(b"f"), "Zg==");
         assert_eq!(STANDARD.encode(b"fo"), "Zm8=");
         assert_eq!(STANDARD.encode(b"foo"), "Zm9v");
+    }
+
+    #[test]
+    fn client_side_frames() {
+        // A masked close 1000 with a zero mask, as `pushbox check` sends it.
+        assert_eq!(
+            encode_masked(OP_CLOSE, &1000u16.to_be_bytes(), [0; 4]),
+            vec![0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]
+        );
+        // What a client encodes, the server decodes; what the server encodes, a client decodes.
+        for len in [0usize, 5, 125, 126, 300, 65535, 65536] {
+            let p: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let masked = encode_masked(OP_BINARY, &p, [9, 8, 7, 6]);
+            assert_eq!(masked, client_frame(true, OP_BINARY, &p, [9, 8, 7, 6]));
+            let (msgs, n) = decode_all(&masked, 1 << 20).unwrap();
+            assert_eq!((msgs, n), (vec![Incoming::Binary(len)], masked.len()));
+            let mut wire = encode(OP_TEXT, &p);
+            let used = wire.len();
+            wire.extend_from_slice(b"next");
+            assert_eq!(
+                decode_server_frame(&wire, 1 << 20).unwrap(),
+                Some(ServerFrame {
+                    opcode: OP_TEXT,
+                    payload: &p[..],
+                    used
+                })
+            );
+            for cut in [0, 1, used - 1] {
+                assert_eq!(decode_server_frame(&wire[..cut], 1 << 20).unwrap(), None);
+            }
+        }
+        assert!(decode_server_frame(&encode_masked(OP_TEXT, b"hi", [1, 2, 3, 4]), 100).is_err());
+        assert_eq!(
+            decode_server_frame(&encode(OP_TEXT, &[b'a'; 101]), 100).unwrap_err(),
+            WsError::TooLarge { limit: 100 }
+        );
     }
 
     #[test]

@@ -1,8 +1,7 @@
-//! The HTTP(S) client that POSTs one webhook batch: a fresh HTTP/1.1 connection per request
-//! (hyper's client connection with title-case header names, PUSHER.md §11 trap 13), TLS by
-//! rustls with the ring provider, trusting the compiled-in public roots (webpki-roots) plus an
-//! optional PEM file of private CAs. The whole exchange (connect, TLS, request, status line)
-//! is bounded by one timeout.
+//! POSTing one webhook batch through [`crate::http_client`]: a fresh HTTP/1.1 connection per
+//! request with title-case header names (PUSHER.md §11 trap 13), TLS trusting the compiled-in
+//! public roots (webpki-roots) plus an optional PEM file of private CAs. The whole exchange
+//! (connect, TLS, request, status line) is bounded by one timeout.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,16 +10,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Uri};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
-use tokio::net::TcpStream;
 
 use super::WebhookError;
+use crate::http_client::{tls_config, Connection, Target};
+use crate::x509;
 
 /// Sends webhook requests. Cheap to share (`Arc` inside).
 #[derive(Clone)]
 pub struct Client {
-    tls: tokio_rustls::TlsConnector,
+    tls: Arc<rustls::ClientConfig>,
     timeout: Duration,
 }
 
@@ -29,14 +27,6 @@ pub struct Headers<'a> {
     pub key: &'a str,
     pub signature: &'a str,
     pub batch_id: &'a str,
-}
-
-/// Aborts the spawned connection task when the request is finished or abandoned.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl Client {
@@ -49,28 +39,14 @@ impl Client {
                 path: path.to_path_buf(),
                 reason,
             };
-            let iter = CertificateDer::pem_file_iter(path)
-                .map_err(|e| ca_err(format!("cannot read it: {e}")))?;
-            let mut added = 0;
-            for cert in iter {
-                let cert = cert.map_err(|e| ca_err(format!("not valid PEM: {e}")))?;
+            for cert in x509::pem_certs(path).map_err(|e| ca_err(e.to_string()))? {
                 roots
                     .add(cert)
                     .map_err(|e| ca_err(format!("a certificate in it is not usable: {e}")))?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(ca_err("it holds no CERTIFICATE block".into()));
             }
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| WebhookError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         Ok(Client {
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            tls: tls_config(roots).map_err(WebhookError::Tls)?,
             timeout,
         })
     }
@@ -91,20 +67,9 @@ impl Client {
         let uri: Uri = url
             .parse()
             .map_err(|e| format!("invalid webhook url {url:?}: {e}"))?;
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => {
-                return Err(format!(
-                    "webhook url {url:?} must start with http:// or https://"
-                ))
-            }
-        };
-        let host = uri
-            .host()
-            .ok_or_else(|| format!("webhook url {url:?} has no host"))?;
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+        let target = Target::from_uri(&uri).map_err(|why| format!("webhook url {url:?}: {why}"))?;
+        // The host as the URL writes it, with the port only when the URL names one.
+        let host = uri.host().unwrap_or_default();
         let host_header = match uri.port_u16() {
             Some(p) => format!("{host}:{p}"),
             None => host.to_string(),
@@ -123,42 +88,16 @@ impl Client {
             )
             .body(Full::new(body))
             .map_err(|e| format!("cannot build the request for {url}: {e}"))?;
-
-        let tcp = TcpStream::connect((bare_host, port))
+        let mut conn = Connection::open(&target, Some(self.tls.clone()), true)
             .await
-            .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        if https {
-            let name = ServerName::try_from(bare_host.to_string())
-                .map_err(|e| format!("invalid TLS server name {bare_host:?}: {e}"))?;
-            let tls = self
-                .tls
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS handshake with {host}:{port} failed: {e}"))?;
-            send(TokioIo::new(tls), req).await
-        } else {
-            send(TokioIo::new(tcp), req).await
-        }
+            .map_err(|e| e.to_string())?;
+        let resp = conn.send(req).await.map_err(|e| e.to_string())?;
+        answer(resp).await
     }
 }
 
-async fn send<T>(io: T, req: Request<Full<Bytes>>) -> Result<(), String>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .title_case_headers(true)
-        .handshake(io)
-        .await
-        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-    let _conn = AbortOnDrop(tokio::spawn(async move {
-        let _ = conn.await;
-    }));
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("request failed: {e}"))?;
+/// `Ok(())` for a 2xx answer, else the status and the start of the body.
+async fn answer(resp: hyper::Response<hyper::body::Incoming>) -> Result<(), String> {
     let status = resp.status();
     if status.is_success() {
         return Ok(());

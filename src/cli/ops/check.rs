@@ -8,10 +8,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::http::{self, Target};
+use super::http;
 use super::{is_unspecified, now_secs, runtime};
 use crate::cli::ConfigArgs;
 use crate::config::{Config, TlsConfig};
+use crate::http_client::{self, Target};
 use crate::{date, x509};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -206,7 +207,7 @@ fn ports(r: &mut Report, config: &Config) {
 async fn clients_connect(r: &mut Report, config: &Config, addr: SocketAddr, tls: bool) {
     let target = local_target(addr, tls);
     let probe = if tls {
-        match http::probe_config() {
+        match http_client::accept_any_config() {
             Ok(c) => Some(c),
             Err(e) => {
                 r.warn(
@@ -267,7 +268,7 @@ fn local_target(addr: SocketAddr, tls: bool) -> Target {
 async fn is_pushbox(addr: SocketAddr, tls: bool) -> bool {
     let target = local_target(addr, tls);
     let config = if tls {
-        match http::probe_config() {
+        match http_client::accept_any_config() {
             Ok(c) => Some(c),
             Err(_) => return false,
         }

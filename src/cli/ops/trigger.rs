@@ -5,10 +5,11 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::http::{self, HttpError, Target};
+use super::http;
 use super::{fail, is_unspecified, now_secs, pick_app, runtime, EXIT_USAGE};
 use crate::cli::ConfigArgs;
 use crate::config::Config;
+use crate::http_client::{ClientError, Target};
 
 /// What to publish.
 pub struct TriggerArgs<'a> {
@@ -31,7 +32,7 @@ pub fn trigger(args: &ConfigArgs, t: &TriggerArgs<'_>) -> ExitCode {
         Err(e) => return fail(EXIT_USAGE, e),
     };
     let target = match t.url {
-        Some(u) => match Target::parse(u) {
+        Some(u) => match http::parse_url(u) {
             Ok(t) => t,
             Err(e) => return fail(EXIT_USAGE, e),
         },
@@ -108,13 +109,13 @@ pub fn trigger(args: &ConfigArgs, t: &TriggerArgs<'_>) -> ExitCode {
             };
             fail(1, format!("{} answered {} {}: {msg}{hint}", target.url(), r.status, r.reason))
         }
-        Err(HttpError::Refused(e)) => fail(1, format!("{e}: is pushbox running? (systemctl status pushbox)")),
-        Err(HttpError::Tls(e)) => fail(
+        Err(ClientError::Refused(e)) => fail(1, format!("{e}: is pushbox running? (systemctl status pushbox)")),
+        Err(ClientError::Tls(e)) => fail(
             1,
             format!("{e}: the certificate must be trusted (--ca FILE) and name the host in --url (--url https://NAME:PORT)"),
         ),
-        Err(HttpError::Timeout) => fail(1, format!("{} did not answer within 10 s: is it pushbox, and is it overloaded?", target.url())),
-        Err(HttpError::Other(e)) => fail(1, e),
+        Err(ClientError::Timeout) => fail(1, format!("{} did not answer within 10 s: is it pushbox, and is it overloaded?", target.url())),
+        Err(ClientError::Other(e)) => fail(1, e),
     }
 }
 
