@@ -1,0 +1,137 @@
+//! Graceful shutdown, the way tokio's mini-redis does it: one signal tells every task to stop,
+//! and every task that must finish before the process exits holds a completion guard
+//! ([`Done`]). The server waits for the last guard to drop (or for a deadline), not for a
+//! counter it would have to poll.
+//!
+//! A connection's guard is dropped as its task ends, after its session has left its channels:
+//! once the last one is gone every client has had its 4200 close frame and every leave event
+//! (`member_removed`, `channel_vacated`) is in the webhook queue, so the server may close that
+//! queue and the event log behind it.
+
+use tokio::sync::{mpsc, watch};
+
+/// The server's side: starts the shutdown, then waits for it to complete.
+pub struct ShutdownHandle {
+    signal: watch::Sender<bool>,
+    /// The one strong sender besides the guards: dropped by [`ShutdownHandle::wait`], so the
+    /// channel closes when the last guard goes.
+    done_tx: mpsc::Sender<()>,
+    done_rx: mpsc::Receiver<()>,
+}
+
+/// What a task is handed: the stop signal, and guards for the work it starts.
+#[derive(Clone)]
+pub struct Shutdown {
+    signal: watch::Receiver<bool>,
+    /// Weak, because long-lived holders of a `Shutdown` (the shared context, which every open
+    /// HTTP connection keeps) must not keep the server waiting; only the guards count.
+    done: mpsc::WeakSender<()>,
+}
+
+/// Held by a task until it ends; the shutdown waits until every `Done` is dropped.
+#[derive(Debug)]
+pub struct Done {
+    // Never sent on: its drop is the message. `None` when taken after the wait began (the
+    // task then stops at once on the signal anyway).
+    _tx: Option<mpsc::Sender<()>>,
+}
+
+impl ShutdownHandle {
+    pub fn new() -> ShutdownHandle {
+        let (signal, _) = watch::channel(false);
+        // Nothing is ever sent: capacity 1 is the smallest channel there is.
+        let (done_tx, done_rx) = mpsc::channel(1);
+        ShutdownHandle {
+            signal,
+            done_tx,
+            done_rx,
+        }
+    }
+
+    /// A task's view of this shutdown.
+    pub fn subscribe(&self) -> Shutdown {
+        Shutdown {
+            signal: self.signal.subscribe(),
+            done: self.done_tx.downgrade(),
+        }
+    }
+
+    /// Tells every task to stop: connections are told to reconnect (4200).
+    pub fn shutdown(&self) {
+        self.signal.send_replace(true);
+    }
+
+    /// Waits until every [`Done`] handed out is dropped, or `deadline` passes; `true` when all
+    /// tasks finished in time. Call it after [`ShutdownHandle::shutdown`].
+    pub async fn wait(self, deadline: tokio::time::Instant) -> bool {
+        let ShutdownHandle {
+            signal,
+            done_tx,
+            mut done_rx,
+        } = self;
+        drop(done_tx);
+        // `recv` answers `None` once no sender is left; nothing is ever sent.
+        let finished = tokio::time::timeout_at(deadline, done_rx.recv())
+            .await
+            .is_ok();
+        // Kept until here: a dropped sender would read as "stop" too, but say it only once.
+        drop(signal);
+        finished
+    }
+}
+
+impl Default for ShutdownHandle {
+    fn default() -> Self {
+        ShutdownHandle::new()
+    }
+}
+
+impl Shutdown {
+    /// Changes to `true` when the server shuts down (a dropped handle reads as a change too).
+    pub fn signal(&self) -> watch::Receiver<bool> {
+        self.signal.clone()
+    }
+
+    /// A guard the shutdown will wait for.
+    pub fn guard(&self) -> Done {
+        Done {
+            _tx: self.done.upgrade(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[tokio::test]
+    async fn waits_for_every_guard() {
+        let handle = ShutdownHandle::new();
+        let shutdown = handle.subscribe();
+        let mut signal = shutdown.signal();
+        let guard = shutdown.guard();
+        let task = tokio::spawn(async move {
+            let _ = signal.changed().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(guard);
+        });
+        handle.shutdown();
+        let start = Instant::now();
+        assert!(handle.wait(start + Duration::from_secs(5)).await);
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        task.await.unwrap();
+        // Holding a `Shutdown` (as the shared context does) never delays the wait.
+        drop(shutdown);
+    }
+
+    #[tokio::test]
+    async fn gives_up_at_the_deadline() {
+        let handle = ShutdownHandle::new();
+        let _stuck = handle.subscribe().guard();
+        handle.shutdown();
+        let deadline = Instant::now() + Duration::from_millis(50);
+        assert!(!handle.wait(deadline).await);
+    }
+}
