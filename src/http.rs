@@ -76,3 +76,21 @@ where
         Err(_) => Err(BodyError::Unreadable),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn body_cap() {
+        let body = || Full::new(Bytes::from_static(b"0123456789"));
+        assert_eq!(
+            read_body(body(), 10).await.as_deref(),
+            Ok(&b"0123456789"[..])
+        );
+        assert_eq!(read_body(body(), 9).await, Err(BodyError::TooLarge));
+        let r = json_error(413, "too big");
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+    }
+}

@@ -84,29 +84,3 @@ impl State {
         (Arc::new(state), handle)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use crate::protocol::CloseCode;
-    use crate::session::check_protocol;
-
-    #[test]
-    fn protocol_versions() {
-        assert_eq!(check_protocol(""), Ok(()));
-        assert_eq!(check_protocol("protocol=7&client=js"), Ok(()));
-        assert_eq!(check_protocol("protocol=5"), Ok(()));
-        assert_eq!(
-            check_protocol("protocol=4"),
-            Err(CloseCode::UnsupportedProtocol)
-        );
-        assert_eq!(
-            check_protocol("protocol=8"),
-            Err(CloseCode::UnsupportedProtocol)
-        );
-        assert_eq!(
-            check_protocol("protocol=seven"),
-            Err(CloseCode::InvalidVersion)
-        );
-        assert_eq!(check_protocol("protocol="), Err(CloseCode::InvalidVersion));
-    }
-}

@@ -166,7 +166,7 @@ mod tests {
         // RFC 6455's own example.
         assert_eq!(
             accept_key(&ok).as_deref(),
-            Some("s3pPLMBiTxaQ9kYzzzhZRbK+xOo=")
+            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
         );
         assert!(!is_upgrade(&req(&[("upgrade", "websocket")])));
         assert_eq!(
