@@ -15,7 +15,7 @@ pub struct ShutdownHandle {
     signal: watch::Sender<bool>,
     /// The one strong sender besides the guards: dropped by [`ShutdownHandle::wait`], so the
     /// channel closes when the last guard goes.
-    done_tx: mpsc::Sender<()>,
+    done_tx: Option<mpsc::Sender<()>>,
     done_rx: mpsc::Receiver<()>,
 }
 
@@ -43,16 +43,22 @@ impl ShutdownHandle {
         let (done_tx, done_rx) = mpsc::channel(1);
         ShutdownHandle {
             signal,
-            done_tx,
+            done_tx: Some(done_tx),
             done_rx,
         }
     }
 
-    /// A task's view of this shutdown.
+    /// A task's view of this shutdown. Call it before [`ShutdownHandle::wait`]: guards taken
+    /// from a view made later count for nothing.
     pub fn subscribe(&self) -> Shutdown {
+        let done = match &self.done_tx {
+            Some(tx) => tx.downgrade(),
+            // Already waiting: a sender of a closed channel, whose guards are empty.
+            None => mpsc::channel(1).0.downgrade(),
+        };
         Shutdown {
             signal: self.signal.subscribe(),
-            done: self.done_tx.downgrade(),
+            done,
         }
     }
 
@@ -62,21 +68,14 @@ impl ShutdownHandle {
     }
 
     /// Waits until every [`Done`] handed out is dropped, or `deadline` passes; `true` when all
-    /// tasks finished in time. Call it after [`ShutdownHandle::shutdown`].
-    pub async fn wait(self, deadline: tokio::time::Instant) -> bool {
-        let ShutdownHandle {
-            signal,
-            done_tx,
-            mut done_rx,
-        } = self;
-        drop(done_tx);
+    /// tasks finished in time. Call it after [`ShutdownHandle::shutdown`] (before, it only
+    /// says whether anything is still running). No guard is handed out once it was called.
+    pub async fn wait(&mut self, deadline: tokio::time::Instant) -> bool {
+        self.done_tx = None;
         // `recv` answers `None` once no sender is left; nothing is ever sent.
-        let finished = tokio::time::timeout_at(deadline, done_rx.recv())
+        tokio::time::timeout_at(deadline, self.done_rx.recv())
             .await
-            .is_ok();
-        // Kept until here: a dropped sender would read as "stop" too, but say it only once.
-        drop(signal);
-        finished
+            .is_ok()
     }
 }
 
@@ -108,7 +107,7 @@ mod tests {
 
     #[tokio::test]
     async fn waits_for_every_guard() {
-        let handle = ShutdownHandle::new();
+        let mut handle = ShutdownHandle::new();
         let shutdown = handle.subscribe();
         let mut signal = shutdown.signal();
         let guard = shutdown.guard();
@@ -128,7 +127,7 @@ mod tests {
 
     #[tokio::test]
     async fn gives_up_at_the_deadline() {
-        let handle = ShutdownHandle::new();
+        let mut handle = ShutdownHandle::new();
         let _stuck = handle.subscribe().guard();
         handle.shutdown();
         let deadline = Instant::now() + Duration::from_millis(50);

@@ -245,7 +245,7 @@ fn report_stores(state: &State, eventlog: &Arc<EventLog>, webhooks: &Arc<Webhook
 
 /// Stops accepting, then waits for every connection to have sent its 4200 close frame and
 /// left its channels, each step for a bounded while.
-async fn stop(handle: ShutdownHandle, servers: Vec<tokio::task::JoinHandle<()>>) {
+async fn stop(mut handle: ShutdownHandle, servers: Vec<tokio::task::JoinHandle<()>>) {
     handle.shutdown();
     for s in servers {
         let _ = tokio::time::timeout(STOP_TIMEOUT, s).await;
