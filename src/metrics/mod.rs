@@ -74,13 +74,13 @@ pub struct ConnectionGuard {
     counter: FrameCounter,
     /// Keeps a graceful shutdown waiting while the connection lives: the guard lives exactly
     /// as long as the connection, dropped after its session, so it carries that too.
-    _done: Option<crate::shutdown::Done>,
+    _done: crate::shutdown::Done,
 }
 
 impl ConnectionGuard {
     /// Makes the server's shutdown wait for this connection to end (see `crate::shutdown`).
     pub fn with_done(mut self, done: crate::shutdown::Done) -> ConnectionGuard {
-        self._done = Some(done);
+        self._done = done;
         self
     }
 
@@ -240,7 +240,7 @@ impl Metrics {
         c.opened_total.fetch_add(1, Relaxed);
         ConnectionGuard {
             counter: FrameCounter { app, transport },
-            _done: None,
+            _done: Default::default(),
         }
     }
 
