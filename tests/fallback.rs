@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -13,7 +14,9 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use pushbox::transport::fallback::{self, Options};
+use pushbox::hub::NoObserver;
+use pushbox::server;
+use pushbox::transport::fallback::Options;
 
 const P: &str = "protocol=7&client=js&version=8.6.0&t=1&n=1";
 
@@ -29,10 +32,18 @@ fn fast() -> Options {
     }
 }
 
+/// A test server whose fallback sessions run with `opts` (made with the server, at start-up).
 async fn server(configure: impl FnOnce(&mut pushbox::config::Config), opts: Options) -> TestServer {
-    let s = start(configure).await;
-    fallback::configure(&s.state, opts);
-    s
+    let cfg = config(configure);
+    let listener = server::bind(&cfg).await.expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().unwrap();
+    let (state, handle) = server::State::with_fallback(cfg, Arc::new(NoObserver), None, opts);
+    tokio::spawn(server::serve(state.clone(), listener));
+    TestServer {
+        addr,
+        handle,
+        state,
+    }
 }
 
 fn url(key: &str, session: &str, endpoint: &str) -> String {

@@ -398,6 +398,38 @@ async fn graceful_shutdown_tells_clients_to_reconnect() {
     assert_eq!(a.closed_with().await, Some(4200));
 }
 
+/// The shutdown waits for each open connection's task to end (its completion guard), and
+/// nothing else: an idle keep-alive HTTP connection does not hold it up.
+#[tokio::test]
+async fn shutdown_waits_for_connections_not_for_idle_http() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let TestServer {
+        addr, mut handle, ..
+    } = start(|_| {}).await;
+    let mut a = Client::connect(addr).await;
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /up HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    assert!(idle.read(&mut buf).await.unwrap() > 0);
+    // Not told to stop: the open WebSocket keeps the wait waiting.
+    let soon = tokio::time::Instant::now() + Duration::from_millis(300);
+    assert!(
+        !handle.wait(soon).await,
+        "the open WebSocket was not waited for"
+    );
+    handle.shutdown();
+    assert_eq!(a.recv().await["data"]["code"], 4200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    assert!(
+        handle.wait(deadline).await,
+        "connections still open at the deadline"
+    );
+    assert_eq!(a.closed_with().await, Some(4200));
+    drop(idle);
+}
+
 #[tokio::test]
 async fn coalescing_window_delivers_everything_in_order() {
     let s = start(|c| c.server.coalesce_ms = 5).await;

@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -27,10 +26,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use crate::api::{AcceptedEvent, EventTap};
+use crate::api::{AcceptedEvent, Api, EventTap};
 use crate::config::{Config, ConsoleConfig};
+use crate::context::Shared;
+use crate::http::Body;
 use crate::metrics::Transport;
-use crate::server::{Body, State};
 use session::{AuthError, Scope, Session, Sessions, CSRF_HEADER};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -129,7 +129,7 @@ fn now_secs() -> u64 {
 }
 
 fn respond(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = crate::server::full(
+    let mut r = crate::http::full(
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         content_type,
         body,
@@ -160,14 +160,17 @@ fn not_found() -> Response<Body> {
     error(404, "Not found")
 }
 
-/// Handles every path under `/console`. `secure`: the request came over TLS.
+/// Handles every path under `/console`: `console` is `None` when it is off, `api` publishes
+/// the test event, `secure`: the request came over TLS.
 pub async fn handle(
-    state: Arc<State>,
+    shared: &Shared,
+    console: Option<&Console>,
+    api: &Api,
     req: Request<Incoming>,
     peer: SocketAddr,
     secure: bool,
 ) -> Response<Body> {
-    let Some(console) = state.console.clone() else {
+    let Some(console) = console else {
         return error(
             404,
             "Not found: the console is off; add a [console] section (password = \"…\") to the config to turn it on",
@@ -189,7 +192,7 @@ pub async fn handle(
         (Method::GET, "/console/pusher.min.js") => {
             respond(200, "text/javascript; charset=utf-8", PUSHER_JS)
         }
-        (Method::POST, "/console/login") => login(&state, &console, req, peer, secure).await,
+        (Method::POST, "/console/login") => login(shared, console, req, peer, secure).await,
         (Method::POST, "/console/logout") => {
             let mut r = json_response(200, json!({}));
             if let Ok(v) = HeaderValue::from_str(&cookie_header("", 0, secure)) {
@@ -197,11 +200,11 @@ pub async fn handle(
             }
             r
         }
-        (Method::GET, "/console/api/state") => match authed(&console, &req) {
-            Ok(s) => json_response(200, snapshot(&state, &console, &s)),
+        (Method::GET, "/console/api/state") => match authed(console, &req) {
+            Ok(s) => json_response(200, snapshot(shared, console, &s)),
             Err(e) => error(401, e),
         },
-        (Method::GET, "/console/api/events") => match authed(&console, &req) {
+        (Method::GET, "/console/api/events") => match authed(console, &req) {
             Ok(s) => {
                 let after = req
                     .uri()
@@ -212,12 +215,12 @@ pub async fn handle(
                             .and_then(|(_, v)| v.parse::<u64>().ok())
                     })
                     .unwrap_or(0);
-                json_response(200, events(&console, &s, after))
+                json_response(200, events(console, &s, after))
             }
             Err(e) => error(401, e),
         },
         (Method::POST, "/console/api/publish") => {
-            let session = match authed(&console, &req) {
+            let session = match authed(console, &req) {
                 Ok(s) => s,
                 Err(e) => return error(401, e),
             };
@@ -225,7 +228,7 @@ pub async fn handle(
             if let Err(e) = console.sessions.check_csrf(&session, csrf) {
                 return error(403, e);
             }
-            publish(&state, &session, req).await
+            publish(shared, api, &session, req).await
         }
         (_, "/console" | "/console/" | "/console/login" | "/console/logout")
         | (_, "/console/api/state" | "/console/api/events" | "/console/api/publish") => {
@@ -254,13 +257,14 @@ fn cookie_header(value: &str, max_age: u64, secure: bool) -> String {
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(_) => Err(error(
-            413,
-            format!("Request body too large or unreadable (at most {MAX_BODY} bytes)"),
-        )),
-    }
+    crate::http::read_body(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|_| {
+            error(
+                413,
+                format!("Request body too large or unreadable (at most {MAX_BODY} bytes)"),
+            )
+        })
 }
 
 #[derive(Deserialize)]
@@ -271,7 +275,7 @@ struct LoginBody {
 }
 
 async fn login(
-    state: &State,
+    shared: &Shared,
     console: &Console,
     req: Request<Incoming>,
     peer: SocketAddr,
@@ -294,7 +298,7 @@ async fn login(
             .as_deref()
             .filter(|want| crate::protocol::auth::constant_time_eq(p.as_bytes(), want.as_bytes()))
             .map(|_| Scope::Admin),
-        (None, Some(k), Some(s)) if cfg.app_login => state.hub.app_by_key(k).and_then(|app| {
+        (None, Some(k), Some(s)) if cfg.app_login => shared.hub.app_by_key(k).and_then(|app| {
             crate::protocol::auth::constant_time_eq(s.as_bytes(), app.config.secret.as_bytes())
                 .then(|| Scope::App(app.config.id.clone()))
         }),
@@ -321,11 +325,11 @@ async fn login(
     r
 }
 
-fn snapshot(state: &State, console: &Console, session: &Session) -> Value {
-    let m = &state.metrics;
+fn snapshot(shared: &Shared, console: &Console, session: &Session) -> Value {
+    let m = &shared.metrics;
     let mut apps = Vec::new();
     let (mut ws, mut http) = (0i64, 0i64);
-    for app in state.hub.apps() {
+    for app in shared.hub.apps() {
         if !session.scope.allows(&app.config.id) {
             continue;
         }
@@ -379,7 +383,7 @@ fn snapshot(state: &State, console: &Console, session: &Session) -> Value {
             "events_dropped": w.events_dropped,
         })
     });
-    let tls = match &state.config.tls {
+    let tls = match &shared.config.tls {
         None => json!({ "configured": false }),
         Some(t) => match cert::not_after(&t.cert) {
             Ok(at) => {
@@ -406,8 +410,8 @@ fn snapshot(state: &State, console: &Console, session: &Session) -> Value {
         "webhooks": webhooks,
         "tls": tls,
         "spool": spool,
-        "ws_path": state.config.server.ws_path,
-        "http_path": state.config.server.http_path,
+        "ws_path": shared.config.server.ws_path,
+        "http_path": shared.config.server.http_path,
     })
 }
 
@@ -453,7 +457,12 @@ struct PublishBody {
     data: String,
 }
 
-async fn publish(state: &State, session: &Session, req: Request<Incoming>) -> Response<Body> {
+async fn publish(
+    shared: &Shared,
+    api: &Api,
+    session: &Session,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let body = match read_body(req).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -467,7 +476,7 @@ async fn publish(state: &State, session: &Session, req: Request<Incoming>) -> Re
     let app_id = match (b.app, &session.scope) {
         (Some(a), _) => a,
         (None, Scope::App(id)) => id.clone(),
-        (None, Scope::Admin) => match state.hub.apps().first() {
+        (None, Scope::Admin) => match shared.hub.apps().first() {
             Some(a) => a.config.id.clone(),
             None => return error(400, "No app configured"),
         },
@@ -479,10 +488,7 @@ async fn publish(state: &State, session: &Session, req: Request<Incoming>) -> Re
         );
     }
     let api_body = json!({ "name": b.event, "channel": b.channel, "data": b.data }).to_string();
-    let r = state
-        .api
-        .trigger_trusted(&app_id, api_body.as_bytes())
-        .await;
+    let r = api.trigger_trusted(&app_id, api_body.as_bytes()).await;
     tracing::info!(app = %app_id, channel = %b.channel, event = %b.event, status = r.status, "console test event");
     respond(r.status, "application/json", r.body)
 }

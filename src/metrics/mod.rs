@@ -74,9 +74,18 @@ impl AppMetrics {
 #[derive(Debug)]
 pub struct ConnectionGuard {
     counter: FrameCounter,
+    /// Keeps a graceful shutdown waiting while the connection lives: the guard lives exactly
+    /// as long as the connection, dropped after its session, so it carries that too.
+    _done: crate::shutdown::Done,
 }
 
 impl ConnectionGuard {
+    /// Makes the server's shutdown wait for this connection to end (see `crate::shutdown`).
+    pub fn with_done(mut self, done: crate::shutdown::Done) -> ConnectionGuard {
+        self._done = done;
+        self
+    }
+
     fn counters(&self) -> &TransportCounters {
         self.counter.counters()
     }
@@ -233,6 +242,7 @@ impl Metrics {
         c.opened_total.fetch_add(1, Relaxed);
         ConnectionGuard {
             counter: FrameCounter { app, transport },
+            _done: Default::default(),
         }
     }
 

@@ -334,3 +334,23 @@ fn liveness_ping_then_close() {
     s.activity();
     assert!(matches!(s.tick(Instant::now()), Tick::Wait(_)));
 }
+
+#[test]
+fn protocol_versions() {
+    assert_eq!(check_protocol(""), Ok(()));
+    assert_eq!(check_protocol("protocol=7&client=js"), Ok(()));
+    assert_eq!(check_protocol("protocol=5"), Ok(()));
+    assert_eq!(
+        check_protocol("protocol=4"),
+        Err(CloseCode::UnsupportedProtocol)
+    );
+    assert_eq!(
+        check_protocol("protocol=8"),
+        Err(CloseCode::UnsupportedProtocol)
+    );
+    assert_eq!(
+        check_protocol("protocol=seven"),
+        Err(CloseCode::InvalidVersion)
+    );
+    assert_eq!(check_protocol("protocol="), Err(CloseCode::InvalidVersion));
+}

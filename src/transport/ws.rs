@@ -14,6 +14,8 @@
 //! the outbox, writes, and reads. TLS connections stay behind hyper's boxed I/O and take the
 //! queued path.
 
+pub mod upgrade;
+
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io::IoSlice;

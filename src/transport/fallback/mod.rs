@@ -16,17 +16,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::mpsc;
 
-pub use registry::{configure, registry, Options, Registry};
+pub use registry::{Options, Registry};
 
-use crate::hub::{App, Outbox};
+use crate::context::Shared;
+use crate::http::{self, Body, BodyError};
+use crate::hub::Outbox;
 use crate::protocol::CloseCode;
-use crate::server::{Body, State};
 use crate::session::{self, Session};
 use driver::{Cmd, Driver, Kind, Receiver};
 
@@ -87,21 +88,29 @@ fn parse_target<'a>(http_path: &str, path: &'a str) -> Option<Target<'a>> {
 }
 
 /// Serves one request under `{http_path}/app/`; every answer carries CORS headers.
-pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    shared: &Shared,
+    registry: &Arc<Registry>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut resp = if req.method() == Method::OPTIONS {
         preflight(req.headers())
     } else {
-        dispatch(state, req).await
+        dispatch(shared, registry, req).await
     };
     cors(resp.headers_mut(), origin);
     resp
 }
 
-async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+async fn dispatch(
+    shared: &Shared,
+    registry: &Arc<Registry>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path().to_owned();
-    let http_path = state.config.server.http_path.clone();
-    let Some(target) = parse_target(&http_path, &path) else {
+    let http_path = &shared.config.server.http_path;
+    let Some(target) = parse_target(http_path, &path) else {
         return text(
             StatusCode::NOT_FOUND,
             format!("Not found: {path}. The HTTP fallback URLs are {http_path}/app/{{key}}/{{server}}/{{session}}/xhr_streaming, /xhr and /xhr_send (pusher-js builds them from httpHost, httpPort and httpPath)"),
@@ -118,7 +127,7 @@ async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     }
     let key = format!("{}/{}/{}", target.key, target.server, target.session);
     match target.endpoint {
-        Endpoint::Send => send(&state, &key, req).await,
+        Endpoint::Send => send(shared, registry, &key, req).await,
         Endpoint::Receive(kind) => {
             let origin = req
                 .headers()
@@ -128,22 +137,33 @@ async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             let query = req.uri().query().unwrap_or("").to_owned();
             // The request body (pusher-js sends none) is not read.
             drop(req);
-            receive(&state, target.key, &key, kind, origin.as_deref(), &query).await
+            let client = Client {
+                app_key: target.key,
+                origin: origin.as_deref(),
+                query: &query,
+            };
+            receive(shared, registry, &key, kind, client).await
         }
     }
 }
 
+/// What a receive request says about its client: the WebSocket handshake's admission checks
+/// run on these.
+struct Client<'a> {
+    app_key: &'a str,
+    origin: Option<&'a str>,
+    query: &'a str,
+}
+
 /// A receive request: attach to the session, or open it (running the WebSocket handshake's
-/// checks), and stream its lines.
+/// checks, in the same order and with the same codes), and stream its lines.
 async fn receive(
-    state: &Arc<State>,
-    app_key: &str,
+    shared: &Shared,
+    registry: &Arc<Registry>,
     key: &str,
     kind: Kind,
-    origin: Option<&str>,
-    query: &str,
+    client: Client<'_>,
 ) -> Response<Body> {
-    let registry = registry::registry(state);
     let capacity = match kind {
         Kind::Streaming => driver::STREAM_CHUNKS,
         Kind::Polling => 1,
@@ -156,9 +176,9 @@ async fn receive(
         }
         // The session ended meanwhile: an unknown session on a receive URL is a new one.
     }
-    let app = match admit(state, app_key, origin, query) {
+    let app = match session::admit(&shared.hub, client.app_key, client.query, client.origin) {
         Ok(app) => app,
-        Err(code) => return refused(state, code),
+        Err(code) => return refused(shared, code),
     };
     let opened = registry.open(key, || {
         if app.try_connect() {
@@ -174,20 +194,18 @@ async fn receive(
                 max = registry.options.max_sessions,
                 "fallback session refused: too many HTTP fallback sessions"
             );
-            return refused(state, CloseCode::OverCapacity);
+            return refused(shared, CloseCode::OverCapacity);
         }
-        Err(Err(code)) => return refused(state, code),
+        Err(Err(code)) => return refused(shared, code),
     };
     if let Some((id, cmds)) = new {
         let outbox = Arc::new(Outbox::new(
-            state.hub.next_conn_id(),
-            state.new_socket_id(),
-            state.config.server.outbound_queue,
+            shared.hub.next_conn_id(),
+            shared.new_socket_id(),
+            shared.config.server.outbound_queue,
         ));
-        let conn = state
-            .metrics
-            .connection_opened(&app.config.id, crate::metrics::Transport::Http);
-        let session = Session::open(app, outbox.clone(), state.liveness);
+        let conn = shared.connection_opened(&app.config.id, crate::metrics::Transport::Http);
+        let session = Session::open(app, outbox.clone(), shared.liveness);
         let d = Driver {
             key: key.to_owned(),
             id,
@@ -195,7 +213,7 @@ async fn receive(
             session: Some(session),
             outbox,
             cmds,
-            shutdown: state.shutdown_signal(),
+            shutdown: shared.shutdown_signal(),
             conn,
         };
         tokio::spawn(d.run());
@@ -208,25 +226,15 @@ async fn receive(
         .is_err()
     {
         // Shut down between registering and attaching.
-        return refused(state, CloseCode::ReconnectNow);
+        return refused(shared, CloseCode::ReconnectNow);
     }
     receive_response(rx)
 }
 
-/// The checks a WebSocket handshake runs, in the same order and with the same codes.
-fn admit(
-    state: &State,
-    app_key: &str,
-    origin: Option<&str>,
-    query: &str,
-) -> Result<Arc<App>, CloseCode> {
-    session::admit(&state.hub, app_key, query, origin)
-}
-
 /// A refused receive request: `o`, `a[pusher:error]`, `c[code,"reason"]`, still 200 (pusher-js
 /// reads lines only from a 200 response).
-fn refused(state: &State, code: CloseCode) -> Response<Body> {
-    state.metrics.connection_rejected(code.code());
+fn refused(shared: &Shared, code: CloseCode) -> Response<Body> {
+    shared.metrics.connection_rejected(code.code());
     tracing::info!(
         code = code.code(),
         reason = code.message(),
@@ -239,20 +247,23 @@ fn refused(state: &State, code: CloseCode) -> Response<Body> {
 }
 
 /// `xhr_send`: a JSON array of strings, each a Pusher frame; `[]` is a heartbeat.
-async fn send(state: &Arc<State>, key: &str, req: Request<Incoming>) -> Response<Body> {
-    let max = state.config.server.max_request_bytes;
-    let body = match Limited::new(req.into_body(), max).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("xhr_send body larger than {max} bytes (server.max_request_bytes)"),
-                );
-            }
-            return text(StatusCode::BAD_REQUEST, "Could not read the xhr_send body");
+async fn send(
+    shared: &Shared,
+    registry: &Registry,
+    key: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let max = shared.config.server.max_request_bytes;
+    let body = match http::read_body(req.into_body(), max).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("xhr_send body larger than {max} bytes (server.max_request_bytes)"),
+            )
+        }
+        Err(BodyError::Unreadable) => {
+            return text(StatusCode::BAD_REQUEST, "Could not read the xhr_send body")
         }
     };
     let frames: Vec<String> = match serde_json::from_slice(&body) {
@@ -264,7 +275,7 @@ async fn send(state: &Arc<State>, key: &str, req: Request<Incoming>) -> Response
             )
         }
     };
-    let Some(h) = registry::registry(state).get(key) else {
+    let Some(h) = registry.get(key) else {
         return text(
             StatusCode::NOT_FOUND,
             "Unknown or expired session: open it with an xhr_streaming or xhr request first",
@@ -272,8 +283,7 @@ async fn send(state: &Arc<State>, key: &str, req: Request<Incoming>) -> Response
     };
     match tokio::time::timeout(SEND_TIMEOUT, h.tx.send(Cmd::Send(frames))).await {
         Ok(Ok(())) => {
-            let mut r = Response::new(Full::new(Bytes::new()).boxed());
-            *r.status_mut() = StatusCode::NO_CONTENT;
+            let mut r = http::empty(StatusCode::NO_CONTENT);
             no_store(r.headers_mut());
             r
         }
@@ -326,20 +336,14 @@ fn receive_headers(h: &mut HeaderMap) {
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body.into() + "\n")).boxed());
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=UTF-8"),
-    );
+    let mut r = http::full(status, "text/plain; charset=UTF-8", body.into() + "\n");
     no_store(r.headers_mut());
     r
 }
 
 /// CORS preflight (pusher-js sends `Content-Type: application/json`, so browsers ask first).
 fn preflight(req: &HeaderMap) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::new()).boxed());
-    *r.status_mut() = StatusCode::NO_CONTENT;
+    let mut r = http::empty(StatusCode::NO_CONTENT);
     let h = r.headers_mut();
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,

@@ -2,7 +2,7 @@
 //! `{app key}/{server}/{session}` (the pusher-js URL segments), the cap on how many may exist,
 //! the timings they run with, and a janitor that forgets sessions whose task has ended.
 //!
-//! One registry per running server, kept in `State::fallback` and made on first use.
+//! One registry per running server, made with it at start-up ([`Registry::start`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,10 +13,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::driver::Cmd;
 use crate::config::Config;
-use crate::server::State;
 
 /// How fallback sessions behave. `Options::from_config` gives the production values; tests
-/// shorten them with [`configure`].
+/// shorten them.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Idle streaming responses get an `h` line this often (must stay under pusher-js's 30 s
@@ -84,12 +83,15 @@ pub struct Registry {
 const CMD_QUEUE: usize = 8;
 
 impl Registry {
-    fn new(options: Options) -> Registry {
-        Registry {
+    /// An empty registry, with its janitor running until `shutdown` changes.
+    pub fn start(options: Options, shutdown: watch::Receiver<bool>) -> Arc<Registry> {
+        let registry = Arc::new(Registry {
             options,
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-        }
+        });
+        spawn_janitor(&registry, shutdown);
+        registry
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Handle>> {
@@ -153,34 +155,6 @@ impl Registry {
         if map.capacity() > 64 && map.capacity() > map.len() * 4 {
             map.shrink_to_fit();
         }
-    }
-}
-
-/// Sets the options of `state`'s fallback registry (tests shorten the timers). Call it before
-/// the first fallback request: once the registry exists its options stay (a later call logs
-/// and returns the existing one).
-pub fn configure(state: &Arc<State>, options: Options) -> Arc<Registry> {
-    let mut fresh = false;
-    let registry = state
-        .fallback
-        .get_or_init(|| {
-            fresh = true;
-            Arc::new(Registry::new(options))
-        })
-        .clone();
-    if fresh {
-        spawn_janitor(&registry, state.shutdown_signal());
-    } else {
-        tracing::warn!("fallback options set after the first fallback request: ignored");
-    }
-    registry
-}
-
-/// `state`'s fallback registry, created with `Options::from_config` on first use.
-pub fn registry(state: &Arc<State>) -> Arc<Registry> {
-    match state.fallback.get() {
-        Some(r) => r.clone(),
-        None => configure(state, Options::from_config(&state.config)),
     }
 }
 

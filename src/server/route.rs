@@ -1,0 +1,111 @@
+//! Routing: which module answers a request. The HTTP API goes first (a publishing shop's hot
+//! path), then WebSocket upgrades, the health check, `/metrics`, the console and the fallback
+//! transports. `/metrics` and the API's body reading live here: they are the server's own
+//! small endpoints around modules that know no HTTP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+
+use super::State;
+use crate::api::ApiRequest;
+use crate::http::{self, json, json_error, Body, BodyError};
+use crate::transport::{fallback, ws::upgrade};
+
+pub(super) async fn route(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    secure: bool,
+) -> Response<Body> {
+    let shared = &state.shared;
+    // The HTTP API first: it is the hot path of a publishing shop and needs no allocation here.
+    if req.uri().path().starts_with("/apps/") && !upgrade::is_upgrade(&req) {
+        let r = api(&state, req, peer).await;
+        shared.metrics.api_request(r.status().as_u16());
+        return r;
+    }
+    if upgrade::is_upgrade(&req) {
+        return upgrade::upgrade(shared, req, peer);
+    }
+    let path = req.uri().path();
+    if path == "/up" || path == "/ready" {
+        return json(200, "{\"status\":\"ok\"}".into());
+    }
+    if path == "/metrics" {
+        return metrics(&state, &req, peer);
+    }
+    if path == "/console" || path.starts_with("/console/") {
+        let console = state.console.as_ref();
+        return crate::console::handle(shared, console, &state.api, req, peer, secure).await;
+    }
+    if fallback::is_fallback_path(&shared.config.server.http_path, path) {
+        return fallback::handle(shared, &state.fallback, req).await;
+    }
+    if upgrade::app_key(&shared.config.server.ws_path, path).is_some() {
+        return json_error(
+            400,
+            "This is the WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket)",
+        );
+    }
+    json_error(404, &format!("Not found: {path}"))
+}
+
+/// `/metrics`: Prometheus text, if the peer and its token are allowed.
+fn metrics(state: &State, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let m = &state.shared.metrics;
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match m.check_access(peer.ip(), auth) {
+        Ok(()) => http::full(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            m.render(&state.hub),
+        ),
+        Err(refusal) => {
+            tracing::info!(%peer, status = refusal.status(), "metrics scrape refused");
+            let mut r = json_error(refusal.status(), refusal.message());
+            if refusal == crate::metrics::Refusal::Token {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"pushbox metrics\""),
+                );
+            }
+            r
+        }
+    }
+}
+
+/// `/apps/…`: reads the body (capped) and hands the request to the API as plain parts.
+async fn api(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let max = state.shared.config.server.max_request_bytes;
+    let body = match http::read_body(body, max).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            return json_error(
+                413,
+                &format!("Request body larger than {max} bytes (server.max_request_bytes)"),
+            )
+        }
+        Err(BodyError::Unreadable) => return json_error(400, "Could not read the request body"),
+    };
+    let r = state
+        .api
+        .handle(ApiRequest {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            body: &body,
+        })
+        .await;
+    if r.status >= 400 {
+        tracing::info!(%peer, status = r.status, path = parts.uri.path(), error = %r.body, "api request refused");
+    }
+    json(r.status, r.body)
+}

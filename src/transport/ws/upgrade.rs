@@ -1,0 +1,177 @@
+//! The WebSocket handshake (RFC 6455 §4.2) on `{ws_path}/app/{key}`: the `Sec-WebSocket-Key`
+//! and `-Version` checks, the accept key, and the admission a Pusher client expects (app
+//! lookup, enabled, protocol version, origin, quota). The verdict is reached before the
+//! upgrade; a refused client still gets its `101`, then a `pusher:error` and the close code,
+//! because that is the only refusal pusher-js understands.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+
+use super::{refuse, spawn, WsParams};
+use crate::context::Shared;
+use crate::http::{self, Body};
+use crate::hub::App;
+use crate::protocol::CloseCode;
+use crate::session;
+use crate::transport::wsframe;
+
+/// Does the request ask for a WebSocket (`Upgrade: websocket`, `Connection: upgrade`)?
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+}
+
+/// The app key of a WebSocket URL, `{ws_path}/app/{key}`; `Some("")` or a key with a `/` is
+/// still the WebSocket endpoint, just not a valid key.
+pub fn app_key<'a>(ws_path: &str, path: &'a str) -> Option<&'a str> {
+    path.strip_prefix(ws_path)?.strip_prefix("/app/")
+}
+
+/// Answers an upgrade request: `400` for a broken handshake, otherwise `101`, with the
+/// connection handed to its own task once hyper lets go of it.
+pub fn upgrade(
+    shared: &Arc<Shared>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let Some(accept) = accept_key(&req) else {
+        let mut r = http::json_error(
+            400,
+            "Bad WebSocket handshake: Sec-WebSocket-Key and Sec-WebSocket-Version: 13 are required",
+        );
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return r;
+    };
+    // Decide before upgrading; refusals are sent as pusher:error + close code after the upgrade.
+    let verdict = admit(shared, &req);
+    let upgrade = hyper::upgrade::on(&mut req);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                if let Ok(app) = &verdict {
+                    app.disconnected();
+                }
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        match verdict {
+            Ok(app) => {
+                let params = WsParams {
+                    liveness: shared.liveness,
+                    outbound_queue: shared.config.server.outbound_queue,
+                    coalesce: Duration::from_millis(shared.config.server.coalesce_ms),
+                    conn_id: shared.hub.next_conn_id(),
+                    socket_id: shared.new_socket_id(),
+                    shutdown: shared.shutdown_signal(),
+                    conn: shared
+                        .connection_opened(&app.config.id, crate::metrics::Transport::WebSocket),
+                };
+                spawn(upgraded, app, params);
+            }
+            Err(code) => {
+                shared.metrics.connection_rejected(code.code());
+                tracing::info!(
+                    %peer,
+                    code = code.code(),
+                    reason = code.message(),
+                    "websocket connection refused"
+                );
+                refuse(upgraded, code).await;
+            }
+        }
+    });
+    let mut r = http::empty(StatusCode::SWITCHING_PROTOCOLS);
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+/// `Sec-WebSocket-Accept` for the client's key, if the handshake is one we speak (version 13).
+fn accept_key<B>(req: &Request<B>) -> Option<String> {
+    let headers = req.headers();
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| version_ok)?;
+    Some(wsframe::accept_key(key.as_bytes()))
+}
+
+/// The app the client may join, counted against its quota; or the close code that says why
+/// not.
+fn admit<B>(shared: &Shared, req: &Request<B>) -> Result<Arc<App>, CloseCode> {
+    let key =
+        app_key(&shared.config.server.ws_path, req.uri().path()).ok_or(CloseCode::PathNotFound)?;
+    if key.is_empty() || key.contains('/') {
+        return Err(CloseCode::PathNotFound);
+    }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    let query = req.uri().query().unwrap_or("");
+    let app = session::admit(&shared.hub, key, query, origin)?;
+    if !app.try_connect() {
+        return Err(CloseCode::OverQuota);
+    }
+    Ok(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_urls() {
+        assert_eq!(app_key("", "/app/key"), Some("key"));
+        assert_eq!(app_key("/ws", "/ws/app/key"), Some("key"));
+        assert_eq!(app_key("/ws", "/app/key"), None);
+        assert_eq!(app_key("", "/app/"), Some(""));
+        let req = |headers: &[(&str, &str)]| {
+            let mut b = Request::builder().uri("/app/key");
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap()
+        };
+        let ok = req(&[
+            ("upgrade", "websocket"),
+            ("connection", "keep-alive, Upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ]);
+        assert!(is_upgrade(&ok));
+        // RFC 6455's own example.
+        assert_eq!(
+            accept_key(&ok).as_deref(),
+            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
+        assert!(!is_upgrade(&req(&[("upgrade", "websocket")])));
+        assert_eq!(
+            accept_key(&req(&[("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")])),
+            None
+        );
+    }
+}
