@@ -63,8 +63,8 @@ impl State {
         let hub = Arc::new(Hub::new(config.apps.clone(), observer));
         let (tx, rx) = watch::channel(false);
         let liveness = Liveness {
-            activity_timeout: Duration::from_secs(config.server.activity_timeout),
-            pong_timeout: Duration::from_secs(config.server.pong_timeout),
+            activity_timeout: config.server.activity_timeout,
+            pong_timeout: config.server.pong_timeout,
         };
         let console = crate::console::Console::new(&config).map(Arc::new);
         let mut api = Api::new(hub.clone(), log);
@@ -352,7 +352,7 @@ fn websocket(
                 let params = ws::WsParams {
                     liveness: st.liveness,
                     outbound_queue: st.config.server.outbound_queue,
-                    coalesce: Duration::from_millis(st.config.server.coalesce_ms),
+                    coalesce: st.config.server.coalesce,
                     conn_id: st.hub.next_conn_id(),
                     socket_id: SocketId::random(&st.rng),
                     shutdown: st.shutdown.clone(),
