@@ -11,6 +11,7 @@
 //! | `units.rs` | seconds / milliseconds in the file, `Duration` in Rust |
 //! | `env.rs` | the `Env` trait and the environment overlay |
 //! | `dotenv.rs` | Laravel `.env` files and their `${VAR}` references |
+//! | `logging.rs` | the logging variables (`PUSHBOX_LOG`, `PUSHBOX_LOG_FORMAT`, …) |
 //! | `validate.rs` | the rules a loaded configuration must meet, credential warnings |
 //! | `cidr.rs` | address ranges for `metrics.allow` |
 //! | `error.rs` | `ConfigError`, one line each |
@@ -19,6 +20,7 @@ mod cidr;
 mod dotenv;
 mod env;
 mod error;
+mod logging;
 mod sections;
 mod units;
 mod validate;
@@ -27,6 +29,7 @@ pub use cidr::Cidr;
 pub use dotenv::parse_env_file;
 pub use env::{Env, ProcessEnv};
 pub use error::ConfigError;
+pub use logging::LogConfig;
 pub use sections::{
     AppConfig, ConsoleConfig, Durability, MetricsConfig, ServerConfig, SpoolConfig, TlsConfig,
     WebhookTarget, WebhooksConfig, WEBHOOK_KINDS,
