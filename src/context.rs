@@ -7,7 +7,6 @@
 //! keeps what only it needs (the HTTP API, the console's state) to itself.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -33,8 +32,8 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config, hub: Arc<Hub>, shutdown: Shutdown) -> Shared {
         let liveness = Liveness {
-            activity_timeout: Duration::from_secs(config.server.activity_timeout),
-            pong_timeout: Duration::from_secs(config.server.pong_timeout),
+            activity_timeout: config.server.activity_timeout,
+            pong_timeout: config.server.pong_timeout,
         };
         Shared {
             metrics: Arc::new(Metrics::new(&config)),

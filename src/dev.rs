@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{AppConfig, Config, ConfigError, Env, ServerConfig};
+use crate::config::{AppConfig, Config, ConfigError, Env};
 
 /// Random credentials in the shape `REVERB_*` expects: a numeric id, 20 lowercase
 /// alphanumerics for the key and 32 for the secret.
@@ -74,16 +74,10 @@ fn load_or_create(dir: &Path) -> Result<(String, String, String), ConfigError> {
     Ok((id, key, secret))
 }
 
-fn state_dir(env: &dyn Env) -> PathBuf {
-    env.get("PUSHBOX_STATE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".pushbox-dev"))
-}
-
 /// `serve --dev`: the dev configuration, creating the dev app on first use, and prints the keys
 /// and the `.env` block.
 pub fn config(env: &dyn Env) -> Result<Config, ConfigError> {
-    let state_dir = state_dir(env);
+    let state_dir = Config::dev_state_dir(env);
     let (id, key, secret) = load_or_create(&state_dir)?;
     let cfg = build(state_dir, &id, &key, &secret, env)?;
     println!(
@@ -100,7 +94,7 @@ pub fn config(env: &dyn Env) -> Result<Config, ConfigError> {
 /// `--dev` on the other commands (`trigger`, `events tail`, `queue`, `env`, `check`): the same
 /// configuration `serve --dev` runs with, from its saved app; prints nothing and creates nothing.
 pub fn existing(env: &dyn Env) -> Result<Config, ConfigError> {
-    let state_dir = state_dir(env);
+    let state_dir = Config::dev_state_dir(env);
     match load_saved(&state_dir)? {
         Some((id, key, secret)) => build(state_dir, &id, &key, &secret, env),
         None => Err(ConfigError::NoDevApp { dir: state_dir }),
@@ -114,29 +108,7 @@ fn build(
     secret: &str,
     env: &dyn Env,
 ) -> Result<Config, ConfigError> {
-    let mut server = ServerConfig {
-        host: "127.0.0.1".into(),
-        ..ServerConfig::default()
-    };
-    if let Some(p) = env.get("REVERB_SERVER_PORT") {
-        server.port = p.trim().parse().map_err(|_| ConfigError::Env {
-            var: "REVERB_SERVER_PORT".into(),
-            message: format!("{p:?} is not a port number"),
-        })?;
-    }
-    let app = AppConfig::with_defaults(id, key, secret);
-    Ok(Config {
-        state_dir,
-        user: None,
-        server,
-        tls: None,
-        spool: Default::default(),
-        webhooks: Default::default(),
-        console: None,
-        metrics: Default::default(),
-        apps: vec![app],
-        source: "pushbox serve --dev".into(),
-    })
+    Config::dev(state_dir, AppConfig::with_defaults(id, key, secret), env)
 }
 
 /// The Laravel `.env` block for an app reached at `host:port` over `scheme`.

@@ -50,7 +50,7 @@ impl EventLog {
                 Durability::Memory => spool::Durability::Memory,
             },
             retain_bytes: Some(config.spool.events_retain_bytes),
-            retain_age: Some(Duration::from_secs(config.spool.events_retain_secs)),
+            retain_age: Some(config.spool.events_retain_age),
             ..SpoolOptions::default()
         };
         let (spool, report) = Spool::open(dir(&config.state_dir), options)?;

@@ -76,7 +76,7 @@ fn console(session_secs: u64) -> impl FnOnce(&mut pushbox::config::Config) {
         c.console = Some(ConsoleConfig {
             password: Some(PASSWORD.into()),
             app_login: true,
-            session_secs,
+            session_lifetime: Duration::from_secs(session_secs),
         })
     }
 }
@@ -340,7 +340,7 @@ async fn app_key_sign_in_sees_only_its_app() {
         c.console = Some(ConsoleConfig {
             password: None,
             app_login: true,
-            session_secs: 60,
+            session_lifetime: Duration::from_secs(60),
         });
     })
     .await;

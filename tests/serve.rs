@@ -163,6 +163,50 @@ fn config_errors_exit_78_with_one_line_naming_the_problem() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nonexistent.crt"));
 }
 
+/// Runs `pushbox serve --config cfg` (with no env app) to its exit: status and stderr.
+fn serve_once(cfg: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .env_remove("REVERB_APP_ID")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), err)
+}
+
+/// A timeout too large to add to a clock (it used to panic every connection task) is refused at
+/// start like any other config error: exit 78, one line naming the key and the allowed range.
+#[test]
+fn too_large_timeouts_exit_78_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pushbox.toml");
+    for (server, key) in [
+        (
+            "activity_timeout = 18446744073709551615",
+            "server.activity_timeout",
+        ),
+        ("pong_timeout = 9223372036854775807", "server.pong_timeout"),
+        (
+            "fallback_session_timeout = 86401",
+            "server.fallback_session_timeout",
+        ),
+    ] {
+        std::fs::write(
+            &cfg,
+            app_toml(free_port()).replace("[[apps]]", &format!("{server}\n[[apps]]")),
+        )
+        .unwrap();
+        let (status, err) = serve_once(&cfg);
+        assert_eq!(status, Some(78), "{server}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("pushbox.toml") && err.contains(key) && err.contains("86400"),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn laravel_env_file_with_references() {
     let dir = tempfile::tempdir().unwrap();

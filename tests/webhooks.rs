@@ -314,7 +314,7 @@ async fn batching_and_event_type_filters() {
         "batch_max_events = 3\n",
     );
     let mut cfg = cfg;
-    cfg.webhooks.batch_ms = 300;
+    cfg.webhooks.batch_window = Duration::from_millis(300);
     let wh = Webhooks::start(&cfg).unwrap();
     let a = app(&cfg);
     wh.on_event(&a, occupied("a"));
@@ -437,7 +437,7 @@ async fn a_hanging_receiver_does_not_hold_up_another() {
         ],
         "",
     );
-    cfg.webhooks.timeout_ms = 10_000;
+    cfg.webhooks.timeout = Duration::from_millis(10_000);
     let wh = Webhooks::start(&cfg).unwrap();
     let a = app(&cfg);
     wh.on_event(&a, occupied("one"));
@@ -585,7 +585,7 @@ async fn pending_batches_survive_a_restart() {
 
     // Shutdown flushes open batches: a long window, then stop right away.
     let mut long = cfg.clone();
-    long.webhooks.batch_ms = 60_000;
+    long.webhooks.batch_window = Duration::from_millis(60_000);
     let wh = Webhooks::start(&long).unwrap();
     wh.on_event(&app(&cfg), occupied("flushed"));
     wh.shutdown().await;

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn handshake_has_string_data_socket_id_and_activity_timeout() {
-    let s = start(|c| c.server.activity_timeout = 120).await;
+    let s = start(|c| c.server.activity_timeout = Duration::from_secs(120)).await;
     let mut ws = connect_raw(
         s.addr,
         &format!("/app/{KEY}?protocol=7&client=js&version=8.6.0&flash=false"),
@@ -256,8 +256,8 @@ async fn malformed_frames_get_errors_and_the_server_keeps_serving() {
 #[tokio::test]
 async fn server_pings_idle_clients_and_closes_4201_without_pong() {
     let s = start(|c| {
-        c.server.activity_timeout = 1;
-        c.server.pong_timeout = 1;
+        c.server.activity_timeout = Duration::from_secs(1);
+        c.server.pong_timeout = Duration::from_secs(1);
     })
     .await;
     let mut a = Client::connect(s.addr).await;
@@ -278,8 +278,8 @@ async fn server_pings_idle_clients_and_closes_4201_without_pong() {
 #[tokio::test]
 async fn control_frame_peers_are_pinged_with_control_frames() {
     let s = start(|c| {
-        c.server.activity_timeout = 1;
-        c.server.pong_timeout = 5;
+        c.server.activity_timeout = Duration::from_secs(1);
+        c.server.pong_timeout = Duration::from_secs(5);
     })
     .await;
     let mut a = Client::connect(s.addr).await;
@@ -432,7 +432,7 @@ async fn shutdown_waits_for_connections_not_for_idle_http() {
 
 #[tokio::test]
 async fn coalescing_window_delivers_everything_in_order() {
-    let s = start(|c| c.server.coalesce_ms = 5).await;
+    let s = start(|c| c.server.coalesce = Duration::from_millis(5)).await;
     let mut a = Client::connect(s.addr).await;
     a.subscribe("orders").await;
     let items: Vec<Value> = (0..10)

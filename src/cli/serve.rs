@@ -10,7 +10,8 @@ use super::ConfigArgs;
 
 fn init_logging() {
     // Compact on a terminal, journald-friendly under systemd (see metrics::logfmt).
-    crate::metrics::logfmt::init();
+    let env = crate::config::ProcessEnv::default();
+    crate::metrics::logfmt::init(&crate::config::LogConfig::from_env(&env));
 }
 
 /// `pushbox serve [--dev]`.

@@ -312,14 +312,18 @@ async fn login(
             "Wrong password, or wrong app key and secret: check [console] password (PUSHBOX_CONSOLE_PASSWORD) or the app's credentials",
         );
     };
-    let expires = now_secs().saturating_add(cfg.session_secs);
+    let expires = now_secs().saturating_add(cfg.session_lifetime.as_secs());
     let (value, session) = console.sessions.issue(&scope, expires);
     tracing::info!(%peer, scope = ?scope, "console sign-in");
     let mut r = json_response(
         200,
         json!({ "csrf": console.sessions.csrf(&session), "expires": expires }),
     );
-    if let Ok(v) = HeaderValue::from_str(&cookie_header(&value, cfg.session_secs, secure)) {
+    if let Ok(v) = HeaderValue::from_str(&cookie_header(
+        &value,
+        cfg.session_lifetime.as_secs(),
+        secure,
+    )) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r

@@ -8,7 +8,7 @@
 //!
 //! `PUSHBOX_LOG_FORMAT=journald|terminal` forces one. Newlines inside messages and fields are
 //! flattened so one event is one journal entry. Callers log no secrets: request queries, bodies
-//! and auth signatures are never passed to `tracing`.
+//! and auth signatures are never passed to `tracing`. `config::LogConfig` reads the variables.
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -18,6 +18,8 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
+
+use crate::config::LogConfig;
 
 /// Which format [`init`] picks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,14 +39,17 @@ pub fn choose(forced: Option<&str>, journal_stream: bool, stderr_is_terminal: bo
     }
 }
 
-/// Installs the global subscriber (a second call does nothing).
-pub fn init() {
-    let filter = EnvFilter::try_from_env("PUSHBOX_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber (a second call does nothing). `log` is what the environment
+/// says (`config::LogConfig`): this module reads no variable itself.
+pub fn init(log: &LogConfig) {
+    // An invalid `PUSHBOX_LOG` falls back to `RUST_LOG`, then to `info`.
+    let parse = |dirs: &Option<String>| dirs.as_deref().and_then(|d| EnvFilter::try_new(d).ok());
+    let filter = parse(&log.filter)
+        .or_else(|| parse(&log.rust_log))
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let format = choose(
-        std::env::var("PUSHBOX_LOG_FORMAT").ok().as_deref(),
-        std::env::var_os("JOURNAL_STREAM").is_some(),
+        log.format.as_deref(),
+        log.journal_stream,
         std::io::stderr().is_terminal(),
     );
     let builder = tracing_subscriber::fmt()

@@ -78,7 +78,7 @@ impl Batcher {
         };
         let kind = job::kind(&m.event);
         let json = job::event_json(&m.event);
-        let window = Duration::from_millis(self.config.batch_ms);
+        let window = self.config.batch_window;
         let max = self.config.batch_max_events.max(1);
         let mut full = Vec::new();
         for t in &app.targets {

@@ -241,9 +241,8 @@ pub(crate) fn backoff(
     rng: &ring::rand::SystemRandom,
 ) -> Duration {
     use ring::rand::SecureRandom;
-    let max = config.backoff_max_ms.max(1);
-    let base = config
-        .backoff_initial_ms
+    let max = (config.backoff_max.as_millis() as u64).max(1);
+    let base = (config.backoff_initial.as_millis() as u64)
         .max(1)
         .saturating_mul(1u64 << failures.saturating_sub(1).min(32))
         .min(max);
@@ -261,7 +260,7 @@ pub(crate) fn backoff(
 async fn deliver(ctx: &Ctx, job: &Job, lane_failing: Option<String>) -> Finish {
     let deadline = job
         .age_start_ms()
-        .saturating_add(ctx.config.max_age_secs.saturating_mul(1000));
+        .saturating_add(ctx.config.max_age.as_millis() as u64);
     if let Some(prev) = lane_failing {
         if now_ms() >= deadline {
             let e =
@@ -348,8 +347,8 @@ mod tests {
     fn backoff_doubles_with_jitter_and_is_capped() {
         let rng = ring::rand::SystemRandom::new();
         let c = WebhooksConfig {
-            backoff_initial_ms: 1000,
-            backoff_max_ms: 8000,
+            backoff_initial: Duration::from_millis(1000),
+            backoff_max: Duration::from_millis(8000),
             ..WebhooksConfig::default()
         };
         for (failures, base) in [
@@ -370,8 +369,8 @@ mod tests {
             }
         }
         let tiny = WebhooksConfig {
-            backoff_initial_ms: 0,
-            backoff_max_ms: 0,
+            backoff_initial: Duration::ZERO,
+            backoff_max: Duration::ZERO,
             ..WebhooksConfig::default()
         };
         assert!(backoff(&tiny, 3, &rng) <= Duration::from_millis(1));

@@ -224,7 +224,7 @@ impl Webhooks {
             .map_err(|e| WebhookError::Runtime(e.to_string()))?;
         let client = client::Client::new(
             config.webhooks.ca_file.as_deref(),
-            Duration::from_millis(config.webhooks.timeout_ms.max(1)),
+            config.webhooks.timeout.max(Duration::from_millis(1)),
         )?;
         let (queue, report) = Spool::open(queue_dir(&config.state_dir), queue_options(config))?;
         if !report.is_clean() {

@@ -44,13 +44,11 @@ impl Options {
         Options {
             heartbeat: Duration::from_secs(25),
             poll_hold: Duration::from_secs(25),
-            session_timeout: Duration::from_secs(
-                config
-                    .server
-                    .fallback_session_timeout
-                    .unwrap_or(config.server.pong_timeout)
-                    .max(1),
-            ),
+            session_timeout: config
+                .server
+                .fallback_session_timeout
+                .unwrap_or(config.server.pong_timeout)
+                .max(Duration::from_secs(1)),
             stream_limit: 256 * 1024,
             rollover_grace: Duration::from_secs(10),
             max_sessions: config.server.max_fallback_sessions,

@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -76,7 +75,7 @@ pub fn upgrade(
                 let params = WsParams {
                     liveness: shared.liveness,
                     outbound_queue: shared.config.server.outbound_queue,
-                    coalesce: Duration::from_millis(shared.config.server.coalesce_ms),
+                    coalesce: shared.config.server.coalesce,
                     conn_id: shared.hub.next_conn_id(),
                     socket_id: shared.new_socket_id(),
                     shutdown: shared.shutdown_signal(),

@@ -1,0 +1,142 @@
+//! The environment: the `Env` trait every variable is read through (so tests pass their own and
+//! nothing reads `std::env` behind the configuration's back), the process environment overlaid
+//! on a `.env` file, and the overlay of `PUSHBOX_*` and Laravel's `REVERB_*` / `PUSHER_*`
+//! variables on top of the file's configuration.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use super::sections::{AppConfig, ConsoleConfig, TlsConfig};
+use super::{Config, ConfigError};
+
+/// Environment lookup, so tests can pass their own. An empty value counts as unset: a
+/// `REVERB_APP_KEY=` line left blank in a `.env` must not define an app with an empty key.
+pub trait Env {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment, overlaid on an optional `.env` file (the real environment wins).
+#[derive(Default)]
+pub struct ProcessEnv {
+    pub file: HashMap<String, String>,
+}
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name)
+            .ok()
+            .or_else(|| self.file.get(name).cloned())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned().filter(|v| !v.is_empty())
+    }
+}
+
+/// The first of `names` that is set, with its name (for messages).
+fn first(env: &dyn Env, names: &[&str]) -> Option<(String, String)> {
+    names
+        .iter()
+        .find_map(|n| env.get(n).map(|v| ((*n).to_owned(), v)))
+}
+
+/// `PUSHBOX_STATE_DIR`, if set.
+pub fn state_dir(env: &dyn Env) -> Option<PathBuf> {
+    env.get("PUSHBOX_STATE_DIR").map(PathBuf::from)
+}
+
+/// `REVERB_SERVER_PORT`, if set; a value that is not a port is an error naming the variable.
+pub fn server_port(env: &dyn Env) -> Result<Option<u16>, ConfigError> {
+    let Some(port) = env.get("REVERB_SERVER_PORT") else {
+        return Ok(None);
+    };
+    port.trim().parse().map(Some).map_err(|_| ConfigError::Env {
+        var: "REVERB_SERVER_PORT".into(),
+        message: format!("{port:?} is not a port number (1-65535)"),
+    })
+}
+
+/// Lays the environment over `config` (the file's values): each variable set wins.
+pub fn apply(config: &mut Config, env: &dyn Env) -> Result<(), ConfigError> {
+    if let Some(dir) = state_dir(env) {
+        config.state_dir = dir;
+    }
+    if let Some(host) = env.get("REVERB_SERVER_HOST") {
+        config.server.host = host;
+    }
+    if let Some(port) = server_port(env)? {
+        config.server.port = port;
+    }
+    apply_tls(config, env)?;
+    if let Some(p) = env.get("PUSHBOX_CONSOLE_PASSWORD") {
+        config
+            .console
+            .get_or_insert_with(ConsoleConfig::default)
+            .password = Some(p);
+    }
+    if let Some(t) = env.get("PUSHBOX_METRICS_TOKEN") {
+        config.metrics.token = Some(t);
+    }
+    if let Some(app) = env_app(env)? {
+        // The env-defined app replaces a file app with the same id.
+        config.apps.retain(|a| a.id != app.id);
+        config.apps.push(app);
+    }
+    Ok(())
+}
+
+/// `PUSHBOX_TLS_CERT` + `PUSHBOX_TLS_KEY`: both or neither (one alone is a mistake, not a
+/// request for half a listener). They keep the file's `[tls]` host and port.
+fn apply_tls(config: &mut Config, env: &dyn Env) -> Result<(), ConfigError> {
+    match (env.get("PUSHBOX_TLS_CERT"), env.get("PUSHBOX_TLS_KEY")) {
+        (Some(cert), Some(key)) => {
+            let tls = config.tls.get_or_insert_with(TlsConfig::default);
+            tls.cert = cert.into();
+            tls.key = key.into();
+            Ok(())
+        }
+        (None, None) => Ok(()),
+        (cert, _) => {
+            let var = if cert.is_some() {
+                "PUSHBOX_TLS_KEY"
+            } else {
+                "PUSHBOX_TLS_CERT"
+            };
+            Err(ConfigError::Env { var: var.into(), message: "not set: TLS needs both PUSHBOX_TLS_CERT and PUSHBOX_TLS_KEY (PEM files; `pushbox cert self-signed` makes a pair)".into() })
+        }
+    }
+}
+
+/// The single app Laravel's `.env` defines (`REVERB_APP_*`, or the `PUSHER_APP_*` names), if any;
+/// a partial set is an error naming what is missing.
+fn env_app(env: &dyn Env) -> Result<Option<AppConfig>, ConfigError> {
+    let id = first(env, &["REVERB_APP_ID", "PUSHER_APP_ID"]);
+    let key = first(env, &["REVERB_APP_KEY", "PUSHER_APP_KEY"]);
+    let secret = first(env, &["REVERB_APP_SECRET", "PUSHER_APP_SECRET"]);
+    match (id, key, secret) {
+        (None, None, None) => Ok(None),
+        (Some((_, id)), Some((_, key)), Some((_, secret))) => {
+            let mut app = AppConfig::with_defaults(&id, &key, &secret);
+            app.webhook_url = env.get("PUSHBOX_WEBHOOK_URL");
+            Ok(Some(app))
+        }
+        (id, key, secret) => {
+            let missing: Vec<&str> = [
+                (id.is_none(), "REVERB_APP_ID"),
+                (key.is_none(), "REVERB_APP_KEY"),
+                (secret.is_none(), "REVERB_APP_SECRET"),
+            ]
+            .iter()
+            .filter(|(m, _)| *m)
+            .map(|(_, n)| *n)
+            .collect();
+            Err(ConfigError::Env {
+                var: missing.join(", "),
+                message: "not set: an app from the environment needs REVERB_APP_ID, REVERB_APP_KEY and REVERB_APP_SECRET (or the PUSHER_APP_* names); run `pushbox keygen` for new values".into(),
+            })
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Durations in the TOML file. The keys and their units are a contract with users' files
+//! (`activity_timeout = 30` is seconds, `batch_ms = 10` is milliseconds), so the file keeps plain
+//! integers while the Rust types hold `Duration`s: each field names its unit once, here, through
+//! `#[serde(deserialize_with = "…")]`, and no consumer converts again.
+
+use serde::{Deserialize, Deserializer};
+use std::time::Duration;
+
+/// A whole number of seconds.
+pub fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_secs)
+}
+
+/// A whole number of milliseconds.
+pub fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_millis)
+}
+
+/// An optional whole number of seconds (absent: the section's default).
+pub fn opt_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    secs(d).map(Some)
+}
+
+/// The unit a key is written in, to show a value back to the user as they wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Secs,
+    Millis,
+}
+
+impl Unit {
+    /// `d` as the integer the user would write for this key.
+    pub fn count(self, d: Duration) -> u128 {
+        match self {
+            Unit::Secs => u128::from(d.as_secs()),
+            Unit::Millis => d.as_millis(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::Secs => "seconds",
+            Unit::Millis => "milliseconds",
+        }
+    }
+}
