@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::{Api, ApiRequest, EventLog};
+use crate::api::{Api, ApiError, ApiRequest, ApiResponse, EventLog};
 use crate::config::Config;
 use crate::hub::{Hub, HubObserver};
 use crate::protocol::{CloseCode, SocketId};
@@ -417,15 +417,16 @@ async fn api(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Res
     let body = match Limited::new(body, max).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return json_error(
-                    413,
-                    &format!("Request body larger than {max} bytes (server.max_request_bytes)"),
-                );
-            }
-            return json_error(400, "Could not read the request body");
+            let r = ApiResponse::from(
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    ApiError::BodyTooLarge { max }
+                } else {
+                    ApiError::UnreadableBody
+                },
+            );
+            return json(r.status, r.body);
         }
     };
     let r = state
