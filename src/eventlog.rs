@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{AcceptedEvent, EventLog as EventLogTrait};
+use crate::api::{AcceptedEvent, AppendError, EventLog as EventLogTrait};
 use crate::config::{Config, Durability};
 use crate::spool::{self, RecoveryReport, Spool, SpoolError, SpoolOptions};
 
@@ -86,14 +86,14 @@ impl EventLog {
 }
 
 impl EventLogTrait for EventLog {
-    fn check_capacity(&self) -> Result<(), String> {
+    fn check_capacity(&self) -> Result<(), AppendError> {
         let stats = self.spool.stats();
-        match self.spool_max() {
-            Some(max) if stats.total_bytes >= max => Err(format!(
-                "The event log is full ({} of {max} bytes in {}): raise spool.max_bytes or lower spool.events_retain_bytes; nothing was published",
-                stats.total_bytes,
-                self.spool.dir().display()
-            )),
+        match self.spool.max_bytes() {
+            Some(max_bytes) if stats.total_bytes >= max_bytes => Err(AppendError::Full {
+                dir: self.spool.dir().to_owned(),
+                used_bytes: stats.total_bytes,
+                max_bytes,
+            }),
             _ => Ok(()),
         }
     }
@@ -101,7 +101,7 @@ impl EventLogTrait for EventLog {
     fn append(
         &self,
         events: Vec<AcceptedEvent>,
-    ) -> Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<(), AppendError>> + Send + '_>> {
         Box::pin(async move {
             let mut waiting = Vec::new();
             for e in events {
@@ -124,15 +124,14 @@ impl EventLogTrait for EventLog {
                         + record.socket_id.as_ref().map_or(0, |s| s.len() + 16)
                         + 21 * record.delivered.len(),
                 );
-                serde_json::to_writer(&mut bytes, &record)
-                    .map_err(|e| format!("cannot encode the event for the log: {e}"))?;
+                serde_json::to_writer(&mut bytes, &record).map_err(AppendError::Encode)?;
                 if self.detached {
                     // durability = "memory": the answer doesn't wait for the write, so the
                     // writer thread batches many publishes per write and nobody is woken per event.
                     match self.spool.append_detached(bytes) {
                         Ok(None) => continue,
                         Ok(Some(back)) => bytes = back,
-                        Err(e) => return Err(format!("The event was not stored: {e}")),
+                        Err(e) => return Err(AppendError::NotQueued(e)),
                     }
                 }
                 // Queue every record of a batch before waiting: they share one commit.
@@ -141,16 +140,10 @@ impl EventLogTrait for EventLog {
             for r in futures_util::future::join_all(waiting).await {
                 if let Err(e) = r {
                     tracing::error!(error = %e, "event log append failed");
-                    return Err(format!("The event was not stored durably: {e}"));
+                    return Err(AppendError::NotDurable(e));
                 }
             }
             Ok(())
         })
-    }
-}
-
-impl EventLog {
-    fn spool_max(&self) -> Option<u64> {
-        self.spool.max_bytes()
     }
 }

@@ -6,34 +6,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pushbox");
-
-/// The binary with none of the caller's pushbox / Laravel variables leaking in.
-fn pushbox(args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args);
-    for v in [
-        "REVERB_APP_ID",
-        "REVERB_APP_KEY",
-        "REVERB_APP_SECRET",
-        "PUSHER_APP_ID",
-        "PUSHER_APP_KEY",
-        "PUSHER_APP_SECRET",
-        "REVERB_SERVER_HOST",
-        "REVERB_SERVER_PORT",
-        "PUSHBOX_STATE_DIR",
-        "PUSHBOX_TLS_CERT",
-        "PUSHBOX_TLS_KEY",
-        "PUSHBOX_WEBHOOK_URL",
-        "NOTIFY_SOCKET",
-        "LISTEN_FDS",
-    ] {
-        c.env_remove(v);
-    }
-    c
-}
+use common::{free_port, pushbox, Ready, Served};
 
 struct Out {
     code: Option<i32>,
@@ -60,44 +35,13 @@ impl std::fmt::Display for Out {
     }
 }
 
-/// A `pushbox serve` child process, killed when dropped.
-struct Served(std::process::Child);
-
-impl Served {
-    /// Spawns `serve` (logs at warn, output discarded) and waits until it accepts on `port`.
-    async fn start(mut serve: Command, port: u16) -> Served {
-        let child = serve
-            .env("PUSHBOX_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut served = Served(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "serve did not listen on {port}");
-            if let Ok(Some(st)) = served.0.try_wait() {
-                panic!("serve exited: {st}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        served
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `serve` (logs at warn, output discarded), once it accepts on `port`.
+fn served(mut serve: Command, port: u16) -> Served {
+    serve
+        .env("PUSHBOX_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    tokio::task::block_in_place(|| Served::start(&mut serve, port, Ready::Listening))
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -576,7 +520,7 @@ async fn trigger_over_https_trusting_the_self_signed_certificate() {
     );
     let mut serve = pushbox(&["serve", "--config"]);
     serve.arg(&cfg);
-    let _served = Served::start(serve, tls_port).await;
+    let _served = served(serve, tls_port);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut client = common::Client::connect(addr).await;
     client.subscribe("company.1").await;
@@ -819,7 +763,7 @@ async fn dev_commands_use_the_app_serve_dev_saved() {
             .env("REVERB_SERVER_PORT", port.to_string());
         c
     };
-    let served = Served::start(dev(&["serve", "--dev"]), port).await;
+    let served = served(dev(&["serve", "--dev"]), port);
     let saved = std::fs::read_to_string(dir.path().join(".pushbox-dev/dev-app.toml")).unwrap();
     let saved: toml::Table = toml::from_str(&saved).unwrap();
     let (id, key) = (

@@ -23,8 +23,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,9 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{APP_ID, KEY, SECRET};
-
-const BIN: &str = env!("CARGO_BIN_EXE_pushbox");
+use common::{free_port, pushbox, Ready, Served, APP_ID, KEY, SECRET};
 
 /// `webhooks.batch_ms` of the server under test.
 const BATCH_MS: u64 = 20;
@@ -46,14 +43,6 @@ const BATCH_MS: u64 = 20;
 const WINDOW: Duration = Duration::from_millis(BATCH_MS + 480);
 /// Concurrent publishers.
 const PUBLISHERS: usize = 4;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A tiny deterministic PRNG (xorshift64*), so a failing run can be replayed with its seed.
 struct Rng(u64);
@@ -236,18 +225,9 @@ struct Record {
 async fn publish(addr: SocketAddr, data: &str) -> Result<(u16, String), String> {
     let body =
         serde_json::json!({"name": "crash-test", "channel": "orders", "data": data}).to_string();
-    let path = format!("/apps/{APP_ID}/events");
-    let q = pushbox::protocol::signing::sign_query(
-        "POST",
-        &path,
-        KEY,
-        SECRET,
-        common::now(),
-        body.as_bytes(),
-        &[],
-    );
+    let signed = common::signed("POST", &format!("/apps/{APP_ID}/events"), &body, &[]);
     let req = format!(
-        "POST {path}?{q} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {signed} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let exchange = async {
@@ -422,87 +402,29 @@ async fn churner(
 
 // ---------------------------------------------------------------- the server
 
-struct Server {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn config_toml(port: u16, webhook_url: &str) -> String {
-    format!(
-        "[server]\nhost = \"127.0.0.1\"\nport = {port}\n\
-         [webhooks]\nbatch_ms = {BATCH_MS}\nbackoff_initial_ms = 20\nbackoff_max_ms = 150\ntimeout_ms = 2000\n\
-         [[apps]]\nid = \"{APP_ID}\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nwebhook_url = \"{webhook_url}\"\n"
+    common::config_toml(
+        port,
+        &format!("[webhooks]\nbatch_ms = {BATCH_MS}\nbackoff_initial_ms = 20\nbackoff_max_ms = 150\ntimeout_ms = 2000\n"),
+        &format!("webhook_url = \"{webhook_url}\"\n"),
     )
 }
 
 /// Start `pushbox serve` on `dir` and wait until `GET /up` answers 200 (the event log and the
 /// webhook queue are open by then: the listener is served only after recovery).
-async fn start(dir: &Path, port: u16, run: usize) -> Server {
-    let stderr = dir.join(format!("stderr-{run}.log"));
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
+fn start(dir: &Path, port: u16, run: usize) -> Served {
+    let mut serve = pushbox(&["serve", "--config"]);
+    serve
         .arg(dir.join("pushbox.toml"))
         .env("PUSHBOX_STATE_DIR", dir.join("state"))
-        .env("PUSHBOX_LOG", "warn")
-        .env_remove("REVERB_APP_ID")
-        .env_remove("PUSHER_APP_ID")
-        .env_remove("PUSHBOX_WEBHOOK_URL")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("LISTEN_FDS")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .expect("spawn pushbox serve");
-    let mut server = Server { child, stderr };
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(Some(st)) = server.child.try_wait() {
-            panic!(
-                "run {run}: pushbox exited with {st} instead of starting:\n{}",
-                std::fs::read_to_string(&server.stderr).unwrap_or_default()
-            );
-        }
-        if let Ok(Ok((200, _))) =
-            tokio::time::timeout(Duration::from_secs(2), get(addr, "/up")).await
-        {
-            return server;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "run {run}: pushbox did not answer /up within 15 s:\n{}",
-            std::fs::read_to_string(&server.stderr).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, text))
+        .env("PUSHBOX_LOG", "warn");
+    let stderr = dir.join(format!("stderr-{run}.log"));
+    tokio::task::block_in_place(|| Served::start_logged(&mut serve, port, Ready::Up, stderr))
 }
 
 /// Panics if a server's stderr shows a panic; returns whether it reported a recovery.
-fn check_stderr(server: &Server, run: usize) -> bool {
-    let text = std::fs::read_to_string(&server.stderr).unwrap_or_default();
+fn check_stderr(server: &Served, run: usize) -> bool {
+    let text = server.log();
     assert!(
         !text.contains("panicked") && !text.contains("RUST_BACKTRACE"),
         "run {run}: the server panicked:\n{text}"
@@ -617,7 +539,7 @@ fn sigkill_loop_keeps_every_acknowledged_event_and_enqueued_webhook() {
             } else {
                 receiver.up().await;
             }
-            let server = start(dir, port, cycle).await;
+            let server = start(dir, port, cycle);
             let stop = Arc::new(AtomicBool::new(false));
             let mut tasks = Vec::new();
             for p in 0..PUBLISHERS {
@@ -666,7 +588,7 @@ fn sigkill_loop_keeps_every_acknowledged_event_and_enqueued_webhook() {
 
         // The last run: receiver up, graceful stop.
         receiver.up().await;
-        let mut server = start(dir, port, cycles).await;
+        let mut server = start(dir, port, cycles);
         if check_stderr(&server, cycles) {
             recoveries += 1;
         }

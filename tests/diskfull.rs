@@ -14,15 +14,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
-use common::{APP_ID, KEY, SECRET};
-
-const BIN: &str = env!("CARGO_BIN_EXE_pushbox");
+use common::{free_port, http_blocking as request, pushbox, Ready, Served, APP_ID};
 
 // ---------------------------------------------------------------- a small filesystem
 
@@ -86,89 +81,31 @@ fn free_bytes(p: &Path) -> u64 {
 
 // ---------------------------------------------------------------- the server
 
-struct Server {
-    child: Child,
-    port: u16,
-    stderr: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `work` holds the config and the logs (on the normal disk); `state` is the state directory.
 fn write_config(work: &Path, port: u16, max_bytes: u64) {
     std::fs::write(
         work.join("pushbox.toml"),
-        format!(
-            "[server]\nhost = \"127.0.0.1\"\nport = {port}\n[spool]\nmax_bytes = {max_bytes}\n\
-             [[apps]]\nid = \"{APP_ID}\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nmax_event_data_bytes = 10240\n"
+        common::config_toml(
+            port,
+            &format!("[spool]\nmax_bytes = {max_bytes}\n"),
+            "max_event_data_bytes = 10240\n",
         ),
     )
     .unwrap();
 }
 
-fn start(work: &Path, state: &Path, port: u16, run: &str) -> Server {
-    let stderr = work.join(format!("stderr-{run}.log"));
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
+fn start(work: &Path, state: &Path, port: u16, run: &str) -> Served {
+    let mut serve = pushbox(&["serve", "--config"]);
+    serve
         .arg(work.join("pushbox.toml"))
         .env("PUSHBOX_STATE_DIR", state)
-        .env("PUSHBOX_LOG", "warn")
-        .env_remove("REVERB_APP_ID")
-        .env_remove("PUSHER_APP_ID")
-        .env_remove("PUSHBOX_WEBHOOK_URL")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("LISTEN_FDS")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .expect("spawn pushbox serve");
-    let mut s = Server {
-        child,
-        port,
-        stderr,
-    };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(Some(st)) = s.child.try_wait() {
-            panic!(
-                "{run}: pushbox exited with {st} instead of starting:\n{}",
-                s.log()
-            );
-        }
-        if matches!(request(s.addr(), "GET", "/up", ""), Ok((200, _))) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{run}: no /up within 15 s:\n{}",
-            s.log()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        .env("PUSHBOX_LOG", "warn");
+    let stderr = work.join(format!("stderr-{run}.log"));
+    Served::start_logged(&mut serve, port, Ready::Up, stderr)
 }
 
-impl Server {
-    fn addr(&self) -> SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
+/// What these tests do with a server on a full disk.
+impl Served {
     fn assert_no_panic(&self) {
         let log = self.log();
         assert!(!log.contains("panicked"), "the server panicked:\n{log}");
@@ -197,45 +134,9 @@ impl Server {
     fn publish(&self, data: &str) -> (u16, String) {
         let body =
             serde_json::json!({"name": "disk-test", "channel": "orders", "data": data}).to_string();
-        let path = format!("/apps/{APP_ID}/events");
-        let q = pushbox::protocol::signing::sign_query(
-            "POST",
-            &path,
-            KEY,
-            SECRET,
-            common::now(),
-            body.as_bytes(),
-            &[],
-        );
-        request(self.addr(), "POST", &format!("{path}?{q}"), &body).expect("the server answers")
+        let signed = common::signed("POST", &format!("/apps/{APP_ID}/events"), &body, &[]);
+        request(self.addr(), "POST", &signed, &body).expect("the server answers")
     }
-}
-
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// `data` of every record in the event log, read from outside the server; seqs contiguous.
@@ -272,7 +173,7 @@ fn payload(i: usize) -> String {
 }
 
 /// Publishes until the first 503 (asserting every other answer is 200); returns the 503's body.
-fn publish_until_503(s: &Server, acked: &mut Vec<String>, limit: usize) -> String {
+fn publish_until_503(s: &Served, acked: &mut Vec<String>, limit: usize) -> String {
     for _ in 0..limit {
         let data = payload(acked.len());
         match s.publish(&data) {

@@ -8,33 +8,27 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::{api, APP_ID, KEY, SECRET};
+use common::{api, config_toml, free_port, pushbox, Ready, Served, APP_ID, KEY};
 
 const SESSIONS: usize = 1000;
 const EXPIRY_SECS: u64 = 2;
 
+/// The server under test and its state directory.
 struct Server {
-    child: Child,
+    served: Served,
     addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Server {
     fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        std::fs::read_to_string(format!("/proc/{}/status", self.served.child.id()))
             .ok()
             .and_then(|s| {
                 s.lines()
@@ -47,57 +41,35 @@ impl Server {
 
 async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
     let config = dir.path().join("pushbox.toml");
     std::fs::write(
         &config,
         format!(
-            "state_dir = {state:?}\n[server]\nhost = \"127.0.0.1\"\nport = {port}\npong_timeout = {EXPIRY_SECS}\n\n[[apps]]\nid = \"{APP_ID}\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nmax_connections = 100000\n"
+            "state_dir = {state:?}\n{}",
+            config_toml(
+                port,
+                &format!("pong_timeout = {EXPIRY_SECS}\n\n"),
+                "max_connections = 100000\n"
+            )
         ),
     )
     .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pushbox"));
-    cmd.args(["serve", "--config"])
-        .arg(&config)
+    let mut cmd = pushbox(&["serve", "--config"]);
+    cmd.arg(&config)
         .env("PUSHBOX_STATE_DIR", &state)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("REVERB_") || k.starts_with("PUSHER_") || k.starts_with("PUSHBOX_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("PUSHBOX_STATE_DIR", &state);
-    let child = cmd.spawn().expect("spawn pushbox");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let server = Server {
-        child,
-        addr,
+    let served = tokio::task::block_in_place(|| Served::start(&mut cmd, port, Ready::Up));
+    Server {
+        addr: served.addr(),
+        served,
         _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Ok(r)) = tokio::time::timeout(
-            Duration::from_secs(1),
-            send_request(addr, "GET", "/up", b""),
-        )
-        .await
-        {
-            if r.starts_with("HTTP/1.1 200") {
-                return server;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("pushbox did not answer /up within 20 s");
 }
 
 /// A complete request with `Connection: close`; the whole raw response.

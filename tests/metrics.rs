@@ -32,17 +32,7 @@ async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, St
         .await
         .expect("timeout")
         .expect("read");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    common::status_and_body(&String::from_utf8_lossy(&out))
 }
 
 /// A Python with `prometheus_client`: `PUSHBOX_TEST_PYTHON`, or a venv made (once) under the
@@ -316,42 +306,26 @@ async fn metrics_token_and_allow_restrictions() {
 
 #[tokio::test]
 async fn journald_logs_have_priorities_and_no_secrets() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("pushbox.toml");
     let password = "console-password-do-not-log";
     std::fs::write(
         &cfg,
-        format!(
-            "[server]\nhost = \"127.0.0.1\"\nport = {port}\n[console]\npassword = \"{password}\"\n[[apps]]\nid = \"{}\"\nkey = \"{}\"\nsecret = \"{}\"\n",
-            common::APP_ID, common::KEY, common::SECRET
-        ),
+        common::config_toml(port, &format!("[console]\npassword = \"{password}\"\n"), ""),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pushbox"))
-        .args(["serve", "--config"])
+    let mut serve = common::pushbox(&["serve", "--config"]);
+    serve
         .arg(&cfg)
         .env("PUSHBOX_STATE_DIR", dir.path().join("state"))
         .env("PUSHBOX_LOG", "debug")
         .env("JOURNAL_STREAM", "8:12345")
-        .env_remove("PUSHBOX_LOG_FORMAT")
-        .env_remove("REVERB_APP_ID")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("LISTEN_FDS")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .stderr(Stdio::piped());
+    // Blocks this current-thread runtime until the server listens: nothing else runs on it yet.
+    let mut served = common::Served::start(&mut serve, port, common::Ready::Listening);
+    let addr = served.addr();
     // A correctly formed request signed with the wrong secret: 401.
     let body = r#"{"name":"e","channel":"c","data":"{}"}"#;
     let q = pushbox::protocol::signing::sign_query(
@@ -387,9 +361,11 @@ async fn journald_logs_have_priorities_and_no_secrets() {
     let mut ws = common::connect_raw(addr, "/app/no-such-key?protocol=7").await;
     let _ = common::next_json(&mut ws).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let _ = served.child.kill();
+    let _ = served.child.wait();
+    let mut stderr = Vec::new();
+    std::io::Read::read_to_end(&mut served.child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let log = String::from_utf8_lossy(&stderr);
     assert!(
         !log.contains(&signature),
         "auth_signature value logged:\n{log}"

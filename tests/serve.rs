@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,45 +13,26 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pushbox");
+use common::{free_port, pushbox, Ready, Served, BIN};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// A `pushbox serve` on its own state directory (`dir/state`), killed when dropped.
 struct Server {
-    child: Child,
+    served: Served,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn spawn(dir: tempfile::TempDir, config: &str, port: u16) -> Server {
     let cfg = dir.path().join("pushbox.toml");
     std::fs::write(&cfg, config).unwrap();
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
+    let mut serve = pushbox(&["serve", "--config"]);
+    serve
         .arg(&cfg)
         .env("PUSHBOX_STATE_DIR", dir.path().join("state"))
         .env("PUSHBOX_LOG", "warn")
-        .env_remove("REVERB_APP_ID")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("LISTEN_FDS")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut s = Server { child, dir };
-    wait_up(port);
+        .stderr(Stdio::piped());
+    let served = Served::start(&mut serve, port, Ready::Listening);
+    let mut s = Server { served, dir };
     // The port answered; make sure it is this server (another test may have taken the port
     // between free_port() and the bind) and that it holds its state directory.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -62,7 +43,7 @@ fn spawn(dir: tempfile::TempDir, config: &str, port: u16) -> Server {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    if let Ok(Some(status)) = s.child.try_wait() {
+    if let Ok(Some(status)) = s.served.child.try_wait() {
         panic!("the server exited at start ({status}); was port {port} taken by another test?");
     }
     s
@@ -90,19 +71,8 @@ fn output_within(cmd: &mut Command, secs: u64) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
-fn wait_up(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("server did not listen on {port}");
-}
-
 fn app_toml(port: u16) -> String {
-    format!("[server]\nhost = \"127.0.0.1\"\nport = {port}\n[[apps]]\nid = \"{}\"\nkey = \"{}\"\nsecret = \"{}\"\n", common::APP_ID, common::KEY, common::SECRET)
+    common::config_toml(port, "", "")
 }
 
 #[test]
@@ -220,19 +190,12 @@ fn laravel_env_file_with_references() {
         .output();
     // An explicit --config that doesn't exist is an error even with an env app.
     assert_eq!(child.as_mut().unwrap().status.code(), Some(78));
-    let mut c = Command::new(BIN)
-        .args(["serve", "--env-file"])
+    let mut serve = pushbox(&["serve", "--env-file"]);
+    serve
         .arg(&env)
         .env("PUSHBOX_STATE_DIR", dir.path().join("state"))
-        .env_remove("REVERB_APP_ID")
-        .env_remove("REVERB_APP_KEY")
-        .env_remove("REVERB_APP_SECRET")
-        .env_remove("REVERB_SERVER_PORT")
-        .env_remove("REVERB_SERVER_HOST")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_up(port);
+        .stderr(Stdio::null());
+    let served = Served::start(&mut serve, port, Ready::Listening);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut ws = common::connect_raw(
@@ -245,8 +208,7 @@ fn laravel_env_file_with_references() {
             "pusher:connection_established"
         );
     });
-    let _ = c.kill();
-    let _ = c.wait();
+    drop(served);
 }
 
 #[test]
@@ -273,7 +235,7 @@ fn accepted_events_are_in_the_event_log_and_sigterm_sends_4200() {
     assert_eq!(rec.channels, vec!["orders"]);
     assert_eq!(rec.delivered, vec![1]);
 
-    let pid = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(s.served.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     rt.block_on(async {
         assert_eq!(client.recv().await["data"]["code"], 4200);
@@ -282,7 +244,7 @@ fn accepted_events_are_in_the_event_log_and_sigterm_sends_4200() {
     let mut s = s;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(status) = s.child.try_wait().unwrap() {
+        if let Some(status) = s.served.child.try_wait().unwrap() {
             assert!(status.success(), "{status:?}");
             break;
         }
@@ -293,7 +255,7 @@ fn accepted_events_are_in_the_event_log_and_sigterm_sends_4200() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut err = String::new();
-    if let Some(e) = s.child.stderr.take() {
+    if let Some(e) = s.served.child.stderr.take() {
         for line in BufReader::new(e).lines().map_while(Result::ok) {
             err.push_str(&line);
         }
@@ -446,10 +408,10 @@ fn tls_serves_wss_and_sighup_reloads_without_dropping_connections() {
         cert.display(),
         key.display()
     );
-    let s = spawn(dir, &config, port);
-    wait_up(tls_port);
+    let mut s = spawn(dir, &config, port);
+    s.served.wait_for(tls_port, Ready::Listening);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let pid = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(s.served.child.id() as i32);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (mut before, cn) = wss(tls_port, &pki.ca_pem).await.unwrap();
@@ -559,7 +521,8 @@ fn socket_activation_notify_and_watchdog_with_systemd_tools() {
     let (activated_port, config_port) = (free_port(), free_port());
     let cfg = dir.path().join("pushbox.toml");
     std::fs::write(&cfg, app_toml(config_port)).unwrap();
-    let mut child = Command::new(activate)
+    let mut activated = Command::new(activate);
+    activated
         .arg(format!("--listen=127.0.0.1:{activated_port}"))
         .arg("--fdname=http")
         .arg(format!("--setenv=NOTIFY_SOCKET={}", notify_path.display()))
@@ -574,22 +537,12 @@ fn socket_activation_notify_and_watchdog_with_systemd_tools() {
         .arg(&cfg)
         .env_remove("REVERB_APP_ID")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    wait_up(activated_port);
+        .stderr(Stdio::null());
+    let mut guard = Served::start(&mut activated, activated_port, Ready::Listening);
     assert!(
-        child.try_wait().unwrap().is_none(),
+        guard.child.try_wait().unwrap().is_none(),
         "systemd-socket-activate is running"
     );
-    let guard = Kill(child);
 
     // The first connection makes the tool exec pushbox with the socket; it answers on it.
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -618,7 +571,7 @@ fn socket_activation_notify_and_watchdog_with_systemd_tools() {
     );
 
     // SIGTERM: STOPPING=1, then a clean exit.
-    let pid = nix::unistd::Pid::from_raw(guard.0.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(guard.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let mut stopping = false;
     while Instant::now() < deadline + Duration::from_secs(5) {

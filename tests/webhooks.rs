@@ -1,6 +1,8 @@
 //! Webhooks end to end on 127.0.0.1: a raw TCP (and TLS) receiver records exactly what went
 //! over the wire; the service runs on a real state directory (spool files on disk).
 
+mod common;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,9 +19,7 @@ use pushbox::protocol::auth::sign;
 use pushbox::webhooks::requeue::{self, Request, Retried};
 use pushbox::webhooks::Webhooks;
 
-const KEY: &str = "test-key";
-const SECRET: &str = "test-secret";
-const APP: &str = "42";
+use common::{APP_ID as APP, KEY, SECRET};
 
 // ---------------------------------------------------------------- receiver
 
@@ -726,7 +726,7 @@ async fn apps_without_receivers_and_unwanted_kinds_cost_nothing() {
 
 /// Run the `pushbox` binary with the test's config file; returns stdout + stderr.
 fn cli(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pushbox"))
+    let out = std::process::Command::new(common::BIN)
         .args(args)
         .arg("--config")
         .arg(dir.join("pushbox.toml"))

@@ -1,7 +1,11 @@
 //! The signed HTTP API (`/apps/{id}/…`, PUSHER.md §7): trigger, batch trigger, channel queries,
 //! presence users and terminate connections. Every request is signature-checked before
 //! anything else; answers are `200` with a JSON object, or the status the SDKs understand with
-//! `{"error": "…"}`. It works on plain request parts, not on an HTTP library's types.
+//! `{"error": "…"}` (one [`ApiError`] variant per failure). It works on plain request parts,
+//! not on an HTTP library's types.
+
+mod error;
+mod log;
 
 use std::sync::Arc;
 
@@ -11,6 +15,9 @@ use serde_json::{json, Map, Value};
 
 use crate::hub::{App, Frame, Hub};
 use crate::protocol::{channel, message, signing, ChannelKind, SocketId};
+
+pub use error::ApiError;
+pub use log::{AcceptedEvent, AppendError, EventLog, EventTap};
 
 /// The parts of an HTTP request the API needs.
 pub struct ApiRequest<'a> {
@@ -44,43 +51,7 @@ impl ApiResponse {
             body: v.to_string(),
         }
     }
-
-    pub fn error(status: u16, msg: impl Into<String>) -> ApiResponse {
-        ApiResponse {
-            status,
-            body: json!({ "error": msg.into() }).to_string(),
-        }
-    }
 }
-
-/// An accepted event, as handed to the event log.
-#[derive(Clone, Debug)]
-pub struct AcceptedEvent {
-    pub app_id: String,
-    pub name: String,
-    pub channels: Vec<String>,
-    pub data: String,
-    pub socket_id: Option<String>,
-    /// Sockets reached, per channel (same order as `channels`).
-    pub delivered: Vec<usize>,
-}
-
-/// Where accepted events go before the API answers (the spool's event log).
-pub trait EventLog: Send + Sync {
-    /// Refuses new events up front (a full disk) so nothing is delivered that can't be kept.
-    fn check_capacity(&self) -> Result<(), String> {
-        Ok(())
-    }
-    /// Records the events; the API answers 200 only after this returns `Ok`.
-    fn append(
-        &self,
-        events: Vec<AcceptedEvent>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
-}
-
-/// A lossy, bounded feed of accepted events with their time (Unix ms) for the console: a
-/// `send` never blocks and never fails the publish; a slow reader loses the oldest.
-pub type EventTap = tokio::sync::broadcast::Sender<(u64, Arc<AcceptedEvent>)>;
 
 pub struct Api {
     hub: Arc<Hub>,
@@ -138,41 +109,45 @@ impl Api {
     /// operator (the console): the same validation, delivery and event log, no signature.
     pub async fn trigger_trusted(&self, app_id: &str, body: &[u8]) -> ApiResponse {
         let Some(app) = self.hub.app_by_id(app_id).cloned() else {
-            return ApiResponse::error(404, format!("Unknown app id {app_id:?}"));
+            return ApiError::UnknownTrustedApp {
+                app_id: app_id.to_owned(),
+            }
+            .into();
         };
         if !app.config.enabled {
-            return ApiResponse::error(403, "Application disabled");
+            return ApiError::AppDisabled.into();
         }
-        self.trigger(&app, body).await
+        self.trigger(&app, body).await.unwrap_or_else(Into::into)
     }
 
     /// Handles one request under `/apps/`.
     pub async fn handle(&self, req: ApiRequest<'_>) -> ApiResponse {
+        self.route(req).await.unwrap_or_else(Into::into)
+    }
+
+    async fn route(&self, req: ApiRequest<'_>) -> Result<ApiResponse, ApiError> {
         let path = req
             .path
             .strip_prefix(self.strip_prefix.as_str())
             .unwrap_or(req.path);
-        let Some(rest) = path.strip_prefix("/apps/") else {
-            return ApiResponse::error(404, "Not found: HTTP API paths start with /apps/{app_id}/");
-        };
+        let rest = path.strip_prefix("/apps/").ok_or(ApiError::NotApiPath)?;
         let (app_id, route) = rest.split_once('/').unwrap_or((rest, ""));
-        let Some(app) = self.hub.app_by_id(app_id).cloned() else {
-            return ApiResponse::error(
-                404,
-                format!("Unknown app id {app_id:?}: check PUSHER_APP_ID / REVERB_APP_ID"),
-            );
-        };
+        let app = self
+            .hub
+            .app_by_id(app_id)
+            .cloned()
+            .ok_or_else(|| ApiError::UnknownApp {
+                app_id: app_id.to_owned(),
+            })?;
         let signed = signing::SignedRequest {
             method: req.method,
             path,
             query: req.query,
             body: req.body,
         };
-        if let Err(e) = signing::verify(&signed, &app.config.key, &app.mac_key, now_secs()) {
-            return ApiResponse::error(401, e.to_string());
-        }
+        signing::verify(&signed, &app.config.key, &app.mac_key, now_secs())?;
         if !app.config.enabled {
-            return ApiResponse::error(403, "Application disabled");
+            return Err(ApiError::AppDisabled);
         }
         // Only the GET endpoints read query parameters: publishing doesn't decode them twice.
         let param = |k: &str| {
@@ -190,20 +165,20 @@ impl Api {
             parts[n] = part;
             n += 1;
         }
-        match (req.method, &parts[..n]) {
-            ("POST", ["events"]) => self.trigger(&app, req.body).await,
-            ("POST", ["batch_events"]) => self.batch(&app, req.body).await,
+        Ok(match (req.method, &parts[..n]) {
+            ("POST", ["events"]) => self.trigger(&app, req.body).await?,
+            ("POST", ["batch_events"]) => self.batch(&app, req.body).await?,
             ("GET", ["channels"]) => channels(
                 &app,
                 param("filter_by_prefix").as_deref().unwrap_or(""),
                 param("info").as_deref().unwrap_or(""),
-            ),
+            )?,
             ("GET", ["channels", name]) => channel_info(
                 &app,
                 &signing::percent_decode(name),
                 param("info").as_deref().unwrap_or(""),
-            ),
-            ("GET", ["channels", name, "users"]) => users(&app, &signing::percent_decode(name)),
+            )?,
+            ("GET", ["channels", name, "users"]) => users(&app, &signing::percent_decode(name))?,
             ("POST", ["users", user, "terminate_connections"]) => {
                 app.terminate_user(&signing::percent_decode(user));
                 ApiResponse::empty()
@@ -218,78 +193,64 @@ impl Api {
                 | ["channels", ..]
                 | ["users", _, "terminate_connections"]
                 | ["connections"],
-            ) => ApiResponse::error(405, format!("Method {} not allowed on {path}", req.method)),
-            _ => ApiResponse::error(
-                404,
-                format!("Not found: {path} is not an HTTP API endpoint"),
-            ),
-        }
+            ) => {
+                return Err(ApiError::MethodNotAllowed {
+                    method: req.method.to_owned(),
+                    path: path.to_owned(),
+                })
+            }
+            _ => {
+                return Err(ApiError::NoEndpoint {
+                    path: path.to_owned(),
+                })
+            }
+        })
     }
 
-    async fn trigger(&self, app: &Arc<App>, body: &[u8]) -> ApiResponse {
-        let parsed: EventBody<'_> = match serde_json::from_slice(body) {
-            Ok(b) => b,
-            Err(e) => return ApiResponse::error(400, format!("Invalid JSON body: {e}")),
-        };
-        let v = match validate(app, parsed) {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
+    async fn trigger(&self, app: &Arc<App>, body: &[u8]) -> Result<ApiResponse, ApiError> {
+        let parsed: EventBody<'_> = serde_json::from_slice(body).map_err(ApiError::InvalidJson)?;
+        let v = validate(app, parsed)?;
         // What the answer needs after the event moved on (usually nothing: no `info` asked).
         let wanted = (!v.info.is_empty()).then(|| (v.channels.clone(), v.info.clone()));
-        if let Err(r) = self.publish(app, vec![v]).await {
-            return r;
-        }
+        self.publish(app, vec![v]).await?;
         let Some((channels, info)) = wanted else {
-            return ApiResponse::empty();
+            return Ok(ApiResponse::empty());
         };
         let mut out = Map::new();
         for c in &channels {
             out.insert(c.clone(), Value::Object(info_attrs(app, c, &info)));
         }
-        ApiResponse::ok(json!({ "channels": out }))
+        Ok(ApiResponse::ok(json!({ "channels": out })))
     }
 
-    async fn batch(&self, app: &Arc<App>, body: &[u8]) -> ApiResponse {
-        let parsed: BatchBody<'_> = match serde_json::from_slice(body) {
-            Ok(b) => b,
-            Err(e) => return ApiResponse::error(400, format!("Invalid JSON body: {e}")),
-        };
-        let Some(batch) = parsed.batch else {
-            return ApiResponse::error(
-                400,
-                "Missing \"batch\": expected {\"batch\":[{\"channel\":…,\"name\":…,\"data\":…}]}",
-            );
-        };
+    async fn batch(&self, app: &Arc<App>, body: &[u8]) -> Result<ApiResponse, ApiError> {
+        let parsed: BatchBody<'_> = serde_json::from_slice(body).map_err(ApiError::InvalidJson)?;
+        let batch = parsed.batch.ok_or(ApiError::MissingBatch)?;
         let max = app.config.max_batch_events;
         if batch.len() > max {
-            return ApiResponse::error(
-                400,
-                format!(
-                    "Batch too large: {} events, the limit is {max}",
-                    batch.len()
-                ),
-            );
+            return Err(ApiError::BatchTooLarge {
+                len: batch.len(),
+                max,
+            });
         }
-        let mut items = Vec::with_capacity(batch.len());
-        for (i, b) in batch.into_iter().enumerate() {
-            match validate(app, b) {
-                Ok(v) => items.push(v),
-                Err(mut r) => {
-                    r.body = json!({ "error": format!("batch[{i}]: {}", serde_json::from_str::<Value>(&r.body).ok().and_then(|v| v["error"].as_str().map(str::to_owned)).unwrap_or_default()) }).to_string();
-                    return r;
-                }
-            }
-        }
+        // Every event is validated before any is delivered: a bad one refuses the whole batch.
+        let items = batch
+            .into_iter()
+            .enumerate()
+            .map(|(index, b)| {
+                validate(app, b).map_err(|e| ApiError::InBatch {
+                    index,
+                    error: Box::new(e),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let infos: Vec<(Vec<String>, Vec<String>)> = items
             .iter()
             .map(|v| (v.channels.clone(), v.info.clone()))
             .collect();
-        if let Err(r) = self.publish(app, items).await {
-            return r;
-        }
+        self.publish(app, items).await?;
         if infos.iter().all(|(_, i)| i.is_empty()) {
-            return ApiResponse::empty();
+            return Ok(ApiResponse::empty());
         }
         let batch: Vec<Value> = infos
             .iter()
@@ -301,14 +262,13 @@ impl Api {
                 )
             })
             .collect();
-        ApiResponse::ok(json!({ "batch": batch }))
+        Ok(ApiResponse::ok(json!({ "batch": batch })))
     }
 
     /// Delivers validated events, then records them in the event log before the answer.
-    async fn publish(&self, app: &Arc<App>, items: Vec<Validated>) -> Result<(), ApiResponse> {
+    async fn publish(&self, app: &Arc<App>, items: Vec<Validated>) -> Result<(), ApiError> {
         if let Some(log) = &self.log {
-            log.check_capacity()
-                .map_err(|e| ApiResponse::error(503, e))?;
+            log.check_capacity().map_err(ApiError::LogRefused)?;
         }
         let mut accepted = Vec::with_capacity(items.len());
         for v in items {
@@ -339,90 +299,62 @@ impl Api {
         }
         if let Some(log) = &self.log {
             let reached: usize = accepted.iter().flat_map(|e| e.delivered.iter()).sum();
-            log.append(accepted).await.map_err(|e| {
-                // The capacity check above refuses before delivering; a write that fails after
-                // it (ENOSPC, I/O error) comes after delivery, and the sender must know that.
-                ApiResponse::error(
-                    503,
-                    format!("{e} (the event already reached {reached} live connection(s); a retry may deliver it twice)"),
-                )
-            })?;
+            // The capacity check above refuses before delivering; a write that fails after it
+            // (ENOSPC, I/O error) comes after delivery, and the sender must know that.
+            log.append(accepted)
+                .await
+                .map_err(|error| ApiError::NotStored { error, reached })?;
         }
         Ok(())
     }
 }
 
-fn validate(app: &App, b: EventBody<'_>) -> Result<Validated, ApiResponse> {
+fn validate(app: &App, b: EventBody<'_>) -> Result<Validated, ApiError> {
     let cfg = &app.config;
     let name = b
         .name
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiResponse::error(400, "Missing event \"name\""))?;
+        .ok_or(ApiError::MissingName)?;
     if name.len() > cfg.max_event_name_length {
-        return Err(ApiResponse::error(
-            400,
-            format!(
-                "Event name too long: {} characters, the limit is {}",
-                name.len(),
-                cfg.max_event_name_length
-            ),
-        ));
+        return Err(ApiError::NameTooLong {
+            len: name.len(),
+            max: cfg.max_event_name_length,
+        });
     }
-    let raw = b.data.ok_or_else(|| {
-        ApiResponse::error(400, "Missing \"data\" (a string, usually JSON-encoded)")
-    })?;
+    let raw = b.data.ok_or(ApiError::MissingData)?;
     let data = if raw.get().starts_with('"') {
-        serde_json::from_str::<String>(raw.get())
-            .map_err(|e| ApiResponse::error(400, format!("Invalid \"data\": {e}")))?
+        serde_json::from_str::<String>(raw.get()).map_err(ApiError::InvalidData)?
     } else {
         raw.get().to_owned()
     };
     if data.len() > cfg.max_event_data_bytes {
-        return Err(ApiResponse::error(
-            413,
-            format!(
-                "Event data too large: {} bytes, the limit is {} (max_event_data_bytes)",
-                data.len(),
-                cfg.max_event_data_bytes
-            ),
-        ));
+        return Err(ApiError::DataTooLarge {
+            len: data.len(),
+            max: cfg.max_event_data_bytes,
+        });
     }
     let channels = match (b.channels, b.channel) {
         (Some(c), _) if !c.is_empty() => c,
         (_, Some(c)) => vec![c],
-        _ => {
-            return Err(ApiResponse::error(
-                400,
-                "Missing \"channels\" (an array) or \"channel\" (a string)",
-            ))
-        }
+        _ => return Err(ApiError::MissingChannels),
     };
     if channels.len() > cfg.max_channels_per_event {
-        return Err(ApiResponse::error(
-            400,
-            format!(
-                "Too many channels: {}, the limit is {} per event",
-                channels.len(),
-                cfg.max_channels_per_event
-            ),
-        ));
+        return Err(ApiError::TooManyChannels {
+            len: channels.len(),
+            max: cfg.max_channels_per_event,
+        });
     }
     for c in &channels {
-        if let Err(e) = channel::validate(c, cfg.max_channel_name_length) {
-            return Err(ApiResponse::error(
-                400,
-                format!("Invalid channel {c:?}: {e}"),
-            ));
-        }
+        channel::validate(c, cfg.max_channel_name_length).map_err(|reason| {
+            ApiError::InvalidChannel {
+                channel: c.clone(),
+                reason,
+            }
+        })?;
     }
     let socket_id = match b.socket_id.filter(|s| !s.is_empty()) {
-        Some(s) => Some(SocketId::parse(&s).map(|_| s.clone()).ok_or_else(|| {
-            ApiResponse::error(
-                400,
-                format!("Invalid socket_id {s:?}: expected digits.digits"),
-            )
-        })?),
-        None => None,
+        Some(s) if SocketId::parse(&s).is_none() => return Err(ApiError::InvalidSocketId(s)),
+        s => s,
     };
     let info: Vec<String> = b
         .info
@@ -465,13 +397,10 @@ fn info_list(info: &str) -> Vec<&str> {
         .collect()
 }
 
-fn channels(app: &App, prefix: &str, info: &str) -> ApiResponse {
+fn channels(app: &App, prefix: &str, info: &str) -> Result<ApiResponse, ApiError> {
     let info = info_list(info);
     if info.contains(&"user_count") && !prefix.starts_with("presence-") {
-        return ApiResponse::error(
-            400,
-            "info=user_count is only available with filter_by_prefix=presence-",
-        );
+        return Err(ApiError::UserCountNeedsPresencePrefix);
     }
     let mut out = Map::new();
     for c in app.channels(prefix) {
@@ -486,20 +415,16 @@ fn channels(app: &App, prefix: &str, info: &str) -> ApiResponse {
         }
         out.insert(c.name, Value::Object(m));
     }
-    ApiResponse::ok(json!({ "channels": out }))
+    Ok(ApiResponse::ok(json!({ "channels": out })))
 }
 
-fn channel_info(app: &App, name: &str, info: &str) -> ApiResponse {
-    if let Err(e) = channel::validate(name, app.config.max_channel_name_length) {
-        return ApiResponse::error(400, format!("Invalid channel name: {e}"));
-    }
+fn channel_info(app: &App, name: &str, info: &str) -> Result<ApiResponse, ApiError> {
+    channel::validate(name, app.config.max_channel_name_length)
+        .map_err(ApiError::InvalidChannelName)?;
     let info = info_list(info);
     let presence = ChannelKind::of(name).is_presence();
     if info.contains(&"user_count") && !presence {
-        return ApiResponse::error(
-            400,
-            "info=user_count is only available for presence channels",
-        );
+        return Err(ApiError::UserCountNeedsPresenceChannel);
     }
     let ci = app.channel(name);
     let mut m = Map::new();
@@ -525,24 +450,21 @@ fn channel_info(app: &App, name: &str, info: &str) -> ApiResponse {
             );
         }
     }
-    ApiResponse::ok(Value::Object(m))
+    Ok(ApiResponse::ok(Value::Object(m)))
 }
 
-fn users(app: &App, name: &str) -> ApiResponse {
+fn users(app: &App, name: &str) -> Result<ApiResponse, ApiError> {
     if !ChannelKind::of(name).is_presence() {
-        return ApiResponse::error(
-            400,
-            format!(
-                "{name} is not a presence channel: users are only listed for presence-… channels"
-            ),
-        );
+        return Err(ApiError::NotPresence {
+            channel: name.to_owned(),
+        });
     }
     let users: Vec<Value> = app
         .users(name)
         .into_iter()
         .map(|id| json!({ "id": id }))
         .collect();
-    ApiResponse::ok(json!({ "users": users }))
+    Ok(ApiResponse::ok(json!({ "users": users })))
 }
 
 #[cfg(test)]

@@ -355,3 +355,95 @@ async fn channel_queries() {
     .await;
     assert_eq!((s, v), (200, json!({})));
 }
+
+#[tokio::test]
+async fn errors_keep_their_status_and_exact_message() {
+    let (api, _hub) = setup(|c| c.max_event_data_bytes = 4);
+    // A refused event inside a batch keeps that event's status and names its index.
+    let body = r#"{"batch":[{"channel":"a","name":"a","data":"1"},{"channel":"a","name":"a","data":"12345"}]}"#;
+    let (s, v) = call(&api, "POST", "/apps/7/batch_events", body, &[]).await;
+    assert_eq!(s, 413);
+    assert_eq!(
+        v["error"],
+        "batch[1]: Event data too large: 5 bytes, the limit is 4 (max_event_data_bytes)"
+    );
+    let r = ApiResponse::from(ApiError::MissingBatch);
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (
+            400,
+            r#"{"error":"Missing \"batch\": expected {\"batch\":[{\"channel\":…,\"name\":…,\"data\":…}]}"}"#
+        )
+    );
+    let r = ApiResponse::from(ApiError::NotApiPath);
+    assert_eq!(
+        r.body,
+        r#"{"error":"Not found: HTTP API paths start with /apps/{app_id}/"}"#
+    );
+    let r = ApiResponse::from(ApiError::BodyTooLarge { max: 10 });
+    assert_eq!(r.status, 413);
+    assert!(r.body.contains("server.max_request_bytes"));
+}
+
+/// An event log that is full, or whose writes fail, as the spool's can be.
+struct FailingLog {
+    full: bool,
+}
+
+impl EventLog for FailingLog {
+    fn check_capacity(&self) -> Result<(), AppendError> {
+        match self.full {
+            true => Err(AppendError::Full {
+                dir: "/var/lib/pushbox/events".into(),
+                used_bytes: 10,
+                max_bytes: 10,
+            }),
+            false => Ok(()),
+        }
+    }
+
+    fn append(
+        &self,
+        _: Vec<AcceptedEvent>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), AppendError>> + Send + '_>>
+    {
+        let dir = std::path::PathBuf::from("/var/lib/pushbox/events");
+        Box::pin(async {
+            Err(AppendError::NotDurable(crate::spool::SpoolError::Closed {
+                dir,
+            }))
+        })
+    }
+}
+
+#[tokio::test]
+async fn event_log_failures_answer_503() {
+    for full in [true, false] {
+        let c = AppConfig::with_defaults("7", KEY, SECRET);
+        let hub = Arc::new(Hub::new(vec![c], Arc::new(NoObserver)));
+        let sub = subscriber(&hub, 1, "orders");
+        let api = Api::new(hub, Some(Arc::new(FailingLog { full })));
+        let body = r#"{"name":"e","channel":"orders","data":"x"}"#;
+        let (s, v) = call(&api, "POST", "/apps/7/events", body, &[]).await;
+        assert_eq!(s, 503);
+        let msg = v["error"].as_str().unwrap();
+        if full {
+            assert!(
+                msg.starts_with("The event log is full (10 of 10 bytes"),
+                "{msg}"
+            );
+            assert!(msg.ends_with("nothing was published"), "{msg}");
+            assert!(received(&sub).is_empty(), "refused before delivery");
+        } else {
+            assert!(
+                msg.starts_with("The event was not stored durably: "),
+                "{msg}"
+            );
+            assert!(
+                msg.ends_with("(the event already reached 1 live connection(s); a retry may deliver it twice)"),
+                "{msg}"
+            );
+            assert_eq!(received(&sub).len(), 1, "delivered before the log failed");
+        }
+    }
+}

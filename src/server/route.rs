@@ -11,7 +11,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
 use super::State;
-use crate::api::ApiRequest;
+use crate::api::{ApiError, ApiRequest, ApiResponse};
 use crate::http::{self, json, json_error, Body, BodyError};
 use crate::transport::{fallback, ws::upgrade};
 
@@ -87,13 +87,13 @@ async fn api(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Respons
     let max = state.shared.config.server.max_request_bytes;
     let body = match http::read_body(body, max).await {
         Ok(b) => b,
-        Err(BodyError::TooLarge) => {
-            return json_error(
-                413,
-                &format!("Request body larger than {max} bytes (server.max_request_bytes)"),
-            )
+        Err(e) => {
+            let refused = ApiResponse::from(match e {
+                BodyError::TooLarge => ApiError::BodyTooLarge { max },
+                BodyError::Unreadable => ApiError::UnreadableBody,
+            });
+            return json(refused.status, refused.body);
         }
-        Err(BodyError::Unreadable) => return json_error(400, "Could not read the request body"),
     };
     let r = state
         .api

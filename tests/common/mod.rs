@@ -1,6 +1,13 @@
-//! Shared helpers for the integration tests: an in-process server on 127.0.0.1 with a real
-//! listener, a WebSocket test client, and a signed raw HTTP/1.1 client.
+//! Shared helpers for the integration tests (`mod common;` in each `tests/*.rs`): an
+//! in-process server on 127.0.0.1 with a real listener, a WebSocket test client, a signed raw
+//! HTTP/1.1 client, and ([`process`]) the real binary as a child process.
+// Each test file is its own crate and uses only some of these.
 #![allow(dead_code)]
+
+pub mod process;
+
+#[allow(unused_imports)]
+pub use process::{config_toml, free_port, http_blocking, pushbox, Ready, Served, BIN};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -224,17 +231,36 @@ pub async fn http(
         .await
         .expect("http timeout")
         .expect("read");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status: u16 = text
+    status_and_body(&String::from_utf8_lossy(&out))
+}
+
+/// The status code and the body of a raw HTTP/1.1 response (status 0 if there is none).
+pub fn status_and_body(response: &str) -> (u16, String) {
+    let status = response
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text
+    let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// `path?query`, the query signed for `method` and `body` as an SDK signs it (the test app's key
+/// and secret, the time now), with the `extra` parameters.
+pub fn signed(method: &str, path: &str, body: &str, extra: &[(&str, &str)]) -> String {
+    let q = pushbox::protocol::signing::sign_query(
+        method,
+        path,
+        KEY,
+        SECRET,
+        now(),
+        body.as_bytes(),
+        extra,
+    );
+    format!("{path}?{q}")
 }
 
 /// A signed API call, like an SDK makes it.
@@ -245,16 +271,8 @@ pub async fn api(
     body: &str,
     extra: &[(&str, &str)],
 ) -> (u16, Value) {
-    let q = pushbox::protocol::signing::sign_query(
-        method,
-        path,
-        KEY,
-        SECRET,
-        now(),
-        body.as_bytes(),
-        extra,
-    );
-    let (status, text) = http(addr, method, &format!("{path}?{q}"), body.as_bytes()).await;
+    let signed = signed(method, path, body, extra);
+    let (status, text) = http(addr, method, &signed, body.as_bytes()).await;
     let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
     (status, v)
 }

@@ -1,0 +1,90 @@
+//! What the API hands on after it accepted an event: the event log (durable, before the
+//! answer) and the console's tap (lossy, for display). The log's failures are typed
+//! ([`AppendError`]) so the API maps them to its `503` in one place ([`super::ApiError`]).
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::spool::SpoolError;
+
+/// An accepted event, as handed to the event log.
+#[derive(Clone, Debug)]
+pub struct AcceptedEvent {
+    pub app_id: String,
+    pub name: String,
+    pub channels: Vec<String>,
+    pub data: String,
+    pub socket_id: Option<String>,
+    /// Sockets reached, per channel (same order as `channels`).
+    pub delivered: Vec<usize>,
+}
+
+/// Where accepted events go before the API answers (the spool's event log).
+pub trait EventLog: Send + Sync {
+    /// Refuses new events up front (a full disk) so nothing is delivered that can't be kept.
+    fn check_capacity(&self) -> Result<(), AppendError> {
+        Ok(())
+    }
+    /// Records the events; the API answers 200 only after this returns `Ok`.
+    fn append(
+        &self,
+        events: Vec<AcceptedEvent>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), AppendError>> + Send + '_>>;
+}
+
+/// Why the event log did not take an event.
+#[derive(Debug)]
+pub enum AppendError {
+    /// The log already holds its cap (`spool.max_bytes`): refused before anything was published.
+    Full {
+        /// The event log's directory.
+        dir: PathBuf,
+        /// Bytes it holds now.
+        used_bytes: u64,
+        /// The cap.
+        max_bytes: u64,
+    },
+    /// The event could not be encoded as a log record.
+    Encode(serde_json::Error),
+    /// `durability = "memory"`: the record could not even be queued (the writer is gone).
+    NotQueued(SpoolError),
+    /// The write or its fsync failed: the disk is full (ENOSPC), the spool's cap was hit
+    /// mid-batch, an I/O error, or the writer stopped.
+    NotDurable(SpoolError),
+}
+
+impl fmt::Display for AppendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppendError::Full {
+                dir,
+                used_bytes,
+                max_bytes,
+            } => write!(
+                f,
+                "The event log is full ({used_bytes} of {max_bytes} bytes in {}): raise spool.max_bytes or lower spool.events_retain_bytes; nothing was published",
+                dir.display()
+            ),
+            AppendError::Encode(e) => write!(f, "cannot encode the event for the log: {e}"),
+            AppendError::NotQueued(e) => write!(f, "The event was not stored: {e}"),
+            AppendError::NotDurable(e) => write!(f, "The event was not stored durably: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for AppendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AppendError::Full { .. } => None,
+            AppendError::Encode(e) => Some(e),
+            AppendError::NotQueued(e) | AppendError::NotDurable(e) => Some(e),
+        }
+    }
+}
+
+/// A lossy, bounded feed of accepted events with their time (Unix ms) for the console: a
+/// `send` never blocks and never fails the publish; a slow reader loses the oldest.
+pub type EventTap = tokio::sync::broadcast::Sender<(u64, Arc<AcceptedEvent>)>;
