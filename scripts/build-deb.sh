@@ -68,14 +68,14 @@ for tool in dpkg-deb gzip sed cargo; do
     command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 
-UPSTREAM_VERSION=$(sed -n 's/^version = "\([^"]*\)".*/\1/p' Cargo.toml | head -n1)
+UPSTREAM_VERSION=$(grep -m1 '^version = ' Cargo.toml | sed 's/^version = "\([^"]*\)".*/\1/')
 [ -n "$UPSTREAM_VERSION" ] || die "no version in Cargo.toml"
 VERSION=$UPSTREAM_VERSION-$DEB_REVISION
 COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 DIRTY=""
-git diff --quiet HEAD -- 2>/dev/null || DIRTY=" (with uncommitted changes)"
+git diff --quiet HEAD -- 2>/dev/null || DIRTY=" + local changes"
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
-FIRST_YEAR=$(git log --reverse --format=%ad --date=format:%Y 2>/dev/null | head -n1)
+FIRST_YEAR=$(git log --max-parents=0 --format=%ad --date=format:%Y 2>/dev/null | sort | sed -n 1p)
 LAST_YEAR=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y)
 YEARS=${FIRST_YEAR:-$LAST_YEAR}
 [ "$YEARS" = "$LAST_YEAR" ] || YEARS=$YEARS-$LAST_YEAR
@@ -151,7 +151,7 @@ changelog() {
     cat <<EOF
 pushbox ($VERSION) unstable; urgency=medium
 
-  * Built from git commit $COMMIT$DIRTY by scripts/build-deb.sh, from the
+  * Built by scripts/build-deb.sh from git commit $COMMIT$DIRTY,
     static $1 release binary.
 
  -- $DEB_MAINTAINER  $(date -u -R -d "@$SOURCE_DATE_EPOCH")
