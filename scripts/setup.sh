@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian 12 machine (idempotent, quiet when done):
-# Debian packages (cross compilers, musl, qemu-user, chromium, systemd tools), the rustup
+# Debian packages (cross compilers, musl, qemu-user, chromium, systemd tools, lintian), the rustup
 # targets and components, the Node packages of the client suites and the Python SDK venv.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -9,7 +9,7 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 need_pkgs=()
 want() { dpkg -s "$1" >/dev/null 2>&1 || need_pkgs+=("$1"); }
 for p in gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
-         musl-tools qemu-user-static chromium systemd file binutils; do
+         musl-tools qemu-user-static chromium systemd file binutils lintian; do
   want "$p"
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: format, lint, unit + integration tests, the real-client
 # suites (pusher-js, laravel-echo, the Node and Python SDKs), the browser test, the systemd
-# checks and the static ARM build served under qemu. Installs what it needs first.
+# checks, the Debian package installed, served and purged on this machine (as root), and the
+# static ARM build served under qemu. Installs what it needs first.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -23,6 +24,7 @@ step "real clients (node + python)" env SKIP_BUILD=1 tests/clients/run.sh
 [ -x tests/browser/run.sh ] && step "fallback in a browser (chromium)" env SKIP_BUILD=1 tests/browser/run.sh
 [ -x tests/console-browser/run.sh ] && step "console in a browser (chromium)" env SKIP_BUILD=1 tests/console-browser/run.sh
 step "systemd units" scripts/check-systemd.sh
+[ -x scripts/test-deb.sh ] && step "Debian package (amd64: lintian, dpkg -i, serve, purge)" scripts/test-deb.sh
 [ -x tests/tls/testssl.sh ] && step "TLS scan (testssl.sh)" tests/tls/testssl.sh
 [ -x scripts/qemu-smoke.sh ] && step "aarch64 static build under qemu" scripts/qemu-smoke.sh
 
