@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use crate::hub::{App, Frame, Hub};
-use crate::protocol::{channel, message, signing, ChannelKind, SocketId};
+use crate::hub::{App, Hub};
+use crate::protocol::{channel, message, signing, ChannelKind, Frame, SocketId};
 
 /// The parts of an HTTP request the API needs.
 pub struct ApiRequest<'a> {

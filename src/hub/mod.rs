@@ -6,7 +6,7 @@
 
 mod outbox;
 
-pub use outbox::{CloseRequest, DirectWrite, Flusher, Frame, Outbox, Pushed, Taken, Wrote};
+pub use outbox::{CloseRequest, DirectWrite, Flusher, Outbox, Pushed, Taken, Wrote};
 
 use std::collections::HashMap;
 
@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::AppConfig;
-use crate::protocol::{json_str, message, ChannelKind};
+use crate::protocol::{message, presence, ChannelKind, Frame};
 
 /// How long a cache channel keeps its last event (Pusher: 30 minutes).
 pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
@@ -604,28 +604,12 @@ fn info_of(name: &str, ch: &Channel) -> ChannelInfo {
     }
 }
 
+/// The presence payload of `subscription_succeeded` for the channel's members.
 fn presence_data(ch: &Channel) -> String {
-    let mut ids: Vec<&String> = ch.members.keys().collect();
-    ids.sort();
-    let id_list: Vec<String> = ids.iter().map(|i| json_str(i)).collect();
-    let hash: Vec<String> = ids
-        .iter()
-        .map(|i| {
-            format!(
-                "{}:{}",
-                json_str(i),
-                ch.members
-                    .get(*i)
-                    .and_then(|m| m.info.as_deref())
-                    .unwrap_or("null")
-            )
-        })
-        .collect();
-    format!(
-        "{{\"presence\":{{\"ids\":[{}],\"hash\":{{{}}},\"count\":{}}}}}",
-        id_list.join(","),
-        hash.join(","),
-        ids.len()
+    presence::subscription_data(
+        ch.members
+            .iter()
+            .map(|(id, m)| (id.as_str(), m.info.as_deref())),
     )
 }
 

@@ -24,49 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use crate::protocol::{CloseCode, SocketId};
-
-/// A serialised frame: a refcounted JSON string, encoded once and shared by every subscriber
-/// (a queue entry is two words).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame(Arc<str>);
-
-impl Frame {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl From<String> for Frame {
-    fn from(s: String) -> Frame {
-        Frame(Arc::from(s))
-    }
-}
-
-impl From<&str> for Frame {
-    fn from(s: &str) -> Frame {
-        Frame(Arc::from(s))
-    }
-}
-
-impl std::ops::Deref for Frame {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
+use crate::protocol::{CloseCode, Frame, SocketId};
 
 /// What a [`DirectWrite`] put on the wire.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -5,12 +5,15 @@
 pub mod auth;
 pub mod channel;
 pub mod codes;
+pub mod frame;
 pub mod message;
+pub mod presence;
 pub mod signing;
 pub mod socket_id;
 
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};
 pub use codes::CloseCode;
+pub use frame::Frame;
 pub use message::{ClientMessage, MessageError};
 pub use socket_id::SocketId;
 

@@ -30,8 +30,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::wsframe::{self, Decoder, Incoming, WsError};
-use crate::hub::{App, DirectWrite, Frame, Outbox, Wrote};
-use crate::protocol::{message, CloseCode, SocketId};
+use crate::hub::{App, DirectWrite, Outbox, Wrote};
+use crate::protocol::{message, CloseCode, Frame, SocketId};
 use crate::session::{self, Liveness, Session, Tick};
 
 /// How long a queued write may make no progress before the peer is considered gone.
