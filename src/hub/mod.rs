@@ -2,7 +2,9 @@
 //! signed-in users and watchlists, the cache of cache channels, and fan-out. An event is
 //! serialised once and the same `Frame` is pushed to every subscriber's bounded `Outbox`.
 //! Occupancy, membership and client events are reported to a `HubObserver` (webhooks) after the
-//! lock is released. The hub knows nothing of transports or HTTP.
+//! lock is released. Every frame the hub sends, a publish's or a `member_added`, is written by
+//! the [`Flusher`] after the lock is released: no socket write runs under the app's lock. The
+//! hub knows nothing of transports or HTTP.
 
 mod outbox;
 
@@ -182,10 +184,21 @@ impl App {
             });
     }
 
-    fn send(&self, outbox: &Outbox, frame: Frame) {
-        if outbox.push(frame) {
-            self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
-        }
+    /// Queues `frame` for each outbox in `to`; returns how many accepted it. Every hub frame
+    /// goes this way, and the hub calls it under the app's lock: the socket writes are deferred
+    /// to the [`Flusher`], which runs once the lock is released and the caller yields (a slow
+    /// `writev` never holds up the app's other connections).
+    fn send_to<'a>(&self, to: impl Iterator<Item = &'a Arc<Outbox>>, frame: &Frame) -> usize {
+        let n = self.flusher.fan_out(to, frame);
+        self.counters
+            .messages_out
+            .fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// [`send_to`](Self::send_to) one outbox.
+    fn send(&self, outbox: &Arc<Outbox>, frame: Frame) {
+        self.send_to(std::iter::once(outbox), &frame);
     }
 
     /// Subscribes `outbox`; pushes `subscription_succeeded` (and the cached event or
@@ -240,11 +253,12 @@ impl App {
                             &m.user_id,
                             m.user_info.as_deref(),
                         ));
-                        for s in ch.subscribers.values() {
-                            if s.user_id.as_deref() != Some(m.user_id.as_str()) {
-                                self.send(&s.outbox, frame.clone());
-                            }
-                        }
+                        let others = ch
+                            .subscribers
+                            .values()
+                            .filter(|s| s.user_id.as_deref() != Some(m.user_id.as_str()))
+                            .map(|s| &s.outbox);
+                        self.send_to(others, &frame);
                         events.push(HubEvent::MemberAdded {
                             channel: channel.to_owned(),
                             user_id: m.user_id.clone(),
@@ -288,9 +302,7 @@ impl App {
         }
         let count = ch.subscribers.len();
         let frame = Frame::from(message::subscription_count(channel, count));
-        for s in ch.subscribers.values() {
-            self.send(&s.outbox, frame.clone());
-        }
+        self.send_to(ch.subscribers.values().map(|s| &s.outbox), &frame);
         events.push(HubEvent::SubscriptionCount {
             channel: channel.to_owned(),
             count,
@@ -331,9 +343,7 @@ impl App {
             if gone {
                 ch.members.remove(&user_id);
                 let frame = Frame::from(message::member_removed(channel, &user_id));
-                for s in ch.subscribers.values() {
-                    self.send(&s.outbox, frame.clone());
-                }
+                self.send_to(ch.subscribers.values().map(|s| &s.outbox), &frame);
                 events.push(HubEvent::MemberRemoved {
                     channel: channel.to_owned(),
                     user_id,
@@ -388,9 +398,7 @@ impl App {
                                 "offline",
                                 vec![uid.to_owned()],
                             )]));
-                            for o in ws {
-                                self.send(o, frame.clone());
-                            }
+                            self.send_to(ws.iter(), &frame);
                         }
                     }
                 }
@@ -428,12 +436,7 @@ impl App {
             .values()
             .map(|s| &s.outbox)
             .filter(|o| except.is_none_or(|e| e != o.socket_id.as_str()));
-        let n = self.flusher.fan_out(to, &frame);
-        drop(st);
-        self.counters
-            .messages_out
-            .fetch_add(n as u64, Ordering::Relaxed);
-        n
+        self.send_to(to, &frame)
     }
 
     /// Relays a client event to every other subscriber of `channel`.
@@ -456,11 +459,8 @@ impl App {
                 .values()
                 .map(|s| &s.outbox)
                 .filter(|o| o.conn_id != from.conn_id);
-            self.flusher.fan_out(to, &frame)
+            self.send_to(to, &frame)
         };
-        self.counters
-            .messages_out
-            .fetch_add(n as u64, Ordering::Relaxed);
         self.emit(vec![HubEvent::ClientEvent {
             channel: channel.to_owned(),
             event: event.to_owned(),
@@ -492,11 +492,7 @@ impl App {
                     "online",
                     vec![user_id.to_owned()],
                 )]));
-                for o in ws {
-                    if o.conn_id != outbox.conn_id {
-                        self.send(o, frame.clone());
-                    }
-                }
+                self.send_to(ws.iter().filter(|o| o.conn_id != outbox.conn_id), &frame);
             }
         }
         if !watchlist.is_empty() {

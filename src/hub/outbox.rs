@@ -331,13 +331,13 @@ pub enum Pushed {
     Deferred,
 }
 
-/// Outboxes whose deferred queues are due to be written (see the module doc). Filled by a
-/// fan-out, flushed by one task spawned when the list stops being empty — on a runtime, after
-/// the publishing task yields; without one (unit tests), at once.
 /// Outboxes a [`Flusher`] writes between two yields to the runtime (tokio's own scheduler
 /// polls the I/O driver every 61 tasks).
 pub const FLUSH_CHUNK: usize = 128;
 
+/// Outboxes whose deferred queues are due to be written (see the module doc). Filled by a
+/// fan-out, flushed by one task spawned when the list stops being empty — on a runtime, after
+/// the publishing task yields; without one (unit tests), at once.
 #[derive(Default)]
 pub struct Flusher {
     due: Mutex<Vec<Arc<Outbox>>>,
