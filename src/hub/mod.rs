@@ -6,8 +6,10 @@
 //! the [`Flusher`] after the lock is released: no socket write runs under the app's lock. The
 //! hub knows nothing of transports or HTTP.
 
+mod cache;
 mod outbox;
 
+pub use cache::CACHE_TTL;
 pub use outbox::{CloseRequest, DirectWrite, Flusher, Outbox, Pushed, Taken, Wrote};
 
 use std::collections::HashMap;
@@ -19,9 +21,6 @@ use std::time::{Duration, Instant};
 
 use crate::config::AppConfig;
 use crate::protocol::{message, presence, ChannelKind, Frame};
-
-/// How long a cache channel keeps its last event (Pusher: 30 minutes).
-pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
 
 /// Something the hub reports for webhooks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,7 +100,7 @@ struct Channel {
 #[derive(Default)]
 struct AppState {
     channels: HashMap<String, Channel>,
-    caches: HashMap<String, (Frame, Instant)>,
+    caches: cache::Caches,
     /// Signed-in user id → that user's connections.
     users: HashMap<String, Vec<Arc<Outbox>>>,
     /// Watched user id → connections watching it.
@@ -279,10 +278,8 @@ impl App {
                 self.subscription_count_changed(channel, ch, &mut events);
             }
             if kind.is_cache() {
-                match st.caches.get(channel) {
-                    Some((frame, at)) if at.elapsed() < CACHE_TTL => {
-                        self.send(outbox, frame.clone())
-                    }
+                match st.caches.get(channel, Instant::now()) {
+                    Some((frame, _)) => self.send(outbox, frame.clone()),
                     _ => {
                         self.send(outbox, Frame::from(message::cache_miss(channel)));
                         events.push(HubEvent::CacheMiss {
@@ -425,7 +422,7 @@ impl App {
         if ChannelKind::of(channel).is_cache() {
             self.write()
                 .caches
-                .insert(channel.to_owned(), (Frame::clone(&frame), Instant::now()));
+                .insert(channel, Frame::clone(&frame), Instant::now());
         }
         let st = self.read();
         let Some(ch) = st.channels.get(channel) else {
@@ -568,9 +565,8 @@ impl App {
     /// The cached event of a cache channel with its remaining TTL.
     pub fn cached(&self, channel: &str) -> Option<(Frame, Duration)> {
         let st = self.read();
-        let (f, at) = st.caches.get(channel)?;
-        let age = at.elapsed();
-        (age < CACHE_TTL).then(|| (f.clone(), CACHE_TTL - age))
+        let (f, left) = st.caches.get(channel, Instant::now())?;
+        Some((f.clone(), left))
     }
 
     /// Total subscriptions over all channels (for metrics).
@@ -580,13 +576,6 @@ impl App {
             st.channels.len(),
             st.channels.values().map(|c| c.subscribers.len()).sum(),
         )
-    }
-
-    /// Drops cache entries older than the TTL (called periodically).
-    pub fn expire_caches(&self) {
-        self.write()
-            .caches
-            .retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
     }
 }
 
