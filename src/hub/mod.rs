@@ -10,7 +10,7 @@ mod cache;
 mod outbox;
 
 pub use cache::CACHE_TTL;
-pub use outbox::{CloseRequest, DirectWrite, Flusher, Outbox, Pushed, Taken, Wrote};
+pub use outbox::{CloseRequest, DirectWrite, Flusher, Outbox, Pushed, Wrote};
 
 use std::collections::HashMap;
 

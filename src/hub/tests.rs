@@ -310,7 +310,7 @@ impl DirectWrite for Order {
         self.log.lock().unwrap().push(self.conn);
         Wrote {
             frames: frames.len(),
-            partial: 0,
+            unfinished: false,
         }
     }
 }

@@ -64,6 +64,17 @@ pub struct WsParams {
 struct DirectTcp {
     stream: TcpStream,
     frames: crate::metrics::FrameCounter,
+    /// A frame a direct write began and the socket didn't take whole: the task finishes it
+    /// before it writes anything else. Boxed: one word while empty (the common case, by far),
+    /// allocated only while a socket is full mid-frame.
+    unfinished: std::sync::Mutex<Option<Box<Unfinished>>>,
+}
+
+/// The rest of a frame a direct write began.
+struct Unfinished {
+    frame: Frame,
+    /// Bytes of its encoding (header and payload) already on the wire.
+    written: usize,
 }
 
 impl DirectWrite for DirectTcp {
@@ -85,13 +96,24 @@ impl DirectWrite for DirectTcp {
         let mut left = written.unwrap_or(0);
         let (mut wrote, mut bytes) = (Wrote::default(), 0);
         for f in frames.iter().take(n) {
-            let total = wsframe::header_len(f.len()) + f.len();
-            if left < total {
-                // Counted by the task when it takes the frame to finish it.
-                wrote.partial = left;
+            if left == 0 {
                 break;
             }
-            left -= total;
+            let total = wsframe::header_len(f.len()) + f.len();
+            if left < total {
+                // Ours to finish from now on: the outbox only learns that we are busy.
+                let mut slot = self.unfinished.lock().unwrap_or_else(|e| e.into_inner());
+                debug_assert!(
+                    slot.is_none(),
+                    "no direct write while a frame is unfinished"
+                );
+                *slot = Some(Box::new(Unfinished {
+                    frame: f.clone(),
+                    written: left,
+                }));
+                wrote.unfinished = true;
+            }
+            left = left.saturating_sub(total);
             wrote.frames += 1;
             bytes += f.len();
         }
@@ -121,6 +143,26 @@ fn lay_out_text<'a>(
 
 /// The task's side of a [`DirectTcp`]: async reads and writes over the shared stream.
 struct SharedTcp(Arc<DirectTcp>);
+
+/// The task's connection I/O, asked after every take from the outbox for a frame a direct
+/// write left unfinished (only a [`SharedTcp`] ever has one).
+trait TakeUnfinished {
+    fn take_unfinished(&self) -> Option<Box<Unfinished>> {
+        None
+    }
+}
+
+impl TakeUnfinished for SharedTcp {
+    fn take_unfinished(&self) -> Option<Box<Unfinished>> {
+        self.0
+            .unfinished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+impl TakeUnfinished for TokioIo<Upgraded> {}
 
 impl AsyncRead for SharedTcp {
     fn poll_read(
@@ -310,14 +352,26 @@ impl WriteQueue {
 
 /// Marks the outbox busy before the task writes a frame of its own, taking what it had queued
 /// first (see [`Outbox::hold`]).
-fn hold(outbox: &Outbox, queue: &mut WriteQueue, conn: &crate::metrics::ConnectionGuard) {
+fn hold(
+    outbox: &Outbox,
+    io: &impl TakeUnfinished,
+    queue: &mut WriteQueue,
+    conn: &crate::metrics::ConnectionGuard,
+) {
     let mut tally = Tally::default();
-    let offset = outbox.hold(tally.taker(&mut queue.frames));
+    outbox.hold(tally.taker(&mut queue.frames));
     tally.count(conn);
-    if offset > 0 {
-        // Only an idle transport's outbox has a frame begun by a direct write: it is first.
-        debug_assert_eq!(queue.frames.len() as u64, tally.frames);
-        queue.offset = offset;
+    finish_first(io, queue);
+}
+
+/// Puts a frame a direct write left unfinished first in the write queue. Asked right after
+/// each take from the outbox: the outbox was idle when the direct write began it, so the task
+/// had written everything it had, and whatever it just took was pushed later.
+fn finish_first(io: &impl TakeUnfinished, queue: &mut WriteQueue) {
+    if let Some(u) = io.take_unfinished() {
+        debug_assert_eq!(queue.offset, 0, "one frame in flight at a time");
+        queue.frames.push_front(Out::Text(u.frame));
+        queue.offset = u.written;
     }
 }
 
@@ -461,6 +515,7 @@ pub fn spawn(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
             let tcp = Arc::new(DirectTcp {
                 stream: parts.io.into_inner(),
                 frames: params.conn.frame_counter(),
+                unfinished: Default::default(),
             });
             let direct: Arc<dyn DirectWrite> = tcp.clone();
             drop(tokio::spawn(run_io(
@@ -483,7 +538,7 @@ pub fn spawn(upgraded: Upgraded, app: Arc<App>, params: WsParams) {
     }
 }
 
-async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
+async fn run_io<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin>(
     mut io: I,
     read_ahead: Bytes,
     direct: Option<Arc<dyn DirectWrite>>,
@@ -556,7 +611,7 @@ async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
                     t
                 }
                 Tick::Ping => {
-                    hold(&outbox, &mut queue, &conn);
+                    hold(&outbox, &io, &mut queue, &conn);
                     if control_pinger {
                         queue
                             .frames
@@ -569,7 +624,7 @@ async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
                     continue;
                 }
                 Tick::Close => {
-                    hold(&outbox, &mut queue, &conn);
+                    hold(&outbox, &io, &mut queue, &conn);
                     tracing::info!(socket_id = %session.socket_id(), reason = CloseCode::PongTimeout.message(), "websocket connection closed (4201)");
                     let c = CloseCode::PongTimeout;
                     Box::pin(close_with(&mut io, &mut queue, c.code(), c.message(), true)).await;
@@ -601,7 +656,7 @@ async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
                         Poll::Pending
                     }
                 }) => {
-                    hold(&outbox, &mut queue, &conn);
+                    hold(&outbox, &io, &mut queue, &conn);
                     let c = CloseCode::ReconnectNow;
                     Box::pin(close_with(&mut io, &mut queue, c.code(), c.message(), true)).await;
                     break;
@@ -636,13 +691,12 @@ async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
                         let mut tally = Tally::default();
                         let taken = outbox.poll_drain(cx, tally.taker(&mut queue.frames));
                         tally.count(&conn);
-                        let taken = match taken {
-                            Poll::Ready(t) => t,
+                        let close = match taken {
+                            Poll::Ready(close) => close,
                             Poll::Pending => break,
                         };
-                        // A frame a direct write began: finish it first.
-                        queue.offset = taken.offset;
-                        if let Some(c) = taken.close {
+                        finish_first(&io, &mut queue);
+                        if let Some(c) = close {
                             return Poll::Ready(IoEvent::Close(c));
                         }
                         if !flushed && !coalesce.is_zero() {
@@ -687,7 +741,7 @@ async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
                             session.handle_text(&t);
                         }
                         Incoming::Ping(payload) => {
-                            hold(&outbox, &mut queue, &conn);
+                            hold(&outbox, &io, &mut queue, &conn);
                             control_pinger = true;
                             session.activity();
                             queue
@@ -702,7 +756,7 @@ async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
                         }
                         Incoming::Close(code) => {
                             // Answer the closing handshake with the peer's code.
-                            hold(&outbox, &mut queue, &conn);
+                            hold(&outbox, &io, &mut queue, &conn);
                             let echo = match code {
                                 Some(c)
                                     if (1000..=4999).contains(&c)
@@ -738,7 +792,7 @@ async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
             }
             IoEvent::Protocol(e) => {
                 tracing::info!(socket_id = %session.socket_id(), reason = %e, "websocket protocol error");
-                hold(&outbox, &mut queue, &conn);
+                hold(&outbox, &io, &mut queue, &conn);
                 queue.truncate_unsent();
                 Box::pin(close_with(
                     &mut io,
@@ -756,4 +810,94 @@ async fn run_io<I: AsyncRead + AsyncWrite + Unpin>(
     outbox.detach_direct();
     // Dropping the session leaves every channel, presence and signin, and frees the quota slot.
     drop(session);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Metrics, Transport};
+    use tokio::io::AsyncReadExt;
+
+    fn frame_counter() -> crate::metrics::FrameCounter {
+        let app = crate::config::AppConfig::with_defaults("1", "k", "s");
+        let metrics = Metrics::new(&crate::config::Config {
+            state_dir: std::env::temp_dir(),
+            user: None,
+            server: Default::default(),
+            tls: None,
+            spool: Default::default(),
+            webhooks: Default::default(),
+            console: None,
+            metrics: Default::default(),
+            apps: vec![app],
+            source: "test".into(),
+        });
+        metrics
+            .connection_opened("1", Transport::WebSocket)
+            .frame_counter()
+    }
+
+    /// A connected pair over 127.0.0.1 whose server side takes little at once.
+    async fn small_socket() -> (TcpStream, TcpStream) {
+        // Accepted sockets inherit the listener's buffer sizes.
+        let listener = tokio::net::TcpSocket::new_v4().unwrap();
+        listener.set_send_buffer_size(4096).unwrap();
+        listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = listener.listen(1).unwrap();
+        let client = tokio::net::TcpSocket::new_v4().unwrap();
+        client.set_recv_buffer_size(4096).unwrap();
+        let client = client
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (server, client)
+    }
+
+    fn text(payload: &str) -> Vec<u8> {
+        wsframe::encode(wsframe::OP_TEXT, payload.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn a_frame_a_direct_write_began_is_finished_by_the_task_before_anything_else() {
+        let (server, mut client) = small_socket().await;
+        let tcp = Arc::new(DirectTcp {
+            stream: server,
+            frames: frame_counter(),
+            unfinished: Default::default(),
+        });
+        let outbox = Outbox::new(1, SocketId::parse("1.1").unwrap(), 16);
+        outbox.set_direct(tcp.clone());
+        let idle = Context::from_waker(std::task::Waker::noop());
+        assert!(outbox.poll_drain(&idle, |_| {}).is_pending());
+        // Far more than the socket takes at once: the direct write begins it and stops.
+        let big = "x".repeat(1 << 20);
+        assert!(outbox.push(Frame::from(big.as_str())));
+        assert!(outbox.push(Frame::from("after")));
+        assert_eq!(
+            outbox.len(),
+            1,
+            "only the frame behind the begun one is queued"
+        );
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        // The task's side: take from the outbox, the begun frame first, and write it all.
+        let io = SharedTcp(tcp.clone());
+        let mut queue = WriteQueue::default();
+        let mut frames = VecDeque::new();
+        let close = poll_fn(|cx| outbox.poll_drain(cx, |f| frames.push_back(Out::Text(f)))).await;
+        assert!(close.is_none());
+        queue.frames = frames;
+        finish_first(&io, &mut queue);
+        assert!(queue.offset > 0, "part of it is on the wire already");
+        let mut io = io;
+        poll_fn(|cx| queue.poll_flush(cx, &mut io)).await.unwrap();
+        // The socket closes with its last holder: the reader then sees the end.
+        drop((io, outbox, tcp));
+        let got = reader.await.unwrap();
+        assert_eq!(got, [text(&big), text("after")].concat());
+    }
 }
