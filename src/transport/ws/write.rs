@@ -201,9 +201,11 @@ impl WriteQueue {
             self.frames.drain(..whole);
             self.offset = offset;
         }
-        if self.frames.capacity() > 64 {
-            self.frames = VecDeque::new();
-        }
+        // Written out: the buffer goes too. An idle connection holds none, and since the hub
+        // defers every frame (a subscriber's `subscription_succeeded` included), nearly every
+        // connection's task has had frames in hand: kept, a small buffer cost each idle
+        // connection ~0.25 KiB (measured, idle-10k 2.59 → 2.85 KiB).
+        self.frames = VecDeque::new();
         Pin::new(&mut *io).poll_flush(cx)
     }
 
