@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use crate::hub::{App, Frame, Hub};
-use crate::protocol::{channel, message, signing, ChannelKind, SocketId};
+use crate::hub::{App, Hub};
+use crate::protocol::{channel, message, signing, ChannelKind, Frame, SocketId};
 
 pub use error::ApiError;
 pub use log::{AcceptedEvent, AppendError, EventLog, EventTap};

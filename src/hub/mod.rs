@@ -2,11 +2,15 @@
 //! signed-in users and watchlists, the cache of cache channels, and fan-out. An event is
 //! serialised once and the same `Frame` is pushed to every subscriber's bounded `Outbox`.
 //! Occupancy, membership and client events are reported to a `HubObserver` (webhooks) after the
-//! lock is released. The hub knows nothing of transports or HTTP.
+//! lock is released. Every frame the hub sends, a publish's or a `member_added`, is written by
+//! the [`Flusher`] after the lock is released: no socket write runs under the app's lock. The
+//! hub knows nothing of transports or HTTP.
 
+mod cache;
 mod outbox;
 
-pub use outbox::{CloseRequest, DirectWrite, Flusher, Frame, Outbox, Pushed, Taken, Wrote};
+pub use cache::CACHE_TTL;
+pub use outbox::{CloseRequest, DirectWrite, Flusher, Outbox, Pushed, Wrote};
 
 use std::collections::HashMap;
 
@@ -16,10 +20,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::AppConfig;
-use crate::protocol::{json_str, message, ChannelKind};
-
-/// How long a cache channel keeps its last event (Pusher: 30 minutes).
-pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
+use crate::protocol::{message, presence, ChannelKind, Frame};
 
 /// Something the hub reports for webhooks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,7 +100,7 @@ struct Channel {
 #[derive(Default)]
 struct AppState {
     channels: HashMap<String, Channel>,
-    caches: HashMap<String, (Frame, Instant)>,
+    caches: cache::Caches,
     /// Signed-in user id → that user's connections.
     users: HashMap<String, Vec<Arc<Outbox>>>,
     /// Watched user id → connections watching it.
@@ -182,10 +183,21 @@ impl App {
             });
     }
 
-    fn send(&self, outbox: &Outbox, frame: Frame) {
-        if outbox.push(frame) {
-            self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
-        }
+    /// Queues `frame` for each outbox in `to`; returns how many accepted it. Every hub frame
+    /// goes this way, and the hub calls it under the app's lock: the socket writes are deferred
+    /// to the [`Flusher`], which runs once the lock is released and the caller yields (a slow
+    /// `writev` never holds up the app's other connections).
+    fn send_to<'a>(&self, to: impl Iterator<Item = &'a Arc<Outbox>>, frame: &Frame) -> usize {
+        let n = self.flusher.fan_out(to, frame);
+        self.counters
+            .messages_out
+            .fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// [`send_to`](Self::send_to) one outbox.
+    fn send(&self, outbox: &Arc<Outbox>, frame: Frame) {
+        self.send_to(std::iter::once(outbox), &frame);
     }
 
     /// Subscribes `outbox`; pushes `subscription_succeeded` (and the cached event or
@@ -240,11 +252,12 @@ impl App {
                             &m.user_id,
                             m.user_info.as_deref(),
                         ));
-                        for s in ch.subscribers.values() {
-                            if s.user_id.as_deref() != Some(m.user_id.as_str()) {
-                                self.send(&s.outbox, frame.clone());
-                            }
-                        }
+                        let others = ch
+                            .subscribers
+                            .values()
+                            .filter(|s| s.user_id.as_deref() != Some(m.user_id.as_str()))
+                            .map(|s| &s.outbox);
+                        self.send_to(others, &frame);
                         events.push(HubEvent::MemberAdded {
                             channel: channel.to_owned(),
                             user_id: m.user_id.clone(),
@@ -265,10 +278,8 @@ impl App {
                 self.subscription_count_changed(channel, ch, &mut events);
             }
             if kind.is_cache() {
-                match st.caches.get(channel) {
-                    Some((frame, at)) if at.elapsed() < CACHE_TTL => {
-                        self.send(outbox, frame.clone())
-                    }
+                match st.caches.get(channel, Instant::now()) {
+                    Some((frame, _)) => self.send(outbox, frame.clone()),
                     _ => {
                         self.send(outbox, Frame::from(message::cache_miss(channel)));
                         events.push(HubEvent::CacheMiss {
@@ -288,9 +299,7 @@ impl App {
         }
         let count = ch.subscribers.len();
         let frame = Frame::from(message::subscription_count(channel, count));
-        for s in ch.subscribers.values() {
-            self.send(&s.outbox, frame.clone());
-        }
+        self.send_to(ch.subscribers.values().map(|s| &s.outbox), &frame);
         events.push(HubEvent::SubscriptionCount {
             channel: channel.to_owned(),
             count,
@@ -331,9 +340,7 @@ impl App {
             if gone {
                 ch.members.remove(&user_id);
                 let frame = Frame::from(message::member_removed(channel, &user_id));
-                for s in ch.subscribers.values() {
-                    self.send(&s.outbox, frame.clone());
-                }
+                self.send_to(ch.subscribers.values().map(|s| &s.outbox), &frame);
                 events.push(HubEvent::MemberRemoved {
                     channel: channel.to_owned(),
                     user_id,
@@ -388,9 +395,7 @@ impl App {
                                 "offline",
                                 vec![uid.to_owned()],
                             )]));
-                            for o in ws {
-                                self.send(o, frame.clone());
-                            }
+                            self.send_to(ws.iter(), &frame);
                         }
                     }
                 }
@@ -417,7 +422,7 @@ impl App {
         if ChannelKind::of(channel).is_cache() {
             self.write()
                 .caches
-                .insert(channel.to_owned(), (Frame::clone(&frame), Instant::now()));
+                .insert(channel, Frame::clone(&frame), Instant::now());
         }
         let st = self.read();
         let Some(ch) = st.channels.get(channel) else {
@@ -428,12 +433,7 @@ impl App {
             .values()
             .map(|s| &s.outbox)
             .filter(|o| except.is_none_or(|e| e != o.socket_id.as_str()));
-        let n = self.flusher.fan_out(to, &frame);
-        drop(st);
-        self.counters
-            .messages_out
-            .fetch_add(n as u64, Ordering::Relaxed);
-        n
+        self.send_to(to, &frame)
     }
 
     /// Relays a client event to every other subscriber of `channel`.
@@ -456,11 +456,8 @@ impl App {
                 .values()
                 .map(|s| &s.outbox)
                 .filter(|o| o.conn_id != from.conn_id);
-            self.flusher.fan_out(to, &frame)
+            self.send_to(to, &frame)
         };
-        self.counters
-            .messages_out
-            .fetch_add(n as u64, Ordering::Relaxed);
         self.emit(vec![HubEvent::ClientEvent {
             channel: channel.to_owned(),
             event: event.to_owned(),
@@ -492,11 +489,7 @@ impl App {
                     "online",
                     vec![user_id.to_owned()],
                 )]));
-                for o in ws {
-                    if o.conn_id != outbox.conn_id {
-                        self.send(o, frame.clone());
-                    }
-                }
+                self.send_to(ws.iter().filter(|o| o.conn_id != outbox.conn_id), &frame);
             }
         }
         if !watchlist.is_empty() {
@@ -572,9 +565,8 @@ impl App {
     /// The cached event of a cache channel with its remaining TTL.
     pub fn cached(&self, channel: &str) -> Option<(Frame, Duration)> {
         let st = self.read();
-        let (f, at) = st.caches.get(channel)?;
-        let age = at.elapsed();
-        (age < CACHE_TTL).then(|| (f.clone(), CACHE_TTL - age))
+        let (f, left) = st.caches.get(channel, Instant::now())?;
+        Some((f.clone(), left))
     }
 
     /// Total subscriptions over all channels (for metrics).
@@ -584,13 +576,6 @@ impl App {
             st.channels.len(),
             st.channels.values().map(|c| c.subscribers.len()).sum(),
         )
-    }
-
-    /// Drops cache entries older than the TTL (called periodically).
-    pub fn expire_caches(&self) {
-        self.write()
-            .caches
-            .retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
     }
 }
 
@@ -604,28 +589,12 @@ fn info_of(name: &str, ch: &Channel) -> ChannelInfo {
     }
 }
 
+/// The presence payload of `subscription_succeeded` for the channel's members.
 fn presence_data(ch: &Channel) -> String {
-    let mut ids: Vec<&String> = ch.members.keys().collect();
-    ids.sort();
-    let id_list: Vec<String> = ids.iter().map(|i| json_str(i)).collect();
-    let hash: Vec<String> = ids
-        .iter()
-        .map(|i| {
-            format!(
-                "{}:{}",
-                json_str(i),
-                ch.members
-                    .get(*i)
-                    .and_then(|m| m.info.as_deref())
-                    .unwrap_or("null")
-            )
-        })
-        .collect();
-    format!(
-        "{{\"presence\":{{\"ids\":[{}],\"hash\":{{{}}},\"count\":{}}}}}",
-        id_list.join(","),
-        hash.join(","),
-        ids.len()
+    presence::subscription_data(
+        ch.members
+            .iter()
+            .map(|(id, m)| (id.as_str(), m.info.as_deref())),
     )
 }
 

@@ -17,6 +17,10 @@
 //! a fan-out to ten thousand subscribers does not stall reads, pings and the HTTP API for the
 //! ~80 ms its writes take on one core. Whatever the socket doesn't take is left to the transport, so order,
 //! the bound and back-pressure are unchanged.
+//!
+//! The outbox counts frames, never bytes: a frame the socket took only part of is the
+//! transport's from then on (it finishes it before anything else goes to that socket), and all
+//! the outbox learns is that the transport has something in hand ([`Wrote::unfinished`]).
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -24,63 +28,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use crate::protocol::{CloseCode, SocketId};
+use crate::protocol::{CloseCode, Frame, SocketId};
 
-/// A serialised frame: a refcounted JSON string, encoded once and shared by every subscriber
-/// (a queue entry is two words).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame(Arc<str>);
-
-impl Frame {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl From<String> for Frame {
-    fn from(s: String) -> Frame {
-        Frame(Arc::from(s))
-    }
-}
-
-impl From<&str> for Frame {
-    fn from(s: &str) -> Frame {
-        Frame(Arc::from(s))
-    }
-}
-
-impl std::ops::Deref for Frame {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-/// What a [`DirectWrite`] put on the wire.
+/// What a [`DirectWrite`] took off the front of the queue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Wrote {
-    /// Leading frames now wholly in the kernel.
+    /// Leading frames the transport took: all wholly on the wire, except the last one when
+    /// `unfinished`.
     pub frames: usize,
-    /// Bytes of the next frame (its encoding) the socket took too; the transport finishes it.
-    pub partial: usize,
+    /// The socket took only part of the last frame: the transport kept the rest and finishes
+    /// it itself, so it is busy until it next takes from the outbox.
+    pub unfinished: bool,
 }
 
 /// A transport's non-blocking write path (see the module doc). Called under the outbox's lock,
 /// never concurrently with the transport's own writes: those only happen while the outbox
 /// knows the transport is busy. Writes as much of `frames`, from the front, as the socket takes
-/// at once (nothing when it is full or failed: the transport's own write will say).
+/// at once (nothing when it is full or failed: the transport's own write will say); a frame
+/// begun is the transport's to finish.
 pub trait DirectWrite: Send + Sync {
     fn try_write(&self, frames: &VecDeque<Frame>) -> Wrote;
 }
@@ -107,8 +72,9 @@ struct Inner {
     /// The transport has frames of its own in hand (taken from here, or control frames): no
     /// direct write may go between them.
     busy: bool,
-    /// Bytes of the first queued frame a direct write already put on the wire.
-    offset: usize,
+    /// A direct write left a frame for the transport to finish: it may not go idle before it
+    /// takes from the outbox again (and so learns of it).
+    unfinished: bool,
     /// The queue waits for a [`Flusher`] to write it (the transport was not woken).
     deferred: bool,
 }
@@ -123,6 +89,7 @@ impl Inner {
     /// Hands every queued frame to `f`; the transport now has them in hand.
     fn take_all(&mut self, f: &mut impl FnMut(Frame)) {
         self.busy = true;
+        self.unfinished = false;
         self.deferred = false;
         for frame in self.queue.drain(..) {
             f(frame);
@@ -132,14 +99,19 @@ impl Inner {
         }
     }
 
-    /// Writes the queue through the direct path; `true` when all of it went.
+    /// Writes the queue through the direct path; `true` when all of it went (`false`: the
+    /// transport is due, for what is left or for a frame to finish).
     fn write_direct(&mut self) -> bool {
         let Some(direct) = &self.direct else {
             return false;
         };
         let wrote = direct.try_write(&self.queue);
         self.queue.drain(..wrote.frames.min(self.queue.len()));
-        self.offset = wrote.partial;
+        if wrote.unfinished {
+            self.busy = true;
+            self.unfinished = true;
+            return false;
+        }
         if self.queue.is_empty() {
             if self.queue.capacity() > 64 {
                 self.queue = VecDeque::new();
@@ -271,12 +243,10 @@ impl Outbox {
 
     /// The transport is about to write frames of its own (a ping, a pong, a close): no direct
     /// write until it next finds the outbox empty in [`poll_drain`](Self::poll_drain). What is
-    /// queued goes to `f` first (a frame a direct write began must be finished before anything
-    /// else goes on the wire); returns how much of the first one is already written.
-    pub fn hold(&self, mut f: impl FnMut(Frame)) -> usize {
-        let mut inner = self.lock();
-        inner.take_all(&mut f);
-        std::mem::take(&mut inner.offset)
+    /// queued goes to `f` first, to be written before them (and after a frame a direct write
+    /// left unfinished, which the transport already has).
+    pub fn hold(&self, mut f: impl FnMut(Frame)) {
+        self.lock().take_all(&mut f);
     }
 
     /// Drops the direct write path for good (the connection is ending: its socket must close
@@ -300,7 +270,6 @@ impl Outbox {
     /// Like [`drain`](Self::drain), handing each frame to `f` (no intermediate vector).
     pub fn drain_with(&self, mut f: impl FnMut(Frame)) -> Option<CloseRequest> {
         let mut inner = self.lock();
-        debug_assert_eq!(inner.offset, 0, "no direct write while busy");
         inner.take_all(&mut f);
         inner.close.clone()
     }
@@ -329,22 +298,24 @@ impl Outbox {
     }
 
     /// For a transport that polls, called only when it has written everything it had: hands
-    /// every queued frame to `f` and returns `Ready` when there was something to take, or
-    /// registers `cx` to be woken by the next push or close request, marks the transport idle
-    /// (direct writes may go ahead) and returns `Pending`. One lock either way.
-    pub fn poll_drain(&self, cx: &Context<'_>, mut f: impl FnMut(Frame)) -> Poll<Taken> {
+    /// every queued frame to `f` and returns `Ready` with a pending close request, if any, when
+    /// there was something to do (frames, a close, or a frame a direct write left unfinished);
+    /// or registers `cx` to be woken by the next push or close request, marks the transport
+    /// idle (direct writes may go ahead) and returns `Pending`. One lock either way.
+    pub fn poll_drain(
+        &self,
+        cx: &Context<'_>,
+        mut f: impl FnMut(Frame),
+    ) -> Poll<Option<CloseRequest>> {
         let mut inner = self.lock();
-        if inner.queue.is_empty() && inner.close.is_none() {
+        if inner.queue.is_empty() && inner.close.is_none() && !inner.unfinished {
             inner.register(cx);
             inner.busy = false;
             return Poll::Pending;
         }
         inner.signalled = false;
         inner.take_all(&mut f);
-        Poll::Ready(Taken {
-            close: inner.close.clone(),
-            offset: std::mem::take(&mut inner.offset),
-        })
+        Poll::Ready(inner.close.clone())
     }
 
     /// For a transport whose socket is busy (it takes no frames meanwhile): `Ready` with the
@@ -373,13 +344,13 @@ pub enum Pushed {
     Deferred,
 }
 
-/// Outboxes whose deferred queues are due to be written (see the module doc). Filled by a
-/// fan-out, flushed by one task spawned when the list stops being empty — on a runtime, after
-/// the publishing task yields; without one (unit tests), at once.
 /// Outboxes a [`Flusher`] writes between two yields to the runtime (tokio's own scheduler
 /// polls the I/O driver every 61 tasks).
 pub const FLUSH_CHUNK: usize = 128;
 
+/// Outboxes whose deferred queues are due to be written (see the module doc). Filled by a
+/// fan-out, flushed by one task spawned when the list stops being empty — on a runtime, after
+/// the publishing task yields; without one (unit tests), at once.
 #[derive(Default)]
 pub struct Flusher {
     due: Mutex<Vec<Arc<Outbox>>>,
@@ -438,15 +409,6 @@ impl Flusher {
             outbox.flush_deferred();
         }
     }
-}
-
-/// What [`Outbox::poll_drain`] took besides the frames.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Taken {
-    /// A pending close request (after the frames).
-    pub close: Option<CloseRequest>,
-    /// Bytes of the first frame a direct write already put on the wire.
-    pub offset: usize,
 }
 
 fn wake(waker: Option<Waker>) {
@@ -543,13 +505,7 @@ mod tests {
             1,
             "woken once: when the queue stopped being empty"
         );
-        assert_eq!(
-            o.poll_drain(&cx, |f| got.push(f)),
-            Poll::Ready(Taken {
-                close: None,
-                offset: 0
-            })
-        );
+        assert_eq!(o.poll_drain(&cx, |f| got.push(f)), Poll::Ready(None));
         assert_eq!(
             got.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
@@ -558,7 +514,7 @@ mod tests {
         o.close(4009, "bye", false);
         assert_eq!(counter.0.load(Ordering::SeqCst), 2, "a close request wakes");
         match o.poll_drain(&cx, |f| got.push(f)) {
-            Poll::Ready(Taken { close: Some(c), .. }) => assert_eq!(c.code, 4009),
+            Poll::Ready(Some(c)) => assert_eq!(c.code, 4009),
             other => panic!("expected the close request, got {other:?}"),
         }
     }
@@ -596,20 +552,26 @@ mod tests {
         assert_eq!(o.len(), 2);
     }
 
-    /// Takes what it is told to from the front of the queue and records it. The real socket
-    /// path (`DirectTcp` in `transport::ws`) is exercised over 127.0.0.1 by `tests/websocket.rs`;
-    /// this checks the outbox's side of the contract: when a direct write may happen and what
-    /// follows from it.
+    /// Takes what it is told to from the front of the queue and records it; keeps a frame it
+    /// began, as a transport does. The real socket path (`DirectTcp` in `transport::ws`) is
+    /// exercised over 127.0.0.1 by its own tests and `tests/websocket.rs`; this checks the
+    /// outbox's side of the contract: when a direct write may happen and what follows from it.
     struct Scripted {
         /// Whole frames the socket takes per call (`usize::MAX`: all) and bytes of the next.
         answer: Mutex<(usize, usize)>,
         written: Mutex<Vec<String>>,
         calls: std::sync::atomic::AtomicUsize,
+        /// The frame begun and not finished, with the bytes written: the transport's to finish.
+        unfinished: Mutex<Option<(String, usize)>>,
     }
 
     impl DirectWrite for Scripted {
         fn try_write(&self, frames: &VecDeque<Frame>) -> Wrote {
             self.calls.fetch_add(1, Ordering::SeqCst);
+            assert!(
+                self.unfinished.lock().unwrap().is_none(),
+                "a direct write while a frame is unfinished"
+            );
             let (whole, partial) = *self.answer.lock().unwrap();
             let whole = whole.min(frames.len());
             let mut written = self.written.lock().unwrap();
@@ -617,11 +579,19 @@ mod tests {
             let partial = if whole < frames.len() { partial } else { 0 };
             if partial > 0 {
                 written.push(format!("{}…", &frames[whole].as_str()[..partial]));
+                *self.unfinished.lock().unwrap() = Some((frames[whole].as_str().into(), partial));
             }
             Wrote {
-                frames: whole,
-                partial,
+                frames: whole + usize::from(partial > 0),
+                unfinished: partial > 0,
             }
+        }
+    }
+
+    impl Scripted {
+        /// The transport takes the frame it has to finish.
+        fn finish(&self) -> Option<(String, usize)> {
+            self.unfinished.lock().unwrap().take()
         }
     }
 
@@ -634,6 +604,7 @@ mod tests {
             answer: Mutex::new(ALL),
             written: Mutex::new(Vec::new()),
             calls: Default::default(),
+            unfinished: Default::default(),
         });
         o.set_direct(d.clone());
         (o, d)
@@ -656,7 +627,7 @@ mod tests {
             0,
             "a direct write wakes nobody"
         );
-        assert_eq!(o.hold(|_| panic!("nothing was queued")), 0);
+        o.hold(|_| panic!("nothing was queued"));
         o.push(Frame::from("b"));
         o.push(Frame::from("c"));
         assert_eq!(o.len(), 2, "the transport has frames of its own in hand");
@@ -686,11 +657,17 @@ mod tests {
         );
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
         let mut got = Vec::new();
-        match o.poll_drain(&cx, |f| got.push(f)) {
-            Poll::Ready(t) => assert_eq!(t.offset, 3, "the transport finishes the frame"),
-            Poll::Pending => panic!("the partly written frame must reach the transport"),
-        }
-        assert_eq!(names(&got), ["half", "next"]);
+        assert_eq!(
+            o.poll_drain(&cx, |f| got.push(f)),
+            Poll::Ready(None),
+            "the transport is due: it has a frame to finish"
+        );
+        assert_eq!(
+            d.finish(),
+            Some(("half".into(), 3)),
+            "the transport finishes the frame"
+        );
+        assert_eq!(names(&got), ["next"]);
         assert!(o.poll_drain(&cx, |_| {}).is_pending());
         *d.answer.lock().unwrap() = FULL;
         o.push(Frame::from("full"));
@@ -705,15 +682,23 @@ mod tests {
     }
 
     #[test]
-    fn hold_hands_over_a_frame_a_direct_write_began_before_the_transport_writes_its_own() {
+    fn a_frame_a_direct_write_began_stays_the_transports_and_nothing_goes_direct_behind_it() {
         let (o, d) = direct_outbox();
+        let (counter, waker) = counting_waker();
+        let cx = Context::from_waker(&waker);
+        assert!(o.poll_drain(&cx, |_| {}).is_pending());
         *d.answer.lock().unwrap() = (0, 2);
         o.push(Frame::from("begun"));
+        assert_eq!(o.len(), 0, "taken by the transport");
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "which is woken");
+        *d.answer.lock().unwrap() = ALL;
         o.push(Frame::from("queued"));
+        assert_eq!(o.len(), 1, "busy: queued behind the unfinished frame");
         let mut got = Vec::new();
-        assert_eq!(o.hold(|f| got.push(f)), 2, "the bytes already on the wire");
-        assert_eq!(names(&got), ["begun", "queued"]);
-        assert_eq!(o.len(), 0);
+        o.hold(|f| got.push(f));
+        assert_eq!(d.finish(), Some(("begun".into(), 2)));
+        assert_eq!(names(&got), ["queued"]);
+        assert_eq!(d.calls.load(Ordering::SeqCst), 1);
     }
 
     #[test]
@@ -740,7 +725,7 @@ mod tests {
             1,
             "a second flush has nothing to do"
         );
-        // What the socket doesn't take goes to the transport, in order, with the offset.
+        // What the socket doesn't take goes to the transport, in order, after the begun frame.
         assert_eq!(o.push_deferred(Frame::from("c")), Pushed::Deferred);
         o.push_deferred(Frame::from("d"));
         o.push_deferred(Frame::from("e"));
@@ -752,11 +737,9 @@ mod tests {
             "the transport is woken"
         );
         let mut got = Vec::new();
-        match o.poll_drain(&cx, |f| got.push(f)) {
-            Poll::Ready(t) => assert_eq!(t.offset, 1),
-            Poll::Pending => panic!("the rest must reach the transport"),
-        }
-        assert_eq!(names(&got), ["d", "e"]);
+        assert_eq!(o.poll_drain(&cx, |f| got.push(f)), Poll::Ready(None));
+        assert_eq!(d.finish(), Some(("d".into(), 1)));
+        assert_eq!(names(&got), ["e"]);
     }
 
     #[test]
@@ -764,7 +747,7 @@ mod tests {
         let (o, d) = direct_outbox();
         assert_eq!(o.push_deferred(Frame::from("a")), Pushed::Deferred);
         let mut got = Vec::new();
-        assert_eq!(o.hold(|f| got.push(f)), 0);
+        o.hold(|f| got.push(f));
         o.flush_deferred();
         assert_eq!(d.calls.load(Ordering::SeqCst), 0);
         assert_eq!(names(&got), ["a"]);

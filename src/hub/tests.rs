@@ -310,7 +310,7 @@ impl DirectWrite for Order {
         self.log.lock().unwrap().push(self.conn);
         Wrote {
             frames: frames.len(),
-            partial: 0,
+            unfinished: false,
         }
     }
 }
@@ -353,4 +353,76 @@ fn fan_out_walks_subscribers_in_subscription_order_and_survives_unsubscribes() {
     let mut want: Vec<u64> = ids.iter().copied().filter(|&n| n != ids[100]).collect();
     want.sort_unstable();
     assert_eq!(got, want);
+}
+
+/// A socket that notes, on every write, whether the app's lock was held, and the events it got.
+#[derive(Default)]
+struct LockProbe {
+    app: std::sync::OnceLock<Arc<App>>,
+    under_lock: std::sync::atomic::AtomicBool,
+    events: Mutex<Vec<String>>,
+}
+impl DirectWrite for LockProbe {
+    fn try_write(&self, frames: &std::collections::VecDeque<Frame>) -> Wrote {
+        if self.app.get().unwrap().state.try_write().is_err() {
+            self.under_lock.store(true, Ordering::SeqCst);
+        }
+        let mut events = self.events.lock().unwrap();
+        for f in frames {
+            let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+            events.push(v["event"].as_str().unwrap().to_owned());
+        }
+        Wrote {
+            frames: frames.len(),
+            ..Wrote::default()
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn no_socket_write_runs_under_the_apps_lock() {
+    let (app, _) = app(|c| {
+        c.subscription_count = true;
+        c.watchlist = true;
+    });
+    let app = Arc::new(app);
+    let probe = Arc::new(LockProbe::default());
+    probe.app.set(app.clone()).ok();
+    let a = conn(1);
+    a.set_direct(probe.clone());
+    let idle = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(a.poll_drain(&idle, |_| {}).is_pending());
+    let b = conn(2);
+    app.signin(&a, "alice", &["bob".to_owned()]);
+    app.subscribe(&a, "presence-room", member("alice")).unwrap();
+    app.subscribe(&a, "room", None).unwrap();
+    tokio::task::yield_now().await;
+    probe.events.lock().unwrap().clear();
+    // Everything the others' comings and goings send to `a`.
+    app.subscribe(&b, "presence-room", member("bob")).unwrap();
+    app.subscribe(&b, "room", None).unwrap();
+    app.signin(&b, "bob", &[]);
+    app.remove_connection(
+        &b,
+        &["presence-room".into(), "room".into()],
+        Some("bob"),
+        &[],
+    );
+    assert!(
+        probe.events.lock().unwrap().is_empty(),
+        "deferred until the caller yields"
+    );
+    tokio::task::yield_now().await;
+    assert_eq!(
+        *probe.events.lock().unwrap(),
+        [
+            "pusher_internal:member_added",
+            "pusher_internal:subscription_count",
+            "pusher_internal:watchlist_events",
+            "pusher_internal:member_removed",
+            "pusher_internal:subscription_count",
+            "pusher_internal:watchlist_events",
+        ]
+    );
+    assert!(!probe.under_lock.load(Ordering::SeqCst));
 }

@@ -124,6 +124,15 @@ pub struct FrameCounter {
 }
 
 impl FrameCounter {
+    /// A counter of an app of its own, for a transport's unit tests.
+    #[cfg(test)]
+    pub fn detached(transport: Transport) -> FrameCounter {
+        FrameCounter {
+            app: Arc::default(),
+            transport,
+        }
+    }
+
     fn counters(&self) -> &TransportCounters {
         self.app.transport(self.transport)
     }

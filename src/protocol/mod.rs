@@ -5,13 +5,16 @@
 pub mod auth;
 pub mod channel;
 pub mod codes;
+pub mod frame;
 mod hex;
 pub mod message;
+pub mod presence;
 pub mod signing;
 pub mod socket_id;
 
 pub use channel::{ChannelKind, ChannelNameError};
 pub use codes::CloseCode;
+pub use frame::Frame;
 pub use hex::{hex, unhex};
 pub use message::{ClientMessage, MessageError};
 pub use socket_id::SocketId;

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::hub::{App, Frame, Member, Outbox, SubscribeError};
+use crate::hub::{App, Member, Outbox, SubscribeError};
 use crate::protocol::auth;
-use crate::protocol::{channel, message, ChannelKind, ClientMessage, CloseCode, SocketId};
+use crate::protocol::{channel, message, ChannelKind, ClientMessage, CloseCode, Frame, SocketId};
 
 /// Timers shared by every session of a server.
 #[derive(Clone, Copy, Debug)]

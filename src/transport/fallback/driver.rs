@@ -13,9 +13,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::frames;
 use super::registry::Registry;
-use crate::hub::{Frame, Outbox};
+use crate::hub::Outbox;
 use crate::metrics::ConnectionGuard;
-use crate::protocol::{message, CloseCode};
+use crate::protocol::{message, CloseCode, Frame};
 use crate::session::{Session, Tick};
 
 /// Chunks a streaming response may hold between the session and hyper. Past this the session

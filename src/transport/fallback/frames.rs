@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use crate::hub::Frame;
+use crate::protocol::Frame;
 
 /// Session opened; sent once per session, never on a resumed stream.
 pub const OPEN: &[u8] = b"o\n";
