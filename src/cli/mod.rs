@@ -67,13 +67,16 @@ pub enum Command {
     Trigger {
         #[command(flatten)]
         config: ConfigArgs,
+        /// The channel to publish on (e.g. orders, private-company.1, presence-room.2).
         #[arg(long)]
         channel: String,
+        /// The event name Echo / pusher-js listeners bind to (e.g. OrderShipped).
         #[arg(long)]
         event: String,
         /// The event data (usually JSON).
         #[arg(long, default_value = "{}")]
         data: String,
+        /// The app id to publish as (default: the only or first app).
         #[arg(long)]
         app: Option<String>,
         /// Base URL of the server (default: from the config, http://127.0.0.1:PORT).
@@ -260,4 +263,33 @@ pub fn process_env(
 pub fn config_failure(e: crate::config::ConfigError) -> ExitCode {
     eprintln!("pushbox: config error: {e}");
     ExitCode::from(crate::config::EXIT_CONFIG as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every command says what it is for in `--help`.
+    #[test]
+    fn every_argument_of_every_command_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{path} {} (the command itself)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = super::Cli::command();
+        // Builds the generated --help / --version arguments too, so they are checked as well.
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "pushbox", &mut missing);
+        assert!(missing.is_empty(), "arguments without help text: {missing:?}");
+    }
 }
