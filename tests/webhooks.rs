@@ -565,7 +565,9 @@ async fn requeue_without_a_server_then_start() {
     // The bytes waiting are the batch's body, not the spool's headers.
     let body = rx.hits()[0].body.len();
     assert!(
-        out.contains(&format!("queued bytes:    {body} pending, 0 in dead letters")),
+        out.contains(&format!(
+            "queued bytes:    {body} pending, 0 in dead letters"
+        )),
         "{body}: {out}"
     );
 
