@@ -88,7 +88,9 @@ fn ports_free(cfg: &Config, dev: bool) -> Result<(), String> {
 fn dev_banner(cfg: &Config) -> String {
     let (scheme, listen_host, port) = ops::public_listener(cfg);
     let (host, note) = ops::client_host(listen_host, true);
-    let app = &cfg.apps[0];
+    let Some(app) = cfg.apps.first() else {
+        return format!("# no dev app in {}", cfg.state_dir.display());
+    };
     let mut out = crate::dev::env_block(app, &host, port, scheme);
     if let Some(note) = note {
         out.push_str(&format!("\n# {note}"));
