@@ -6,10 +6,10 @@
 //!
 //! | file | owns |
 //! | --- | --- |
-//! | `mod.rs` | `Config`, the load entry points (`load`, `Config::dev`) |
+//! | `mod.rs` | `Config`, the load entry points (`load`, `Config::dev` with its `DevApp`) |
 //! | `sections.rs` | one struct per TOML section, each with its one `Default` |
 //! | `units.rs` | seconds / milliseconds in the file, `Duration` in Rust |
-//! | `env.rs` | the `Env` trait and the environment overlay |
+//! | `env.rs` | the `Env` trait, the environment overlay (`PUSHBOX_*` shared with `--dev`), socket activation |
 //! | `dotenv.rs` | Laravel `.env` files and their `${VAR}` references |
 //! | `logging.rs` | the logging variables (`PUSHBOX_LOG`, `PUSHBOX_LOG_FORMAT`, …) |
 //! | `validate.rs` | the rules a loaded configuration must meet, credential warnings |
