@@ -763,14 +763,48 @@ async fn dev_commands_use_the_app_serve_dev_saved() {
             .env("REVERB_SERVER_PORT", port.to_string());
         c
     };
-    let served = served(dev(&["serve", "--dev"]), port);
+    let banner = dir.path().join("banner.txt");
+    let mut serve = dev(&["serve", "--dev"]);
+    serve
+        .env("PUSHBOX_LOG", "warn")
+        .stdout(std::fs::File::create(&banner).unwrap())
+        .stderr(Stdio::null());
+    let served = tokio::task::block_in_place(|| Served::start(&mut serve, port, Ready::Up));
     let saved = std::fs::read_to_string(dir.path().join(".pushbox-dev/dev-app.toml")).unwrap();
     let saved: toml::Table = toml::from_str(&saved).unwrap();
-    let (id, key) = (
+    let (id, key, password) = (
         saved["id"].as_str().unwrap().to_owned(),
         saved["key"].as_str().unwrap().to_owned(),
+        saved["console_password"].as_str().unwrap().to_owned(),
     );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    // The console is on, with the password printed beside the keys (and saved with them).
+    let banner = std::fs::read_to_string(&banner).unwrap();
+    assert!(
+        banner.contains(&format!("REVERB_APP_KEY={key}")),
+        "{banner}"
+    );
+    assert!(
+        banner.contains(&format!("console: http://127.0.0.1:{port}/console"))
+            && banner.contains(&format!("admin password: {password}")),
+        "{banner}"
+    );
+    let (status, body) = common::http_blocking(addr, "GET", "/console", "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let login = serde_json::json!({ "password": password }).to_string();
+    let (status, body) = common::http_blocking(addr, "POST", "/console/login", &login).unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // A second dev server on the port says a pushbox serves there, before printing any keys.
+    let out = run(&mut dev(&["serve", "--dev"]));
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr
+            .contains(&format!("a pushbox already serves on 127.0.0.1:{port}")),
+        "{out}"
+    );
+    assert!(out.stdout.is_empty(), "{out}");
     let mut client = common::Client::connect_key(addr, &key).await;
     client.subscribe("orders").await;
 
@@ -808,7 +842,36 @@ async fn dev_commands_use_the_app_serve_dev_saved() {
         "{out}"
     );
     assert!(out.stdout.contains(&format!("REVERB_PORT={port}")), "{out}");
+    // Dev-mode advice: how to let a phone in, not which config file to edit.
+    assert!(
+        out.stderr.contains("pushbox serve --dev --host 0.0.0.0")
+            && !out.stderr.contains("[server]"),
+        "{out}"
+    );
+    // An empty queue has nothing queued (its spool headers are not queued bytes).
+    let out = run(&mut dev(&["queue", "status", "--dev"]));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        out.stdout
+            .contains("queued bytes:    0 pending, 0 in dead letters"),
+        "{out}"
+    );
     drop(served);
+
+    // The dev server stopped: trigger says to start it, not to ask systemd.
+    let out = run(&mut dev(&[
+        "trigger",
+        "--dev",
+        "--channel",
+        "c",
+        "--event",
+        "e",
+    ]));
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr.contains("start `pushbox serve --dev`") && !out.stderr.contains("systemctl"),
+        "{out}"
+    );
 
     // Where `serve --dev` never ran: exit 78, saying what to do, and no keys are made.
     let empty = tempfile::tempdir().unwrap();
@@ -821,15 +884,17 @@ async fn dev_commands_use_the_app_serve_dev_saved() {
         "{out}"
     );
     assert!(!empty.path().join(".pushbox-dev").exists());
-    // --dev and --config name two different configurations.
-    let out = run(&mut pushbox(&[
-        "queue",
-        "status",
-        "--dev",
-        "--config",
-        "/nonexistent.toml",
-    ]));
-    assert_eq!(out.code, Some(2), "{out}");
+    // --dev and --config name two different configurations: refused, saying what to do.
+    for cmd in [&["queue", "status"][..], &["serve"][..]] {
+        let mut c = pushbox(cmd);
+        c.args(["--dev", "--config", "/nonexistent.toml"]);
+        let out = run(&mut c);
+        assert_eq!(out.code, Some(2), "{out}");
+        assert!(
+            out.stderr.contains("cannot be used together") && out.stderr.contains("drop one"),
+            "{out}"
+        );
+    }
 }
 
 /// `pushbox … | head`: when the reader has gone, a command ends quietly by SIGPIPE like any Unix

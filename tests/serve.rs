@@ -586,3 +586,131 @@ fn socket_activation_notify_and_watchdog_with_systemd_tools() {
     }
     assert!(stopping, "STOPPING=1 on SIGTERM");
 }
+
+/// A one-shot webhook receiver on 127.0.0.1: the body of the first POST it gets, answered 200.
+fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let body = loop {
+            let Ok(n) = s.read(&mut chunk) else { return };
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let Some(end) = text.find("\r\n\r\n") else {
+                continue;
+            };
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                break text[end + 4..].to_owned();
+            }
+        };
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = tx.send(body);
+    });
+    (url, rx)
+}
+
+/// `serve --dev --host 0.0.0.0` for a phone on the LAN: `env --dev` then prints a host that
+/// reaches it (not 0.0.0.0), `PUSHBOX_WEBHOOK_URL` gets the dev app's webhooks, and the
+/// start-up log reads as sentences with plain values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_on_every_address_with_webhooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (url, bodies) = webhook_receiver();
+    let mut serve = pushbox(&["serve", "--dev", "--host", "0.0.0.0"]);
+    serve
+        .current_dir(dir.path())
+        .env("REVERB_SERVER_PORT", port.to_string())
+        .env("PUSHBOX_WEBHOOK_URL", &url)
+        .env("PUSHBOX_LOG", "info")
+        .env("PUSHBOX_LOG_FORMAT", "journald");
+    let log = dir.path().join("serve.log");
+    let served =
+        tokio::task::block_in_place(|| Served::start_logged(&mut serve, port, Ready::Up, log));
+
+    let saved = std::fs::read_to_string(dir.path().join(".pushbox-dev/dev-app.toml")).unwrap();
+    let saved: toml::Table = toml::from_str(&saved).unwrap();
+    let key = saved["key"].as_str().unwrap().to_owned();
+    let mut client = common::Client::connect_key(served.addr(), &key).await;
+    client.subscribe("orders").await;
+    let body = tokio::task::spawn_blocking(move || bodies.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("a webhook at PUSHBOX_WEBHOOK_URL");
+    assert!(
+        body.contains("channel_occupied") && body.contains("orders"),
+        "{body}"
+    );
+
+    // The other --dev commands know where the dev server listens (no REVERB_SERVER_PORT here).
+    let out = pushbox(&["env", "--dev"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains(&format!("REVERB_PORT={port}")), "{stdout}");
+    let host = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("REVERB_HOST="))
+        .unwrap()
+        .trim_matches('"');
+    assert!(
+        !["0.0.0.0", "127.0.0.1", "localhost", ""].contains(&host),
+        "a host another machine can use: {stdout}"
+    );
+
+    let log = served.log();
+    let app = saved["id"].as_str().unwrap();
+    assert!(
+        log.contains(&format!("serving http://0.0.0.0:{port} for app {app}")),
+        "{log}"
+    );
+    assert!(log.contains("webhooks: 1 of 1 app has receivers"), "{log}");
+    assert!(!log.contains("Some(") && !log.contains("[\""), "{log}");
+}
+
+/// A port another program holds is named before anything else, not as a bind error.
+#[test]
+fn serve_on_a_port_another_program_holds_says_so() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = output_within(
+        pushbox(&["serve", "--dev"])
+            .current_dir(dir.path())
+            .env("REVERB_SERVER_PORT", port.to_string()),
+        15,
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "port {port} (127.0.0.1:{port}) is in use by another program"
+        )) && stderr.contains("REVERB_SERVER_PORT="),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "no keys printed: {stdout}");
+}

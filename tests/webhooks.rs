@@ -478,6 +478,11 @@ async fn dead_letters_and_requeue_through_a_running_server() {
     assert!(out.contains(&id) && out.contains("HTTP 500"), "{out}");
     let out = cli(dir.path(), &["queue", "status"]);
     assert!(out.contains("dead letters:    1"), "{out}");
+    let body = rx.hits()[0].body.len();
+    assert!(
+        out.contains(&format!(" {body} in dead letters")),
+        "{body}: {out}"
+    );
 
     // Unknown id: a clear error from the server.
     let c = cfg.clone();
@@ -556,6 +561,14 @@ async fn requeue_without_a_server_then_start() {
     assert!(
         out.contains("pending batches: 1") && out.contains("dead letters:    0"),
         "{out}"
+    );
+    // The bytes waiting are the batch's body, not the spool's headers.
+    let body = rx.hits()[0].body.len();
+    assert!(
+        out.contains(&format!(
+            "queued bytes:    {body} pending, 0 in dead letters"
+        )),
+        "{body}: {out}"
     );
 
     rx.default.store(200, Ordering::SeqCst);

@@ -32,11 +32,18 @@ pub struct ConfigArgs {
     /// A Laravel .env file to read REVERB_* / PUSHER_* variables from.
     #[arg(long, value_name = "PATH")]
     pub env_file: Option<PathBuf>,
-    /// Development mode: 127.0.0.1:8080 and the dev app whose keys `serve --dev` keeps in
-    /// ./.pushbox-dev (or $PUSHBOX_STATE_DIR); the other commands use that saved app.
-    #[arg(long, conflicts_with = "config")]
+    /// Development mode: 127.0.0.1:8080, the console on, and the dev app whose keys `serve
+    /// --dev` keeps in ./.pushbox-dev (or $PUSHBOX_STATE_DIR); the other commands use that
+    /// saved app. PUSHBOX_* variables apply; a config file does not (not with --config).
+    #[arg(long)]
     pub dev: bool,
 }
+
+/// Why `--dev` and `--config` are refused together, and what to do instead.
+const DEV_AND_CONFIG: &str = "--dev and --config cannot be used together: --dev runs the dev app \
+saved in ./.pushbox-dev with built-in defaults (set PUSHBOX_WEBHOOK_URL, PUSHBOX_TLS_CERT / \
+PUSHBOX_TLS_KEY, PUSHBOX_CONSOLE_PASSWORD… for more), while --config runs the apps of a config \
+file; drop one of them (`pushbox keygen` prints an [[apps]] entry for a config file)";
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -44,6 +51,10 @@ pub enum Command {
     Serve {
         #[command(flatten)]
         config: ConfigArgs,
+        /// The address to listen on instead of [server] host / REVERB_SERVER_HOST (with --dev,
+        /// instead of 127.0.0.1): 0.0.0.0 lets phones and other computers on the LAN connect.
+        #[arg(long, value_name = "ADDRESS")]
+        host: Option<String>,
     },
     /// Print a new app id, key and secret (in the shape REVERB_* expects).
     Keygen,
@@ -67,13 +78,16 @@ pub enum Command {
     Trigger {
         #[command(flatten)]
         config: ConfigArgs,
+        /// The channel to publish on (e.g. orders, private-company.1, presence-room.2).
         #[arg(long)]
         channel: String,
+        /// The event name Echo / pusher-js listeners bind to (e.g. OrderShipped).
         #[arg(long)]
         event: String,
         /// The event data (usually JSON).
         #[arg(long, default_value = "{}")]
         data: String,
+        /// The app id to publish as (default: the only or first app).
         #[arg(long)]
         app: Option<String>,
         /// Base URL of the server (default: from the config, http://127.0.0.1:PORT).
@@ -166,14 +180,46 @@ pub enum QueueCommand {
     },
 }
 
+impl Command {
+    /// The configuration options of a command that reads the configuration.
+    fn config_args(&self) -> Option<&ConfigArgs> {
+        match self {
+            Command::Serve { config, .. }
+            | Command::Env { config, .. }
+            | Command::Check { config }
+            | Command::Trigger { config, .. }
+            | Command::Events {
+                command: EventsCommand::Tail { config, .. },
+            }
+            | Command::Queue {
+                command:
+                    QueueCommand::Status { config }
+                    | QueueCommand::Dead { config }
+                    | QueueCommand::Retry { config, .. },
+            } => Some(config),
+            Command::Keygen | Command::Cert { .. } | Command::Version => None,
+        }
+    }
+}
+
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli
+        .command
+        .config_args()
+        .is_some_and(|c| c.dev && c.config.is_some())
+    {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, DEV_AND_CONFIG)
+            .exit();
+    }
     if !matches!(cli.command, Command::Serve { .. }) {
         crate::sys::pipe::die_quietly_on_closed_stdout();
     }
     match cli.command {
-        Command::Serve { config } => serve::run(&config),
+        Command::Serve { config, host } => serve::run(&config, host.as_deref()),
         Command::Keygen => ops::keygen(),
         Command::Env { config, app, host } => ops::env(&config, app.as_deref(), host.as_deref()),
         Command::Check { config } => ops::check(&config),
@@ -260,4 +306,36 @@ pub fn process_env(
 pub fn config_failure(e: crate::config::ConfigError) -> ExitCode {
     eprintln!("pushbox: config error: {e}");
     ExitCode::from(crate::config::EXIT_CONFIG as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every command says what it is for in `--help`.
+    #[test]
+    fn every_argument_of_every_command_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{path} {} (the command itself)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = super::Cli::command();
+        // Builds the generated --help / --version arguments too, so they are checked as well.
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "pushbox", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "arguments without help text: {missing:?}"
+        );
+    }
 }

@@ -46,8 +46,12 @@ struct Status {
     pending: u64,
     oldest: Option<Job>,
     dead: usize,
-    queue_bytes: u64,
-    dead_bytes: u64,
+    /// The webhook bodies waiting to be sent (what a receiver will get), in bytes.
+    pending_bytes: u64,
+    /// The webhook bodies of the live dead letters, in bytes.
+    dead_letter_bytes: u64,
+    /// The spool files on disk (record headers and segment files included).
+    disk_bytes: u64,
 }
 
 fn read_status(cfg: &Config) -> Result<Status, WebhookError> {
@@ -55,8 +59,9 @@ fn read_status(cfg: &Config) -> Result<Status, WebhookError> {
         pending: 0,
         oldest: None,
         dead: 0,
-        queue_bytes: 0,
-        dead_bytes: 0,
+        pending_bytes: 0,
+        dead_letter_bytes: 0,
+        disk_bytes: 0,
     };
     if let Some(q) = open_reader(&webhooks::queue_dir(&cfg.state_dir))? {
         let cursor = q
@@ -72,6 +77,7 @@ fn read_status(cfg: &Config) -> Result<Status, WebhookError> {
             for r in &batch {
                 if let Some(j) = Job::decode(&r.payload) {
                     st.pending += 1;
+                    st.pending_bytes += j.body.len() as u64;
                     if st
                         .oldest
                         .as_ref()
@@ -82,11 +88,13 @@ fn read_status(cfg: &Config) -> Result<Status, WebhookError> {
                 }
             }
         }
-        st.queue_bytes = q.stats()?.total_bytes;
+        st.disk_bytes += q.stats()?.total_bytes;
     }
     if let Some(d) = open_reader(&webhooks::dead_dir(&cfg.state_dir))? {
-        st.dead = live_dead_letters(&requeue::read_reader(&d)?).len();
-        st.dead_bytes = d.stats()?.total_bytes;
+        let live = live_dead_letters(&requeue::read_reader(&d)?);
+        st.dead = live.len();
+        st.dead_letter_bytes = live.iter().map(|l| l.job.body.len() as u64).sum();
+        st.disk_bytes += d.stats()?.total_bytes;
     }
     Ok(st)
 }
@@ -130,8 +138,12 @@ pub fn status(args: &ConfigArgs) -> ExitCode {
         }
     );
     println!(
-        "  disk use:        {} bytes queued, {} bytes dead letters (cap spool.max_bytes = {})",
-        st.queue_bytes, st.dead_bytes, cfg.spool.max_bytes
+        "  queued bytes:    {} pending, {} in dead letters (webhook bodies)",
+        st.pending_bytes, st.dead_letter_bytes
+    );
+    println!(
+        "  disk use:        {} bytes of spool files (cap spool.max_bytes = {})",
+        st.disk_bytes, cfg.spool.max_bytes
     );
     ExitCode::SUCCESS
 }

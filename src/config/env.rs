@@ -70,6 +70,19 @@ pub fn apply(config: &mut Config, env: &dyn Env) -> Result<(), ConfigError> {
     if let Some(port) = server_port(env)? {
         config.server.port = port;
     }
+    apply_pushbox(config, env)?;
+    if let Some(app) = env_app(env)? {
+        // The env-defined app replaces a file app with the same id.
+        config.apps.retain(|a| a.id != app.id);
+        config.apps.push(app);
+    }
+    Ok(())
+}
+
+/// pushbox's own settings variables (`PUSHBOX_TLS_CERT` / `PUSHBOX_TLS_KEY`,
+/// `PUSHBOX_CONSOLE_PASSWORD`, `PUSHBOX_METRICS_TOKEN`), which apply the same way with and
+/// without `--dev`.
+pub fn apply_pushbox(config: &mut Config, env: &dyn Env) -> Result<(), ConfigError> {
     apply_tls(config, env)?;
     if let Some(p) = env.get("PUSHBOX_CONSOLE_PASSWORD") {
         config
@@ -80,12 +93,21 @@ pub fn apply(config: &mut Config, env: &dyn Env) -> Result<(), ConfigError> {
     if let Some(t) = env.get("PUSHBOX_METRICS_TOKEN") {
         config.metrics.token = Some(t);
     }
-    if let Some(app) = env_app(env)? {
-        // The env-defined app replaces a file app with the same id.
-        config.apps.retain(|a| a.id != app.id);
-        config.apps.push(app);
-    }
     Ok(())
+}
+
+/// `PUSHBOX_WEBHOOK_URL`: one receiver of every webhook kind for the app the environment (or
+/// `--dev`) defines.
+pub fn webhook_url(env: &dyn Env) -> Option<String> {
+    env.get("PUSHBOX_WEBHOOK_URL")
+}
+
+/// True when systemd passed this process its listening sockets (`LISTEN_PID` is our pid):
+/// the ports are then held by systemd, not by another server.
+pub fn socket_activated(env: &dyn Env) -> bool {
+    env.get("LISTEN_PID")
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .is_some_and(|pid| pid == std::process::id())
 }
 
 /// `PUSHBOX_TLS_CERT` + `PUSHBOX_TLS_KEY`: both or neither (one alone is a mistake, not a
@@ -120,7 +142,7 @@ fn env_app(env: &dyn Env) -> Result<Option<AppConfig>, ConfigError> {
         (None, None, None) => Ok(None),
         (Some((_, id)), Some((_, key)), Some((_, secret))) => {
             let mut app = AppConfig::with_defaults(&id, &key, &secret);
-            app.webhook_url = env.get("PUSHBOX_WEBHOOK_URL");
+            app.webhook_url = webhook_url(env);
             Ok(Some(app))
         }
         (id, key, secret) => {

@@ -6,10 +6,10 @@
 //!
 //! | file | owns |
 //! | --- | --- |
-//! | `mod.rs` | `Config`, the load entry points (`load`, `Config::dev`) |
+//! | `mod.rs` | `Config`, the load entry points (`load`, `Config::dev` with its `DevApp`) |
 //! | `sections.rs` | one struct per TOML section, each with its one `Default` |
 //! | `units.rs` | seconds / milliseconds in the file, `Duration` in Rust |
-//! | `env.rs` | the `Env` trait and the environment overlay |
+//! | `env.rs` | the `Env` trait, the environment overlay (`PUSHBOX_*` shared with `--dev`), socket activation |
 //! | `dotenv.rs` | Laravel `.env` files and their `${VAR}` references |
 //! | `logging.rs` | the logging variables (`PUSHBOX_LOG`, `PUSHBOX_LOG_FORMAT`, …) |
 //! | `validate.rs` | the rules a loaded configuration must meet, credential warnings |
@@ -27,7 +27,7 @@ mod validate;
 
 pub use cidr::Cidr;
 pub use dotenv::parse_env_file;
-pub use env::{Env, ProcessEnv};
+pub use env::{socket_activated, Env, ProcessEnv};
 pub use error::ConfigError;
 pub use logging::LogConfig;
 pub use sections::{
@@ -98,23 +98,58 @@ impl Config {
         }
     }
 
-    /// The `--dev` configuration for `app` (whose keys `dev` keeps in `state_dir`): every
-    /// default, on 127.0.0.1 so a laptop's dev server is not on the network, on
-    /// `REVERB_SERVER_PORT` when set. No file and no other variable applies.
-    pub fn dev(state_dir: PathBuf, app: AppConfig, env: &dyn Env) -> Result<Config, ConfigError> {
+    /// The `--dev` configuration for `dev.app` (whose keys `dev` keeps in `state_dir`): every
+    /// default, on 127.0.0.1 so a laptop's dev server is not on the network (unless `dev.host`
+    /// says otherwise: `serve --dev --host`), on `REVERB_SERVER_PORT`, else `dev.port`, else
+    /// 8080, with the console on (`dev.console_password`, else app login only). pushbox's own
+    /// variables apply as they do without `--dev` (`PUSHBOX_WEBHOOK_URL` to the dev app,
+    /// `PUSHBOX_TLS_CERT` / `PUSHBOX_TLS_KEY`, `PUSHBOX_CONSOLE_PASSWORD`,
+    /// `PUSHBOX_METRICS_TOKEN`); no file, and no `REVERB_APP_*` app, applies: the dev app is
+    /// the one app.
+    pub fn dev(state_dir: PathBuf, dev: DevApp, env: &dyn Env) -> Result<Config, ConfigError> {
         let mut config = Config::from_file(FileConfig::default(), "pushbox serve --dev".into());
         config.state_dir = state_dir;
-        config.server.host = "127.0.0.1".into();
-        if let Some(port) = env::server_port(env)? {
+        config.server.host = dev.host.unwrap_or_else(|| "127.0.0.1".into());
+        if let Some(port) = env::server_port(env)?.or(dev.port) {
             config.server.port = port;
         }
+        config.console = Some(ConsoleConfig {
+            password: dev.console_password,
+            ..ConsoleConfig::default()
+        });
+        env::apply_pushbox(&mut config, env)?;
+        let mut app = dev.app;
+        app.webhook_url = env::webhook_url(env);
         config.apps = vec![app];
+        validate::validate(&config)?;
         Ok(config)
     }
 
     /// Where the `--dev` app lives: `PUSHBOX_STATE_DIR`, else `DEV_STATE_DIR`.
     pub fn dev_state_dir(env: &dyn Env) -> PathBuf {
         env::state_dir(env).unwrap_or_else(|| PathBuf::from(DEV_STATE_DIR))
+    }
+}
+
+/// What `--dev` runs with besides the defaults: the dev app, its console password, and where
+/// to listen (`None`: 127.0.0.1 and 8080).
+#[derive(Clone, Debug)]
+pub struct DevApp {
+    pub app: AppConfig,
+    pub console_password: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+}
+
+impl DevApp {
+    /// `app` with its console password, on the default address.
+    pub fn new(app: AppConfig, console_password: Option<String>) -> DevApp {
+        DevApp {
+            app,
+            console_password,
+            host: None,
+            port: None,
+        }
     }
 }
 

@@ -395,26 +395,71 @@ fn apps_and_tls_need_their_credentials() {
 }
 
 #[test]
-fn dev_config_is_every_default_on_localhost() {
+fn dev_config_is_every_default_on_localhost_with_the_console_on() {
     let app = AppConfig::with_defaults("1", "k", "s");
-    let c = Config::dev(PathBuf::from("/tmp/dev"), app.clone(), &env(&[])).unwrap();
+    let dev = |e: &HashMap<String, String>| {
+        let dev = DevApp::new(app.clone(), Some("dev console pw".into()));
+        Config::dev(PathBuf::from("/tmp/dev"), dev, e)
+    };
+    let c = dev(&env(&[])).unwrap();
     assert_eq!((c.server.host.as_str(), c.server.port), ("127.0.0.1", 8080));
     assert_eq!(c.state_dir, PathBuf::from("/tmp/dev"));
     assert_eq!(c.source, "pushbox serve --dev");
-    assert!(c.tls.is_none() && c.console.is_none() && c.metrics.enabled);
+    assert!(c.tls.is_none() && c.metrics.enabled);
+    let console = c.console.expect("the console is on in dev mode");
+    assert_eq!(console.password.as_deref(), Some("dev console pw"));
+    assert!(c.apps[0].webhook_targets().is_empty());
     let e = env(&[("REVERB_SERVER_PORT", "6001"), ("REVERB_APP_ID", "ignored")]);
-    let c = Config::dev(PathBuf::from("/tmp/dev"), app.clone(), &e).unwrap();
+    let c = dev(&e).unwrap();
     assert_eq!(c.server.port, 6001);
     assert_eq!(c.apps.len(), 1, "only the dev app");
     let bad = env(&[("REVERB_SERVER_PORT", "http")]);
-    let err = Config::dev(PathBuf::from("/tmp/dev"), app, &bad)
-        .unwrap_err()
-        .to_string();
+    let err = dev(&bad).unwrap_err().to_string();
     assert!(err.contains("REVERB_SERVER_PORT"), "{err}");
+    // Where the dev server last listened, for the other --dev commands; the variable wins.
+    let last = DevApp {
+        host: Some("0.0.0.0".into()),
+        port: Some(9000),
+        ..DevApp::new(app.clone(), None)
+    };
+    let c = Config::dev(PathBuf::from("/tmp/dev"), last.clone(), &env(&[])).unwrap();
+    assert_eq!((c.server.host.as_str(), c.server.port), ("0.0.0.0", 9000));
+    let c = Config::dev(PathBuf::from("/tmp/dev"), last, &e).unwrap();
+    assert_eq!(c.server.port, 6001);
     assert_eq!(
         Config::dev_state_dir(&env(&[])),
         PathBuf::from(DEV_STATE_DIR)
     );
     let e = env(&[("PUSHBOX_STATE_DIR", "/srv/x")]);
     assert_eq!(Config::dev_state_dir(&e), PathBuf::from("/srv/x"));
+}
+
+/// pushbox's own variables apply to `--dev` as they do without it.
+#[test]
+fn dev_config_takes_the_pushbox_variables() {
+    let app = AppConfig::with_defaults("1", "k", "s");
+    let e = env(&[
+        ("PUSHBOX_WEBHOOK_URL", "http://127.0.0.1:9/hooks"),
+        ("PUSHBOX_CONSOLE_PASSWORD", "from the environment"),
+        ("PUSHBOX_METRICS_TOKEN", "t0k"),
+        ("PUSHBOX_TLS_CERT", "c.pem"),
+        ("PUSHBOX_TLS_KEY", "k.pem"),
+    ]);
+    let dev = DevApp::new(app.clone(), Some("saved pw".into()));
+    let c = Config::dev(PathBuf::from("/tmp/dev"), dev, &e).unwrap();
+    let targets = c.apps[0].webhook_targets();
+    assert_eq!(targets.len(), 1);
+    assert_eq!(targets[0].url, "http://127.0.0.1:9/hooks");
+    assert_eq!(
+        c.console.and_then(|c| c.password).as_deref(),
+        Some("from the environment")
+    );
+    assert_eq!(c.metrics.token.as_deref(), Some("t0k"));
+    assert_eq!(c.tls.map(|t| t.cert), Some(PathBuf::from("c.pem")));
+    // The same rules as without --dev: a short console password is refused, naming it.
+    let short = env(&[("PUSHBOX_CONSOLE_PASSWORD", "short")]);
+    let err = Config::dev(PathBuf::from("/tmp/dev"), DevApp::new(app, None), &short)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("console.password"), "{err}");
 }

@@ -89,7 +89,10 @@ async fn serve_until_stopped(cfg: Config, activated: Vec<ActivatedListener>) -> 
     if let Some(user) = &cfg.user {
         if nix::unistd::geteuid().is_root() {
             match crate::sys::privilege::drop_to_user(user) {
-                Ok(d) => tracing::info!(user = %user, uid = d.uid, "dropped privileges"),
+                Ok(d) => tracing::info!(
+                    "running as user {user} (uid {}) now that the ports are bound",
+                    d.uid
+                ),
                 Err(e) => return fail(format_args!("cannot run as user {user:?}: {e}")),
             }
         }
@@ -109,11 +112,10 @@ async fn serve_until_stopped(cfg: Config, activated: Vec<ActivatedListener>) -> 
     let (plain_addr, tls_addr) = (listeners.plain_addr(), listeners.tls_addr());
     let tls = listeners.tls.clone();
     let servers = listeners.serve(&state);
-    tracing::info!(plain = ?plain_addr, tls = ?tls_addr, apps = ?apps, "pushbox listening");
+    let serving = serving_line(plain_addr, tls_addr, &apps);
+    tracing::info!("pushbox {} {serving}", env!("CARGO_PKG_VERSION"));
     let _ = notifier.ready();
-    let _ = notifier.status(&format!(
-        "serving: plain {plain_addr:?}, tls {tls_addr:?}, apps {apps:?}"
-    ));
+    let _ = notifier.status(&serving);
     let _watchdog = notifier.spawn_watchdog_from_env();
 
     wait_for_stop(tls.as_deref(), &notifier).await;
@@ -126,6 +128,25 @@ async fn serve_until_stopped(cfg: Config, activated: Vec<ActivatedListener>) -> 
     // The last handle to the event log finishes queued appends and fsyncs.
     drop(eventlog);
     ExitCode::SUCCESS
+}
+
+/// The start-up line (and systemd's status text) as a sentence with plain values:
+/// `serving http://127.0.0.1:8080 and https://0.0.0.0:8443 for app 145840`.
+fn serving_line(plain: Option<SocketAddr>, tls: Option<SocketAddr>, apps: &[String]) -> String {
+    let urls: Vec<String> = [("http", plain), ("https", tls)]
+        .into_iter()
+        .filter_map(|(scheme, addr)| addr.map(|a| format!("{scheme}://{a}")))
+        .collect();
+    let urls = if urls.is_empty() {
+        "no listener".to_owned()
+    } else {
+        urls.join(" and ")
+    };
+    let apps = match apps {
+        [one] => format!("app {one}"),
+        many => format!("{} apps: {}", many.len(), many.join(", ")),
+    };
+    format!("serving {urls} for {apps}")
 }
 
 /// The plain and TLS listeners, and the certificate the TLS one serves.
@@ -198,9 +219,9 @@ impl Listeners {
 fn open_stores(cfg: &Config) -> Result<(Arc<EventLog>, Arc<Webhooks>), ExitCode> {
     let (eventlog, report) = EventLog::open(cfg).map_err(fail)?;
     if report.is_clean() {
-        tracing::debug!(%report, "event log opened");
+        tracing::debug!("event log opened: {report}");
     } else {
-        tracing::warn!(%report, "event log recovered after an unclean stop");
+        tracing::warn!("event log recovered after an unclean stop: {report}");
     }
     let webhooks = Webhooks::start(cfg).map_err(fail)?;
     Ok((eventlog, webhooks))
@@ -283,5 +304,24 @@ async fn wait_for_stop(tls: Option<&Tls>, notifier: &Notifier) {
                 let _ = notifier.ready();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::serving_line;
+
+    #[test]
+    fn the_serving_line_is_a_sentence_with_plain_values() {
+        let plain = Some(([127, 0, 0, 1], 8080).into());
+        let tls = Some(([0, 0, 0, 0], 8443).into());
+        assert_eq!(
+            serving_line(plain, None, &["145840".into()]),
+            "serving http://127.0.0.1:8080 for app 145840"
+        );
+        assert_eq!(
+            serving_line(plain, tls, &["1".into(), "2".into()]),
+            "serving http://127.0.0.1:8080 and https://0.0.0.0:8443 for 2 apps: 1, 2"
+        );
     }
 }

@@ -293,13 +293,12 @@ impl Webhooks {
                 stop_rx,
             )),
         ];
+        let pending = queue
+            .last_seq()
+            .saturating_sub(queue.cursor(CURSOR).unwrap_or(0));
         tracing::info!(
-            apps = apps.len(),
-            pending = queue
-                .last_seq()
-                .saturating_sub(queue.cursor(CURSOR).unwrap_or(0)),
-            dead_letters = live,
-            "webhooks started"
+            "webhooks: {}; {pending} batch(es) pending, {live} dead letter(s)",
+            receivers_line(apps.len(), config.apps.len())
         );
         Ok(Arc::new(Webhooks {
             tx,
@@ -397,5 +396,31 @@ impl HubObserver for Webhooks {
                 self.dropped("the webhook service has stopped")
             }
         }
+    }
+}
+
+/// How many of the configured apps have webhook receivers, for the start-up line:
+/// `1 of 1 app has receivers`, `no app has receivers (…)`.
+fn receivers_line(with_receivers: usize, apps: usize) -> String {
+    match (with_receivers, apps) {
+        (0, _) => {
+            "off, no app has a receiver (set PUSHBOX_WEBHOOK_URL or [[apps.webhooks]])".into()
+        }
+        (n, 1) => format!("{n} of 1 app has receivers"),
+        (1, total) => format!("1 of {total} apps has receivers"),
+        (n, total) => format!("{n} of {total} apps have receivers"),
+    }
+}
+
+#[cfg(test)]
+mod start_line_tests {
+    use super::receivers_line;
+
+    #[test]
+    fn the_start_line_counts_apps_with_receivers_among_all_apps() {
+        assert!(receivers_line(0, 1).starts_with("off, no app has a receiver"));
+        assert_eq!(receivers_line(1, 1), "1 of 1 app has receivers");
+        assert_eq!(receivers_line(1, 3), "1 of 3 apps has receivers");
+        assert_eq!(receivers_line(2, 3), "2 of 3 apps have receivers");
     }
 }

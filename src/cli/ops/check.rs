@@ -117,21 +117,62 @@ fn user(r: &mut Report, config: &Config) {
     }
 }
 
-fn ports(r: &mut Report, config: &Config) {
-    let mut listeners: Vec<(&str, String, u16, bool)> = Vec::new();
+/// A listener the configuration asks for.
+pub struct Listener {
+    /// How `check` names it: `port` or `tls port`.
+    pub what: &'static str,
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl Listener {
+    /// `host:port`, with brackets around an IPv6 host.
+    pub fn shown(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The socket address to bind, if the host resolves.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        (host, self.port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+    }
+}
+
+/// The plain listener (unless `server.plain = false`) and the TLS one (with `[tls]`).
+pub fn listeners(config: &Config) -> Vec<Listener> {
+    let mut listeners = Vec::new();
     if config.server.plain {
-        listeners.push((
-            "port",
-            config.server.host.clone(),
-            config.server.port,
-            false,
-        ));
+        listeners.push(Listener {
+            what: "port",
+            host: config.server.host.clone(),
+            port: config.server.port,
+            tls: false,
+        });
     }
     if let Some(tls) = &config.tls {
-        listeners.push(("tls port", tls.host.clone(), tls.port, true));
+        listeners.push(Listener {
+            what: "tls port",
+            host: tls.host.clone(),
+            port: tls.port,
+            tls: true,
+        });
     }
-    if let [(_, h1, p1, _), (_, h2, p2, _)] = listeners.as_slice() {
-        if p1 == p2 && (h1 == h2 || is_unspecified(h1) || is_unspecified(h2)) {
+    listeners
+}
+
+fn ports(r: &mut Report, config: &Config) {
+    let listeners = listeners(config);
+    if let [a, b] = listeners.as_slice() {
+        let (h1, h2, p1) = (&a.host, &b.host, a.port);
+        if a.port == b.port && (h1 == h2 || is_unspecified(h1) || is_unspecified(h2)) {
             r.fail(
                 "ports",
                 format!(
@@ -152,31 +193,23 @@ fn ports(r: &mut Report, config: &Config) {
         }
     };
     let mut held = Vec::new();
-    for (what, host, port, tls) in listeners {
-        let shown = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        let addr: Option<SocketAddr> = (host.trim_start_matches('[').trim_end_matches(']'), port)
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next());
-        let Some(addr) = addr else {
+    for l in listeners {
+        let (what, host, port, tls, shown) = (l.what, &l.host, l.port, l.tls, l.shown());
+        let Some(addr) = l.addr() else {
             r.fail(what, format!("{host:?} is not an address of this machine: set [server] host (or [tls] host) to an IP, or 0.0.0.0 for all"));
             continue;
         };
-        match std::net::TcpListener::bind(addr) {
-            Ok(_) => r.ok(what, format!("{shown} is free")),
-            Err(e) => {
-                let by_pushbox = rt
-                    .as_ref()
-                    .is_some_and(|rt| rt.block_on(is_pushbox(addr, tls)));
+        match port_holder(rt.as_ref(), addr, tls) {
+            PortHolder::Free => r.ok(what, format!("{shown} is free")),
+            PortHolder::Pushbox => {
+                r.ok(
+                    what,
+                    format!("{shown} is held by a running pushbox (it answers /up)"),
+                );
+                held.push((addr, tls));
+            }
+            PortHolder::Other(e) => {
                 match e.kind() {
-                    _ if by_pushbox => {
-                        r.ok(what, format!("{shown} is held by a running pushbox (it answers /up)"));
-                        held.push((addr, tls));
-                    }
                     std::io::ErrorKind::AddrInUse => r.fail(
                         what,
                         format!("port {port} ({shown}) is in use by another program: find it with `ss -ltnp 'sport = :{port}'` and stop it, or choose another port in {}", if tls { "[tls] port" } else { "[server] port (or REVERB_SERVER_PORT)" }),
@@ -261,6 +294,30 @@ fn local_target(addr: SocketAddr, tls: bool) -> Target {
         https: tls,
         host: ip.to_string(),
         port: addr.port(),
+    }
+}
+
+/// Who holds a listening address.
+pub enum PortHolder {
+    /// Nobody: it can be bound.
+    Free,
+    /// A running pushbox (it answers `GET /up`).
+    Pushbox,
+    /// Binding failed for another reason (another program, no permission, not an address).
+    Other(std::io::Error),
+}
+
+/// Tries to bind `addr`; when that fails, asks whoever answers there (with `rt`) whether it is a
+/// pushbox.
+pub fn port_holder(
+    rt: Option<&tokio::runtime::Runtime>,
+    addr: SocketAddr,
+    tls: bool,
+) -> PortHolder {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => PortHolder::Free,
+        Err(_) if rt.is_some_and(|rt| rt.block_on(is_pushbox(addr, tls))) => PortHolder::Pushbox,
+        Err(e) => PortHolder::Other(e),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use super::{fail, is_unspecified, machine_hostname, pick_app, public_listener, EXIT_USAGE};
+use super::{client_host, fail, pick_app, public_listener, EXIT_USAGE};
 use crate::cli::ConfigArgs;
 
 /// `pushbox keygen`: a new random app id, key and secret as `REVERB_*` lines and as a TOML
@@ -41,31 +41,22 @@ pub fn env(args: &ConfigArgs, app: Option<&str>, host: Option<&str>) -> ExitCode
     let (scheme, listen_host, port) = public_listener(&config);
     let host = match host {
         Some(h) => h.to_owned(),
-        None if is_unspecified(listen_host) => {
-            let name = machine_hostname().unwrap_or_else(|| "localhost".into());
-            eprintln!(
-                "# pushbox listens on {listen_host} (every address): REVERB_HOST is this machine's host name {name:?}; \
-                 pass --host NAME (or an IP) for the name browsers and the shop server use to reach it"
-            );
-            name
-        }
         None => {
-            let h = listen_host.to_owned();
-            if h.parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-                || h == "localhost"
-            {
-                eprintln!(
-                    "# pushbox listens on {h}: only programs on this machine can connect; \
-                     set [server] host = \"0.0.0.0\" and pass --host NAME for browsers on the LAN"
-                );
+            let (h, note) = client_host(listen_host, args.dev);
+            if let Some(note) = note {
+                eprintln!("# {note}");
             }
             h
         }
     };
     if scheme == "https" {
+        let cert = if args.dev {
+            "PUSHBOX_TLS_CERT"
+        } else {
+            "[tls] cert"
+        };
         eprintln!(
-            "# REVERB_SCHEME=https: clients must trust the certificate in [tls] (see `pushbox cert self-signed` for how)"
+            "# REVERB_SCHEME=https: clients must trust the certificate in {cert} (see `pushbox cert self-signed` for how)"
         );
     }
     println!("{}", crate::dev::env_block(app, &host, port, scheme));

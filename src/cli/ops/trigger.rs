@@ -109,6 +109,7 @@ pub fn trigger(args: &ConfigArgs, t: &TriggerArgs<'_>) -> ExitCode {
             };
             fail(1, format!("{} answered {} {}: {msg}{hint}", target.url(), r.status, r.reason))
         }
+        Err(ClientError::Refused(e)) if args.dev => fail(1, format!("{e}: is the dev server running? start `pushbox serve --dev` in this directory (or pass --url with the address it serves on)")),
         Err(ClientError::Refused(e)) => fail(1, format!("{e}: is pushbox running? (systemctl status pushbox)")),
         Err(ClientError::Tls(e)) => fail(
             1,
