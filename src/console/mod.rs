@@ -29,8 +29,8 @@ use tokio::sync::broadcast;
 use crate::api::{AcceptedEvent, Api, EventTap};
 use crate::config::{Config, ConsoleConfig};
 use crate::context::Shared;
-use crate::http::Body;
-use crate::metrics::Transport;
+use crate::http::{Body, BodyError};
+use crate::metrics::{Reason, Transport};
 use session::{AuthError, Scope, Session, Sessions, CSRF_HEADER};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -256,14 +256,20 @@ fn cookie_header(value: &str, max_age: u64, secure: bool) -> String {
     )
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
-    crate::http::read_body(req.into_body(), MAX_BODY)
+async fn read_body(shared: &Shared, req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    let timeout = shared.config.server.request_timeout;
+    crate::http::read_body(req.into_body(), MAX_BODY, timeout)
         .await
-        .map_err(|_| {
-            error(
-                413,
-                format!("Request body too large or unreadable (at most {MAX_BODY} bytes)"),
-            )
+        .map_err(|e| {
+            let status = match e {
+                BodyError::TooLarge => 413,
+                BodyError::Unreadable => 400,
+                BodyError::TimedOut => {
+                    shared.metrics.refused(Reason::HttpTimeout);
+                    408
+                }
+            };
+            error(status, e.message(MAX_BODY, timeout))
         })
 }
 
@@ -281,7 +287,7 @@ async fn login(
     peer: SocketAddr,
     secure: bool,
 ) -> Response<Body> {
-    let body = match read_body(req).await {
+    let body = match read_body(shared, req).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -467,7 +473,7 @@ async fn publish(
     session: &Session,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let body = match read_body(req).await {
+    let body = match read_body(shared, req).await {
         Ok(b) => b,
         Err(r) => return r,
     };

@@ -253,17 +253,24 @@ async fn send(
     key: &str,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let max = shared.config.server.max_request_bytes;
-    let body = match http::read_body(req.into_body(), max).await {
+    let server = &shared.config.server;
+    let (max, timeout) = (server.max_request_bytes, server.request_timeout);
+    let body = match http::read_body(req.into_body(), max, timeout).await {
         Ok(b) => b,
-        Err(BodyError::TooLarge) => {
+        Err(e) => {
+            let status = match e {
+                BodyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                BodyError::Unreadable => StatusCode::BAD_REQUEST,
+                BodyError::TimedOut => {
+                    shared.metrics.refused(crate::metrics::Reason::HttpTimeout);
+                    StatusCode::REQUEST_TIMEOUT
+                }
+            };
+            let why = e.message(max, timeout);
             return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("xhr_send body larger than {max} bytes (server.max_request_bytes)"),
-            )
-        }
-        Err(BodyError::Unreadable) => {
-            return text(StatusCode::BAD_REQUEST, "Could not read the xhr_send body")
+                status,
+                format!("xhr_send: {why} (server.max_request_bytes, server.request_timeout)"),
+            );
         }
     };
     let frames: Vec<String> = match serde_json::from_slice(&body) {
