@@ -248,7 +248,7 @@ fn spawn_janitor(conns: &Arc<Conns>, metrics: Arc<Metrics>, mut shutdown: watch:
 
 /// The whole answer to a connection refused for want of descriptors, written without
 /// waiting (a socket that just connected takes it at once).
-pub const REFUSAL_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 5\r\nConnection: close\r\nContent-Length: 85\r\n\r\n{\"error\":\"Server busy: too many open connections, retry in a few seconds (Retry-After)\"}";
+pub const REFUSAL_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 5\r\nConnection: close\r\nContent-Length: 88\r\n\r\n{\"error\":\"Server busy: too many open connections, retry in a few seconds (Retry-After)\"}";
 
 #[cfg(test)]
 mod tests {
