@@ -45,7 +45,7 @@ pub(super) async fn route(
         return crate::console::handle(shared, console, &state.api, req, peer, secure).await;
     }
     if fallback::is_fallback_path(&shared.config.server.http_path, path) {
-        return fallback::handle(shared, &state.fallback, req).await;
+        return fallback::handle(shared, &state.fallback, req, peer).await;
     }
     if upgrade::app_key(&shared.config.server.ws_path, path).is_some() {
         return json_error(
