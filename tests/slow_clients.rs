@@ -76,15 +76,8 @@ fn near_the_open_files_limit_a_new_client_is_still_served() {
     const LIMIT: u64 = 256;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = dir.path().join("pushbox.toml");
-    std::fs::write(&cfg, config_toml(port, "", "")).unwrap();
-    let mut serve = pushbox(&["serve", "--config"]);
-    serve
-        .arg(&cfg)
-        .env("PUSHBOX_STATE_DIR", dir.path().join("state"))
-        .env("PUSHBOX_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut serve = serve_in(dir.path(), &config_toml(port, "", ""));
+    serve.stdout(Stdio::null()).stderr(Stdio::null());
     // Soft and hard: the server raises its soft limit to the hard one at start.
     unsafe {
         serve.pre_exec(|| {

@@ -216,32 +216,18 @@ fn slowest(table: &HashMap<u64, Arc<Conn>>) -> Option<&Arc<Conn>> {
 }
 
 /// Every half timeout (at most once a second), closes what overstayed.
-fn spawn_janitor(conns: &Arc<Conns>, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
-    let weak = Arc::downgrade(conns);
+fn spawn_janitor(conns: &Arc<Conns>, metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) {
     let every = (conns.timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(every);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                _ = interval.tick() => {}
-            }
-            match weak.upgrade() {
-                Some(c) => {
-                    let n = c.sweep();
-                    for _ in 0..n {
-                        metrics.refused(Reason::HttpTimeout);
-                    }
-                    if n > 0 {
-                        tracing::info!(
-                            connections = n,
-                            "closed HTTP connections that overstayed request_timeout"
-                        );
-                    }
-                }
-                None => break,
-            }
+    crate::shutdown::spawn_periodic(conns, every, shutdown, move |c: &Conns| {
+        let n = c.sweep();
+        for _ in 0..n {
+            metrics.refused(Reason::HttpTimeout);
+        }
+        if n > 0 {
+            tracing::info!(
+                connections = n,
+                "closed HTTP connections that overstayed request_timeout"
+            );
         }
     });
 }

@@ -166,22 +166,8 @@ impl Registry {
     }
 }
 
-fn spawn_janitor(registry: &Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
-    let weak = Arc::downgrade(registry);
+fn spawn_janitor(registry: &Arc<Registry>, shutdown: watch::Receiver<bool>) {
     let every = (registry.options.session_timeout / 2)
         .clamp(Duration::from_secs(1), Duration::from_secs(15));
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(every);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                _ = interval.tick() => {}
-            }
-            match weak.upgrade() {
-                Some(r) => r.sweep(),
-                None => break,
-            }
-        }
-    });
+    crate::shutdown::spawn_periodic(registry, every, shutdown, Registry::sweep);
 }
