@@ -6,14 +6,15 @@
 //! never import `server` (which imports them): the server builds one `Shared` at start-up and
 //! keeps what only it needs (the HTTP API, the console's state) to itself.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::metrics::{ConnectionGuard, Metrics, Transport};
-use crate::protocol::SocketId;
+use crate::metrics::{AddressSlot, ConnectionGuard, Metrics, Reason, Transport};
+use crate::protocol::{CloseCode, SocketId};
 use crate::session::Liveness;
 use crate::shutdown::Shutdown;
 
@@ -55,11 +56,29 @@ impl Shared {
         self.shutdown.signal()
     }
 
-    /// Counts an accepted connection in `/metrics` until the returned guard drops, and makes a
-    /// graceful shutdown wait for it: the transport keeps the guard for the connection's life.
-    pub fn connection_opened(&self, app_id: &str, transport: Transport) -> ConnectionGuard {
+    /// Counts a connection about to be admitted to `app_id` against its source address's
+    /// share (`server.max_connections_per_ip`); refused with 4100 past it. pusher-js backs off
+    /// and reconnects on a 41xx code (4004 would make it give up for good), which is right for
+    /// a real client behind a busy NAT and costs nothing against a stranger.
+    pub fn admit_address(&self, app_id: &str, peer: SocketAddr) -> Result<AddressSlot, CloseCode> {
+        self.metrics.address_slot(app_id, peer.ip()).ok_or_else(|| {
+            self.metrics.refused(Reason::PerAddress);
+            tracing::warn!(
+                %peer,
+                app = app_id,
+                limit = self.config.server.max_connections_per_ip,
+                "connection refused: this address holds server.max_connections_per_ip connections"
+            );
+            CloseCode::OverCapacity
+        })
+    }
+
+    /// Counts an accepted connection (admitted with `slot`) in `/metrics` until the returned
+    /// guard drops, and makes a graceful shutdown wait for it: the transport keeps the guard
+    /// for the connection's life; it gives the address's slot back too.
+    pub fn connection_opened(&self, slot: AddressSlot, transport: Transport) -> ConnectionGuard {
         self.metrics
-            .connection_opened(app_id, transport)
+            .connection_opened_from(slot, transport)
             .with_done(self.shutdown.guard())
     }
 }

@@ -6,6 +6,7 @@
 //! requests share it without importing the server that routes to them.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
@@ -56,24 +57,43 @@ pub enum BodyError {
     TooLarge,
     /// The client went away or sent a broken body: `400`.
     Unreadable,
+    /// Not all there within the deadline (`server.request_timeout`): `408`. A client that
+    /// announces a body and never sends it would otherwise hold its socket forever.
+    TimedOut,
 }
 
-/// Reads a whole request body of at most `max` bytes. The cap is checked as bytes arrive, so
-/// an oversized body is refused without being buffered.
-pub async fn read_body<B>(body: B, max: usize) -> Result<Bytes, BodyError>
+impl BodyError {
+    /// What to tell the client, with `max` the cap and `timeout` the deadline it missed.
+    pub fn message(&self, max: usize, timeout: Duration) -> String {
+        match self {
+            BodyError::TooLarge => format!("Request body larger than {max} bytes"),
+            BodyError::Unreadable => "Could not read the request body".into(),
+            BodyError::TimedOut => format!(
+                "Request body not received within {} s (server.request_timeout): send the whole body at once",
+                timeout.as_secs()
+            ),
+        }
+    }
+}
+
+/// Reads a whole request body of at most `max` bytes within `timeout`. The cap is checked as
+/// bytes arrive, so an oversized body is refused without being buffered.
+pub async fn read_body<B>(body: B, max: usize, timeout: Duration) -> Result<Bytes, BodyError>
 where
     B: hyper::body::Body,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    match Limited::new(body, max).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e)
+    let read = tokio::time::timeout(timeout, Limited::new(body, max).collect());
+    match read.await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
             Err(BodyError::TooLarge)
         }
-        Err(_) => Err(BodyError::Unreadable),
+        Ok(Err(_)) => Err(BodyError::Unreadable),
+        Err(_) => Err(BodyError::TimedOut),
     }
 }
 
@@ -84,11 +104,17 @@ mod tests {
     #[tokio::test]
     async fn body_cap() {
         let body = || Full::new(Bytes::from_static(b"0123456789"));
+        let t = Duration::from_secs(1);
         assert_eq!(
-            read_body(body(), 10).await.as_deref(),
+            read_body(body(), 10, t).await.as_deref(),
             Ok(&b"0123456789"[..])
         );
-        assert_eq!(read_body(body(), 9).await, Err(BodyError::TooLarge));
+        assert_eq!(read_body(body(), 9, t).await, Err(BodyError::TooLarge));
+        let never = http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<hyper::body::Frame<Bytes>, std::io::Error>,
+        >());
+        let t = Duration::from_millis(10);
+        assert_eq!(read_body(never, 9, t).await, Err(BodyError::TimedOut));
         let r = json_error(413, "too big");
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");

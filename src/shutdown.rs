@@ -8,6 +8,9 @@
 //! (`member_removed`, `channel_vacated`) is in the webhook queue, so the server may close that
 //! queue and the event log behind it.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use tokio::sync::{mpsc, watch};
 
 /// The server's side: starts the shutdown, then waits for it to complete.
@@ -99,6 +102,31 @@ impl Shutdown {
             _tx: self.done.upgrade(),
         }
     }
+}
+
+/// Runs `tick` on `target` every `every` until `shutdown` changes or `target` is dropped: the
+/// janitors of the server's long-lived tables (fallback sessions, HTTP connections).
+pub fn spawn_periodic<T: Send + Sync + 'static>(
+    target: &Arc<T>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    tick: impl Fn(&T) + Send + 'static,
+) {
+    let weak = Arc::downgrade(target);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = interval.tick() => {}
+            }
+            match weak.upgrade() {
+                Some(t) => tick(&t),
+                None => break,
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -467,3 +467,48 @@ async fn over_tls_the_cookie_is_secure_and_the_certificate_expiry_shows() {
     assert_eq!(st["tls"]["not_after"], 2051308800i64, "{st}");
     assert_eq!(st["tls"]["expired"], false);
 }
+
+#[tokio::test]
+async fn guessing_from_one_address_is_throttled_with_429_and_retry_after() {
+    let srv = common::start(console(60)).await;
+    let a = srv.addr;
+    let guess = json!({ "password": "guess guess" }).to_string();
+    // 25 parallel guesses, as the attack ran them: a few are checked, the rest refused unchecked.
+    let guesses: Vec<_> = (0..25)
+        .map(|_| {
+            let g = guess.clone();
+            tokio::spawn(async move { req(a, "POST", "/console/login", &[], &g).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for g in guesses {
+        statuses.push(g.await.unwrap().0);
+    }
+    let checked = statuses.iter().filter(|&&s| s == 401).count();
+    let throttled = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!(checked + throttled, 25, "{statuses:?}");
+    assert!(
+        checked <= 4,
+        "only the free mistakes are checked: {statuses:?}"
+    );
+    // Even the right password waits now, told for how long.
+    let right = json!({ "password": PASSWORD }).to_string();
+    let (status, head, body) = req(a, "POST", "/console/login", &[], &right).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: "),
+        "{head}"
+    );
+    assert!(body.contains("Too many failed sign-ins"), "{body}");
+    // Another address on the LAN signs in as usual.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(([127, 0, 0, 2], 0).into()).unwrap();
+    let s = sock.connect(a).await.unwrap();
+    let (status, _, body) = exchange(s, a, "POST", "/console/login", &[], &right).await;
+    assert_eq!(status, 200, "{body}");
+    let m = &srv.state.metrics;
+    assert_eq!(
+        m.refusals(pushbox::metrics::Reason::LoginThrottled),
+        throttled as u64 + 1
+    );
+}

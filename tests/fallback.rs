@@ -27,6 +27,7 @@ fn fast() -> Options {
         session_timeout: Duration::from_millis(600),
         stream_limit: 256 * 1024,
         rollover_grace: Duration::from_secs(10),
+        first_poll_timeout: Duration::from_secs(10),
         max_sessions: 10_000,
         prelude: true,
     }
@@ -959,4 +960,83 @@ async fn a_session_that_stops_polling_is_closed_with_4100_not_grown() {
     let lines: Vec<&str> = body.lines().collect();
     assert!(lines.last().unwrap().starts_with("c[4100,"), "{body}");
     assert_eq!(send(s.addr, "slow0001", &[]).await, 404);
+}
+
+#[tokio::test]
+async fn a_stalled_stream_is_closed_with_4100_and_its_next_requests_learn_it() {
+    // The case, scaled down: a stream that stopped being read reaches the rollover
+    // point, then its outbox overflows.
+    let s = server(
+        |c| c.server.outbound_queue = 16,
+        Options {
+            stream_limit: 16 * 1024,
+            rollover_grace: Duration::from_secs(60),
+            session_timeout: Duration::from_secs(30),
+            ..fast()
+        },
+    )
+    .await;
+    let (mut stalled, _) = open_stream(s.addr, "stall001").await;
+    assert_eq!(
+        send(s.addr, "stall001", &[subscribe("firehose", "")]).await,
+        204
+    );
+    let kb = "x".repeat(1024);
+    for _ in 0..60 {
+        trigger(s.addr, "firehose", "e", &kb).await;
+    }
+    // The session left its channel at once, like a slow WebSocket.
+    let (_, v) = api(s.addr, "GET", &format!("/apps/{APP_ID}/channels"), "", &[]).await;
+    assert_eq!(v["channels"], json!({}), "{v}");
+    // Its heartbeats are answered as for a closed session (not 204)...
+    assert_eq!(send(s.addr, "stall001", &[]).await, 404);
+    // ...the stalled stream was ended (not held until rollover_grace)...
+    assert!(stalled.ends_within(3000).await, "the stalled stream ends");
+    // ...and the receive request that resumes it gets the close.
+    let body = post(s.addr, &url(KEY, "stall001", "xhr_streaming"), b"")
+        .await
+        .rest()
+        .await;
+    let last = body.lines().last().unwrap_or_default().to_owned();
+    assert!(last.starts_with("c[4100,"), "{body}");
+    let m = &s.state.metrics;
+    assert_eq!(m.refusals(pushbox::metrics::Reason::SlowFallback), 1);
+}
+
+#[tokio::test]
+async fn a_session_that_never_polls_again_frees_its_quota_soon() {
+    let s = server(
+        |c| c.apps[0].max_connections = 1,
+        Options {
+            session_timeout: Duration::from_secs(30),
+            first_poll_timeout: Duration::from_millis(300),
+            ..fast()
+        },
+    )
+    .await;
+    // Opened (`o`), then abandoned.
+    post(s.addr, &url(KEY, "gone0001", "xhr"), b"")
+        .await
+        .rest()
+        .await;
+    let (status, body) = refusal(s.addr, &url(KEY, "real0001", "xhr"), None).await;
+    check_refusal(status, &body, 4004);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Well before session_timeout (30 s) the quota is free again.
+    let body = post(s.addr, &url(KEY, "real0001", "xhr"), b"")
+        .await
+        .rest()
+        .await;
+    assert!(body.starts_with("o\n"), "{body}");
+}
+
+#[tokio::test]
+async fn one_address_holds_at_most_max_connections_per_ip_sessions() {
+    let s = server(|c| c.server.max_connections_per_ip = 2, fast()).await;
+    let (_a, _) = open_stream(s.addr, "addr0001").await;
+    let (_b, _) = open_stream(s.addr, "addr0002").await;
+    let (status, body) = refusal(s.addr, &url(KEY, "addr0003", "xhr_streaming"), None).await;
+    check_refusal(status, &body, 4100);
+    let m = &s.state.metrics;
+    assert_eq!(m.refusals(pushbox::metrics::Reason::PerAddress), 1);
 }

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{free_port, pushbox, Ready, Served, BIN};
+use common::{free_port, pushbox, serve_in, Ready, Served, BIN};
 
 /// A `pushbox serve` on its own state directory (`dir/state`), killed when dropped.
 struct Server {
@@ -22,15 +22,8 @@ struct Server {
 }
 
 fn spawn(dir: tempfile::TempDir, config: &str, port: u16) -> Server {
-    let cfg = dir.path().join("pushbox.toml");
-    std::fs::write(&cfg, config).unwrap();
-    let mut serve = pushbox(&["serve", "--config"]);
-    serve
-        .arg(&cfg)
-        .env("PUSHBOX_STATE_DIR", dir.path().join("state"))
-        .env("PUSHBOX_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut serve = serve_in(dir.path(), config);
+    serve.stdout(Stdio::null()).stderr(Stdio::piped());
     let served = Served::start(&mut serve, port, Ready::Listening);
     let mut s = Server { served, dir };
     // The port answered; make sure it is this server (another test may have taken the port

@@ -444,3 +444,29 @@ async fn coalescing_window_delivers_everything_in_order() {
         assert_eq!(a.recv().await["data"], format!("{i}"));
     }
 }
+
+#[tokio::test]
+async fn one_address_holds_at_most_max_connections_per_ip() {
+    let s = start(|c| c.server.max_connections_per_ip = 2).await;
+    let _a = Client::connect(s.addr).await;
+    let _b = Client::connect(s.addr).await;
+    // The third from 127.0.0.1: pusher:error 4100 (pusher-js backs off and retries), closed.
+    let mut third = connect_raw(s.addr, &format!("/app/{KEY}?protocol=7")).await;
+    let err = next_json(&mut third).await.expect("a pusher:error");
+    assert_eq!(err["event"], "pusher:error", "{err}");
+    assert_eq!(err["data"]["code"], 4100, "{err}");
+    // Another address on the LAN is not affected.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(([127, 0, 0, 2], 0).into()).unwrap();
+    let tcp = tokio_tungstenite::MaybeTlsStream::Plain(sock.connect(s.addr).await.unwrap());
+    let url = format!("ws://{}/app/{KEY}?protocol=7", s.addr);
+    let (mut other, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    let first = next_json(&mut other).await.expect("handshake frame");
+    assert_eq!(first["event"], "pusher:connection_established", "{first}");
+    // A closed connection gives its slot back.
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _c = Client::connect(s.addr).await;
+    let m = &s.state.metrics;
+    assert_eq!(m.refusals(pushbox::metrics::Reason::PerAddress), 1);
+}

@@ -59,6 +59,20 @@ pub fn server_port(env: &dyn Env) -> Result<Option<u16>, ConfigError> {
     })
 }
 
+/// `PUSHBOX_MAX_CONNECTIONS_PER_IP`, if set; a value that is not a count is an error naming it.
+fn max_connections_per_ip(env: &dyn Env) -> Result<Option<u32>, ConfigError> {
+    let var = "PUSHBOX_MAX_CONNECTIONS_PER_IP";
+    let Some(n) = env.get(var) else {
+        return Ok(None);
+    };
+    n.trim().parse().map(Some).map_err(|_| ConfigError::Env {
+        var: var.into(),
+        message: format!(
+            "{n:?} is not a count: use a whole number of connections per address (0 = no limit)"
+        ),
+    })
+}
+
 /// Lays the environment over `config` (the file's values): each variable set wins.
 pub fn apply(config: &mut Config, env: &dyn Env) -> Result<(), ConfigError> {
     if let Some(dir) = state_dir(env) {
@@ -80,9 +94,12 @@ pub fn apply(config: &mut Config, env: &dyn Env) -> Result<(), ConfigError> {
 }
 
 /// pushbox's own settings variables (`PUSHBOX_TLS_CERT` / `PUSHBOX_TLS_KEY`,
-/// `PUSHBOX_CONSOLE_PASSWORD`, `PUSHBOX_METRICS_TOKEN`), which apply the same way with and
+/// `PUSHBOX_CONSOLE_PASSWORD`, `PUSHBOX_METRICS_TOKEN`, `PUSHBOX_MAX_CONNECTIONS_PER_IP`), which apply the same way with and
 /// without `--dev`.
 pub fn apply_pushbox(config: &mut Config, env: &dyn Env) -> Result<(), ConfigError> {
+    if let Some(n) = max_connections_per_ip(env)? {
+        config.server.max_connections_per_ip = n;
+    }
     apply_tls(config, env)?;
     if let Some(p) = env.get("PUSHBOX_CONSOLE_PASSWORD") {
         config

@@ -42,6 +42,14 @@ pub struct ServerConfig {
     pub fallback_session_timeout: Option<Duration>,
     /// HTTP fallback sessions on this server; more are refused with 4100.
     pub max_fallback_sessions: usize,
+    /// Every phase of an HTTP request has this deadline (seconds): the head, then the body; an
+    /// idle keep-alive connection is closed after it, and one whose client stops reading a
+    /// response or whose request has gone nowhere for twice as long is dropped.
+    #[serde(deserialize_with = "super::units::secs")]
+    pub request_timeout: Duration,
+    /// Connections (WebSocket and HTTP fallback sessions) one source address may hold per app;
+    /// more are refused with 4100. 0 = no limit (`PUSHBOX_MAX_CONNECTIONS_PER_IP`).
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +67,11 @@ impl Default for ServerConfig {
             coalesce: Duration::ZERO,
             fallback_session_timeout: None,
             max_fallback_sessions: 10_000,
+            request_timeout: Duration::from_secs(30),
+            // A shop device (a till, a kiosk, a staff browser with a dozen tabs) holds a few
+            // connections; even everyone behind one NAT or reverse proxy in a large shop stays
+            // in the hundreds. A stranger needs ten addresses to fill the default quota.
+            max_connections_per_ip: 1_000,
         }
     }
 }

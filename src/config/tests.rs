@@ -207,6 +207,8 @@ fn a_file_with_only_an_app_takes_every_section_default() {
     assert_eq!(s.coalesce, Duration::ZERO);
     assert_eq!(s.fallback_session_timeout, None);
     assert_eq!(s.max_fallback_sessions, 10_000);
+    assert_eq!(s.request_timeout, Duration::from_secs(30));
+    assert_eq!(s.max_connections_per_ip, 1_000);
     assert_eq!(c.spool.durability, Durability::Fsync);
     assert_eq!(c.spool.max_bytes, 1 << 30);
     assert_eq!(c.spool.events_retain_bytes, 256 << 20);
@@ -462,4 +464,29 @@ fn dev_config_takes_the_pushbox_variables() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("console.password"), "{err}");
+}
+
+#[test]
+fn per_address_limit_and_request_timeout_from_file_and_env() {
+    let tmp = tmpdir("per-ip");
+    let file = format!("[server]\nrequest_timeout = 5\nmax_connections_per_ip = 20\n{APP}");
+    let p = write(tmp.path(), &file);
+    let c = load(Some(&p), &env(&[])).unwrap();
+    assert_eq!(c.server.request_timeout, Duration::from_secs(5));
+    assert_eq!(c.server.max_connections_per_ip, 20);
+    let c = load(Some(&p), &env(&[("PUSHBOX_MAX_CONNECTIONS_PER_IP", "0")])).unwrap();
+    assert_eq!(
+        c.server.max_connections_per_ip, 0,
+        "the environment wins; 0 = no limit"
+    );
+    let err = load(
+        Some(&p),
+        &env(&[("PUSHBOX_MAX_CONNECTIONS_PER_IP", "lots")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("PUSHBOX_MAX_CONNECTIONS_PER_IP"), "{err}");
+    let zero = write(tmp.path(), &format!("[server]\nrequest_timeout = 0\n{APP}"));
+    let err = load(Some(&zero), &env(&[])).unwrap_err().to_string();
+    assert!(err.contains("server.request_timeout"), "{err}");
 }

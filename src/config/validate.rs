@@ -65,6 +65,13 @@ fn durations(config: &Config) -> Result<(), String> {
         ),
         ("server.coalesce_ms", s.coalesce, Millis, zero, COALESCE_MAX),
         (
+            "server.request_timeout",
+            s.request_timeout,
+            Secs,
+            SECOND,
+            TIMER_MAX,
+        ),
+        (
             "spool.events_retain_secs",
             config.spool.events_retain_age,
             Secs,

@@ -12,6 +12,7 @@
 
 pub mod cert;
 pub mod session;
+pub mod throttle;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -29,8 +30,8 @@ use tokio::sync::broadcast;
 use crate::api::{AcceptedEvent, Api, EventTap};
 use crate::config::{Config, ConsoleConfig};
 use crate::context::Shared;
-use crate::http::Body;
-use crate::metrics::Transport;
+use crate::http::{Body, BodyError};
+use crate::metrics::{Reason, Transport};
 use session::{AuthError, Scope, Session, Sessions, CSRF_HEADER};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -95,6 +96,8 @@ pub struct Console {
     sessions: Sessions,
     tap: EventTap,
     ring: Mutex<EventRing>,
+    /// Failed sign-ins per source address.
+    throttle: throttle::LoginThrottle,
 }
 
 impl Console {
@@ -112,6 +115,7 @@ impl Console {
                 next_seq: 0,
                 lost: 0,
             }),
+            throttle: Default::default(),
         })
     }
 
@@ -256,14 +260,20 @@ fn cookie_header(value: &str, max_age: u64, secure: bool) -> String {
     )
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
-    crate::http::read_body(req.into_body(), MAX_BODY)
+async fn read_body(shared: &Shared, req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    let timeout = shared.config.server.request_timeout;
+    crate::http::read_body(req.into_body(), MAX_BODY, timeout)
         .await
-        .map_err(|_| {
-            error(
-                413,
-                format!("Request body too large or unreadable (at most {MAX_BODY} bytes)"),
-            )
+        .map_err(|e| {
+            let status = match e {
+                BodyError::TooLarge => 413,
+                BodyError::Unreadable => 400,
+                BodyError::TimedOut => {
+                    shared.metrics.refused(Reason::HttpTimeout);
+                    408
+                }
+            };
+            error(status, e.message(MAX_BODY, timeout))
         })
 }
 
@@ -281,7 +291,15 @@ async fn login(
     peer: SocketAddr,
     secure: bool,
 ) -> Response<Body> {
-    let body = match read_body(req).await {
+    // Before anything is read or checked: a throttled address learns nothing from trying.
+    let failures = match console
+        .throttle
+        .attempt(peer.ip(), std::time::Instant::now())
+    {
+        Ok(n) => n,
+        Err(t) => return throttled(shared, peer, &t),
+    };
+    let body = match read_body(shared, req).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -305,13 +323,15 @@ async fn login(
         _ => None,
     };
     let Some(scope) = scope else {
-        tracing::info!(%peer, "console sign-in refused: wrong password or app key/secret");
+        shared.metrics.refused(Reason::LoginFailed);
+        tracing::warn!(%peer, failures, "console sign-in refused: wrong password or app key/secret");
         tokio::time::sleep(FAILED_LOGIN_DELAY).await;
         return error(
             401,
             "Wrong password, or wrong app key and secret: check [console] password (PUSHBOX_CONSOLE_PASSWORD) or the app's credentials",
         );
     };
+    console.throttle.succeeded(peer.ip());
     let expires = now_secs().saturating_add(cfg.session_lifetime.as_secs());
     let (value, session) = console.sessions.issue(&scope, expires);
     tracing::info!(%peer, scope = ?scope, "console sign-in");
@@ -326,6 +346,16 @@ async fn login(
     )) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
+    r
+}
+
+/// 429 with `Retry-After` for a sign-in from an address that failed too often; logged.
+fn throttled(shared: &Shared, peer: SocketAddr, t: &throttle::Throttled) -> Response<Body> {
+    shared.metrics.refused(Reason::LoginThrottled);
+    tracing::warn!(%peer, retry_after = t.retry_after, locked = t.locked, "console sign-in throttled");
+    let mut r = error(429, t.message());
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(t.retry_after));
     r
 }
 
@@ -467,7 +497,7 @@ async fn publish(
     session: &Session,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let body = match read_body(req).await {
+    let body = match read_body(shared, req).await {
         Ok(b) => b,
         Err(r) => return r,
     };

@@ -9,7 +9,9 @@
 //! publish takes, so it never waits on a publish nor makes one wait) for channel and
 //! subscription counts.
 
+pub mod addresses;
 pub mod logfmt;
+pub mod refusals;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -22,6 +24,9 @@ use crate::config::{Cidr, Config, MetricsConfig};
 use crate::hub::Hub;
 use crate::protocol::auth::constant_time_eq;
 use crate::protocol::CloseCode;
+use addresses::{Addresses, NO_SLOT};
+pub use refusals::Reason;
+use refusals::Refusals;
 
 /// How a connection reaches pushbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,10 +62,20 @@ pub struct TransportCounters {
     pub bytes_out: AtomicU64,
 }
 
-/// Counters of one app, per transport.
-#[derive(Default, Debug)]
+/// Counters of one app, per transport, and its open connections per source address.
+#[derive(Debug)]
 pub struct AppMetrics {
     transports: [TransportCounters; 2],
+    pub addresses: Addresses,
+}
+
+impl AppMetrics {
+    fn new(max_connections_per_ip: u32) -> AppMetrics {
+        AppMetrics {
+            transports: Default::default(),
+            addresses: Addresses::new(max_connections_per_ip),
+        }
+    }
 }
 
 impl AppMetrics {
@@ -69,14 +84,37 @@ impl AppMetrics {
     }
 }
 
-/// One open connection, counted in the `connections` gauge until dropped. Transports count
-/// their frames through it.
+/// One open connection, counted in the `connections` gauge (and in its source address's
+/// share, see [`addresses`]) until dropped. Transports count their frames through it.
+///
+/// 24 bytes, in every idle WebSocket: the address slot sits in what would be padding.
 #[derive(Debug)]
 pub struct ConnectionGuard {
-    counter: FrameCounter,
+    app: Arc<AppMetrics>,
+    transport: Transport,
+    /// Where this connection is counted in `app.addresses` ([`NO_SLOT`]: nowhere).
+    slot: u32,
     /// Keeps a graceful shutdown waiting while the connection lives: the guard lives exactly
     /// as long as the connection, dropped after its session, so it carries that too.
     _done: crate::shutdown::Done,
+}
+
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<ConnectionGuard>() == 24);
+
+/// A connection counted against its source address's share before it exists (admission runs
+/// before the WebSocket upgrade or the fallback session); given back when dropped unless it
+/// became a [`ConnectionGuard`].
+#[derive(Debug)]
+pub struct AddressSlot {
+    app: Arc<AppMetrics>,
+    slot: u32,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        self.app.addresses.release(self.slot);
+    }
 }
 
 impl ConnectionGuard {
@@ -87,7 +125,14 @@ impl ConnectionGuard {
     }
 
     fn counters(&self) -> &TransportCounters {
-        self.counter.counters()
+        self.app.transport(self.transport)
+    }
+
+    fn counter(&self) -> FrameCounter {
+        FrameCounter {
+            app: self.app.clone(),
+            transport: self.transport,
+        }
     }
 
     /// A frame of `bytes` payload bytes came from the client.
@@ -101,18 +146,18 @@ impl ConnectionGuard {
     /// A frame of `bytes` payload bytes went to the client.
     #[inline]
     pub fn frame_out(&self, bytes: usize) {
-        self.counter.frames_out(1, bytes);
+        self.frames_out(1, bytes);
     }
 
     /// Counts a batch of frames at once (a transport that drains its outbox in one go).
     pub fn frames_out(&self, frames: u64, bytes: usize) {
-        self.counter.frames_out(frames, bytes);
+        count_out(self.counters(), frames, bytes);
     }
 
     /// A handle that counts this connection's outgoing frames from outside its task (frames
     /// written straight from the fan-out); it doesn't hold the connection open in the gauge.
     pub fn frame_counter(&self) -> FrameCounter {
-        self.counter.clone()
+        self.counter()
     }
 }
 
@@ -128,7 +173,7 @@ impl FrameCounter {
     #[cfg(test)]
     pub fn detached(transport: Transport) -> FrameCounter {
         FrameCounter {
-            app: Arc::default(),
+            app: Arc::new(AppMetrics::new(0)),
             transport,
         }
     }
@@ -139,18 +184,22 @@ impl FrameCounter {
 
     /// `frames` frames of `bytes` payload bytes in all went to the client.
     pub fn frames_out(&self, frames: u64, bytes: usize) {
-        if frames == 0 {
-            return;
-        }
-        let c = self.counters();
-        c.frames_out.fetch_add(frames, Relaxed);
-        c.bytes_out.fetch_add(bytes as u64, Relaxed);
+        count_out(self.counters(), frames, bytes);
     }
+}
+
+fn count_out(c: &TransportCounters, frames: u64, bytes: usize) {
+    if frames == 0 {
+        return;
+    }
+    c.frames_out.fetch_add(frames, Relaxed);
+    c.bytes_out.fetch_add(bytes as u64, Relaxed);
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.counters().open.fetch_sub(1, Relaxed);
+        self.app.addresses.release(self.slot);
     }
 }
 
@@ -195,6 +244,7 @@ pub struct Metrics {
     /// Connections refused by close code, index `code - 4000`; others in `rejected_other`.
     rejected: Box<[AtomicU64]>,
     rejected_other: AtomicU64,
+    refusals: Refusals,
     webhooks: OnceLock<WebhookProvider>,
     spool: OnceLock<SpoolProvider>,
     started: Instant,
@@ -218,12 +268,16 @@ impl Metrics {
             apps: config
                 .apps
                 .iter()
-                .map(|a| (a.id.clone(), Arc::new(AppMetrics::default())))
+                .map(|a| {
+                    let m = AppMetrics::new(config.server.max_connections_per_ip);
+                    (a.id.clone(), Arc::new(m))
+                })
                 .collect(),
-            other_app: Arc::new(AppMetrics::default()),
+            other_app: Arc::new(AppMetrics::new(0)),
             api_status: atomics(500),
             rejected: atomics(REJECT_SLOTS),
             rejected_other: AtomicU64::new(0),
+            refusals: Refusals::default(),
             webhooks: OnceLock::new(),
             spool: OnceLock::new(),
             started: Instant::now(),
@@ -245,12 +299,36 @@ impl Metrics {
 
     /// Counts an open connection of `app_id` over `transport` until the guard is dropped.
     pub fn connection_opened(&self, app_id: &str, transport: Transport) -> ConnectionGuard {
+        self.opened(self.app(app_id).clone(), transport, NO_SLOT)
+    }
+
+    /// Counts one more connection of `app_id` from `ip`, or `None` when that address already
+    /// holds `server.max_connections_per_ip` of the app's connections.
+    pub fn address_slot(&self, app_id: &str, ip: IpAddr) -> Option<AddressSlot> {
         let app = self.app(app_id).clone();
+        let slot = app.addresses.acquire(ip)?;
+        Some(AddressSlot { app, slot })
+    }
+
+    /// [`connection_opened`](Self::connection_opened) for a connection admitted with `slot`:
+    /// the guard gives the slot back when the connection ends.
+    pub fn connection_opened_from(
+        &self,
+        mut slot: AddressSlot,
+        transport: Transport,
+    ) -> ConnectionGuard {
+        let n = std::mem::replace(&mut slot.slot, NO_SLOT);
+        self.opened(slot.app.clone(), transport, n)
+    }
+
+    fn opened(&self, app: Arc<AppMetrics>, transport: Transport, slot: u32) -> ConnectionGuard {
         let c = app.transport(transport);
         c.open.fetch_add(1, Relaxed);
         c.opened_total.fetch_add(1, Relaxed);
         ConnectionGuard {
-            counter: FrameCounter { app, transport },
+            app,
+            transport,
+            slot,
             _done: Default::default(),
         }
     }
@@ -273,6 +351,16 @@ impl Metrics {
             Some(a) => a.fetch_add(1, Relaxed),
             None => self.rejected_other.fetch_add(1, Relaxed),
         };
+    }
+
+    /// Something was refused or cut off to protect the box (see [`Reason`]).
+    pub fn refused(&self, reason: Reason) {
+        self.refusals.count(reason);
+    }
+
+    /// How often `reason` happened since start.
+    pub fn refusals(&self, reason: Reason) -> u64 {
+        self.refusals.get(reason)
     }
 
     /// The HTTP API answered with `status`.
@@ -514,6 +602,17 @@ impl Metrics {
             );
         }
 
+        header(
+            w,
+            "pushbox_refusals_total",
+            "counter",
+            "Requests and connections refused or closed to protect the box, by reason.",
+        );
+        for r in Reason::ALL {
+            let n = self.refusals(r);
+            let _ = writeln!(w, "pushbox_refusals_total{{reason=\"{}\"}} {n}", r.label());
+        }
+
         if let Some(s) = self.webhooks() {
             let gauge = |w: &mut String, name: &str, kind: &str, help: &str, v: u64| {
                 header(w, name, kind, help);
@@ -657,6 +756,7 @@ mod tests {
         m.api_request(9999);
         m.connection_rejected(4001);
         m.connection_rejected(1008);
+        m.refused(Reason::LoginThrottled);
         let text = m.render(&hub);
         for line in [
             "pushbox_connections{app=\"1\",transport=\"websocket\"} 1",
@@ -668,6 +768,8 @@ mod tests {
             "pushbox_connections_rejected_total{code=\"4001\",reason=\"app_not_found\"} 1",
             "pushbox_connections_rejected_total{code=\"other\",reason=\"other\"} 1",
             "pushbox_channels{app=\"1\"} 0",
+            "pushbox_refusals_total{reason=\"login_throttled\"} 1",
+            "pushbox_refusals_total{reason=\"fd_reserve\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

@@ -1,17 +1,22 @@
 //! Listening: binding an address (with an error that says what to do), the accept loops of the
-//! plain and TLS listeners, and one hyper HTTP/1.1 connection per accepted socket.
+//! plain and TLS listeners (each socket counted against the open-files budget, see `conns`),
+//! and one hyper HTTP/1.1 connection per accepted socket, with its phases tracked.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
+use super::conns::{Admission, Conn, ConnHandle, REFUSAL_503};
 use super::{route, tls, State};
 use crate::config::Config;
+use crate::http::Body;
+use crate::metrics::{Reason, Transport};
 
 /// Binds the configured plain address.
 pub async fn bind(config: &Config) -> std::io::Result<TcpListener> {
@@ -75,17 +80,20 @@ async fn accept_loop(state: Arc<State>, listener: TcpListener, tls: Option<Arc<t
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(conn) = admit(&state, &stream, peer, tls.is_some()) else {
+                        continue;
+                    };
                     let state = state.clone();
                     let _ = stream.set_nodelay(true);
                     match &tls {
                         None => {
-                            tokio::spawn(async move { connection(state, stream, peer, false).await });
+                            tokio::spawn(async move { connection(state, stream, peer, false, conn).await });
                         }
                         Some(tls) => {
                             let acceptor = tls.acceptor();
                             tokio::spawn(async move {
                                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                    Ok(Ok(s)) => connection(state, s, peer, true).await,
+                                    Ok(Ok(s)) => connection(state, s, peer, true, conn).await,
                                     Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                                     Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                                 }
@@ -94,31 +102,119 @@ async fn accept_loop(state: Arc<State>, listener: TcpListener, tls: Option<Arc<t
                     }
                 }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
+                    // EMFILE and friends: something outside the connection budget took the
+                    // descriptors. Make room by closing the slowest connection and retry soon;
+                    // otherwise back off instead of spinning.
+                    let out_of_fds = matches!(e.raw_os_error(), Some(nix::libc::EMFILE | nix::libc::ENFILE));
+                    let pause = if out_of_fds && state.conns.evict_one() {
+                        state.metrics.refused(Reason::Evicted);
+                        Duration::from_millis(10)
+                    } else {
+                        Duration::from_millis(100)
+                    };
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
     }
 }
 
-async fn connection<I>(state: Arc<State>, stream: I, peer: SocketAddr, secure: bool)
-where
+/// Counts a new socket against the open-files budget. `None`: there was no room, and the
+/// client was answered 503 (plain) or closed (TLS, which cannot read a plain answer).
+fn admit(state: &State, stream: &TcpStream, peer: SocketAddr, secure: bool) -> Option<ConnHandle> {
+    let websockets = state.metrics.open_connections(Transport::WebSocket).max(0) as u64;
+    match state.conns.admit(websockets) {
+        (Admission::Serve(conn), evicted) => {
+            if evicted {
+                state.metrics.refused(Reason::Evicted);
+                tracing::info!(%peer, "near the open-files limit: closed the slowest HTTP connection to serve a new one");
+            }
+            Some(conn)
+        }
+        (Admission::Refuse, _) => {
+            state.metrics.refused(Reason::FdReserve);
+            tracing::warn!(%peer, "near the open-files limit with no slow connection to close: new connection answered 503 (raise LimitNOFILE)");
+            if !secure {
+                // A fresh socket's send buffer is empty: this never blocks, and a short write
+                // only cuts the answer.
+                let _ = stream.try_write(REFUSAL_503);
+            }
+            None
+        }
+    }
+}
+
+/// One HTTP/1.1 connection until it ends, is upgraded, or is told to close (a deadline, or
+/// evicted to make room); its phases are tracked in `conn`.
+async fn connection<I>(
+    state: Arc<State>,
+    stream: I,
+    peer: SocketAddr,
+    secure: bool,
+    conn: ConnHandle,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let timeout = state.conns.timeout;
+    let tracked = conn.conn.clone();
     let svc = service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(route::route(state, req, peer, secure).await) }
+        let phase = tracked.clone();
+        async move {
+            phase.busy();
+            let r = route::route(state, req, peer, secure).await;
+            phase.busy();
+            Ok::<_, Infallible>(r.map(|body| Tracked { body, phase }.boxed()))
+        }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
+    let http = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .max_buf_size(64 * 1024)
-        .header_read_timeout(Duration::from_secs(30))
+        // The head, and the wait for the next one on an idle keep-alive connection.
+        .header_read_timeout(timeout)
         .timer(hyper_util::rt::TokioTimer::new())
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
-    if let Err(e) = conn.await {
-        tracing::debug!(%peer, error = %e, "http connection error");
+    tokio::select! {
+        r = http => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "http connection error");
+            }
+        }
+        _ = conn.conn.closed() => tracing::debug!(%peer, "http connection closed: deadline passed or evicted"),
+    }
+}
+
+/// A response body that tells its connection's phase: data handed to hyper restarts the
+/// deadline, a body waiting for our data (a fallback stream between events) has none.
+struct Tracked {
+    body: Body,
+    phase: Arc<Conn>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Infallible>>> {
+        let p = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if p.is_pending() {
+            self.phase.quiet();
+        } else {
+            self.phase.busy();
+        }
+        p
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }

@@ -9,10 +9,12 @@
 //! command line and calls [`run`].
 //!
 //! - `listen`: binding, the accept loops, one hyper connection per socket;
+//! - `conns`: the open HTTP connections, their deadlines and the open-files reserve;
 //! - `route`: which module answers a request, and the two small endpoints kept here;
 //! - `run`: `pushbox serve` from the loaded configuration to exit;
 //! - `tls`: the certificate, reloadable on SIGHUP.
 
+mod conns;
 mod listen;
 mod route;
 mod run;
@@ -44,6 +46,8 @@ pub struct State {
     pub fallback: Arc<Registry>,
     /// The web console, when `[console]` is configured.
     pub console: Option<Console>,
+    /// The open HTTP connections (deadlines, the open-files reserve).
+    conns: Arc<conns::Conns>,
 }
 
 impl State {
@@ -73,7 +77,14 @@ impl State {
         api.tap = console.as_ref().map(|c| c.tap());
         let fallback = Registry::start(fallback, handle.subscribe().signal());
         let shared = Arc::new(Shared::new(config, hub.clone(), handle.subscribe()));
+        let conns = conns::Conns::start(
+            shared.config.server.request_timeout,
+            crate::sys::limits::nofile_soft(),
+            shared.metrics.clone(),
+            handle.subscribe().signal(),
+        );
         let state = State {
+            conns,
             metrics: shared.metrics.clone(),
             shared,
             hub,

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -13,6 +14,7 @@ use hyper::{Request, Response, StatusCode};
 use super::State;
 use crate::api::{ApiError, ApiRequest, ApiResponse};
 use crate::http::{self, json, json_error, Body, BodyError};
+use crate::metrics::Reason;
 use crate::transport::{fallback, ws::upgrade};
 
 pub(super) async fn route(
@@ -43,7 +45,7 @@ pub(super) async fn route(
         return crate::console::handle(shared, console, &state.api, req, peer, secure).await;
     }
     if fallback::is_fallback_path(&shared.config.server.http_path, path) {
-        return fallback::handle(shared, &state.fallback, req).await;
+        return fallback::handle(shared, &state.fallback, req, peer).await;
     }
     if upgrade::app_key(&shared.config.server.ws_path, path).is_some() {
         return json_error(
@@ -84,13 +86,15 @@ fn metrics(state: &State, req: &Request<Incoming>, peer: SocketAddr) -> Response
 /// `/apps/…`: reads the body (capped) and hands the request to the API as plain parts.
 async fn api(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let (parts, body) = req.into_parts();
-    let max = state.shared.config.server.max_request_bytes;
-    let body = match http::read_body(body, max).await {
+    let server = &state.shared.config.server;
+    let (max, timeout) = (server.max_request_bytes, server.request_timeout);
+    let body = match http::read_body(body, max, timeout).await {
         Ok(b) => b,
         Err(e) => {
             let refused = ApiResponse::from(match e {
                 BodyError::TooLarge => ApiError::BodyTooLarge { max },
                 BodyError::Unreadable => ApiError::UnreadableBody,
+                BodyError::TimedOut => return body_timed_out(state, peer, &e, timeout),
             });
             return json(refused.status, refused.body);
         }
@@ -108,4 +112,19 @@ async fn api(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Respons
         tracing::info!(%peer, status = r.status, path = parts.uri.path(), error = %r.body, "api request refused");
     }
     json(r.status, r.body)
+}
+
+/// 408 for a body that did not arrive in time, logged and counted.
+fn body_timed_out(
+    state: &State,
+    peer: SocketAddr,
+    e: &BodyError,
+    timeout: Duration,
+) -> Response<Body> {
+    state.metrics.refused(Reason::HttpTimeout);
+    tracing::info!(%peer, "request body not received within request_timeout: 408");
+    let mut r = json_error(408, &e.message(0, timeout));
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }

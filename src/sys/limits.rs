@@ -59,6 +59,14 @@ pub fn raise_nofile_limit() -> Result<(u64, u64), LimitsError> {
     Ok((to_u64(soft), to_u64(hard)))
 }
 
+/// The open-files soft limit in force now (after [`raise_nofile_limit`]), if it can be read;
+/// `None` when unlimited.
+pub fn nofile_soft() -> Option<u64> {
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let soft = to_u64(soft);
+    (soft != to_u64(RLIM_INFINITY)).then_some(soft)
+}
+
 /// The soft limit to ask for: the hard limit, capped by `nr_open` when the hard limit is
 /// unlimited; never lower than the current soft limit.
 pub fn target_soft_limit(soft: u64, hard: u64, nr_open: Option<u64>) -> u64 {

@@ -7,7 +7,7 @@
 pub mod process;
 
 #[allow(unused_imports)]
-pub use process::{config_toml, free_port, http_blocking, pushbox, Ready, Served, BIN};
+pub use process::{config_toml, free_port, http_blocking, pushbox, serve_in, Ready, Served, BIN};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,19 @@ pub fn pushbox(args: &[&str]) -> Command {
     }
     c.env_remove("NOTIFY_SOCKET").env_remove("LISTEN_FDS");
     c
+}
+
+/// `pushbox serve` on the configuration `config`, written to `dir/pushbox.toml`, with its state
+/// in `dir/state` and warnings only in its log; stdout and stderr as the caller sets them.
+pub fn serve_in(dir: &Path, config: &str) -> Command {
+    let cfg = dir.join("pushbox.toml");
+    std::fs::write(&cfg, config).expect("write the config file");
+    let mut serve = pushbox(&["serve", "--config"]);
+    serve
+        .arg(&cfg)
+        .env("PUSHBOX_STATE_DIR", dir.join("state"))
+        .env("PUSHBOX_LOG", "warn");
+    serve
 }
 
 /// A port that is free on 127.0.0.1 now (another test may still take it before the server

@@ -3,18 +3,26 @@
 //! lines to whichever receive request is attached (`xhr_streaming` or `xhr` polling). It sends
 //! `o` once, heartbeats idle streams, ends polls, stops a stream at pusher-js's rollover point,
 //! turns close requests into `c[code,"reason"]`, and destroys the session when nobody has
-//! polled or sent for `session_timeout` — dropping the `Session`, exactly like a WebSocket close.
+//! polled or sent for `session_timeout` (`first_poll_timeout` for a session that never came
+//! back after its first receive request) — dropping the `Session`, exactly like a WebSocket
+//! close.
+//!
+//! A client that can't keep up is closed like a slow WebSocket: its outbox overflows, the
+//! session leaves its channels at once (4100), and its next request learns it: the next
+//! receive gets `c[4100,…]`, an `xhr_send` meanwhile is answered as for a closed session. A
+//! stream already past the rollover point (the client stopped reading it) is ended then, so
+//! the close waits for the receive request that resumes it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::frames;
 use super::registry::Registry;
 use crate::hub::Outbox;
-use crate::metrics::ConnectionGuard;
+use crate::metrics::{ConnectionGuard, Metrics, Reason};
 use crate::protocol::{message, CloseCode, Frame};
 use crate::session::{Session, Tick};
 
@@ -26,8 +34,9 @@ pub(super) const STREAM_CHUNKS: usize = 4;
 pub(super) enum Cmd {
     /// A receive request arrived; its response body reads from `tx`'s channel.
     Attach(Receiver),
-    /// The frames of one `xhr_send` (an empty list is a heartbeat).
-    Send(Vec<String>),
+    /// The frames of one `xhr_send` (an empty list is a heartbeat); the task answers whether
+    /// the session took them (`false`: it is closed, its close line waits for a receive).
+    Send(Vec<String>, oneshot::Sender<bool>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +76,8 @@ pub(super) struct Driver {
     pub shutdown: watch::Receiver<bool>,
     /// Counts this session in `/metrics` (transport `http`) while it lives, and its frames.
     pub conn: ConnectionGuard,
+    /// Where a session closed for not keeping up is counted.
+    pub metrics: Arc<Metrics>,
 }
 
 enum Wake {
@@ -105,7 +116,25 @@ struct Run {
     /// Last receive request or `xhr_send`: the session expires `session_timeout` after it
     /// while no receive request is attached.
     last_contact: Instant,
+    /// The client came back (a second receive request or an `xhr_send`): until then a
+    /// detached session expires after the shorter `first_poll_timeout`, so sessions opened
+    /// and abandoned by the thousand hold the app's quota only briefly.
+    proven: bool,
+    /// The close line went out (and was counted).
+    close_sent: bool,
     batch: Vec<Frame>,
+}
+
+impl Run {
+    /// When a session with no receive request attached expires.
+    fn expiry(&self, opts: &super::Options) -> Instant {
+        let idle = if self.proven {
+            opts.session_timeout
+        } else {
+            opts.first_poll_timeout.min(opts.session_timeout)
+        };
+        self.last_contact + idle
+    }
 }
 
 impl Driver {
@@ -117,6 +146,8 @@ impl Driver {
             opened: false,
             pending: true,
             last_contact: now,
+            proven: false,
+            close_sent: false,
             batch: Vec::new(),
         };
         loop {
@@ -125,6 +156,12 @@ impl Driver {
             if self.session.is_some() && self.outbox.is_closing() {
                 self.session = None;
                 r.pending = true;
+                // A stream past the rollover point takes no more lines: end it, so the client
+                // resumes and its next receive request gets the close line.
+                if r.attached.as_ref().is_some_and(|a| a.full_since.is_some()) {
+                    r.attached = None;
+                    r.last_contact = Instant::now();
+                }
             }
             let now = Instant::now();
             let mut deadline = never(now);
@@ -151,7 +188,7 @@ impl Driver {
                     (Kind::Streaming, Some(t)) => t + opts.rollover_grace,
                     (Kind::Polling, _) => a.since + opts.poll_hold,
                 }),
-                None => deadline.min(r.last_contact + opts.session_timeout),
+                None => deadline.min(r.expiry(&opts)),
             };
             let tx = r.attached.as_ref().map(|a| a.tx.clone());
             let want_write =
@@ -175,6 +212,7 @@ impl Driver {
                 Wake::Cmd(None) => break,
                 Wake::Cmd(Some(Cmd::Attach(recv))) => {
                     let now = Instant::now();
+                    r.proven |= r.opened;
                     let mut prefix = Vec::new();
                     if recv.kind == Kind::Streaming && opts.prelude {
                         prefix.extend_from_slice(&frames::PRELUDE);
@@ -200,9 +238,13 @@ impl Driver {
                         s.activity();
                     }
                 }
-                Wake::Cmd(Some(Cmd::Send(texts))) => {
-                    r.last_contact = Instant::now();
+                Wake::Cmd(Some(Cmd::Send(texts, reply))) => {
+                    // A closed session's heartbeats don't keep it: it lasts until its close
+                    // line is fetched or it expires.
+                    let _ = reply.send(self.session.is_some());
                     if let Some(s) = &mut self.session {
+                        r.last_contact = Instant::now();
+                        r.proven = true;
                         if texts.is_empty() {
                             s.activity();
                         }
@@ -215,6 +257,7 @@ impl Driver {
                 Wake::Ready => r.pending = true,
                 Wake::Permit(Some(permit)) => {
                     if self.flush(&mut r, permit, &opts) {
+                        r.close_sent = true;
                         break;
                     }
                 }
@@ -233,9 +276,12 @@ impl Driver {
                                 r.last_contact = now;
                             } else if a.full_since.is_none() && now >= a.last_write + opts.heartbeat
                             {
-                                // A full channel means the client isn't reading: skip the beat.
+                                // A full channel means the client isn't reading: skip the beat
+                                // (and wait a whole interval again, not spin on the deadline).
                                 if a.tx.try_send(Bytes::from_static(frames::HEARTBEAT)).is_ok() {
                                     wrote(a, frames::HEARTBEAT.len(), now, &opts);
+                                } else {
+                                    a.last_write = now;
                                 }
                             }
                         }
@@ -247,8 +293,8 @@ impl Driver {
                             }
                         }
                         None => {
-                            if now >= r.last_contact + opts.session_timeout {
-                                tracing::debug!(session = %self.key, "fallback session expired");
+                            if now >= r.expiry(&opts) {
+                                tracing::debug!(session = %self.key, proven = r.proven, "fallback session expired");
                                 break;
                             }
                         }
@@ -257,6 +303,12 @@ impl Driver {
             }
         }
         self.registry.remove(&self.key, self.id);
+        // A close line nobody came for still counts.
+        if !r.close_sent {
+            if let Some(c) = self.outbox.drain(&mut r.batch) {
+                self.closed_with(c.code);
+            }
+        }
         // Dropping the session leaves every channel, presence and signin, and frees the quota slot.
         drop(self.session.take());
     }
@@ -291,6 +343,7 @@ impl Driver {
         }
         if let Some(c) = &close {
             frames::push_close(&mut chunk, c.code, &c.reason);
+            self.closed_with(c.code);
         }
         if chunk.is_empty() {
             return false;
@@ -308,6 +361,14 @@ impl Driver {
             r.last_contact = now;
         }
         false
+    }
+
+    /// Counts a session closed because its client did not keep up (4100).
+    fn closed_with(&self, code: u16) {
+        if code == CloseCode::OverCapacity.code() {
+            self.metrics.refused(Reason::SlowFallback);
+            tracing::info!(session = %self.key, "fallback session closed with 4100: its client did not keep up");
+        }
     }
 
     /// Server shutdown: tell the attached client to reconnect at once (4200).

@@ -10,6 +10,7 @@ mod frames;
 mod registry;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,7 +21,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 pub use registry::{Options, Registry};
 
@@ -92,12 +93,13 @@ pub async fn handle(
     shared: &Shared,
     registry: &Arc<Registry>,
     req: Request<Incoming>,
+    peer: SocketAddr,
 ) -> Response<Body> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut resp = if req.method() == Method::OPTIONS {
         preflight(req.headers())
     } else {
-        dispatch(shared, registry, req).await
+        dispatch(shared, registry, req, peer).await
     };
     cors(resp.headers_mut(), origin);
     resp
@@ -107,6 +109,7 @@ async fn dispatch(
     shared: &Shared,
     registry: &Arc<Registry>,
     req: Request<Incoming>,
+    peer: SocketAddr,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let http_path = &shared.config.server.http_path;
@@ -141,6 +144,7 @@ async fn dispatch(
                 app_key: target.key,
                 origin: origin.as_deref(),
                 query: &query,
+                peer,
             };
             receive(shared, registry, &key, kind, client).await
         }
@@ -153,6 +157,7 @@ struct Client<'a> {
     app_key: &'a str,
     origin: Option<&'a str>,
     query: &'a str,
+    peer: SocketAddr,
 }
 
 /// A receive request: attach to the session, or open it (running the WebSocket handshake's
@@ -181,8 +186,9 @@ async fn receive(
         Err(code) => return refused(shared, code),
     };
     let opened = registry.open(key, || {
+        let slot = shared.admit_address(&app.config.id, client.peer)?;
         if app.try_connect() {
-            Ok(())
+            Ok(slot)
         } else {
             Err(CloseCode::OverQuota)
         }
@@ -198,13 +204,13 @@ async fn receive(
         }
         Err(Err(code)) => return refused(shared, code),
     };
-    if let Some((id, cmds)) = new {
+    if let Some((id, cmds, slot)) = new {
         let outbox = Arc::new(Outbox::new(
             shared.hub.next_conn_id(),
             shared.new_socket_id(),
             shared.config.server.outbound_queue,
         ));
-        let conn = shared.connection_opened(&app.config.id, crate::metrics::Transport::Http);
+        let conn = shared.connection_opened(slot, crate::metrics::Transport::Http);
         let session = Session::open(app, outbox.clone(), shared.liveness);
         let d = Driver {
             key: key.to_owned(),
@@ -215,6 +221,7 @@ async fn receive(
             cmds,
             shutdown: shared.shutdown_signal(),
             conn,
+            metrics: shared.metrics.clone(),
         };
         tokio::spawn(d.run());
     }
@@ -253,17 +260,24 @@ async fn send(
     key: &str,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let max = shared.config.server.max_request_bytes;
-    let body = match http::read_body(req.into_body(), max).await {
+    let server = &shared.config.server;
+    let (max, timeout) = (server.max_request_bytes, server.request_timeout);
+    let body = match http::read_body(req.into_body(), max, timeout).await {
         Ok(b) => b,
-        Err(BodyError::TooLarge) => {
+        Err(e) => {
+            let status = match e {
+                BodyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                BodyError::Unreadable => StatusCode::BAD_REQUEST,
+                BodyError::TimedOut => {
+                    shared.metrics.refused(crate::metrics::Reason::HttpTimeout);
+                    StatusCode::REQUEST_TIMEOUT
+                }
+            };
+            let why = e.message(max, timeout);
             return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("xhr_send body larger than {max} bytes (server.max_request_bytes)"),
-            )
-        }
-        Err(BodyError::Unreadable) => {
-            return text(StatusCode::BAD_REQUEST, "Could not read the xhr_send body")
+                status,
+                format!("xhr_send: {why} (server.max_request_bytes, server.request_timeout)"),
+            );
         }
     };
     let frames: Vec<String> = match serde_json::from_slice(&body) {
@@ -281,13 +295,22 @@ async fn send(
             "Unknown or expired session: open it with an xhr_streaming or xhr request first",
         );
     };
-    match tokio::time::timeout(SEND_TIMEOUT, h.tx.send(Cmd::Send(frames))).await {
-        Ok(Ok(())) => {
+    let (reply, taken) = oneshot::channel();
+    let sent = async {
+        h.tx.send(Cmd::Send(frames, reply)).await.ok()?;
+        taken.await.ok()
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, sent).await {
+        Ok(Some(true)) => {
             let mut r = http::empty(StatusCode::NO_CONTENT);
             no_store(r.headers_mut());
             r
         }
-        Ok(Err(_)) => text(StatusCode::NOT_FOUND, "Session closed"),
+        // Ended, or closed (4100, terminated…) with its close line waiting for a receive.
+        Ok(Some(false) | None) => text(
+            StatusCode::NOT_FOUND,
+            "Session closed: its next xhr_streaming or xhr request gets the close code",
+        ),
         Err(_) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "Session busy: frames not taken in time, retry",

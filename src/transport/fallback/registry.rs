@@ -33,11 +33,20 @@ pub struct Options {
     pub stream_limit: usize,
     /// A stream past `stream_limit` whose client never rolls over is ended after this long.
     pub rollover_grace: Duration,
+    /// A session whose client never came back after its first receive request (no second
+    /// receive, no `xhr_send`) is destroyed after this instead of `session_timeout`. pusher-js
+    /// polls again at once and sends its subscriptions within milliseconds; an abandoned
+    /// session (thousands of them, from a stranger) holds the app's quota this long only.
+    pub first_poll_timeout: Duration,
     /// Total fallback sessions on this server; more are refused with 4100.
     pub max_sessions: usize,
     /// Send the 2 KiB `h` prelude at the start of every streaming response.
     pub prelude: bool,
 }
+
+/// Ten seconds: a real client's second request comes within milliseconds, a phone on a poor
+/// Wi-Fi within a few seconds; a third of the default `session_timeout` (30 s).
+const FIRST_POLL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Options {
     pub fn from_config(config: &Config) -> Options {
@@ -51,6 +60,7 @@ impl Options {
                 .max(Duration::from_secs(1)),
             stream_limit: 256 * 1024,
             rollover_grace: Duration::from_secs(10),
+            first_poll_timeout: FIRST_POLL_TIMEOUT,
             max_sessions: config.server.max_fallback_sessions,
             prelude: true,
         }
@@ -105,13 +115,13 @@ impl Registry {
     /// Registers a new session at `key` unless one is there already (`Ok((handle, None))`).
     /// `admit` runs under the registry lock once the cap allows a new session (it counts the
     /// connection against the app's quota, or refuses); on success the new session's command
-    /// queue is returned to be handed to its task.
+    /// queue and what `admit` returned are handed back for its task.
     #[allow(clippy::type_complexity)]
-    pub(super) fn open<E>(
+    pub(super) fn open<T, E>(
         &self,
         key: &str,
-        admit: impl FnOnce() -> Result<(), E>,
-    ) -> Result<(Handle, Option<(u64, mpsc::Receiver<Cmd>)>), Result<OpenError, E>> {
+        admit: impl FnOnce() -> Result<T, E>,
+    ) -> Result<(Handle, Option<(u64, mpsc::Receiver<Cmd>, T)>), Result<OpenError, E>> {
         let mut map = self.lock();
         if let Some(h) = map.get(key).filter(|h| !h.tx.is_closed()) {
             return Ok((h.clone(), None));
@@ -120,12 +130,12 @@ impl Registry {
         if map.len() >= self.options.max_sessions {
             return Err(Ok(OpenError::Full));
         }
-        admit().map_err(Err)?;
+        let admitted = admit().map_err(Err)?;
         let (tx, rx) = mpsc::channel(CMD_QUEUE);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let handle = Handle { tx, id };
         map.insert(key.to_owned(), handle.clone());
-        Ok((handle, Some((id, rx))))
+        Ok((handle, Some((id, rx, admitted))))
     }
 
     /// Forgets the session `id` at `key` (a newer session under the same key is kept).
@@ -156,22 +166,8 @@ impl Registry {
     }
 }
 
-fn spawn_janitor(registry: &Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
-    let weak = Arc::downgrade(registry);
+fn spawn_janitor(registry: &Arc<Registry>, shutdown: watch::Receiver<bool>) {
     let every = (registry.options.session_timeout / 2)
         .clamp(Duration::from_secs(1), Duration::from_secs(15));
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(every);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                _ = interval.tick() => {}
-            }
-            match weak.upgrade() {
-                Some(r) => r.sweep(),
-                None => break,
-            }
-        }
-    });
+    crate::shutdown::spawn_periodic(registry, every, shutdown, Registry::sweep);
 }

@@ -15,6 +15,7 @@ use super::{refuse, spawn, WsParams};
 use crate::context::Shared;
 use crate::http::{self, Body};
 use crate::hub::App;
+use crate::metrics::AddressSlot;
 use crate::protocol::CloseCode;
 use crate::session;
 use crate::transport::wsframe;
@@ -56,14 +57,14 @@ pub fn upgrade(
         return r;
     };
     // Decide before upgrading; refusals are sent as pusher:error + close code after the upgrade.
-    let verdict = admit(shared, &req);
+    let verdict = admit(shared, &req, peer);
     let upgrade = hyper::upgrade::on(&mut req);
     let shared = shared.clone();
     tokio::spawn(async move {
         let upgraded = match upgrade.await {
             Ok(u) => u,
             Err(e) => {
-                if let Ok(app) = &verdict {
+                if let Ok((app, _slot)) = &verdict {
                     app.disconnected();
                 }
                 tracing::debug!(error = %e, "websocket upgrade failed");
@@ -71,7 +72,7 @@ pub fn upgrade(
             }
         };
         match verdict {
-            Ok(app) => {
+            Ok((app, slot)) => {
                 let params = WsParams {
                     liveness: shared.liveness,
                     outbound_queue: shared.config.server.outbound_queue,
@@ -79,8 +80,7 @@ pub fn upgrade(
                     conn_id: shared.hub.next_conn_id(),
                     socket_id: shared.new_socket_id(),
                     shutdown: shared.shutdown_signal(),
-                    conn: shared
-                        .connection_opened(&app.config.id, crate::metrics::Transport::WebSocket),
+                    conn: shared.connection_opened(slot, crate::metrics::Transport::WebSocket),
                 };
                 spawn(upgraded, app, params);
             }
@@ -118,9 +118,13 @@ fn accept_key<B>(req: &Request<B>) -> Option<String> {
     Some(wsframe::accept_key(key.as_bytes()))
 }
 
-/// The app the client may join, counted against its quota; or the close code that says why
-/// not.
-fn admit<B>(shared: &Shared, req: &Request<B>) -> Result<Arc<App>, CloseCode> {
+/// The app the client may join, counted against its quota and its address's share; or the
+/// close code that says why not.
+fn admit<B>(
+    shared: &Shared,
+    req: &Request<B>,
+    peer: SocketAddr,
+) -> Result<(Arc<App>, AddressSlot), CloseCode> {
     let key =
         app_key(&shared.config.server.ws_path, req.uri().path()).ok_or(CloseCode::PathNotFound)?;
     if key.is_empty() || key.contains('/') {
@@ -132,10 +136,11 @@ fn admit<B>(shared: &Shared, req: &Request<B>) -> Result<Arc<App>, CloseCode> {
         .and_then(|v| v.to_str().ok());
     let query = req.uri().query().unwrap_or("");
     let app = session::admit(&shared.hub, key, query, origin)?;
+    let slot = shared.admit_address(&app.config.id, peer)?;
     if !app.try_connect() {
         return Err(CloseCode::OverQuota);
     }
-    Ok(app)
+    Ok((app, slot))
 }
 
 #[cfg(test)]
