@@ -7,17 +7,20 @@
 //!   on a plain temp directory where mounting is refused: it needs no small filesystem).
 //!
 //! In both: the API answers 503 with a JSON object whose `error` says what to do; nothing that
-//! got a 200 is lost and nothing that got a 503 is in the log; the server restarts on the full
-//! disk and recovers cleanly (no torn tail to cut: the failed write was cut back); once there is
-//! room again publishing works. Where mounting is refused (not root, no CAP_SYS_ADMIN) the
-//! ENOSPC case prints `SKIPPED: …` and passes.
+//! got a 200 is lost and nothing that got a 503 is in the log, nor was it delivered to a
+//! subscriber (the log finds out the disk is full before the fan-out: it keeps space reserved
+//! ahead); the server restarts on the full disk and recovers cleanly (no torn tail to cut: the
+//! failed write was cut back); once there is room again publishing works. Where mounting is
+//! refused (not root, no CAP_SYS_ADMIN) the ENOSPC cases print `SKIPPED: …` and pass.
 
 mod common;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::{free_port, http_blocking as request, pushbox, Ready, Served, APP_ID};
+use std::time::Duration;
+
+use common::{free_port, http_blocking as request, pushbox, Ready, Served, Subscriber, APP_ID};
 
 // ---------------------------------------------------------------- a small filesystem
 
@@ -280,6 +283,62 @@ fn enospc_answers_503_keeps_the_log_intact_and_publishing_resumes_once_space_is_
         let log = std::fs::read_to_string(work.path().join(format!("stderr-{run}.log"))).unwrap();
         assert!(!log.contains("panicked"), "{run}: {log}");
     }
+}
+
+#[test]
+fn enospc_refuses_before_delivery_so_subscribers_get_exactly_the_accepted_events() {
+    let fs = match Tmpfs::mount("2m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            println!("SKIPPED enospc delivery test: {why} (run as root to mount a 2 MiB tmpfs)");
+            return;
+        }
+    };
+    let work = tempfile::tempdir().unwrap();
+    let state = fs.path().join("state");
+    let port = free_port();
+    write_config(work.path(), port, 1 << 30);
+    let filler = fs.path().join("filler");
+    std::fs::write(&filler, vec![0xa5u8; 1536 * 1024]).unwrap();
+
+    let s = start(work.path(), &state, port, "deliver");
+    let sub = Subscriber::start(s.addr(), "orders");
+    let mut acked = Vec::new();
+    let body = publish_until_503(&s, &mut acked, 5000);
+    let msg = assert_actionable_503(&body, &["Free space", "free space"]);
+    assert!(
+        msg.contains("not delivered"),
+        "the 503 says nothing was delivered: {msg}"
+    );
+    assert!(
+        !msg.contains("twice"),
+        "a refused event reached nobody: {msg}"
+    );
+    let refused = payload(acked.len());
+    for _ in 0..3 {
+        assert_eq!(s.publish(&refused).0, 503);
+    }
+    let got = sub.received(Duration::from_millis(500));
+    assert!(
+        !got.contains(&refused),
+        "an event answered 503 was delivered to a subscriber"
+    );
+    assert_eq!(
+        got.len(),
+        acked.len(),
+        "every accepted event, and only those"
+    );
+    assert!(
+        got == acked,
+        "the subscriber got the accepted events in order"
+    );
+    assert_log_is(&state, &acked);
+
+    // Room again: the same event is accepted and delivered once.
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(s.publish(&refused).0, 200);
+    assert_eq!(sub.received(Duration::from_millis(300)), vec![refused]);
+    s.stop();
 }
 
 #[test]
