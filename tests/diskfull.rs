@@ -20,7 +20,7 @@ use std::process::Command;
 
 use std::time::Duration;
 
-use common::{free_port, http_blocking as request, pushbox, Ready, Served, Subscriber, APP_ID};
+use common::{free_port, http_blocking as request, pushbox, Ready, Served, Subscriber};
 
 // ---------------------------------------------------------------- a small filesystem
 
@@ -107,39 +107,9 @@ fn start(work: &Path, state: &Path, port: u16, run: &str) -> Served {
     Served::start_logged(&mut serve, port, Ready::Up, stderr)
 }
 
-/// What these tests do with a server on a full disk.
-impl Served {
-    fn assert_no_panic(&self) {
-        let log = self.log();
-        assert!(!log.contains("panicked"), "the server panicked:\n{log}");
-    }
-
-    /// SIGTERM and wait: a graceful stop must succeed even on a full disk.
-    fn stop(mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let st = self.child.wait().unwrap();
-        assert!(st.success(), "graceful stop failed ({st}):\n{}", self.log());
-        self.assert_no_panic();
-    }
-
-    /// SIGKILL and wait.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        let _ = self.child.wait();
-        self.assert_no_panic();
-    }
-
-    /// A signed publish of one event with `data`.
-    fn publish(&self, data: &str) -> (u16, String) {
-        let body =
-            serde_json::json!({"name": "disk-test", "channel": "orders", "data": data}).to_string();
-        let signed = common::signed("POST", &format!("/apps/{APP_ID}/events"), &body, &[]);
-        request(self.addr(), "POST", &signed, &body).expect("the server answers")
-    }
+/// A signed publish of one event with `data` to `orders`.
+fn publish(s: &Served, data: &str) -> (u16, String) {
+    s.trigger("disk-test", "orders", data)
 }
 
 /// `data` of every record in the event log, read from outside the server; seqs contiguous.
@@ -179,7 +149,7 @@ fn payload(i: usize) -> String {
 fn publish_until_503(s: &Served, acked: &mut Vec<String>, limit: usize) -> String {
     for _ in 0..limit {
         let data = payload(acked.len());
-        match s.publish(&data) {
+        match publish(s, &data) {
             (200, _) => acked.push(data),
             (503, body) => return body,
             (st, body) => panic!("unexpected {st} after {} events: {body}", acked.len()),
@@ -242,7 +212,7 @@ fn enospc_answers_503_keeps_the_log_intact_and_publishing_resumes_once_space_is_
     // Still refusing (not crashing, not hanging), and the refusals left nothing behind.
     // (Same size as the refused one: a smaller record may still fit in the last page.)
     for _ in 0..5 {
-        let (st, b) = s.publish(&payload(acked.len()));
+        let (st, b) = publish(&s, &payload(acked.len()));
         assert_eq!(st, 503, "{b}");
     }
     assert_eq!(request(s.addr(), "GET", "/up", "").unwrap().0, 200);
@@ -251,7 +221,7 @@ fn enospc_answers_503_keeps_the_log_intact_and_publishing_resumes_once_space_is_
     // A restart on the full disk: graceful stop, start, still a clean 503.
     s.stop();
     let s = start(work.path(), &state, port, "restart-full");
-    let (st, b) = s.publish(&payload(acked.len()));
+    let (st, b) = publish(&s, &payload(acked.len()));
     assert_eq!(st, 503, "{b}");
     assert_actionable_503(&b, &["Free space", "free space"]);
     assert_log_is(&state, &acked);
@@ -260,7 +230,7 @@ fn enospc_answers_503_keeps_the_log_intact_and_publishing_resumes_once_space_is_
     std::fs::remove_file(&filler).unwrap();
     for _ in 0..50 {
         let data = payload(acked.len());
-        let (st, b) = s.publish(&data);
+        let (st, b) = publish(&s, &data);
         assert_eq!(st, 200, "publishing resumes once space is freed: {b}");
         acked.push(data);
     }
@@ -275,7 +245,7 @@ fn enospc_answers_503_keeps_the_log_intact_and_publishing_resumes_once_space_is_
         "the event log needed recovery after the disk-full episode:\n{log}"
     );
     let data = payload(acked.len());
-    assert_eq!(s.publish(&data).0, 200);
+    assert_eq!(publish(&s, &data).0, 200);
     acked.push(data);
     s.stop();
     assert_log_is(&state, &acked);
@@ -316,7 +286,7 @@ fn enospc_refuses_before_delivery_so_subscribers_get_exactly_the_accepted_events
     );
     let refused = payload(acked.len());
     for _ in 0..3 {
-        assert_eq!(s.publish(&refused).0, 503);
+        assert_eq!(publish(&s, &refused).0, 503);
     }
     let got = sub.received(Duration::from_millis(500));
     assert!(
@@ -336,7 +306,7 @@ fn enospc_refuses_before_delivery_so_subscribers_get_exactly_the_accepted_events
 
     // Room again: the same event is accepted and delivered once.
     std::fs::remove_file(&filler).unwrap();
-    assert_eq!(s.publish(&refused).0, 200);
+    assert_eq!(publish(&s, &refused).0, 200);
     assert_eq!(sub.received(Duration::from_millis(300)), vec![refused]);
     s.stop();
 }
@@ -380,7 +350,7 @@ fn disk_cap_answers_503_before_the_disk_fills_and_a_raised_cap_takes_events_agai
         );
     }
     for _ in 0..3 {
-        assert_eq!(s.publish(&payload(acked.len())).0, 503);
+        assert_eq!(publish(&s, &payload(acked.len())).0, 503);
     }
     assert_log_is(&state, &acked);
 
@@ -391,7 +361,7 @@ fn disk_cap_answers_503_before_the_disk_fills_and_a_raised_cap_takes_events_agai
     assert!(!s.log().contains("recovered"), "{}", s.log());
     for _ in 0..20 {
         let data = payload(acked.len());
-        let (st, b) = s.publish(&data);
+        let (st, b) = publish(&s, &data);
         assert_eq!(st, 200, "{b}");
         acked.push(data);
     }
