@@ -3,17 +3,33 @@
 //! `durability = "memory"`), with the channels it went to and how many sockets each reached.
 //! Retention by size and age keeps it within an SD card's budget. `pushbox events tail` reads
 //! it from another process while the server runs.
+//!
+//! It says before an event is delivered whether it can keep it: disk space is reserved ahead
+//! of the writer ([`RESERVE_BYTES`]), and a watcher checks every [`WATCH_EVERY`] that its
+//! directory is still the one it opened. A full disk is refused until there is room again (no
+//! restart); a removed directory or an I/O error until an operator acts (see README,
+//! "Durability").
 
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{AcceptedEvent, AppendError, EventLog as EventLogTrait};
+use crate::api::{AcceptedEvent, AppendError, EventLog as EventLogTrait, LogFuture, LogStatus};
 use crate::config::{Config, Durability};
-use crate::spool::{self, RecoveryReport, Spool, SpoolError, SpoolOptions};
+use crate::spool::{self, Condition, RecoveryReport, Spool, SpoolError, SpoolOptions};
+
+/// Disk space kept allocated ahead of the writer. Half of it is what may be on its way when
+/// the disk fills up (events that passed the check and are not yet written): 128 KiB is a
+/// hundred 1 KB events, far more than a shop's publishers have in flight at once. One
+/// `fallocate` per 128 KiB written; the rest of the disk stays usable down to this much.
+pub const RESERVE_BYTES: u64 = 256 * 1024;
+
+/// How often the directory's identity is checked (two `stat`s, a few microseconds). Events
+/// accepted between an `rm -rf` and the next check are lost with the directory; a quarter
+/// second bounds that without waking an idle box more than four times a second.
+pub const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// One accepted event as stored (one JSON object per spool record).
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -51,6 +67,7 @@ impl EventLog {
             },
             retain_bytes: Some(config.spool.events_retain_bytes),
             retain_age: Some(config.spool.events_retain_age),
+            reserve_bytes: RESERVE_BYTES,
             ..SpoolOptions::default()
         };
         let (spool, report) = Spool::open(dir(&config.state_dir), options)?;
@@ -83,10 +100,47 @@ impl EventLog {
             }
         })
     }
+
+    /// Checks the directory every [`WATCH_EVERY`] and logs each change of the log's
+    /// condition (a full disk, writable again, its directory lost).
+    pub fn spawn_watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(WATCH_EVERY);
+            let mut was = Condition::Writable;
+            loop {
+                tick.tick().await;
+                let spool = me.spool.clone();
+                // A stat on a failing card may block: not on a runtime thread.
+                let _ = tokio::task::spawn_blocking(move || spool.check_directory()).await;
+                let now = me.spool.condition();
+                if now != was {
+                    log_condition(now, me.spool.refusal());
+                    was = now;
+                }
+            }
+        })
+    }
+}
+
+fn log_condition(now: Condition, why: Option<SpoolError>) {
+    let why = why.map(|e| e.to_string()).unwrap_or_default();
+    match now {
+        Condition::Writable => tracing::info!("event log writable again: publishing resumes"),
+        Condition::DiskFull => {
+            tracing::warn!(error = %why, "event log: disk full, refusing publishes (503)")
+        }
+        Condition::IoError | Condition::DirectoryLost => {
+            tracing::error!(error = %why, "event log cannot write, refusing publishes (503)")
+        }
+    }
 }
 
 impl EventLogTrait for EventLog {
     fn check_capacity(&self) -> Result<(), AppendError> {
+        if let Some(e) = self.spool.refusal() {
+            return Err(AppendError::Refused(e));
+        }
         let stats = self.spool.stats();
         match self.spool.max_bytes() {
             Some(max_bytes) if stats.total_bytes >= max_bytes => Err(AppendError::Full {
@@ -98,10 +152,29 @@ impl EventLogTrait for EventLog {
         }
     }
 
-    fn append(
-        &self,
-        events: Vec<AcceptedEvent>,
-    ) -> Pin<Box<dyn std::future::Future<Output = Result<(), AppendError>> + Send + '_>> {
+    fn recheck(&self, refused: AppendError) -> LogFuture<'_> {
+        Box::pin(async move {
+            match refused {
+                AppendError::Refused(_) => match self.spool.probe().await {
+                    Some(e) => Err(AppendError::Refused(e)),
+                    None => self.check_capacity(),
+                },
+                other => Err(other),
+            }
+        })
+    }
+
+    fn status(&self) -> LogStatus {
+        match (self.spool.condition(), self.check_capacity()) {
+            (_, Ok(())) => LogStatus::Ok,
+            (Condition::IoError | Condition::DirectoryLost, Err(e)) => {
+                LogStatus::Down(e.to_string())
+            }
+            (_, Err(e)) => LogStatus::Full(e.to_string()),
+        }
+    }
+
+    fn append(&self, events: Vec<AcceptedEvent>) -> LogFuture<'_> {
         Box::pin(async move {
             let mut waiting = Vec::new();
             for e in events {

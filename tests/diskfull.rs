@@ -7,17 +7,20 @@
 //!   on a plain temp directory where mounting is refused: it needs no small filesystem).
 //!
 //! In both: the API answers 503 with a JSON object whose `error` says what to do; nothing that
-//! got a 200 is lost and nothing that got a 503 is in the log; the server restarts on the full
-//! disk and recovers cleanly (no torn tail to cut: the failed write was cut back); once there is
-//! room again publishing works. Where mounting is refused (not root, no CAP_SYS_ADMIN) the
-//! ENOSPC case prints `SKIPPED: …` and passes.
+//! got a 200 is lost and nothing that got a 503 is in the log, nor was it delivered to a
+//! subscriber (the log finds out the disk is full before the fan-out: it keeps space reserved
+//! ahead); the server restarts on the full disk and recovers cleanly (no torn tail to cut: the
+//! failed write was cut back); once there is room again publishing works. Where mounting is
+//! refused (not root, no CAP_SYS_ADMIN) the ENOSPC cases print `SKIPPED: …` and pass.
 
 mod common;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::{free_port, http_blocking as request, pushbox, Ready, Served, APP_ID};
+use std::time::Duration;
+
+use common::{free_port, http_blocking as request, pushbox, Ready, Served, Subscriber};
 
 // ---------------------------------------------------------------- a small filesystem
 
@@ -104,39 +107,9 @@ fn start(work: &Path, state: &Path, port: u16, run: &str) -> Served {
     Served::start_logged(&mut serve, port, Ready::Up, stderr)
 }
 
-/// What these tests do with a server on a full disk.
-impl Served {
-    fn assert_no_panic(&self) {
-        let log = self.log();
-        assert!(!log.contains("panicked"), "the server panicked:\n{log}");
-    }
-
-    /// SIGTERM and wait: a graceful stop must succeed even on a full disk.
-    fn stop(mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let st = self.child.wait().unwrap();
-        assert!(st.success(), "graceful stop failed ({st}):\n{}", self.log());
-        self.assert_no_panic();
-    }
-
-    /// SIGKILL and wait.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        let _ = self.child.wait();
-        self.assert_no_panic();
-    }
-
-    /// A signed publish of one event with `data`.
-    fn publish(&self, data: &str) -> (u16, String) {
-        let body =
-            serde_json::json!({"name": "disk-test", "channel": "orders", "data": data}).to_string();
-        let signed = common::signed("POST", &format!("/apps/{APP_ID}/events"), &body, &[]);
-        request(self.addr(), "POST", &signed, &body).expect("the server answers")
-    }
+/// A signed publish of one event with `data` to `orders`.
+fn publish(s: &Served, data: &str) -> (u16, String) {
+    s.trigger("disk-test", "orders", data)
 }
 
 /// `data` of every record in the event log, read from outside the server; seqs contiguous.
@@ -176,7 +149,7 @@ fn payload(i: usize) -> String {
 fn publish_until_503(s: &Served, acked: &mut Vec<String>, limit: usize) -> String {
     for _ in 0..limit {
         let data = payload(acked.len());
-        match s.publish(&data) {
+        match publish(s, &data) {
             (200, _) => acked.push(data),
             (503, body) => return body,
             (st, body) => panic!("unexpected {st} after {} events: {body}", acked.len()),
@@ -239,7 +212,7 @@ fn enospc_answers_503_keeps_the_log_intact_and_publishing_resumes_once_space_is_
     // Still refusing (not crashing, not hanging), and the refusals left nothing behind.
     // (Same size as the refused one: a smaller record may still fit in the last page.)
     for _ in 0..5 {
-        let (st, b) = s.publish(&payload(acked.len()));
+        let (st, b) = publish(&s, &payload(acked.len()));
         assert_eq!(st, 503, "{b}");
     }
     assert_eq!(request(s.addr(), "GET", "/up", "").unwrap().0, 200);
@@ -248,7 +221,7 @@ fn enospc_answers_503_keeps_the_log_intact_and_publishing_resumes_once_space_is_
     // A restart on the full disk: graceful stop, start, still a clean 503.
     s.stop();
     let s = start(work.path(), &state, port, "restart-full");
-    let (st, b) = s.publish(&payload(acked.len()));
+    let (st, b) = publish(&s, &payload(acked.len()));
     assert_eq!(st, 503, "{b}");
     assert_actionable_503(&b, &["Free space", "free space"]);
     assert_log_is(&state, &acked);
@@ -257,7 +230,7 @@ fn enospc_answers_503_keeps_the_log_intact_and_publishing_resumes_once_space_is_
     std::fs::remove_file(&filler).unwrap();
     for _ in 0..50 {
         let data = payload(acked.len());
-        let (st, b) = s.publish(&data);
+        let (st, b) = publish(&s, &data);
         assert_eq!(st, 200, "publishing resumes once space is freed: {b}");
         acked.push(data);
     }
@@ -272,7 +245,7 @@ fn enospc_answers_503_keeps_the_log_intact_and_publishing_resumes_once_space_is_
         "the event log needed recovery after the disk-full episode:\n{log}"
     );
     let data = payload(acked.len());
-    assert_eq!(s.publish(&data).0, 200);
+    assert_eq!(publish(&s, &data).0, 200);
     acked.push(data);
     s.stop();
     assert_log_is(&state, &acked);
@@ -280,6 +253,62 @@ fn enospc_answers_503_keeps_the_log_intact_and_publishing_resumes_once_space_is_
         let log = std::fs::read_to_string(work.path().join(format!("stderr-{run}.log"))).unwrap();
         assert!(!log.contains("panicked"), "{run}: {log}");
     }
+}
+
+#[test]
+fn enospc_refuses_before_delivery_so_subscribers_get_exactly_the_accepted_events() {
+    let fs = match Tmpfs::mount("2m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            println!("SKIPPED enospc delivery test: {why} (run as root to mount a 2 MiB tmpfs)");
+            return;
+        }
+    };
+    let work = tempfile::tempdir().unwrap();
+    let state = fs.path().join("state");
+    let port = free_port();
+    write_config(work.path(), port, 1 << 30);
+    let filler = fs.path().join("filler");
+    std::fs::write(&filler, vec![0xa5u8; 1536 * 1024]).unwrap();
+
+    let s = start(work.path(), &state, port, "deliver");
+    let sub = Subscriber::start(s.addr(), "orders");
+    let mut acked = Vec::new();
+    let body = publish_until_503(&s, &mut acked, 5000);
+    let msg = assert_actionable_503(&body, &["Free space", "free space"]);
+    assert!(
+        msg.contains("not delivered"),
+        "the 503 says nothing was delivered: {msg}"
+    );
+    assert!(
+        !msg.contains("twice"),
+        "a refused event reached nobody: {msg}"
+    );
+    let refused = payload(acked.len());
+    for _ in 0..3 {
+        assert_eq!(publish(&s, &refused).0, 503);
+    }
+    let got = sub.received(Duration::from_millis(500));
+    assert!(
+        !got.contains(&refused),
+        "an event answered 503 was delivered to a subscriber"
+    );
+    assert_eq!(
+        got.len(),
+        acked.len(),
+        "every accepted event, and only those"
+    );
+    assert!(
+        got == acked,
+        "the subscriber got the accepted events in order"
+    );
+    assert_log_is(&state, &acked);
+
+    // Room again: the same event is accepted and delivered once.
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(publish(&s, &refused).0, 200);
+    assert_eq!(sub.received(Duration::from_millis(300)), vec![refused]);
+    s.stop();
 }
 
 #[test]
@@ -321,7 +350,7 @@ fn disk_cap_answers_503_before_the_disk_fills_and_a_raised_cap_takes_events_agai
         );
     }
     for _ in 0..3 {
-        assert_eq!(s.publish(&payload(acked.len())).0, 503);
+        assert_eq!(publish(&s, &payload(acked.len())).0, 503);
     }
     assert_log_is(&state, &acked);
 
@@ -332,7 +361,7 @@ fn disk_cap_answers_503_before_the_disk_fills_and_a_raised_cap_takes_events_agai
     assert!(!s.log().contains("recovered"), "{}", s.log());
     for _ in 0..20 {
         let data = payload(acked.len());
-        let (st, b) = s.publish(&data);
+        let (st, b) = publish(&s, &data);
         assert_eq!(st, 200, "{b}");
         acked.push(data);
     }

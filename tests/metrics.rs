@@ -251,6 +251,7 @@ async fn metrics_match_what_the_test_did() {
         .metrics
         .set_spool(|| pushbox::metrics::SpoolSnapshot {
             bytes: vec![("events", 4096)],
+            ..Default::default()
         });
     one.ws.close(None).await.unwrap();
     drop(one);

@@ -68,7 +68,7 @@ pub enum ApiError {
     UserCountNeedsPresenceChannel,
     /// `users` asked of a channel that is not a presence channel.
     NotPresence { channel: String },
-    /// The event log refused before anything was delivered (it is full).
+    /// The event log refused before anything was delivered (it is full, or cannot write).
     LogRefused(AppendError),
     /// The event log failed after the event was delivered to `reached` sockets.
     NotStored { error: AppendError, reached: usize },
@@ -183,11 +183,16 @@ impl fmt::Display for ApiError {
                 "{channel} is not a presence channel: users are only listed for presence-… channels"
             ),
             ApiError::LogRefused(e) => write!(f, "{e}"),
-            // The capacity check refuses before delivering; a write that fails after it
-            // (ENOSPC, I/O error) comes after delivery, and the sender must know that.
+            // Refusals before delivery are `LogRefused`; this write failed after delivery, so
+            // say whether anyone has the event (and whether a retry would deliver it twice).
+            ApiError::NotStored { error, reached: 0 } => write!(
+                f,
+                "{error}. It reached no live connection: sending it again is safe"
+            ),
             ApiError::NotStored { error, reached } => write!(
                 f,
-                "{error} (the event already reached {reached} live connection(s); a retry may deliver it twice)"
+                "{error}. It was already delivered to {reached} live connection(s): sending it \
+                 again delivers it to them twice"
             ),
         }
     }

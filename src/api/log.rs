@@ -1,6 +1,7 @@
 //! What the API hands on after it accepted an event: the event log (durable, before the
 //! answer) and the console's tap (lossy, for display). The log's failures are typed
 //! ([`AppendError`]) so the API maps them to its `503` in one place ([`super::ApiError`]).
+//! The log also says whether it can take events at all ([`LogStatus`], for `/up`).
 
 use std::fmt;
 use std::future::Future;
@@ -22,17 +23,37 @@ pub struct AcceptedEvent {
     pub delivered: Vec<usize>,
 }
 
+/// A boxed future of the event log (the trait is used as `dyn EventLog`).
+pub type LogFuture<'a> = Pin<Box<dyn Future<Output = Result<(), AppendError>> + Send + 'a>>;
+
 /// Where accepted events go before the API answers (the spool's event log).
 pub trait EventLog: Send + Sync {
-    /// Refuses new events up front (a full disk) so nothing is delivered that can't be kept.
+    /// Refuses new events up front (its cap reached, a full disk, its directory gone) so
+    /// nothing is delivered that can't be kept. Called for every event: no I/O while healthy.
     fn check_capacity(&self) -> Result<(), AppendError> {
         Ok(())
     }
+    /// After [`check_capacity`](Self::check_capacity) refused with `refused`: looks once more
+    /// (a disk may have room again) and says whether the event may be taken now.
+    fn recheck(&self, refused: AppendError) -> LogFuture<'_> {
+        Box::pin(std::future::ready(Err(refused)))
+    }
+    /// Whether the log takes events, for `/up`.
+    fn status(&self) -> LogStatus {
+        LogStatus::Ok
+    }
     /// Records the events; the API answers 200 only after this returns `Ok`.
-    fn append(
-        &self,
-        events: Vec<AcceptedEvent>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), AppendError>> + Send + '_>>;
+    fn append(&self, events: Vec<AcceptedEvent>) -> LogFuture<'_>;
+}
+
+/// Whether the event log takes events (what `/up` reports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogStatus {
+    Ok,
+    /// Refusing events until it has room again (its cap, a full disk); that needs no restart.
+    Full(String),
+    /// Refusing events until someone acts (an I/O error, its directory removed).
+    Down(String),
 }
 
 /// Why the event log did not take an event.
@@ -49,6 +70,9 @@ pub enum AppendError {
     },
     /// The event could not be encoded as a log record.
     Encode(serde_json::Error),
+    /// The log refuses events now (a full disk, an I/O error, its directory removed): said
+    /// before anything was delivered.
+    Refused(SpoolError),
     /// `durability = "memory"`: the record could not even be queued (the writer is gone).
     NotQueued(SpoolError),
     /// The write or its fsync failed: the disk is full (ENOSPC), the spool's cap was hit
@@ -68,6 +92,11 @@ impl fmt::Display for AppendError {
                 "The event log is full ({used_bytes} of {max_bytes} bytes in {}): raise spool.max_bytes or lower spool.events_retain_bytes; nothing was published",
                 dir.display()
             ),
+            AppendError::Refused(e) => write!(
+                f,
+                "The event log cannot take events: {e}. The event was not stored and not \
+                 delivered to anyone: send it again once that is fixed"
+            ),
             AppendError::Encode(e) => write!(f, "cannot encode the event for the log: {e}"),
             AppendError::NotQueued(e) => write!(f, "The event was not stored: {e}"),
             AppendError::NotDurable(e) => write!(f, "The event was not stored durably: {e}"),
@@ -80,7 +109,9 @@ impl std::error::Error for AppendError {
         match self {
             AppendError::Full { .. } => None,
             AppendError::Encode(e) => Some(e),
-            AppendError::NotQueued(e) | AppendError::NotDurable(e) => Some(e),
+            AppendError::Refused(e) | AppendError::NotQueued(e) | AppendError::NotDurable(e) => {
+                Some(e)
+            }
         }
     }
 }

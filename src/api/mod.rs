@@ -17,7 +17,7 @@ use crate::hub::{App, Hub};
 use crate::protocol::{channel, message, signing, ChannelKind, Frame, SocketId};
 
 pub use error::ApiError;
-pub use log::{AcceptedEvent, AppendError, EventLog, EventTap};
+pub use log::{AcceptedEvent, AppendError, EventLog, EventTap, LogFuture, LogStatus};
 
 /// The parts of an HTTP request the API needs.
 pub struct ApiRequest<'a> {
@@ -118,6 +118,11 @@ impl Api {
             return ApiError::AppDisabled.into();
         }
         self.trigger(&app, body).await.unwrap_or_else(Into::into)
+    }
+
+    /// Whether accepted events can be stored (for `/up`).
+    pub fn log_status(&self) -> LogStatus {
+        self.log.as_ref().map_or(LogStatus::Ok, |l| l.status())
     }
 
     /// Handles one request under `/apps/`.
@@ -266,9 +271,18 @@ impl Api {
     }
 
     /// Delivers validated events, then records them in the event log before the answer.
+    ///
+    /// Delivery comes first so that the subscribers don't wait for the fsync (the group commit
+    /// overlaps it with the fan-out) and so the record says how many sockets each channel
+    /// reached. A 503 must still mean "not delivered": the log says up front whether it can
+    /// take events (it keeps disk space reserved ahead and watches its directory), so a full
+    /// disk or a removed directory refuses the event here, before anyone got it.
     async fn publish(&self, app: &Arc<App>, items: Vec<Validated>) -> Result<(), ApiError> {
         if let Some(log) = &self.log {
-            log.check_capacity().map_err(ApiError::LogRefused)?;
+            if let Err(refused) = log.check_capacity() {
+                // Only now, never on the hot path: a disk with room again is noticed here.
+                log.recheck(refused).await.map_err(ApiError::LogRefused)?;
+            }
         }
         let mut accepted = Vec::with_capacity(items.len());
         for v in items {
@@ -299,8 +313,9 @@ impl Api {
         }
         if let Some(log) = &self.log {
             let reached: usize = accepted.iter().flat_map(|e| e.delivered.iter()).sum();
-            // The capacity check above refuses before delivering; a write that fails after it
-            // (ENOSPC, I/O error) comes after delivery, and the sender must know that.
+            // The check above refuses before delivering; a write that still fails after it (an
+            // I/O error, more events on their way than the reserved room) comes after
+            // delivery, and the sender must know whether a retry delivers twice.
             log.append(accepted)
                 .await
                 .map_err(|error| ApiError::NotStored { error, reached })?;

@@ -385,32 +385,38 @@ async fn errors_keep_their_status_and_exact_message() {
     assert!(r.body.contains("server.max_request_bytes"));
 }
 
-/// An event log that is full, or whose writes fail, as the spool's can be.
-struct FailingLog {
-    full: bool,
+/// An event log that is full, refuses (a full disk), or whose writes fail, as the spool's can.
+#[derive(Clone, Copy, PartialEq)]
+enum Failure {
+    Cap,
+    DiskFull,
+    WriteFails,
 }
+
+struct FailingLog(Failure);
+
+const LOG_DIR: &str = "/var/lib/pushbox/events";
 
 impl EventLog for FailingLog {
     fn check_capacity(&self) -> Result<(), AppendError> {
-        match self.full {
-            true => Err(AppendError::Full {
-                dir: "/var/lib/pushbox/events".into(),
+        match self.0 {
+            Failure::Cap => Err(AppendError::Full {
+                dir: LOG_DIR.into(),
                 used_bytes: 10,
                 max_bytes: 10,
             }),
-            false => Ok(()),
+            Failure::DiskFull => Err(AppendError::Refused(crate::spool::SpoolError::DiskFull {
+                path: LOG_DIR.into(),
+                source: std::io::Error::from_raw_os_error(28),
+            })),
+            Failure::WriteFails => Ok(()),
         }
     }
 
-    fn append(
-        &self,
-        _: Vec<AcceptedEvent>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), AppendError>> + Send + '_>>
-    {
-        let dir = std::path::PathBuf::from("/var/lib/pushbox/events");
+    fn append(&self, _: Vec<AcceptedEvent>) -> super::LogFuture<'_> {
         Box::pin(async {
             Err(AppendError::NotDurable(crate::spool::SpoolError::Closed {
-                dir,
+                dir: LOG_DIR.into(),
             }))
         })
     }
@@ -418,32 +424,51 @@ impl EventLog for FailingLog {
 
 #[tokio::test]
 async fn event_log_failures_answer_503() {
-    for full in [true, false] {
+    for (failure, subscribed) in [
+        (Failure::Cap, true),
+        (Failure::DiskFull, true),
+        (Failure::WriteFails, true),
+        (Failure::WriteFails, false),
+    ] {
         let c = AppConfig::with_defaults("7", KEY, SECRET);
         let hub = Arc::new(Hub::new(vec![c], Arc::new(NoObserver)));
+        let channel = if subscribed { "orders" } else { "nobody" };
         let sub = subscriber(&hub, 1, "orders");
-        let api = Api::new(hub, Some(Arc::new(FailingLog { full })));
-        let body = r#"{"name":"e","channel":"orders","data":"x"}"#;
-        let (s, v) = call(&api, "POST", "/apps/7/events", body, &[]).await;
+        let api = Api::new(hub, Some(Arc::new(FailingLog(failure))));
+        let body = format!(r#"{{"name":"e","channel":"{channel}","data":"x"}}"#);
+        let (s, v) = call(&api, "POST", "/apps/7/events", &body, &[]).await;
         assert_eq!(s, 503);
         let msg = v["error"].as_str().unwrap();
-        if full {
-            assert!(
-                msg.starts_with("The event log is full (10 of 10 bytes"),
+        match failure {
+            Failure::Cap => {
+                assert!(
+                    msg.starts_with("The event log is full (10 of 10 bytes"),
+                    "{msg}"
+                );
+                assert!(msg.ends_with("nothing was published"), "{msg}");
+            }
+            Failure::DiskFull => {
+                assert!(msg.contains("Free space"), "{msg}");
+                assert!(
+                    msg.ends_with("The event was not stored and not delivered to anyone: send it again once that is fixed"),
+                    "{msg}"
+                );
+            }
+            Failure::WriteFails if subscribed => assert!(
+                msg.ends_with("It was already delivered to 1 live connection(s): sending it again delivers it to them twice"),
                 "{msg}"
-            );
-            assert!(msg.ends_with("nothing was published"), "{msg}");
-            assert!(received(&sub).is_empty(), "refused before delivery");
-        } else {
-            assert!(
-                msg.starts_with("The event was not stored durably: "),
+            ),
+            Failure::WriteFails => assert!(
+                msg.ends_with("It reached no live connection: sending it again is safe"),
                 "{msg}"
-            );
-            assert!(
-                msg.ends_with("(the event already reached 1 live connection(s); a retry may deliver it twice)"),
-                "{msg}"
-            );
-            assert_eq!(received(&sub).len(), 1, "delivered before the log failed");
+            ),
+        }
+        let delivered = received(&sub).len();
+        match failure {
+            Failure::WriteFails if subscribed => {
+                assert_eq!(delivered, 1, "delivered before the log failed")
+            }
+            _ => assert_eq!(delivered, 0, "refused before delivery"),
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::config::{Cidr, Config, MetricsConfig};
 use crate::hub::Hub;
 use crate::protocol::auth::constant_time_eq;
 use crate::protocol::CloseCode;
+use crate::spool::Condition;
 use addresses::{Addresses, NO_SLOT};
 pub use refusals::Reason;
 use refusals::Refusals;
@@ -220,11 +221,14 @@ pub struct WebhookSnapshot {
     pub events_dropped: u64,
 }
 
-/// What the spool reports (plugged in with [`Metrics::set_spool`]): bytes on disk per spool.
+/// What the spool reports (plugged in with [`Metrics::set_spool`]): bytes on disk per spool,
+/// and whether a spool takes records.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SpoolSnapshot {
     /// `(spool name, bytes)`, e.g. `("events", 12345)`.
     pub bytes: Vec<(&'static str, u64)>,
+    /// `(spool name, condition)`, e.g. `("events", Condition::DiskFull)`.
+    pub conditions: Vec<(&'static str, Condition)>,
 }
 
 type WebhookProvider = Box<dyn Fn() -> WebhookSnapshot + Send + Sync>;
@@ -668,6 +672,7 @@ impl Metrics {
                     escape(name)
                 );
             }
+            spool_conditions(w, &s.conditions);
         }
         out
     }
@@ -699,6 +704,44 @@ impl Refusal {
             Refusal::Token => {
                 "Unauthorized: send Authorization: Bearer <[metrics] token / PUSHBOX_METRICS_TOKEN>"
             }
+        }
+    }
+}
+
+/// `pushbox_spool_writable` (alert on 0) and `pushbox_spool_state` (1 for the current state).
+fn spool_conditions(w: &mut String, conditions: &[(&'static str, Condition)]) {
+    if conditions.is_empty() {
+        return;
+    }
+    header(
+        w,
+        "pushbox_spool_writable",
+        "gauge",
+        "1 while the spool takes records, 0 while it refuses them (the API answers 503).",
+    );
+    for (name, c) in conditions {
+        let up = u8::from(*c == Condition::Writable);
+        let _ = writeln!(
+            w,
+            "pushbox_spool_writable{{spool=\"{}\"}} {up}",
+            escape(name)
+        );
+    }
+    header(
+        w,
+        "pushbox_spool_state",
+        "gauge",
+        "The spool's state: writable, disk_full, io_error or directory_lost (1 for the current one).",
+    );
+    for (name, c) in conditions {
+        for state in Condition::ALL {
+            let _ = writeln!(
+                w,
+                "pushbox_spool_state{{spool=\"{}\",state=\"{}\"}} {}",
+                escape(name),
+                state.label(),
+                u8::from(*c == state)
+            );
         }
     }
 }
@@ -783,13 +826,18 @@ mod tests {
         });
         m.set_spool(|| SpoolSnapshot {
             bytes: vec![("events", 99)],
+            conditions: vec![("events", Condition::DiskFull)],
         });
         let text = m.render(&hub);
         assert!(text.contains("pushbox_webhook_queue_depth 3"), "{text}");
-        assert!(
-            text.contains("pushbox_spool_bytes{spool=\"events\"} 99"),
-            "{text}"
-        );
+        for line in [
+            "pushbox_spool_bytes{spool=\"events\"} 99",
+            "pushbox_spool_writable{spool=\"events\"} 0",
+            "pushbox_spool_state{spool=\"events\",state=\"disk_full\"} 1",
+            "pushbox_spool_state{spool=\"events\",state=\"writable\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
         drop(g);
     }
 

@@ -12,7 +12,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
 use super::State;
-use crate::api::{ApiError, ApiRequest, ApiResponse};
+use crate::api::{ApiError, ApiRequest, ApiResponse, LogStatus};
 use crate::http::{self, json, json_error, Body, BodyError};
 use crate::metrics::Reason;
 use crate::transport::{fallback, ws::upgrade};
@@ -35,7 +35,7 @@ pub(super) async fn route(
     }
     let path = req.uri().path();
     if path == "/up" || path == "/ready" {
-        return json(200, "{\"status\":\"ok\"}".into());
+        return up(&state);
     }
     if path == "/metrics" {
         return metrics(&state, &req, peer);
@@ -54,6 +54,23 @@ pub(super) async fn route(
         );
     }
     json_error(404, &format!("Not found: {path}"))
+}
+
+/// `/up`: 200 while events can be published; also 200 (with the reason) while the event log
+/// is full, which clears by itself; 503 with the reason while it cannot write at all (its
+/// directory removed, an I/O error), which needs an operator.
+fn up(state: &State) -> Response<Body> {
+    match state.api.log_status() {
+        LogStatus::Ok => json(200, "{\"status\":\"ok\"}".into()),
+        LogStatus::Full(why) => json(
+            200,
+            serde_json::json!({ "status": "ok", "event_log": why }).to_string(),
+        ),
+        LogStatus::Down(why) => json(
+            503,
+            serde_json::json!({ "status": "error", "event_log": why }).to_string(),
+        ),
+    }
 }
 
 /// `/metrics`: Prometheus text, if the peer and its token are allowed.

@@ -102,6 +102,7 @@ async fn serve_until_stopped(cfg: Config, activated: Vec<ActivatedListener>) -> 
         Err(code) => return code,
     };
     let _retention = eventlog.spawn_retention(Duration::from_secs(60));
+    let _watch = eventlog.spawn_watch();
     let apps: Vec<String> = cfg.apps.iter().map(|a| a.id.clone()).collect();
     let (state, handle) = State::new(
         cfg,
@@ -240,6 +241,7 @@ fn report_stores(state: &State, eventlog: &Arc<EventLog>, webhooks: &Arc<Webhook
                 ("webhooks", w.queue_bytes),
                 ("webhooks-dead", w.dead_bytes),
             ],
+            conditions: vec![("events", log.spool().condition())],
         }
     });
     let has_receivers = state

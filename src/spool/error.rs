@@ -84,6 +84,14 @@ pub enum SpoolError {
         /// The last committed seq.
         last_seq: u64,
     },
+    /// The spool directory was removed or replaced while the spool was open: records written
+    /// since went into files nobody can open again. The spool refuses everything from then on.
+    DirectoryLost {
+        /// The spool directory.
+        dir: PathBuf,
+        /// What was found ("the directory was removed", …).
+        what: String,
+    },
     /// The writer thread is gone (the spool is shutting down, or it crashed).
     Closed {
         /// The spool directory.
@@ -162,6 +170,10 @@ impl SpoolError {
                 seq: *seq,
                 last_seq: *last_seq,
             },
+            SpoolError::DirectoryLost { dir, what } => SpoolError::DirectoryLost {
+                dir: dir.clone(),
+                what: what.clone(),
+            },
             SpoolError::Closed { dir } => SpoolError::Closed { dir: dir.clone() },
         }
     }
@@ -205,9 +217,12 @@ impl fmt::Display for SpoolError {
                  by itself",
                 path.display()
             ),
-            SpoolError::Io { path, op, source } => {
-                write!(f, "spool I/O error: {op} {}: {source}", path.display())
-            }
+            SpoolError::Io { path, op, source } => write!(
+                f,
+                "spool I/O error: {op} {}: {source}. Check the disk (dmesg) and that it is \
+                 mounted read-write; the spool retries by itself",
+                path.display()
+            ),
             SpoolError::RecordTooLarge { len, max } => write!(
                 f,
                 "spool record of {len} bytes is larger than the maximum of {max} bytes; split it"
@@ -245,6 +260,13 @@ impl fmt::Display for SpoolError {
             } => write!(
                 f,
                 "cannot move spool cursor {name:?} to {seq}: the last record is {last_seq}"
+            ),
+            SpoolError::DirectoryLost { dir, what } => write!(
+                f,
+                "the spool directory {} is gone ({what}) while pushbox was running: nothing \
+                 more can be stored there. Restart pushbox (systemctl restart pushbox); it \
+                 creates the directory again and starts a new log",
+                dir.display()
             ),
             SpoolError::Closed { dir } => write!(
                 f,

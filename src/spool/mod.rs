@@ -5,7 +5,10 @@
 //! batch of concurrent appends), named consumer cursors, recovery on open (a torn or corrupt
 //! tail is cut off and reported, never panicked on), retention (segments every cursor has
 //! passed, plus optional size and age limits), a disk cap (`max_bytes`, answered with
-//! [`SpoolError::Full`]) and a `LOCK` file so only one process writes.
+//! [`SpoolError::Full`]), space reserved ahead of the writer (`reserve_bytes`, so a full disk
+//! is known before a record is sent), a [`Condition`] that says whether it takes records now
+//! (a full disk, an I/O error, its directory removed) and a `LOCK` file so only one process
+//! writes.
 //!
 //! It does not know what a record means: payloads are opaque bytes. The event log and the
 //! webhook job queue are two spools in two directories.
@@ -17,8 +20,10 @@
 mod cursor;
 mod error;
 mod format;
+mod health;
 mod reader;
 mod recovery;
+mod reserve;
 mod retention;
 mod writer;
 
@@ -38,6 +43,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use error::SpoolError;
 pub use format::MAX_RECORD_BYTES;
+pub use health::Condition;
 pub use reader::SpoolReader;
 pub use recovery::{RecoveryReport, SegmentDamage};
 pub use retention::RetentionReport;
@@ -67,6 +73,10 @@ pub struct SpoolOptions {
     pub retain_bytes: Option<u64>,
     /// Retention: delete whole segments whose newest record is older than this.
     pub retain_age: Option<Duration>,
+    /// Keep this much disk space allocated ahead of the writer (0: none). While it cannot be
+    /// (the disk is full) the spool's [`Condition`] is `DiskFull` and [`Spool::refusal`] says so
+    /// before anything is appended. Capped at a quarter of `segment_bytes`.
+    pub reserve_bytes: u64,
 }
 
 impl Default for SpoolOptions {
@@ -77,6 +87,7 @@ impl Default for SpoolOptions {
             durability: Durability::Fsync,
             retain_bytes: None,
             retain_age: None,
+            reserve_bytes: 0,
         }
     }
 }
@@ -171,9 +182,9 @@ pub(crate) struct Shared {
     pub appends: AtomicU64,
     pub commits: AtomicU64,
     pub fsyncs: AtomicU64,
-    /// The last batch failed (full disk, I/O error); cleared by the next good batch. Detached
-    /// appends (nobody waits for their answer) are refused while it is set.
-    pub failing: std::sync::atomic::AtomicBool,
+    /// Whether records are taken now. Detached appends (nobody waits for their answer) are
+    /// handed back while it is not writable.
+    pub health: health::Health,
     /// Held (flock) for as long as the spool is open.
     pub _lock: File,
     /// Test hook: make the next batch write fail half way with ENOSPC.
@@ -184,6 +195,13 @@ pub(crate) struct Shared {
 pub(crate) struct AppendReq {
     pub payload: Vec<u8>,
     pub reply: oneshot::Sender<Result<u64, SpoolError>>,
+}
+
+/// What the writer thread is asked to do.
+pub(crate) enum Request {
+    Append(AppendReq),
+    /// Try again to reserve room (the disk may have room again); answer when done.
+    Probe(oneshot::Sender<()>),
 }
 
 /// How many appends may wait for the writer before `append` itself waits.
@@ -198,7 +216,7 @@ pub struct Spool {
 
 struct Inner {
     shared: Arc<Shared>,
-    tx: Option<mpsc::Sender<AppendReq>>,
+    tx: Option<mpsc::Sender<Request>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -222,6 +240,7 @@ impl Spool {
         let rec = recovery::recover(&dir)?;
         let max = options.max_bytes.unwrap_or(u64::MAX);
         let (committed, _) = watch::channel(rec.index.last_seq);
+        let health = health::Health::new(&dir, &rec.active.path, &rec.active.file)?;
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             opts: options,
@@ -232,7 +251,7 @@ impl Spool {
             appends: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
-            failing: std::sync::atomic::AtomicBool::new(false),
+            health,
             _lock: rec.lock,
             #[cfg(test)]
             inject_enospc: std::sync::atomic::AtomicBool::new(false),
@@ -263,7 +282,7 @@ impl Spool {
         &self.inner.shared.dir
     }
 
-    fn sender(&self, payload: &[u8]) -> Result<&mpsc::Sender<AppendReq>, SpoolError> {
+    fn sender(&self, payload: &[u8]) -> Result<&mpsc::Sender<Request>, SpoolError> {
         if payload.len() > MAX_RECORD_BYTES {
             return Err(SpoolError::RecordTooLarge {
                 len: payload.len(),
@@ -285,10 +304,41 @@ impl Spool {
         let payload = payload.into();
         let tx = self.sender(&payload)?;
         let (reply, rx) = oneshot::channel();
-        tx.send(AppendReq { payload, reply })
+        tx.send(Request::Append(AppendReq { payload, reply }))
             .await
             .map_err(|_| self.closed())?;
         rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Why the spool refuses records now, if it does (a full disk, an I/O error, its directory
+    /// lost): one atomic load while it is writable. Appends made anyway get the same error.
+    pub fn refusal(&self) -> Option<SpoolError> {
+        self.inner.shared.health.refusal()
+    }
+
+    /// What the spool can do now.
+    pub fn condition(&self) -> Condition {
+        self.inner.shared.health.condition()
+    }
+
+    /// After a refusal: asks the writer to try reserving room again (one `fallocate`) and
+    /// returns the refusal that still holds, if any. A disk that got room back is writable
+    /// from here on.
+    pub async fn probe(&self) -> Option<SpoolError> {
+        if let Some(tx) = &self.inner.tx {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Request::Probe(reply)).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+        self.refusal()
+    }
+
+    /// Checks that the spool's directory and the segment being written are still the ones it
+    /// opened (two `stat`s). Once they are not, the spool refuses every record for good:
+    /// what it wrote since went into files nobody can open again. Call it at a steady cadence.
+    pub fn check_directory(&self) -> Result<(), SpoolError> {
+        self.inner.shared.health.check_directory()
     }
 
     /// Queues a record without waiting for its commit: for `Durability::Memory`, where the
@@ -296,14 +346,16 @@ impl Spool {
     /// could not be queued that way (the queue is full, or the last write failed and the caller
     /// must learn how this one ends): then use [`append`](Self::append).
     pub fn append_detached(&self, payload: Vec<u8>) -> Result<Option<Vec<u8>>, SpoolError> {
-        if self.inner.shared.failing.load(Ordering::Relaxed) {
+        if !self.inner.shared.health.is_writable() {
             return Ok(Some(payload));
         }
         let tx = self.sender(&payload)?;
         let (reply, _) = oneshot::channel();
-        match tx.try_send(AppendReq { payload, reply }) {
+        match tx.try_send(Request::Append(AppendReq { payload, reply })) {
             Ok(()) => Ok(None),
-            Err(mpsc::error::TrySendError::Full(req)) => Ok(Some(req.payload)),
+            Err(mpsc::error::TrySendError::Full(Request::Append(req))) => Ok(Some(req.payload)),
+            // Not sent here: only the append above was.
+            Err(mpsc::error::TrySendError::Full(Request::Probe(_))) => Ok(None),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(self.closed()),
         }
     }
@@ -314,7 +366,7 @@ impl Spool {
         let payload = payload.into();
         let tx = self.sender(&payload)?;
         let (reply, rx) = oneshot::channel();
-        tx.blocking_send(AppendReq { payload, reply })
+        tx.blocking_send(Request::Append(AppendReq { payload, reply }))
             .map_err(|_| self.closed())?;
         rx.blocking_recv().map_err(|_| self.closed())?
     }

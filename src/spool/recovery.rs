@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use super::cursor;
 use super::error::SpoolError;
 use super::format::{self, ScanEnd, SEGMENT_HEADER_LEN, SEGMENT_MAGIC};
+use super::reserve::{self, Reserved};
 use super::{Index, SegMeta};
 
 /// A segment that is damaged somewhere other than a clean tail cut.
@@ -134,6 +135,8 @@ pub(crate) struct Active {
     pub base: u64,
     pub len: u64,
     pub records: u64,
+    /// Bytes up to which the file's blocks are known to be allocated (`len` if none past it).
+    pub reserved: u64,
 }
 
 pub(crate) struct Recovered {
@@ -144,8 +147,14 @@ pub(crate) struct Recovered {
     pub report: RecoveryReport,
 }
 
-/// Create `<dir>/<base>.seg` with its header, durably.
-pub(crate) fn create_segment(dir: &Path, base: u64) -> Result<(File, PathBuf), SpoolError> {
+/// Create `<dir>/<base>.seg` with its header, durably, with its first `reserve` bytes
+/// allocated (see `reserve.rs`; 0: none). A segment whose room cannot be reserved is not left
+/// behind. Says whether the filesystem could reserve at all.
+pub(crate) fn create_segment(
+    dir: &Path,
+    base: u64,
+    reserve: u64,
+) -> Result<(File, PathBuf, Reserved), SpoolError> {
     let path = format::segment_path(dir, base);
     let file = OpenOptions::new()
         .read(true)
@@ -153,17 +162,22 @@ pub(crate) fn create_segment(dir: &Path, base: u64) -> Result<(File, PathBuf), S
         .create_new(true)
         .open(&path)
         .map_err(|e| SpoolError::io(&path, "create segment", e))?;
-    let result = file
-        .write_all_at(SEGMENT_MAGIC, 0)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| SpoolError::io(&path, "write segment header", e));
-    if let Err(e) = result {
-        drop(file);
-        let _ = fs::remove_file(&path);
-        return Err(e);
-    }
+    let result = reserve::reserve(&file, &path, 0, reserve).and_then(|reserved| {
+        file.write_all_at(SEGMENT_MAGIC, 0)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| SpoolError::io(&path, "write segment header", e))
+            .map(|()| reserved)
+    });
+    let reserved = match result {
+        Ok(r) => r,
+        Err(e) => {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+    };
     cursor::sync_dir(dir)?;
-    Ok((file, path))
+    Ok((file, path, reserved))
 }
 
 fn read_pid(lock: &mut File) -> Option<u32> {
@@ -382,6 +396,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
             base,
             len,
             records,
+            reserved: len,
         }
     } else {
         if metas
@@ -397,7 +412,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
             // Records past the last one on disk were lost (a cursor had already passed them).
             report.seq_gaps.push((last.end_seq(), next_seq));
         }
-        let (file, path) = create_segment(dir, next_seq)?;
+        let (file, path, _) = create_segment(dir, next_seq, 0)?;
         metas.push(SegMeta {
             base: next_seq,
             path: path.clone(),
@@ -414,6 +429,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
             base: next_seq,
             len: SEGMENT_HEADER_LEN,
             records: 0,
+            reserved: SEGMENT_HEADER_LEN,
         }
     };
 

@@ -672,3 +672,90 @@ fn detached_appends_are_committed_and_a_failed_write_makes_callers_wait() {
     assert!(report.is_clean(), "{report}");
     assert_eq!(all(&s).len(), 103);
 }
+
+fn reserving(segment_bytes: u64, reserve_bytes: u64) -> SpoolOptions {
+    SpoolOptions {
+        reserve_bytes,
+        ..opts(segment_bytes)
+    }
+}
+
+#[test]
+fn room_is_reserved_past_the_end_without_changing_the_length() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, _) = open(tmp.path(), reserving(1 << 20, 64 * 1024));
+    s.append_blocking(payload(1)).unwrap();
+    let seg = seg_files(tmp.path())[0].clone();
+    let m = fs::metadata(&seg).unwrap();
+    assert_eq!(m.len(), s.stats().total_bytes, "the length is the records'");
+    if m.blocks() * 512 < 64 * 1024 {
+        println!("SKIPPED: this filesystem does not reserve with fallocate");
+        return;
+    }
+    assert_eq!(s.condition(), Condition::Writable);
+    drop(s);
+    let (s, report) = open(tmp.path(), reserving(1 << 20, 64 * 1024));
+    assert!(
+        report.is_clean(),
+        "reserved blocks are not a torn tail: {report}"
+    );
+    assert_eq!(all(&s).len(), 1);
+}
+
+#[test]
+fn the_next_segment_is_started_before_a_record_needs_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Chunks of 4 KiB (a quarter segment): a new segment once less than 2 KiB is left.
+    let (s, _) = open(tmp.path(), reserving(16 * 1024, 1 << 20));
+    let mut n = 0;
+    while seg_files(tmp.path()).len() < 2 {
+        n += 1;
+        s.append_blocking(payload(n)).unwrap();
+        assert!(n < 1000, "no second segment");
+    }
+    let first = fs::metadata(&seg_files(tmp.path())[0]).unwrap().len();
+    assert!(first > 14 * 1024 && first <= 16 * 1024, "{first}");
+    for i in n + 1..=n + 50 {
+        s.append_blocking(payload(i)).unwrap();
+    }
+    assert_eq!(all(&s).len() as u64, n + 50);
+    drop(s);
+    let (s, report) = open(tmp.path(), reserving(16 * 1024, 1 << 20));
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(all(&s).len() as u64, n + 50);
+}
+
+#[test]
+fn a_removed_or_replaced_directory_refuses_every_record_for_good() {
+    for replace in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("events");
+        let (s, _) = open(&dir, reserving(1 << 20, 64 * 1024));
+        s.append_blocking(payload(1)).unwrap();
+        s.check_directory().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        if replace {
+            fs::create_dir(&dir).unwrap();
+        }
+        let err = s.check_directory().unwrap_err();
+        assert!(matches!(err, SpoolError::DirectoryLost { .. }), "{err}");
+        assert!(err.to_string().contains("Restart pushbox"), "{err}");
+        assert_eq!(s.condition(), Condition::DirectoryLost);
+        assert!(s.refusal().is_some());
+        let err = s.append_blocking(payload(2)).unwrap_err();
+        assert!(matches!(err, SpoolError::DirectoryLost { .. }), "{err}");
+        assert_eq!(s.append_detached(payload(3)).unwrap(), Some(payload(3)));
+        assert_eq!(s.condition(), Condition::DirectoryLost, "stays lost");
+    }
+}
+
+#[test]
+fn a_segment_deleted_under_the_writer_is_a_lost_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, _) = open(tmp.path(), reserving(1 << 20, 64 * 1024));
+    s.append_blocking(payload(1)).unwrap();
+    fs::remove_file(&seg_files(tmp.path())[0]).unwrap();
+    let err = s.check_directory().unwrap_err();
+    assert!(err.to_string().contains("was deleted"), "{err}");
+}

@@ -6,6 +6,13 @@
 //! If the write or the sync fails (ENOSPC, EIO), the segment is cut back to the last committed
 //! offset, every waiter of that batch gets the error, and the seqs are reused: nothing that
 //! was not acknowledged is left behind, and the spool carries on with the next batch.
+//!
+//! With `reserve_bytes`, after each commit it keeps at least half a chunk of disk allocated
+//! past the end of the segment (`reserve.rs`), starting the next segment early when this one
+//! has less than that left. A reservation that fails marks the spool `DiskFull` while the
+//! records already on their way still land in the half chunk left, so callers that ask
+//! [`Spool::refusal`](super::Spool::refusal) first refuse *before* they act on a record.
+//! A probe retries the reservation; the first one that succeeds makes the spool writable.
 
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -17,7 +24,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::error::SpoolError;
 use super::format::{self, SEGMENT_HEADER_LEN, SPARSE_EVERY};
 use super::recovery::{self, Active};
-use super::{lock, now_ms, retention, AppendReq, Durability, SegMeta, Shared};
+use super::reserve::{self, Reserved};
+use super::{lock, now_ms, retention, AppendReq, Durability, Request, SegMeta, Shared};
 
 /// At most this many appends or bytes go into one batch.
 const MAX_BATCH_RECORDS: usize = 4096;
@@ -29,6 +37,9 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
     active: Active,
     next_seq: u64,
+    /// The reservation chunk (0: none): `reserve_bytes`, at most a quarter of a segment so
+    /// that starting a segment early wastes little of the one before.
+    chunk: u64,
 }
 
 struct Batch {
@@ -44,20 +55,30 @@ struct Batch {
 impl Writer {
     pub(crate) fn new(shared: Arc<Shared>, active: Active) -> Self {
         let next_seq = active.base + active.records;
+        let chunk = shared.opts.reserve_bytes.min(shared.opts.segment_bytes / 4);
         Writer {
             shared,
             active,
             next_seq,
+            chunk,
         }
     }
 
-    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<AppendReq>) {
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        // Room for the first records (and `DiskFull` from the start on a full disk).
+        self.refresh();
         let mut pending: Option<AppendReq> = None;
+        let mut probes = Vec::new();
         loop {
             let first = match pending.take() {
                 Some(r) => r,
                 None => match rx.blocking_recv() {
-                    Some(r) => {
+                    Some(Request::Probe(reply)) => {
+                        self.probe();
+                        let _ = reply.send(());
+                        continue;
+                    }
+                    Some(Request::Append(r)) => {
                         if self.shared.opts.durability == Durability::Memory {
                             // Nobody waits for a Memory commit: let appends pile up for a
                             // moment so one write carries many, and senders meanwhile find no
@@ -82,11 +103,18 @@ impl Writer {
                 && batch.buf.len() < MAX_BATCH_BYTES
             {
                 match rx.try_recv() {
-                    Ok(r) => pending = self.consider(r, &mut batch),
+                    Ok(Request::Append(r)) => pending = self.consider(r, &mut batch),
+                    Ok(Request::Probe(reply)) => probes.push(reply),
                     Err(_) => break,
                 }
             }
             self.commit(batch);
+            if !probes.is_empty() {
+                self.probe();
+                for reply in probes.drain(..) {
+                    let _ = reply.send(());
+                }
+            }
         }
         // Shutting down: make Memory-durability records durable too.
         let _ = self.active.file.sync_data();
@@ -94,6 +122,11 @@ impl Writer {
 
     /// Add `req` to the batch, answer it with an error, or hand it back for the next batch.
     fn consider(&mut self, req: AppendReq, batch: &mut Batch) -> Option<AppendReq> {
+        if let Some(e) = self.shared.health.lost() {
+            // Its directory is gone: whatever is written now is lost with it.
+            let _ = req.reply.send(Err(e));
+            return None;
+        }
         let rec_len = format::record_len(req.payload.len());
         let seg_limit = self.shared.opts.segment_bytes;
         let in_batch = batch.buf.len() as u64;
@@ -167,11 +200,11 @@ impl Writer {
                 .map_err(|e| SpoolError::io(path, "fsync", e));
         }
         if let Err(e) = result {
-            self.shared
-                .failing
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.shared.health.failed(&e);
             // Cut back whatever part of the batch reached the file; the seqs will be reused.
+            // Shortening the file may free the blocks reserved past its end too.
             let _ = self.active.file.set_len(self.active.len);
+            self.active.reserved = self.active.len;
             for (_, reply) in batch.replies {
                 let _ = reply.send(Err(e.duplicate()));
             }
@@ -208,18 +241,68 @@ impl Writer {
         self.shared.appends.fetch_add(n, Ordering::Relaxed);
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
         self.shared.committed.send_replace(self.next_seq - 1);
-        // Cleared before anyone hears of the success, so a caller who saw it may detach again.
-        self.shared
-            .failing
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        if self.chunk == 0 {
+            // Cleared before anyone hears of the success, so a caller who saw it may detach
+            // again. (With a reservation, `refresh` below decides.)
+            self.shared.health.succeeded();
+        }
         for (seq, reply) in batch.replies {
             let _ = reply.send(Ok(seq));
         }
+        // After the answers: the waiters don't wait for the next chunk's reservation.
+        self.refresh();
+    }
+
+    /// Keeps room reserved ahead and says in the spool's health whether it could.
+    fn refresh(&mut self) {
+        if self.chunk == 0 {
+            return;
+        }
+        match self.keep_room() {
+            Ok(()) => self.shared.health.succeeded(),
+            Err(e) => self.shared.health.failed(&e),
+        }
+    }
+
+    /// Someone was refused: try the reservation again (a real `fallocate`, so that a disk with
+    /// room again, or remounted read-write, is noticed).
+    fn probe(&mut self) {
+        if self.chunk == 0 || self.shared.health.is_writable() {
+            return;
+        }
+        self.active.reserved = self.active.len;
+        self.refresh();
+    }
+
+    /// At least half a chunk allocated past the end of the active segment: reserve another
+    /// chunk when less is left, or start the next segment (reserved as it is created) when
+    /// this one has no room for half a chunk more. One syscall per half chunk of records.
+    fn keep_room(&mut self) -> Result<(), SpoolError> {
+        let (len, half) = (self.active.len, self.chunk / 2);
+        if self.active.reserved.saturating_sub(len) >= half {
+            return Ok(());
+        }
+        let limit = self.shared.opts.segment_bytes;
+        if limit.saturating_sub(len) < half && self.active.records > 0 {
+            return self.roll();
+        }
+        let to = (len + self.chunk).min(limit.max(len + half));
+        let a = &mut self.active;
+        a.reserved = match reserve::reserve(&a.file, &a.path, len, to)? {
+            Reserved::Done => to,
+            // Nothing to keep: the spool learns of a full disk from a failed write instead.
+            Reserved::Unsupported => u64::MAX,
+        };
+        Ok(())
     }
 
     /// Close the active segment and start a new one at `next_seq`; then run retention.
     fn roll(&mut self) -> Result<(), SpoolError> {
-        let (file, path) = recovery::create_segment(&self.shared.dir, self.next_seq)?;
+        // Never into a directory that replaced ours (or a removed one): checked once a segment.
+        self.shared.health.check_directory()?;
+        let (file, path, reserved) =
+            recovery::create_segment(&self.shared.dir, self.next_seq, self.chunk)?;
+        self.shared.health.rolled(&path, &file);
         {
             let mut idx = lock(&self.shared.index);
             idx.total_bytes += SEGMENT_HEADER_LEN;
@@ -242,6 +325,10 @@ impl Writer {
                 base: self.next_seq,
                 len: SEGMENT_HEADER_LEN,
                 records: 0,
+                reserved: match reserved {
+                    Reserved::Done => self.chunk.max(SEGMENT_HEADER_LEN),
+                    Reserved::Unsupported => u64::MAX,
+                },
             },
         );
         if self.shared.opts.durability == Durability::Memory {

@@ -126,6 +126,8 @@ pub fn queue_options(config: &Config) -> SpoolOptions {
         },
         retain_bytes: None,
         retain_age: None,
+        // Nothing reserved: the webhook queue is fed after the event log refused or took it.
+        reserve_bytes: 0,
     }
 }
 

@@ -188,6 +188,54 @@ impl Client {
     }
 }
 
+/// A WebSocket subscriber for tests that run blocking code against a real `pushbox serve`: it
+/// owns a small runtime, subscribes to one channel and collects the `data` of every event on
+/// it in the background (so a test can publish hundreds of events without reading).
+pub struct Subscriber {
+    rt: tokio::runtime::Runtime,
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl Subscriber {
+    pub fn start(addr: SocketAddr, channel: &str) -> Subscriber {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let mut client = rt.block_on(Client::connect(addr));
+        let ack = rt.block_on(client.subscribe(channel));
+        assert_eq!(
+            ack["event"], "pusher_internal:subscription_succeeded",
+            "{ack}"
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let channel = channel.to_owned();
+        rt.spawn(async move {
+            while let Some(Ok(m)) = client.ws.next().await {
+                let Message::Text(t) = m else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(&t) else {
+                    continue;
+                };
+                if v["channel"] == channel.as_str() {
+                    let data = v["data"].as_str().unwrap_or_default().to_owned();
+                    if tx.send(data).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Subscriber { rt, rx }
+    }
+
+    /// The `data` of the events received since the last call, after waiting `settle` for
+    /// what may still be on its way.
+    pub fn received(&self, settle: Duration) -> Vec<String> {
+        self.rt.block_on(async { tokio::time::sleep(settle).await });
+        self.rx.try_iter().collect()
+    }
+}
+
 pub fn private_auth(socket_id: &str, channel: &str) -> String {
     format!(
         "{KEY}:{}",

@@ -148,6 +148,38 @@ impl Served {
         ([127, 0, 0, 1], self.port).into()
     }
 
+    /// A signed `POST /apps/{id}/events` of one event, as an SDK sends it; (status, body).
+    pub fn trigger(&self, name: &str, channel: &str, data: &str) -> (u16, String) {
+        let body = serde_json::json!({"name": name, "channel": channel, "data": data}).to_string();
+        let signed = super::signed("POST", &format!("/apps/{APP_ID}/events"), &body, &[]);
+        http_blocking(self.addr(), "POST", &signed, &body).expect("the server answers")
+    }
+
+    /// Panics if the server's log says it panicked.
+    pub fn assert_no_panic(&self) {
+        let log = self.log();
+        assert!(!log.contains("panicked"), "the server panicked:\n{log}");
+    }
+
+    /// SIGTERM and wait: the stop must be graceful (exit 0), and nothing panicked.
+    pub fn stop(mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("signal the server");
+        let st = self.child.wait().expect("wait for the server");
+        assert!(st.success(), "graceful stop failed ({st}):\n{}", self.log());
+        self.assert_no_panic();
+    }
+
+    /// SIGKILL and wait.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.assert_no_panic();
+    }
+
     /// What the server wrote to stderr so far (empty unless started with `start_logged`).
     pub fn log(&self) -> String {
         self.stderr
