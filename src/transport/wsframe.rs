@@ -170,12 +170,7 @@ impl Decoder {
                 OP_PING => out.push(Incoming::Ping(payload.to_vec())),
                 OP_PONG => out.push(Incoming::Pong),
                 OP_CLOSE => {
-                    if payload.len() == 1 {
-                        return Err(WsError::Protocol("close frame with a 1-byte payload"));
-                    }
-                    let code =
-                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-                    out.push(Incoming::Close(code));
+                    out.push(Incoming::Close(close_code(payload)?));
                     return Ok(pos);
                 }
                 OP_TEXT | OP_BINARY => {
@@ -208,6 +203,28 @@ impl Decoder {
         }
         Ok(pos)
     }
+}
+
+/// The status code of a close frame's payload, checked as RFC 6455 §7.4 asks: a code no
+/// endpoint may send (0–999, 1004–1006, 1015, the unassigned 1016–2999, 5000 and up) is a
+/// protocol error (1002), a reason that is not UTF-8 is 1007. Checked here, once per close,
+/// so the answer is never an echo of a code the peer had no right to send.
+fn close_code(payload: &[u8]) -> Result<Option<u16>, WsError> {
+    let Some((code, reason)) = payload.split_first_chunk::<2>() else {
+        return if payload.is_empty() {
+            Ok(None)
+        } else {
+            Err(WsError::Protocol("close frame with a 1-byte payload"))
+        };
+    };
+    let code = u16::from_be_bytes(*code);
+    if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+        return Err(WsError::Protocol("close frame with an invalid status code"));
+    }
+    if std::str::from_utf8(reason).is_err() {
+        return Err(WsError::InvalidUtf8);
+    }
+    Ok(Some(code))
 }
 
 fn finish(opcode: u8, data: Vec<u8>) -> Result<Incoming, WsError> {
@@ -467,6 +484,35 @@ mod tests {
             1009
         );
         assert!(decode_all(&client_frame(true, OP_CLOSE, &[3], [1, 2, 3, 4]), 100).is_err());
+    }
+
+    #[test]
+    fn close_codes_and_reasons_are_checked() {
+        let close =
+            |payload: &[u8]| decode_all(&client_frame(true, OP_CLOSE, payload, [9, 8, 7, 6]), 100);
+        for code in [1000u16, 1001, 1003, 1007, 1011, 1014, 3000, 4201, 4999] {
+            let (msgs, _) = close(&code.to_be_bytes()).unwrap();
+            assert_eq!(msgs, vec![Incoming::Close(Some(code))], "{code}");
+        }
+        for code in [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
+        ] {
+            assert_eq!(
+                close(&code.to_be_bytes()).unwrap_err().close_code(),
+                1002,
+                "{code}"
+            );
+        }
+        assert_eq!(close(&[]).unwrap().0, vec![Incoming::Close(None)]);
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.extend([0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xff]);
+        assert_eq!(close(&bad_reason).unwrap_err(), WsError::InvalidUtf8);
+        let mut good_reason = 1000u16.to_be_bytes().to_vec();
+        good_reason.extend("κόσμε".as_bytes());
+        assert_eq!(
+            close(&good_reason).unwrap().0,
+            vec![Incoming::Close(Some(1000))]
+        );
     }
 
     #[test]

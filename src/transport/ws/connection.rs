@@ -377,16 +377,10 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
                     )));
                 }
                 Incoming::Close(code) => {
-                    // Answer the closing handshake with the peer's code.
+                    // Answer the closing handshake with the peer's code (the decoder only
+                    // lets valid ones through); a close without one is answered with 1000.
                     self.hold();
-                    let echo = match code {
-                        Some(c)
-                            if (1000..=4999).contains(&c) && !matches!(c, 1004..=1006 | 1015) =>
-                        {
-                            c
-                        }
-                        _ => 1000,
-                    };
+                    let echo = code.unwrap_or(1000);
                     self.queue.push(Out::Raw(wsframe::close_frame(echo, "")));
                     then = Then::Reply;
                     break;
