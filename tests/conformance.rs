@@ -169,3 +169,72 @@ async fn http_11_without_host_gets_400() {
     // HTTP/1.0 has no Host requirement.
     assert_eq!(status_of(s.addr, "GET /up HTTP/1.0\r\n\r\n").await, 200);
 }
+
+// ---- one shape per message: a JSON array is not an object -----------------------------------
+
+#[tokio::test]
+async fn json_arrays_are_refused_as_messages_and_channel_data() {
+    let s = start(|_| {}).await;
+    let mut a = Client::connect(s.addr).await;
+    a.send_text("nonsense").await;
+    let malformed = a.recv().await;
+    assert_eq!(malformed["event"], "pusher:error");
+    // serde would read this array as {"event":…,"channel":…,"data":…}.
+    a.send_text(r#"["pusher:subscribe",null,{"channel":"orders"}]"#)
+        .await;
+    let f = a.recv().await;
+    assert_eq!(f["event"], "pusher:error", "{f}");
+    assert_eq!(f["data"]["code"], malformed["data"]["code"]);
+    // A presence channel_data array, correctly signed, is invalid channel_data like any other.
+    let f = a
+        .subscribe_presence("presence-room", r#"["1",{"name":"x"}]"#)
+        .await;
+    assert_eq!(f["event"], "pusher:subscription_error", "{f}");
+    assert!(
+        f["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("channel_data"),
+        "{f}"
+    );
+    let ok = a
+        .subscribe_presence("presence-room", r#"{"user_id":"1"}"#)
+        .await;
+    assert_eq!(ok["event"], "pusher_internal:subscription_succeeded");
+}
+
+#[tokio::test]
+async fn api_event_bodies_must_be_objects() {
+    let s = start(|_| {}).await;
+    let path = format!("/apps/{APP_ID}/events");
+    let body = r#"["sale","{}",["orders"]]"#;
+    let (status, answer) = http(
+        s.addr,
+        "POST",
+        &signed("POST", &path, body, &[]),
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("JSON object"), "{answer}");
+    let path = format!("/apps/{APP_ID}/batch_events");
+    let body = r#"{"batch":[["sale","{}",null,"orders"]]}"#;
+    let (status, answer) = http(
+        s.addr,
+        "POST",
+        &signed("POST", &path, body, &[]),
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("JSON object"), "{answer}");
+    let body = r#"{"batch":[{"name":"sale","data":"{}","channel":"orders"}]}"#;
+    let (status, answer) = http(
+        s.addr,
+        "POST",
+        &signed("POST", &path, body, &[]),
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+}
