@@ -24,7 +24,9 @@ pub const OP_PONG: u8 = 0xA;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
     Text(String),
-    Binary(usize),
+    /// Pushbox refuses binary messages; the bytes are kept for the Autobahn echo endpoint (moved
+    /// out of the decoder, not copied).
+    Binary(Vec<u8>),
     Ping(Vec<u8>),
     Pong,
     Close(Option<u16>),
@@ -233,7 +235,7 @@ fn finish(opcode: u8, data: Vec<u8>) -> Result<Incoming, WsError> {
             .map(Incoming::Text)
             .map_err(|_| WsError::InvalidUtf8)
     } else {
-        Ok(Incoming::Binary(data.len()))
+        Ok(Incoming::Binary(data))
     }
 }
 
@@ -282,6 +284,12 @@ pub fn encode(opcode: u8, payload: &[u8]) -> Vec<u8> {
     v.extend_from_slice(&h[..n]);
     v.extend_from_slice(payload);
     v
+}
+
+/// The answer to a peer's close frame (RFC 6455 §5.5.1): its own code back (the decoder lets
+/// only valid ones through), 1000 when it sent none.
+pub fn close_reply(code: Option<u16>) -> Vec<u8> {
+    close_frame(code.unwrap_or(1000), "")
 }
 
 /// A close frame with `code` and a reason cut to fit a control frame.
@@ -558,7 +566,7 @@ mod tests {
             let masked = encode_masked(OP_BINARY, &p, [9, 8, 7, 6]);
             assert_eq!(masked, client_frame(true, OP_BINARY, &p, [9, 8, 7, 6]));
             let (msgs, n) = decode_all(&masked, 1 << 20).unwrap();
-            assert_eq!((msgs, n), (vec![Incoming::Binary(len)], masked.len()));
+            assert_eq!((msgs, n), (vec![Incoming::Binary(p.clone())], masked.len()));
             let mut wire = encode(OP_TEXT, &p);
             let used = wire.len();
             wire.extend_from_slice(b"next");

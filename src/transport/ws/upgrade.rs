@@ -112,7 +112,7 @@ pub fn upgrade(
 /// `Sec-WebSocket-Accept` for the client's key, if the handshake is one we speak (RFC 6455
 /// §4.2.1): a `GET` over HTTP/1.1 or later, version 13, and a key that is 16 base64-encoded
 /// bytes. Anything else is not a WebSocket client we can trust to frame correctly.
-fn accept_key<B>(req: &Request<B>) -> Option<String> {
+pub(super) fn accept_key<B>(req: &Request<B>) -> Option<String> {
     if req.method() != hyper::Method::GET || req.version() < hyper::Version::HTTP_11 {
         return None;
     }
