@@ -238,3 +238,84 @@ async fn api_event_bodies_must_be_objects() {
     .await;
     assert_eq!(status, 200, "{answer}");
 }
+
+// ---- half-open connections ---------------------------------------------------------------------
+
+/// `/proc/net/tcp`'s form of an IPv4 socket address: `0100007F:1F90` for 127.0.0.1:8080.
+fn proc_addr(a: SocketAddr) -> String {
+    let SocketAddr::V4(v4) = a else {
+        panic!("the test server listens on IPv4")
+    };
+    format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    )
+}
+
+/// Does this process (the in-process server) still hold a file descriptor for the server's end
+/// of the connection `server` ↔ `client`? Found by the socket's inode, so the other tests
+/// running in parallel do not matter.
+fn server_holds_fd(server: SocketAddr, client: SocketAddr) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let (local, remote) = (proc_addr(server), proc_addr(client));
+    let inode = table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1) == Some(&local.as_str()) && f.get(2) == Some(&remote.as_str()))
+            .then(|| f.get(9).map(|s| s.to_string()))
+            .flatten()
+    });
+    // Inode 0: the socket lingers in the kernel (FIN_WAIT, TIME_WAIT) but no fd refers to it.
+    let Some(inode) = inode.filter(|i| i != "0") else {
+        return false;
+    };
+    let want = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == want))
+}
+
+#[tokio::test]
+async fn half_open_connections_are_reaped_with_4201() {
+    let (activity, pong) = (Duration::from_secs(1), Duration::from_secs(1));
+    let s = start(|c| {
+        c.server.activity_timeout = activity;
+        c.server.pong_timeout = pong;
+    })
+    .await;
+    // A peer that completes the handshake, then vanishes without a FIN: it never reads, never
+    // answers a ping, never closes (the socket stays open on this side, unread).
+    let mut ws = raw_ws(s.addr).await;
+    let client = ws.local_addr().unwrap();
+    let t0 = std::time::Instant::now();
+    assert!(
+        server_holds_fd(s.addr, client),
+        "the server holds the connection"
+    );
+    let metrics = &s.state.metrics;
+    // Each tick of the liveness timer may land up to one check later; half a second of slack.
+    let budget = activity + pong + Duration::from_millis(500);
+    while server_holds_fd(s.addr, client)
+        || metrics.open_connections(pushbox::metrics::Transport::WebSocket) > 0
+    {
+        assert!(
+            t0.elapsed() < budget,
+            "still held after {:?} (activity_timeout + pong_timeout = {:?})",
+            t0.elapsed(),
+            activity + pong
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What the server wrote before letting go: a ping, the 4201 error, the 4201 close, then EOF.
+    let (code, texts) = close_reply(&mut ws, Duration::from_secs(1)).await;
+    assert_eq!(code, Some(4201));
+    assert!(texts.iter().any(|t| t.contains("pusher:ping")), "{texts:?}");
+    assert!(texts.iter().any(|t| t.contains("4201")), "{texts:?}");
+    let mut rest = [0u8; 64];
+    assert_eq!(
+        ws.read(&mut rest).await.unwrap_or(0),
+        0,
+        "the server closed its end"
+    );
+}
