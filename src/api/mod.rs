@@ -76,7 +76,18 @@ struct EventBody<'a> {
 #[derive(Deserialize)]
 struct BatchBody<'a> {
     #[serde(borrow)]
-    batch: Option<Vec<EventBody<'a>>>,
+    batch: Option<Vec<&'a RawValue>>,
+}
+
+/// A body (or one event of a batch) as `T`, if it is a JSON object: serde's derived structs
+/// would also take a JSON array field by field, a shape no SDK sends.
+fn json_object<'a, T: Deserialize<'a>>(json: &'a [u8]) -> Result<T, ApiError> {
+    if !message::is_json_object(json) {
+        return Err(ApiError::InvalidJson(serde::de::Error::custom(
+            "expected a JSON object {…}, not an array or a single value",
+        )));
+    }
+    serde_json::from_slice(json).map_err(ApiError::InvalidJson)
 }
 
 /// A validated event ready to publish.
@@ -213,7 +224,7 @@ impl Api {
     }
 
     async fn trigger(&self, app: &Arc<App>, body: &[u8]) -> Result<ApiResponse, ApiError> {
-        let parsed: EventBody<'_> = serde_json::from_slice(body).map_err(ApiError::InvalidJson)?;
+        let parsed: EventBody<'_> = json_object(body)?;
         let v = validate(app, parsed)?;
         // What the answer needs after the event moved on (usually nothing: no `info` asked).
         let wanted = (!v.info.is_empty()).then(|| (v.channels.clone(), v.info.clone()));
@@ -229,7 +240,7 @@ impl Api {
     }
 
     async fn batch(&self, app: &Arc<App>, body: &[u8]) -> Result<ApiResponse, ApiError> {
-        let parsed: BatchBody<'_> = serde_json::from_slice(body).map_err(ApiError::InvalidJson)?;
+        let parsed: BatchBody<'_> = json_object(body)?;
         let batch = parsed.batch.ok_or(ApiError::MissingBatch)?;
         let max = app.config.max_batch_events;
         if batch.len() > max {
@@ -243,10 +254,12 @@ impl Api {
             .into_iter()
             .enumerate()
             .map(|(index, b)| {
-                validate(app, b).map_err(|e| ApiError::InBatch {
-                    index,
-                    error: Box::new(e),
-                })
+                json_object(b.get().as_bytes())
+                    .and_then(|b| validate(app, b))
+                    .map_err(|e| ApiError::InBatch {
+                        index,
+                        error: Box::new(e),
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let infos: Vec<(Vec<String>, Vec<String>)> = items

@@ -121,8 +121,21 @@ fn object_text(raw: &RawValue) -> Option<String> {
     }
 }
 
+/// Is `json` (still to be parsed) a JSON object? serde's derived structs also accept a JSON
+/// array, field by field in order, so `["pusher:subscribe",{…}]` would pass as a message and
+/// `["1"]` as presence `channel_data`. No Pusher client or SDK sends that; refusing it here
+/// keeps one shape per message. Looks only at the first non-blank byte.
+pub fn is_json_object(json: &[u8]) -> bool {
+    json.iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'{')
+}
+
 impl ClientMessage {
     pub fn parse(text: &str) -> Result<ClientMessage, MessageError> {
+        if !is_json_object(text.as_bytes()) {
+            return Err(MessageError::NotJson);
+        }
         let env: Envelope<'_> = serde_json::from_str(text).map_err(|_| MessageError::NotJson)?;
         let event = string_only(env.event).ok_or(MessageError::MissingEvent)?;
         match event.as_str() {

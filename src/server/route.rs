@@ -24,6 +24,10 @@ pub(super) async fn route(
     secure: bool,
 ) -> Response<Body> {
     let shared = &state.shared;
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400 (hyper lets it through).
+    if req.version() == hyper::Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+        return json_error(400, "Bad request: HTTP/1.1 requires a Host header");
+    }
     // The HTTP API first: it is the hot path of a publishing shop and needs no allocation here.
     if req.uri().path().starts_with("/apps/") && !upgrade::is_upgrade(&req) {
         let r = api(&state, req, peer).await;

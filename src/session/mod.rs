@@ -422,8 +422,11 @@ fn parse_channel_data(cd: &str, max_id: usize, max_info: usize) -> Result<Member
         #[serde(borrow)]
         user_info: Option<&'a serde_json::value::RawValue>,
     }
-    let parsed: ChannelData<'_> = serde_json::from_str(cd)
-        .map_err(|_| "Invalid channel_data: expected a JSON object with user_id".to_owned())?;
+    let invalid = || "Invalid channel_data: expected a JSON object with user_id".to_owned();
+    if !crate::protocol::message::is_json_object(cd.as_bytes()) {
+        return Err(invalid());
+    }
+    let parsed: ChannelData<'_> = serde_json::from_str(cd).map_err(|_| invalid())?;
     let user_id = parsed
         .user_id
         .and_then(id_string)

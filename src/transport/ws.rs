@@ -18,7 +18,9 @@
 //! - `connection`: the task — tick, write and read steps, closes;
 //! - `direct`: the socket shared with the outbox, and the frame a direct write left unfinished;
 //! - `write`: the write queue and the one `writev` layout;
-//! - `read`: bytes into decoded frames.
+//! - `read`: bytes into decoded frames;
+//! - `echo` (feature `autobahn-echo` only): the same handshake, read and write steps echoing
+//!   every message, for the Autobahn|Testsuite.
 
 mod connection;
 mod direct;
@@ -26,6 +28,10 @@ mod read;
 mod write;
 
 pub mod upgrade;
+
+/// The Autobahn|Testsuite echo endpoint: test builds only (`--features autobahn-echo`).
+#[cfg(feature = "autobahn-echo")]
+pub mod echo;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +60,13 @@ pub struct WsParams {
     pub shutdown: watch::Receiver<bool>,
     /// Counts this connection in `/metrics` while it is open, and its frames and bytes.
     pub conn: crate::metrics::ConnectionGuard,
+}
+
+/// The transport's cap on one (reassembled) message: twice the app's `max_message_bytes`, at
+/// least 64 KiB. Messages between the app limit and this get a `pusher:error` from the session
+/// and the connection stays; above it the decoder closes with 1009 before buffering more.
+pub fn frame_limit(max_message_bytes: usize) -> usize {
+    (max_message_bytes * 2).max(64 * 1024)
 }
 
 /// Refuses an upgraded connection with a Pusher error code (unknown app, quota, origin…).

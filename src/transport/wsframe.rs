@@ -24,7 +24,9 @@ pub const OP_PONG: u8 = 0xA;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
     Text(String),
-    Binary(usize),
+    /// Pushbox refuses binary messages; the bytes are kept for the Autobahn echo endpoint (moved
+    /// out of the decoder, not copied).
+    Binary(Vec<u8>),
     Ping(Vec<u8>),
     Pong,
     Close(Option<u16>),
@@ -170,12 +172,7 @@ impl Decoder {
                 OP_PING => out.push(Incoming::Ping(payload.to_vec())),
                 OP_PONG => out.push(Incoming::Pong),
                 OP_CLOSE => {
-                    if payload.len() == 1 {
-                        return Err(WsError::Protocol("close frame with a 1-byte payload"));
-                    }
-                    let code =
-                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-                    out.push(Incoming::Close(code));
+                    out.push(Incoming::Close(close_code(payload)?));
                     return Ok(pos);
                 }
                 OP_TEXT | OP_BINARY => {
@@ -210,13 +207,35 @@ impl Decoder {
     }
 }
 
+/// The status code of a close frame's payload, checked as RFC 6455 §7.4 asks: a code no
+/// endpoint may send (0–999, 1004–1006, 1015, the unassigned 1016–2999, 5000 and up) is a
+/// protocol error (1002), a reason that is not UTF-8 is 1007. Checked here, once per close,
+/// so the answer is never an echo of a code the peer had no right to send.
+fn close_code(payload: &[u8]) -> Result<Option<u16>, WsError> {
+    let Some((code, reason)) = payload.split_first_chunk::<2>() else {
+        return if payload.is_empty() {
+            Ok(None)
+        } else {
+            Err(WsError::Protocol("close frame with a 1-byte payload"))
+        };
+    };
+    let code = u16::from_be_bytes(*code);
+    if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+        return Err(WsError::Protocol("close frame with an invalid status code"));
+    }
+    if std::str::from_utf8(reason).is_err() {
+        return Err(WsError::InvalidUtf8);
+    }
+    Ok(Some(code))
+}
+
 fn finish(opcode: u8, data: Vec<u8>) -> Result<Incoming, WsError> {
     if opcode == OP_TEXT {
         String::from_utf8(data)
             .map(Incoming::Text)
             .map_err(|_| WsError::InvalidUtf8)
     } else {
-        Ok(Incoming::Binary(data.len()))
+        Ok(Incoming::Binary(data))
     }
 }
 
@@ -265,6 +284,12 @@ pub fn encode(opcode: u8, payload: &[u8]) -> Vec<u8> {
     v.extend_from_slice(&h[..n]);
     v.extend_from_slice(payload);
     v
+}
+
+/// The answer to a peer's close frame (RFC 6455 §5.5.1): its own code back (the decoder lets
+/// only valid ones through), 1000 when it sent none.
+pub fn close_reply(code: Option<u16>) -> Vec<u8> {
+    close_frame(code.unwrap_or(1000), "")
 }
 
 /// A close frame with `code` and a reason cut to fit a control frame.
@@ -470,6 +495,35 @@ mod tests {
     }
 
     #[test]
+    fn close_codes_and_reasons_are_checked() {
+        let close =
+            |payload: &[u8]| decode_all(&client_frame(true, OP_CLOSE, payload, [9, 8, 7, 6]), 100);
+        for code in [1000u16, 1001, 1003, 1007, 1011, 1014, 3000, 4201, 4999] {
+            let (msgs, _) = close(&code.to_be_bytes()).unwrap();
+            assert_eq!(msgs, vec![Incoming::Close(Some(code))], "{code}");
+        }
+        for code in [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
+        ] {
+            assert_eq!(
+                close(&code.to_be_bytes()).unwrap_err().close_code(),
+                1002,
+                "{code}"
+            );
+        }
+        assert_eq!(close(&[]).unwrap().0, vec![Incoming::Close(None)]);
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.extend([0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xff]);
+        assert_eq!(close(&bad_reason).unwrap_err(), WsError::InvalidUtf8);
+        let mut good_reason = 1000u16.to_be_bytes().to_vec();
+        good_reason.extend("κόσμε".as_bytes());
+        assert_eq!(
+            close(&good_reason).unwrap().0,
+            vec![Incoming::Close(Some(1000))]
+        );
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic() {
         let mut seed = 0x2545F4914F6CDD1Du64;
         for _ in 0..20_000 {
@@ -512,7 +566,7 @@ mod tests {
             let masked = encode_masked(OP_BINARY, &p, [9, 8, 7, 6]);
             assert_eq!(masked, client_frame(true, OP_BINARY, &p, [9, 8, 7, 6]));
             let (msgs, n) = decode_all(&masked, 1 << 20).unwrap();
-            assert_eq!((msgs, n), (vec![Incoming::Binary(len)], masked.len()));
+            assert_eq!((msgs, n), (vec![Incoming::Binary(p.clone())], masked.len()));
             let mut wire = encode(OP_TEXT, &p);
             let used = wire.len();
             wire.extend_from_slice(b"next");

@@ -107,7 +107,7 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
             shutdown,
             conn,
         } = params;
-        let limit = (app.config.max_message_bytes * 2).max(64 * 1024);
+        let limit = super::frame_limit(app.config.max_message_bytes);
         let outbox = Arc::new(Outbox::new(conn_id, socket_id, outbound_queue));
         // The opt-in coalescing window wants frames to wait and share a write: queued path only.
         if let Some(d) = direct.filter(|_| coalesce.is_zero()) {
@@ -368,8 +368,8 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
                     self.queue.push(Out::Raw(pong));
                 }
                 Incoming::Pong => self.session.activity(),
-                Incoming::Binary(len) => {
-                    self.conn.frame_in(len);
+                Incoming::Binary(data) => {
+                    self.conn.frame_in(data.len());
                     self.session.activity();
                     self.outbox.push(Frame::from(message::error(
                         None,
@@ -377,17 +377,9 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
                     )));
                 }
                 Incoming::Close(code) => {
-                    // Answer the closing handshake with the peer's code.
+                    // Answer the closing handshake.
                     self.hold();
-                    let echo = match code {
-                        Some(c)
-                            if (1000..=4999).contains(&c) && !matches!(c, 1004..=1006 | 1015) =>
-                        {
-                            c
-                        }
-                        _ => 1000,
-                    };
-                    self.queue.push(Out::Raw(wsframe::close_frame(echo, "")));
+                    self.queue.push(Out::Raw(wsframe::close_reply(code)));
                     then = Then::Reply;
                     break;
                 }

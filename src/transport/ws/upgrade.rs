@@ -7,6 +7,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -48,7 +50,8 @@ pub fn upgrade(
     let Some(accept) = accept_key(&req) else {
         let mut r = http::json_error(
             400,
-            "Bad WebSocket handshake: Sec-WebSocket-Key and Sec-WebSocket-Version: 13 are required",
+            "Bad WebSocket handshake: a GET over HTTP/1.1 with Sec-WebSocket-Version: 13 and a \
+             Sec-WebSocket-Key of 16 base64-encoded bytes is required",
         );
         r.headers_mut().insert(
             header::SEC_WEBSOCKET_VERSION,
@@ -106,8 +109,13 @@ pub fn upgrade(
     r
 }
 
-/// `Sec-WebSocket-Accept` for the client's key, if the handshake is one we speak (version 13).
-fn accept_key<B>(req: &Request<B>) -> Option<String> {
+/// `Sec-WebSocket-Accept` for the client's key, if the handshake is one we speak (RFC 6455
+/// §4.2.1): a `GET` over HTTP/1.1 or later, version 13, and a key that is 16 base64-encoded
+/// bytes. Anything else is not a WebSocket client we can trust to frame correctly.
+pub(super) fn accept_key<B>(req: &Request<B>) -> Option<String> {
+    if req.method() != hyper::Method::GET || req.version() < hyper::Version::HTTP_11 {
+        return None;
+    }
     let headers = req.headers();
     let version_ok = headers
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -115,7 +123,8 @@ fn accept_key<B>(req: &Request<B>) -> Option<String> {
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .filter(|_| version_ok)?;
-    Some(wsframe::accept_key(key.as_bytes()))
+    let nonce = STANDARD.decode(key.as_bytes()).ok()?;
+    (nonce.len() == 16).then(|| wsframe::accept_key(key.as_bytes()))
 }
 
 /// The app the client may join, counted against its quota and its address's share; or the
