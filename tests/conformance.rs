@@ -203,39 +203,32 @@ async fn json_arrays_are_refused_as_messages_and_channel_data() {
     assert_eq!(ok["event"], "pusher_internal:subscription_succeeded");
 }
 
+/// A signed `POST` of `body` to the API path; status and body of the answer.
+async fn post_signed(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    http(
+        addr,
+        "POST",
+        &signed("POST", path, body, &[]),
+        body.as_bytes(),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn api_event_bodies_must_be_objects() {
     let s = start(|_| {}).await;
     let path = format!("/apps/{APP_ID}/events");
     let body = r#"["sale","{}",["orders"]]"#;
-    let (status, answer) = http(
-        s.addr,
-        "POST",
-        &signed("POST", &path, body, &[]),
-        body.as_bytes(),
-    )
-    .await;
+    let (status, answer) = post_signed(s.addr, &path, body).await;
     assert_eq!(status, 400, "{answer}");
     assert!(answer.contains("JSON object"), "{answer}");
     let path = format!("/apps/{APP_ID}/batch_events");
     let body = r#"{"batch":[["sale","{}",null,"orders"]]}"#;
-    let (status, answer) = http(
-        s.addr,
-        "POST",
-        &signed("POST", &path, body, &[]),
-        body.as_bytes(),
-    )
-    .await;
+    let (status, answer) = post_signed(s.addr, &path, body).await;
     assert_eq!(status, 400, "{answer}");
     assert!(answer.contains("JSON object"), "{answer}");
     let body = r#"{"batch":[{"name":"sale","data":"{}","channel":"orders"}]}"#;
-    let (status, answer) = http(
-        s.addr,
-        "POST",
-        &signed("POST", &path, body, &[]),
-        body.as_bytes(),
-    )
-    .await;
+    let (status, answer) = post_signed(s.addr, &path, body).await;
     assert_eq!(status, 200, "{answer}");
 }
 

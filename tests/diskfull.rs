@@ -15,7 +15,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use std::time::Duration;
@@ -175,25 +175,54 @@ fn assert_actionable_503(body: &str, hints: &[&str]) -> String {
     msg
 }
 
-// ---------------------------------------------------------------- the tests
+/// A 2 MiB tmpfs with most of it taken by a filler file (deleted later to free space), a
+/// work directory with a config capped far above the filesystem (only ENOSPC can stop the
+/// log) and a free port; `None` (after saying SKIPPED) where a tmpfs can't be mounted.
+struct FullDisk {
+    fs: Tmpfs,
+    work: tempfile::TempDir,
+    state: PathBuf,
+    port: u16,
+    filler: PathBuf,
+}
 
-#[test]
-fn enospc_answers_503_keeps_the_log_intact_and_publishing_resumes_once_space_is_freed() {
+fn full_disk(test: &str) -> Option<FullDisk> {
     let fs = match Tmpfs::mount("2m") {
         Ok(fs) => fs,
         Err(why) => {
-            println!("SKIPPED enospc test: {why} (run as root to mount a 2 MiB tmpfs)");
-            return;
+            println!("SKIPPED {test}: {why} (run as root to mount a 2 MiB tmpfs)");
+            return None;
         }
     };
     let work = tempfile::tempdir().unwrap();
     let state = fs.path().join("state");
     let port = free_port();
-    // The cap is far above the filesystem: only ENOSPC can stop the log.
     write_config(work.path(), port, 1 << 30);
-    // Take most of the room up front, to give it back later.
     let filler = fs.path().join("filler");
     std::fs::write(&filler, vec![0xa5u8; 1536 * 1024]).unwrap();
+    Some(FullDisk {
+        fs,
+        work,
+        state,
+        port,
+        filler,
+    })
+}
+
+// ---------------------------------------------------------------- the tests
+
+#[test]
+fn enospc_answers_503_keeps_the_log_intact_and_publishing_resumes_once_space_is_freed() {
+    let Some(FullDisk {
+        fs,
+        work,
+        state,
+        port,
+        filler,
+    }) = full_disk("enospc test")
+    else {
+        return;
+    };
 
     let s = start(work.path(), &state, port, "fill");
     let mut acked = Vec::new();
@@ -257,19 +286,16 @@ fn enospc_answers_503_keeps_the_log_intact_and_publishing_resumes_once_space_is_
 
 #[test]
 fn enospc_refuses_before_delivery_so_subscribers_get_exactly_the_accepted_events() {
-    let fs = match Tmpfs::mount("2m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            println!("SKIPPED enospc delivery test: {why} (run as root to mount a 2 MiB tmpfs)");
-            return;
-        }
+    let Some(FullDisk {
+        fs: _mounted,
+        work,
+        state,
+        port,
+        filler,
+    }) = full_disk("enospc delivery test")
+    else {
+        return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let state = fs.path().join("state");
-    let port = free_port();
-    write_config(work.path(), port, 1 << 30);
-    let filler = fs.path().join("filler");
-    std::fs::write(&filler, vec![0xa5u8; 1536 * 1024]).unwrap();
 
     let s = start(work.path(), &state, port, "deliver");
     let sub = Subscriber::start(s.addr(), "orders");
