@@ -85,6 +85,9 @@ host = "127.0.0.1"
 port = 6400
 activity_timeout = 120
 coalesce_ms = ${COALESCE_MS:-0}
+# pbload opens every connection from 127.0.0.1, and the references have no per-address limit:
+# off here (0), so both serve the same 10k-18k clients (the default, 1,000, refused half of idle-2k).
+max_connections_per_ip = 0
 [spool]
 durability = "${DURABILITY:-memory}"
 [[apps]]
