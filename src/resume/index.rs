@@ -149,6 +149,14 @@ impl Index {
         }
     }
 
+    /// Keeps `channel`'s ring, if it still has one, until `until_ms` (a connection that
+    /// inherited it and did not re-subscribe ended).
+    pub fn extend(&mut self, channel: &str, until_ms: u64) {
+        if let Some(ring) = self.rings.get_mut(channel) {
+            ring.keep_until_ms = ring.keep_until_ms.max(until_ms);
+        }
+    }
+
     /// Keeps `channel`'s ring (created empty, with everything after `floor` to come) until
     /// `until_ms`: a lineage loaded at start-up may come back for it.
     pub fn keep(&mut self, channel: &str, floor: u64, until_ms: u64) {

@@ -115,7 +115,12 @@ pub struct Store {
     by_user: Vec<Shared>,
     /// User id → unix ms of its last `terminate_connections`.
     terminated: HashMap<String, u64>,
+    last_sweep_ms: u64,
 }
+
+/// How often ended lineages are swept: not at every end, which would make ten thousand
+/// connections ending together (a restart) cost ten thousand sweeps of ten thousand.
+const SWEEP_EVERY_MS: u64 = 1000;
 
 /// What a zero-change claim found for one channel.
 #[derive(Debug, PartialEq, Eq)]
@@ -163,6 +168,7 @@ impl Store {
         for l in &self.by_user {
             let mut l = lock(l);
             if l.peer != peer
+                || l.expired(now_ms, window_ms)
                 || l.close_code == Some(GOING_AWAY)
                 || !l.users.iter().any(|u| u == user)
                 || self
@@ -217,15 +223,19 @@ impl Store {
             .any(|u| self.terminated.get(u).is_some_and(|t| *t >= l.started_ms))
     }
 
-    /// Drops lineages (and terminations) older than the window.
+    /// Drops lineages (and terminations) older than twice the window, at most once a second.
     pub fn sweep(&mut self, now_ms: u64, window_ms: u64) {
+        if now_ms < self.last_sweep_ms + SWEEP_EVERY_MS {
+            return;
+        }
+        self.last_sweep_ms = now_ms;
         self.by_user.retain(|l| {
             let l = lock(l);
             !l.expired(now_ms, window_ms) && !l.channels.is_empty()
         });
         self.by_token
             .retain(|_, l| !lock(l).expired(now_ms, window_ms));
-        self.terminated.retain(|_, t| *t + window_ms >= now_ms);
+        self.terminated.retain(|_, t| *t + 2 * window_ms >= now_ms);
     }
 
     /// Every ended lineage, for the state file at shutdown.

@@ -184,20 +184,28 @@ impl AppResume {
         self.index().release(channel, until);
     }
 
-    /// A resumable connection ended: its lineage is kept for the window.
+    /// A resumable connection ended: its lineage is kept for the window, and so are the
+    /// events of its channels (those it inherited and did not re-subscribe included).
     pub fn end(&self, lineage: &Shared, close_code: Option<u16>) {
         let now = now_ms();
-        let channels: Vec<String> = {
+        let channels: Vec<(String, bool)> = {
             let mut l = lineage::lock(lineage);
             l.ended_ms = Some(now);
             l.close_code = close_code;
-            l.channels.iter().map(|m| m.channel.clone()).collect()
+            l.channels
+                .iter()
+                .map(|m| (m.channel.clone(), m.inherited))
+                .collect()
         };
         {
             let until = now + self.window_ms();
             let mut index = self.index();
-            for c in &channels {
-                index.release(c, until);
+            for (c, inherited) in &channels {
+                if *inherited {
+                    index.extend(c, until);
+                } else {
+                    index.release(c, until);
+                }
             }
         }
         self.store().ended(lineage, now, self.window_ms());
