@@ -41,7 +41,7 @@ pub struct Lineage {
     pub users: Vec<String>,
     /// A hash of the client's address and user agent (zero-change matching only).
     #[serde(default)]
-    pub peer: u64,
+    pub peer: u32,
     #[serde(default)]
     pub close_code: Option<u16>,
     /// Unix ms the connection started (a `terminate_connections` after it discards it).
@@ -93,6 +93,18 @@ impl Lineage {
     /// silently getting nothing.
     fn expired(&self, now_ms: u64, window_ms: u64) -> bool {
         self.ended_ms.is_some_and(|e| e + 2 * window_ms < now_ms)
+    }
+}
+
+/// Socket ids a lineage remembers: a client that reconnects in a loop must not grow it without
+/// bound, and an event it published with `toOthers` more than this many connections ago is far
+/// out of the window anyway.
+pub const MAX_CHAIN: usize = 16;
+
+/// Keeps the newest [`MAX_CHAIN`] socket ids.
+pub fn cap_chain(ids: &mut Vec<String>) {
+    if ids.len() > MAX_CHAIN {
+        ids.drain(..ids.len() - MAX_CHAIN);
     }
 }
 
@@ -149,6 +161,7 @@ impl Store {
         let own = std::mem::take(&mut new.socket_ids);
         new.socket_ids = ids;
         new.socket_ids.extend(own);
+        cap_chain(&mut new.socket_ids);
         true
     }
 
@@ -158,7 +171,7 @@ impl Store {
     pub fn claim_user(
         &mut self,
         user: &str,
-        peer: u64,
+        peer: u32,
         channel: &str,
         now_ms: u64,
         window_ms: u64,
@@ -191,6 +204,7 @@ impl Store {
             c.from = c.from.min(w);
             c.candidates += 1;
             c.socket_ids.extend(l.socket_ids.iter().cloned());
+            cap_chain(&mut c.socket_ids);
         }
         claim
     }
@@ -296,7 +310,7 @@ mod tests {
 
     fn ended(
         users: &[&str],
-        peer: u64,
+        peer: u32,
         close: u16,
         channels: &[(&str, u64)],
         proven: u64,

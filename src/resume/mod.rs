@@ -48,16 +48,17 @@ pub fn now_ms() -> u64 {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Origin {
     pub token: Option<Token>,
-    pub peer: u64,
+    pub peer: u32,
 }
 
 /// FNV-1a over the client's address and user agent: stable across restarts (the hash goes
-/// into the state file), and only ever compared among one user's lineages.
-pub fn peer_hash(ip: &str, user_agent: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+/// into the state file), and only ever compared among one user's lineages, so 32 bits are
+/// plenty — and a `u32` fits in the padding of every `Session`, costing idle connections nothing.
+pub fn peer_hash(ip: &str, user_agent: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
     for b in ip.bytes().chain([0u8]).chain(user_agent.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
     }
     h
 }
@@ -143,7 +144,7 @@ impl AppResume {
 
     /// A connection with a token opens: its lineage, holding what the token's previous
     /// connection left.
-    pub fn open_token(&self, token: Token, socket_id: &str, peer: u64) -> (Shared, bool) {
+    pub fn open_token(&self, token: Token, socket_id: &str, peer: u32) -> (Shared, bool) {
         let now = now_ms();
         let lineage = Arc::new(Mutex::new(Lineage {
             token: Some(token),
@@ -159,7 +160,7 @@ impl AppResume {
     }
 
     /// A connection without a token becomes resumable (a signed user on it).
-    pub fn open_user(&self, socket_id: &str, peer: u64) -> Shared {
+    pub fn open_user(&self, socket_id: &str, peer: u32) -> Shared {
         Arc::new(Mutex::new(Lineage {
             peer,
             started_ms: now_ms(),
@@ -170,7 +171,7 @@ impl AppResume {
 
     /// Zero-change mode: where `channel`'s missed events start for a reconnect of `user` from
     /// `peer`, if an ended connection of that user may be resumed.
-    pub fn claim_user(&self, user: &str, peer: u64, channel: &str) -> Option<lineage::UserClaim> {
+    pub fn claim_user(&self, user: &str, peer: u32, channel: &str) -> Option<lineage::UserClaim> {
         if !self.config.match_user {
             return None;
         }

@@ -87,9 +87,12 @@ fn read_tail(spool: &Spool, since_ms: u64) -> Result<Vec<(u64, EventRecord)>, St
     Ok(out)
 }
 
+/// One app's events read back: the first position found, and (channel, event) pairs.
+type Restored = (Option<u64>, Vec<(String, Entry)>);
+
 /// Hands each app its events back, with the first position found for it.
 fn restore_events(hub: &Hub, records: Vec<(u64, EventRecord)>) {
-    let mut per_app: HashMap<String, (Option<u64>, Vec<(String, Entry)>)> = HashMap::new();
+    let mut per_app: HashMap<String, Restored> = HashMap::new();
     for (at_ms, rec) in records {
         let (first, events) = per_app.entry(rec.app.clone()).or_default();
         for (channel, &pos) in rec.channels.iter().zip(&rec.positions) {

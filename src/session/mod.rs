@@ -100,8 +100,9 @@ pub struct Session {
     ping_sent: Option<Instant>,
     /// Resume state, allocated only for a connection with a token or a signed user (resume on).
     resume: Option<Box<Resumable>>,
-    /// A hash of the client's address and user agent, for zero-change resume.
-    peer: u64,
+    /// A hash of the client's address and user agent, for zero-change resume (32 bits: it
+    /// sits beside `rate_count`, in what was padding).
+    peer: u32,
 }
 
 /// A resumable connection's state: its lineage (shared with the app's store) and its proof.

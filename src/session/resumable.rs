@@ -105,6 +105,7 @@ impl Session {
                         l.socket_ids.push(id);
                     }
                 }
+                lineage::cap_chain(&mut l.socket_ids);
                 let chain = l.socket_ids.clone();
                 return Some((
                     Plan {

@@ -141,7 +141,7 @@ pub fn upgrade(
 }
 
 /// The hash zero-change resume compares (address and user agent), when resume is on.
-fn peer_hash<B>(shared: &Shared, req: &Request<B>, peer: SocketAddr) -> u64 {
+fn peer_hash<B>(shared: &Shared, req: &Request<B>, peer: SocketAddr) -> u32 {
     if !shared.config.resume.enabled || !shared.config.resume.match_user {
         return 0;
     }
