@@ -38,7 +38,11 @@ pub(super) fn load(hub: &Hub, state_dir: &Path, eventlog: &EventLog) {
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "resume state not loaded"),
     }
-    let since = resume::now_ms().saturating_sub(window.as_millis() as u64);
+    // Lineages live up to twice the window after their connection ended, and their watermark
+    // may be a little older still: reading three windows back puts every event they may ask
+    // for in the rings (the index itself refuses what is older than the window), so a channel
+    // that simply had no events is not taken for one whose events are gone.
+    let since = resume::now_ms().saturating_sub(3 * window.as_millis() as u64);
     match read_tail(eventlog.spool(), since) {
         Ok(records) => {
             let events = records.len();
