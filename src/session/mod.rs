@@ -307,6 +307,7 @@ impl Session {
                 // Re-subscribing as another user: leave as the old one first.
                 self.app.unsubscribe(&self.outbox, name);
                 self.subscriptions.retain(|s| s.channel != name);
+                self.resume_left(name);
             }
         }
         let plan = self.resume_plan(name, kind, member.as_ref());
@@ -328,6 +329,9 @@ impl Session {
                 }
             }
             Err(SubscribeError::MemberLimit { max }) => {
+                if let Some((plan, _)) = &plan {
+                    self.resume_unclaim(name, plan);
+                }
                 self.sub_error(
                     name,
                     "LimitReached",
@@ -342,18 +346,7 @@ impl Session {
         if let Some(i) = self.subscriptions.iter().position(|s| s.channel == name) {
             self.subscriptions.swap_remove(i);
             self.app.unsubscribe(&self.outbox, name);
-            if let (Some(rs), Some(r)) = (&self.resume, self.app.resume()) {
-                let mut l = resume::lineage::lock(&rs.lineage);
-                if let Some(i) = l
-                    .channels
-                    .iter()
-                    .position(|m| m.channel == name && !m.inherited)
-                {
-                    l.channels.swap_remove(i);
-                    drop(l);
-                    r.release(name);
-                }
-            }
+            self.resume_left(name);
         }
     }
 

@@ -126,16 +126,52 @@ impl Session {
             return;
         };
         {
+            // A repeated subscribe of a channel this connection is on keeps its mark: the
+            // events since then went out live and are only as delivered as the pongs say.
             let mut l = lineage::lock(&rs.lineage);
-            l.channels.retain(|m| m.channel != name);
-            l.channels.push(Mark {
-                channel: name.to_owned(),
-                from: subscribed.head,
-                inherited: false,
-            });
+            if !l.channels.iter().any(|m| m.channel == name) {
+                l.channels.push(Mark {
+                    channel: name.to_owned(),
+                    from: subscribed.head,
+                    inherited: false,
+                });
+            }
         }
         if let (Some(from), Some(outcome)) = (plan.from, &subscribed.resumed) {
             r.report(self.outbox.socket_id.as_str(), name, how, from, outcome);
+        }
+    }
+
+    /// This connection left `name`: its events need not be kept for it any more.
+    pub(super) fn resume_left(&mut self, name: &str) {
+        let (Some(rs), Some(r)) = (&self.resume, self.app.resume()) else {
+            return;
+        };
+        let mut l = lineage::lock(&rs.lineage);
+        if let Some(i) = l
+            .channels
+            .iter()
+            .position(|m| m.channel == name && !m.inherited)
+        {
+            l.channels.swap_remove(i);
+            drop(l);
+            r.release(name);
+        }
+    }
+
+    /// The hub refused a subscribe whose missed events were claimed (a full presence channel):
+    /// they stay this connection's to claim on a later subscribe.
+    pub(super) fn resume_unclaim(&mut self, name: &str, plan: &Plan) {
+        let (Some(rs), Some(from)) = (&self.resume, plan.from) else {
+            return;
+        };
+        let mut l = lineage::lock(&rs.lineage);
+        if !l.channels.iter().any(|m| m.channel == name) {
+            l.channels.push(Mark {
+                channel: name.to_owned(),
+                from,
+                inherited: true,
+            });
         }
     }
 
