@@ -757,8 +757,9 @@ impl Hub {
         let apps: Vec<Arc<App>> = apps
             .into_iter()
             .map(|a| {
+                let max = a.max_connections;
                 let mut app = App::new(a, observer.clone());
-                app.resume = resume.map(|r| Arc::new(AppResume::new(r)));
+                app.resume = resume.map(|r| Arc::new(AppResume::new(r, max)));
                 Arc::new(app)
             })
             .collect();

@@ -209,16 +209,58 @@ impl Store {
         claim
     }
 
-    /// A connection ended: a tokenless lineage with a signed user becomes matchable.
-    pub fn ended(&mut self, l: &Shared, now_ms: u64, window_ms: u64) {
-        let matchable = {
+    /// A connection ended: a tokenless lineage with a signed user becomes matchable; a token
+    /// lineage that holds no channel is forgotten (there is nothing to resume). Past `cap`
+    /// lineages, the oldest ended ones go first: a client opening and dropping connections in
+    /// a loop with fresh tokens must not grow the box's memory for two windows.
+    pub fn ended(&mut self, l: &Shared, now_ms: u64, window_ms: u64, cap: usize) {
+        let (token, matchable, empty) = {
             let g = lock(l);
-            g.token.is_none() && !g.users.is_empty() && !g.channels.is_empty()
+            let empty = g.channels.is_empty();
+            (
+                g.token,
+                g.token.is_none() && !g.users.is_empty() && !empty,
+                empty,
+            )
         };
         if matchable {
             self.by_user.push(l.clone());
         }
+        if let (Some(t), true) = (token, empty) {
+            if self.by_token.get(&t).is_some_and(|x| Arc::ptr_eq(x, l)) {
+                self.by_token.remove(&t);
+            }
+        }
         self.sweep(now_ms, window_ms);
+        if self.by_token.len() + self.by_user.len() > cap {
+            self.shed(cap);
+        }
+    }
+
+    /// Drops the oldest ended lineages until a tenth below `cap` (so shedding is rare).
+    fn shed(&mut self, cap: usize) {
+        let keep = cap - cap / 10;
+        let mut ended: Vec<u64> = self
+            .by_token
+            .values()
+            .chain(self.by_user.iter())
+            .filter_map(|l| lock(l).ended_ms)
+            .collect();
+        let total = self.by_token.len() + self.by_user.len();
+        let excess = total.saturating_sub(keep).min(ended.len());
+        if excess == 0 {
+            return;
+        }
+        ended.sort_unstable();
+        let cutoff = ended[excess - 1];
+        let old = |l: &Shared| lock(l).ended_ms.is_some_and(|e| e <= cutoff);
+        self.by_user.retain(|l| !old(l));
+        self.by_token.retain(|_, l| !old(l));
+        tracing::warn!(
+            cap,
+            dropped = total - self.by_token.len() - self.by_user.len(),
+            "resume: too many ended connections kept; the oldest can no longer be resumed"
+        );
     }
 
     /// `terminate_connections` for `user`: its lineages are discarded, and so is the lineage of
@@ -342,9 +384,15 @@ mod tests {
             &ended(&["u"], 7, GOING_AWAY, &[("presence-a", 3)], 5),
             1000,
             W,
+            100,
         );
         assert_eq!(s.claim_user("u", 7, "presence-a", 2000, W), None);
-        s.ended(&ended(&["u"], 7, 1000, &[("presence-a", 3)], 5), 1000, W);
+        s.ended(
+            &ended(&["u"], 7, 1000, &[("presence-a", 3)], 5),
+            1000,
+            W,
+            100,
+        );
         let c = s.claim_user("u", 7, "presence-a", 2000, W).unwrap();
         assert_eq!((c.from, c.candidates), (5, 1));
         assert_eq!(
@@ -357,10 +405,30 @@ mod tests {
     #[test]
     fn user_matching_needs_the_same_peer_and_user_and_takes_the_lowest_watermark() {
         let mut s = Store::default();
-        s.ended(&ended(&["u"], 7, 1006, &[("presence-a", 3)], 9), 1000, W);
-        s.ended(&ended(&["u"], 7, 1000, &[("presence-a", 4)], 0), 1000, W);
-        s.ended(&ended(&["u"], 8, 1000, &[("presence-a", 1)], 0), 1000, W);
-        s.ended(&ended(&["v"], 7, 1000, &[("presence-a", 1)], 0), 1000, W);
+        s.ended(
+            &ended(&["u"], 7, 1006, &[("presence-a", 3)], 9),
+            1000,
+            W,
+            100,
+        );
+        s.ended(
+            &ended(&["u"], 7, 1000, &[("presence-a", 4)], 0),
+            1000,
+            W,
+            100,
+        );
+        s.ended(
+            &ended(&["u"], 8, 1000, &[("presence-a", 1)], 0),
+            1000,
+            W,
+            100,
+        );
+        s.ended(
+            &ended(&["v"], 7, 1000, &[("presence-a", 1)], 0),
+            1000,
+            W,
+            100,
+        );
         let c = s.claim_user("u", 7, "presence-a", 2000, W).unwrap();
         assert_eq!(c.from, 4, "min over both tabs: max(3, 9) and max(4, 0)");
         assert_eq!(c.candidates, 2);
@@ -369,6 +437,33 @@ mod tests {
             s.claim_user("u", 7, "presence-a", 1000 + 2 * W + 1, W),
             None
         );
+    }
+
+    #[test]
+    fn past_the_cap_the_oldest_ended_lineages_go_and_empty_token_lineages_are_not_kept() {
+        let mut s = Store::default();
+        let empty: Shared = Arc::new(Mutex::new(Lineage {
+            token: Some(Token([9; 16])),
+            ended_ms: Some(10),
+            ..Lineage::default()
+        }));
+        s.by_token.insert(Token([9; 16]), empty.clone());
+        s.ended(&empty, 10, W, 100);
+        assert_eq!(s.size(), (0, 0), "nothing to resume: forgotten");
+        for i in 0..12u64 {
+            let l = ended(&["u"], 7, 1000, &[("presence-a", 1)], 0);
+            lock(&l).ended_ms = Some(100 + i);
+            s.ended(&l, 200, W, 10);
+        }
+        let (t, u) = s.size();
+        assert!(t + u <= 10, "{t} + {u}");
+        let oldest = s
+            .by_user
+            .iter()
+            .map(|l| lock(l).ended_ms.unwrap())
+            .min()
+            .unwrap();
+        assert!(oldest > 100, "the oldest went first: {oldest}");
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub struct Plan {
 pub struct AppResume {
     pub config: ResumeConfig,
     caps: Caps,
+    /// Most lineages kept (open and ended): twice the app's `max_connections`, at least 1,000.
+    max_lineages: usize,
     index: Mutex<Index>,
     /// The index's head, readable without its lock: every fan-out up to it is complete.
     head: AtomicU64,
@@ -100,8 +102,9 @@ pub struct AppResume {
 }
 
 impl AppResume {
-    pub fn new(config: &ResumeConfig) -> AppResume {
+    pub fn new(config: &ResumeConfig, max_connections: usize) -> AppResume {
         AppResume {
+            max_lineages: max_connections.saturating_mul(2).max(1000),
             caps: Caps {
                 window: config.window,
                 max_events: config.max_events,
@@ -209,7 +212,8 @@ impl AppResume {
                 }
             }
         }
-        self.store().ended(lineage, now, self.window_ms());
+        self.store()
+            .ended(lineage, now, self.window_ms(), self.max_lineages);
     }
 
     /// `terminate_connections` for `user`: nothing of it is resumed.
