@@ -11,7 +11,6 @@ mod outbox;
 
 pub use cache::CACHE_TTL;
 pub use outbox::{CloseRequest, DirectWrite, Flusher, Outbox, Pushed, Wrote};
-pub use resume::Outcome as ResumeOutcome;
 
 use std::collections::HashMap;
 
