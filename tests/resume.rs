@@ -436,3 +436,47 @@ fn publish_blocking(served: &common::Served, n: u32) {
     let (status, body) = served.trigger("e", "orders", &n.to_string());
     assert_eq!(status, 200, "{body}");
 }
+
+/// Zero-change resume by signin id: channels subscribed after `pusher:signin` on the new
+/// connection replay; a client that never signs in gets nothing.
+#[tokio::test]
+async fn zero_change_signin_resume_covers_channels_subscribed_after_the_signin() {
+    let s = common::start(|_| {}).await;
+    async fn signed_in(addr: std::net::SocketAddr, id: &str) -> Client {
+        let mut c = Client::connect(addr).await;
+        let user_data = format!(r#"{{"id":"{id}"}}"#);
+        let sig = pushbox::protocol::auth::sign(
+            SECRET,
+            format!("{}::user::{user_data}", c.socket_id).as_bytes(),
+        );
+        c.send(json!({"event":"pusher:signin","data":{"auth":format!("{KEY}:{sig}"),"user_data":user_data}}))
+            .await;
+        assert_eq!(next(&mut c).await["event"], "pusher:signin_success");
+        c
+    }
+    let mut c1 = signed_in(s.addr, "u9").await;
+    let ack = c1.subscribe_private("private-till").await;
+    assert_eq!(
+        ack["event"], "pusher_internal:subscription_succeeded",
+        "{ack}"
+    );
+    publish(s.addr, "private-till", 1).await;
+    assert_eq!(next(&mut c1).await["data"], "1");
+    prove(&mut c1).await;
+    c1.ws.close(None).await.unwrap();
+    publish(s.addr, "private-till", 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Not signed in: not the same user as far as the server can tell.
+    let mut anon = Client::connect(s.addr).await;
+    anon.subscribe_private("private-till").await;
+    assert!(events_within(&mut anon, 300).await.is_empty());
+
+    let mut c2 = signed_in(s.addr, "u9").await;
+    let ack = c2.subscribe_private("private-till").await;
+    assert_eq!(
+        ack["event"], "pusher_internal:subscription_succeeded",
+        "{ack}"
+    );
+    assert_eq!(data(&events_within(&mut c2, 500).await), ["2"]);
+}
