@@ -1,0 +1,89 @@
+// Laravel Echo in Debian's chromium with the one resume option (wsPath token), cut for 10 s.
+//
+// The cut is real: chromium runs inside the clients' network namespace and the namespace's end of
+// the veth goes down, so the browser's TCP connection simply stops carrying packets (no FIN, no
+// RST), as on a Wi-Fi drop. Chromium also sees its only interface go away (navigator.onLine
+// false, then true): pusher-js's web build pings on `offline` and retries at once on `online`,
+// which is exactly the browser behaviour the node build cannot show.
+// The page shows every event in a list; each must be shown once, in order, on both a public and
+// a private channel (the private one re-authorised through /broadcasting/auth with the new socket).
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+  Agent, startBox, cut, heal, publish, routesResumePath, describeSeq, range, sleep, log, APPS, REPO_ROOT,
+} from '../lib/harness.mjs';
+
+let agent, box;
+const R = { failures: [] };
+const CHANNELS = ['echo-public', 'private-echo-private'];
+
+before(async () => {
+  agent = await Agent.start();
+  box = await startBox({ name: 'E' });
+});
+
+after(async () => {
+  await agent?.close();
+  await box?.remove();
+});
+
+describe('Laravel Echo in chromium, wsPath token, 10 s cut', () => {
+  before(async () => {
+    R.routed = await routesResumePath(box);
+    await agent.call('browser', { host: box.host, port: box.port, key: APPS.main.key, notoken: !R.routed }, 60000);
+    await agent.waitFor(() => CHANNELS.every((ch) => agent.msgs('browser', ch).some((e) => e.event === 'pusher:subscription_succeeded')),
+      { timeout: 30000, what: 'the page subscribed to both channels' });
+    R.firstId = agent.socketIds('browser').at(-1);
+    const pub = async (n) => {
+      for (const ch of CHANNELS) {
+        const s = await publish(box, ch, { n });
+        if (s !== 200) R.failures.push(`${ch} n=${n} → ${s}`);
+      }
+    };
+    await pub(1); await pub(2);
+    await agent.waitSoft(() => CHANNELS.every((ch) => agent.ns('browser', ch).includes(2)), { timeout: 5000 });
+    await sleep(1200);
+    R.cutAt = cut();
+    await sleep(1000);
+    for (const n of range(3, 6)) { await pub(n); await sleep(300); }
+    await sleep(R.cutAt + 10000 - Date.now());
+    R.healAt = heal();
+    await agent.waitSoft(() => {
+      const ids = agent.socketIds('browser');
+      return ids.at(-1) && ids.at(-1) !== R.firstId
+        && CHANNELS.every((ch) => agent.msgs('browser', ch).some((e) => e.event === 'pusher:subscription_succeeded' && e.t > R.healAt));
+    }, { timeout: 40000 });
+    R.backAt = Date.now();
+    log(`chromium back ${R.backAt - R.healAt} ms after the link came up`);
+    await pub(7);
+    await agent.waitSoft(() => CHANNELS.every((ch) => agent.ns('browser', ch).includes(7)), { timeout: 10000 });
+    await sleep(1500);
+    R.page = await agent.call('browserState');
+    const artifacts = path.join(REPO_ROOT, 'artifacts');
+    fs.mkdirSync(artifacts, { recursive: true });
+    await agent.call('browserShot', { file: path.join(artifacts, 'resume-echo-chromium.png') }).catch(() => {});
+  });
+
+  it('the page used the documented wsPath token and every publish got 200', () => {
+    assert.deepEqual(R.failures, []);
+    if (!R.routed) assert.fail('this pushbox answers 404 on /r/<token>/app/<key>: no resume feature (the page ran without a token)');
+    assert.match(R.page.wsPath || '', /^\/r\/[0-9a-f]{32}$/);
+  });
+
+  it('chromium noticed the cut and reconnected with a new socket id', () => {
+    const ids = agent.socketIds('browser');
+    assert.ok(ids.length >= 2 && ids.at(-1) !== R.firstId, `socket ids ${JSON.stringify(ids)}; states ${JSON.stringify(R.page.states)}`);
+  });
+
+  it('every event shown once, in order, on the public and the private channel', () => {
+    if (!R.routed) assert.fail('no resume feature in this pushbox');
+    for (const ch of CHANNELS) {
+      const got = R.page.received.filter((e) => e.channel === ch).map((e) => e.n);
+      assert.deepEqual(got, range(1, 7), `${ch}: ${describeSeq(got, range(1, 7))}`);
+      const shown = R.page.shown.filter((s) => s.startsWith(`${ch} #`));
+      assert.deepEqual(shown, range(1, 7).map((n) => `${ch} #${n}`), `${ch}: the list shows ${JSON.stringify(shown)}`);
+    }
+  });
+});
