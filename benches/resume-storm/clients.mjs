@@ -91,6 +91,8 @@ function summary(done) {
     // pusher-js's own retry timer (which decides when the storm starts).
     stormMs: Number.isFinite(firstReconnect) && caught.every((x) => x != null)
       ? Math.max(...clients.map((c) => c.caughtUpAt)) - firstReconnect : null,
+    resubscribeStormMs: Number.isFinite(firstReconnect) && resub.every((x) => x != null)
+      ? Math.max(...clients.map((c) => c.resubAt)) - firstReconnect : null,
   });
 }
 

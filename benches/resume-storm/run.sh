@@ -26,7 +26,7 @@ if [ -z "${PUSHBOX_BIN:-}" ]; then
   export PUSHBOX_BIN="$repo/target/release/pushbox"
 fi
 [ -d "$repo/tests/clients/node_modules/pusher-js" ] || (cd "$repo/tests/clients" && npm ci --no-audit --no-fund --silent)
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 export RUST_LOG=${RUST_LOG:-warn}
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -r); binary: $PUSHBOX_BIN" >&2
 node "$here/storm.mjs"

@@ -48,7 +48,7 @@ if [ ! -d "$repo/tests/browser/node_modules/playwright-core" ]; then
   (cd "$repo/tests/browser" && npm ci --no-audit --no-fund --silent)
 fi
 # A thousand sockets (the storm bench) and chromium's descriptors need more than 1024.
-ulimit -n 65536 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 cd "$here"
 if [ "$#" -gt 0 ]; then

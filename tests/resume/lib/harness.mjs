@@ -14,7 +14,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { APPS, PUSHBOX_BIN, renderConfig } from '../../clients/lib/server.mjs';
-import { signedRequest, sleep } from '../../clients/lib/helpers.mjs';
+import { signedRequest, sleep, WebSocket } from '../../clients/lib/helpers.mjs';
 
 export { APPS, PUSHBOX_BIN, sleep };
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -174,14 +174,19 @@ export function metricSum(m, name) {
   return seen ? s : undefined;
 }
 
-/** Does this binary route `/r/<token>/app/<key>`? (404 there = a pushbox without resume.) */
-export async function routesResumePath(box) {
-  try {
-    const r = await httpGet(`${box.base}/r/${token()}/app/${APPS.main.key}`);
-    return r.status !== 404;
-  } catch {
-    return false;
-  }
+/**
+ * Does this binary take a WebSocket on `/r/<token>/app/<key>` (pusher-js wsPath)? A pushbox without
+ * resume refuses that upgrade (404); one with it answers pusher:connection_established.
+ */
+export function routesResumePath(box) {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(`ws://${box.host}:${box.port}/r/${token()}/app/${APPS.main.key}?protocol=7&client=js&version=8.6.0&flash=false`);
+    const done = (v) => { clearTimeout(t); try { ws.terminate(); } catch { /* ignore */ } resolve(v); };
+    const t = setTimeout(() => done(false), 3000);
+    ws.on('message', (m) => done(String(m).includes('pusher:connection_established')));
+    ws.on('unexpected-response', () => done(false));
+    ws.on('error', () => done(false));
+  });
 }
 
 // ------------------------------------------------------------------------------------ the agent

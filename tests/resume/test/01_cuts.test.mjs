@@ -7,7 +7,9 @@
 // client(s) and channel(s) and its own assertion (one `it` each), on four pushbox processes:
 //   A  resume disabled (PUSHBOX_RESUME_ENABLED=false)       the baseline: the cut loses events
 //   B  resume on, defaults                                  exact resume and its edges
-//   C  window 5 s, failure_event on, server pong_timeout 2  a cut longer than the window
+//   C  window 10 s, failure_event on, server pong_timeout 2 a cut longer than the window: the old
+//      socket ends ~4 s into the cut, pusher-js is back ~19 s in, so the lineage is past its window
+//      (and, kept twice the window so a late client still hears pushbox:resume_failed, not yet gone)
 //   D  max_events 5, failure_event on                       more missed events than the cap
 // Event payloads are {n}; a client records (channel, n) in callback order.
 import { describe, it, before, after } from 'node:test';
@@ -29,7 +31,7 @@ before(async () => {
   const [A, B, C, D] = await Promise.all([
     startBox({ name: 'A', env: { PUSHBOX_RESUME_ENABLED: 'false' } }),
     startBox({ name: 'B', env: { PUSHBOX_RESUME_ENABLED: 'true' } }),
-    startBox({ name: 'C', env: { PUSHBOX_RESUME_WINDOW: '5s', PUSHBOX_RESUME_FAILURE_EVENT: 'true' }, server: { pong_timeout: 2 } }),
+    startBox({ name: 'C', env: { PUSHBOX_RESUME_WINDOW: '10s', PUSHBOX_RESUME_FAILURE_EVENT: 'true' }, server: { pong_timeout: 2 } }),
     startBox({ name: 'D', env: { PUSHBOX_RESUME_MAX_EVENTS: '5', PUSHBOX_RESUME_FAILURE_EVENT: 'true' } }),
   ]);
   Object.assign(boxes, { A, B, C, D });
