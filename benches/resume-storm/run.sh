@@ -13,7 +13,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 [ "$(id -u)" = 0 ] || { echo "resume-storm needs root (ip netns)" >&2; exit 1; }
 
-# shellcheck source=../../tests/resume/netns.sh
+# shellcheck source=tests/resume/netns.sh
 . "$repo/tests/resume/netns.sh"
 trap 'resume_netns_down' EXIT
 trap 'exit 130' INT TERM

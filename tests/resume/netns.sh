@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by tests/resume/run.sh and benches/resume-storm/run.sh: a network namespace for the
 # clients and a veth pair to it, so a test can cut the link the way Wi-Fi drops (the kernel stops
 # carrying packets; nothing in between ACKs on the client's behalf, which a userland proxy would).
@@ -45,11 +46,10 @@ resume_netns_up() {
   export RESUME_NETNS RESUME_HOST_IF RESUME_NS_IF RESUME_SERVER_IP RESUME_CLIENT_IP
   # The first packets after `ip link set up` can be lost to duplicate-address and carrier
   # settling; wait (bounded) until the client end reaches the host end.
-  local n
-  for n in $(seq 1 50); do
+  local said
+  for _ in $(seq 1 50); do
     # No ping on this machine: a TCP connect to a closed port that is refused (RST) proves the
     # path works both ways.
-    local said
     said=$(ip netns exec "$RESUME_NETNS" timeout 1 bash -c "exec 3<>/dev/tcp/$RESUME_SERVER_IP/9" 2>&1 || true)
     if [[ $said == *refused* ]]; then
       echo "netns: $RESUME_NETNS ($RESUME_CLIENT_IP, $RESUME_NS_IF) <-> root ($RESUME_SERVER_IP, $RESUME_HOST_IF)" >&2

@@ -18,7 +18,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 0
 fi
 
-# shellcheck source=netns.sh
+# shellcheck source=tests/resume/netns.sh
 . "$here/netns.sh"
 trap 'resume_netns_down' EXIT
 trap 'exit 130' INT TERM
