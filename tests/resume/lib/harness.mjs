@@ -294,6 +294,18 @@ export class Agent {
 
 // ------------------------------------------------------------------------------------ checks
 
+/** [1,2,3,5,5,6] → "1-3,5,5-6": long sequences stay readable in a failure message. */
+export function runs(arr) {
+  const parts = [];
+  for (let i = 0; i < arr.length;) {
+    let j = i;
+    while (j + 1 < arr.length && arr[j + 1] === arr[j] + 1) j++;
+    parts.push(j > i ? `${arr[i]}-${arr[j]}` : `${arr[i]}`);
+    i = j + 1;
+  }
+  return parts.join(',');
+}
+
 /** "every n exactly once, in order": a message that names what is missing and what is doubled. */
 export function describeSeq(got, expected) {
   const count = new Map();
@@ -301,7 +313,8 @@ export function describeSeq(got, expected) {
   const missing = expected.filter((n) => !count.has(n));
   const dups = [...count].filter(([, c]) => c > 1).map(([n, c]) => `${n}×${c}`);
   const extra = [...count.keys()].filter((n) => !expected.includes(n));
-  return `got [${got.join(',')}], expected [${expected.join(',')}]; missing [${missing.join(',')}], duplicated [${dups.join(',')}], unexpected [${extra.join(',')}]`;
+  return `missing [${runs(missing)}], duplicated [${dups.join(',')}], unexpected [${runs(extra)}]; `
+    + `got [${runs(got)}], expected [${runs(expected)}]`;
 }
 
 export const range = (a, b) => Array.from({ length: b - a + 1 }, (_, i) => a + i);
