@@ -156,6 +156,7 @@ describe('a 10 s cut shared by every case', () => {
         client('cache', B, ['cache-resume'], { token: token() }),
         client('fallback', B, ['fallback'], { token: token(), transports: ['xhr_polling'] }),
         client('zc', B, ['presence-zc'], { user: 'u-zc' }), // no token: the zero-change presence match
+        client('zcsign', B, ['zcsign'], { user: 'u-zcsign', signin: true }), // no token: the signin match
         client('window', C, ['window'], { token: token() }),
         client('cap', D, ['cap'], { token: token() }),
       );
@@ -168,7 +169,9 @@ describe('a 10 s cut shared by every case', () => {
       const ch = other.subscribe('toothers');
       ch.bind('seq', (d) => R.otherSeen.push(d.n));
       await new Promise((r) => ch.bind('pusher:subscription_succeeded', r));
-      await agent.waitFor(() => agent.msgs('term', null).some((e) => e.event === 'pusher:signin_success'), { what: 'term signed in' });
+      for (const c of ['term', 'zcsign']) {
+        await agent.waitFor(() => agent.msgs(c, null).some((e) => e.event === 'pusher:signin_success'), { what: `${c} signed in` });
+      }
     }
     R.before = Object.fromEntries(plan.map((p) => [p.name, agent.socketIds(p.name).at(-1)]));
 
@@ -179,7 +182,7 @@ describe('a 10 s cut shared by every case', () => {
       await pub(B, 'tabs', 1); await pub(B, 'reload', 1); await pub(B, 'private-authfail', 1);
       await pub(B, 'toothers', 1); await pub(B, 'term', 1); await pub(B, 'cache-resume', 1);
       await pub(B, 'fallback', 1); await pub(C, 'window', 1); await pub(D, 'cap', 1);
-      await pub(B, 'presence-zc', 1);
+      await pub(B, 'presence-zc', 1); await pub(B, 'zcsign', 1);
     }
     await agent.waitSoft(() => agent.ns('base', 'base').length >= 2 && (!routed || agent.ns('cap', 'cap').length >= 1), { timeout: 5000 });
     await sleep(1200);
@@ -214,6 +217,7 @@ describe('a 10 s cut shared by every case', () => {
       await pub(B, 'cache-resume', 2); await pub(B, 'cache-resume', 3);
       await pub(B, 'fallback', 2); await pub(B, 'fallback', 3);
       await pub(B, 'presence-zc', 2); await pub(B, 'presence-zc', 3);
+      await pub(B, 'zcsign', 2); await pub(B, 'zcsign', 3);
       for (const n of [2, 3, 4]) await pub(C, 'window', n);
       for (const n of range(2, 11)) await pub(D, 'cap', n);
     }
@@ -243,14 +247,14 @@ describe('a 10 s cut shared by every case', () => {
       await pub(B, 'tabs', 5); await pub(B, 'reload', 4); await pub(B, 'private-authfail', 4);
       await pub(B, 'authfail-live', 1); await pub(B, 'toothers', 4); await pub(B, 'term', 4);
       await pub(B, 'cache-resume', 4); await pub(B, 'fallback', 4); await pub(C, 'window', 5);
-      await pub(D, 'cap', 12); await pub(B, 'presence-zc', 4);
+      await pub(D, 'cap', 12); await pub(B, 'presence-zc', 4); await pub(B, 'zcsign', 4);
     }
     const last = [['base', 'base', 6]];
     if (routed) {
       last.push(['main', 'main', 8], ['burst', 'burst', 206], ['tab1', 'tabs', 5], ['tab2', 'tabs', 5],
         ['reload2', 'reload', 4], ['authfail', 'authfail-live', 1], ['toothers', 'toothers', 4],
         ['term', 'term', 4], ['cache', 'cache-resume', 4], ['fallback', 'fallback', 4],
-        ['window', 'window', 5], ['cap', 'cap', 12], ['zc', 'presence-zc', 4]);
+        ['window', 'window', 5], ['cap', 'cap', 12], ['zc', 'presence-zc', 4], ['zcsign', 'zcsign', 4]);
     }
     await agent.waitSoft(() => last.every(([c, ch, n]) => agent.ns(c, ch).includes(n)), { timeout: 10000 });
     await sleep(1500); // late duplicates would show up here
@@ -372,6 +376,15 @@ describe('a 10 s cut shared by every case', () => {
     log(`zero-change presence: ${got.length - firsts.length} duplicate(s) (${JSON.stringify(got)})`);
   });
 
+  it('zero-change signin (no token, pusher.signin() as the same user): the replay arrives at least once, in order', () => {
+    needResume();
+    reconnected('zcsign');
+    const got = agent.ns('zcsign', 'zcsign');
+    const firsts = got.filter((n, i) => got.indexOf(n) === i);
+    assert.deepEqual(firsts, range(1, 4), `zcsign: ${describeSeq(got, range(1, 4))}`);
+    log(`zero-change signin: ${got.length - firsts.length} duplicate(s) (${JSON.stringify(got)})`);
+  });
+
   it('a cut longer than the window (C, failure_event on): no partial replay, exactly one pushbox:resume_failed', () => {
     needResume();
     reconnected('window');
@@ -407,6 +420,10 @@ describe('a 10 s cut shared by every case', () => {
     assert.ok(get(B, 'pushbox_resume_replayed_events_total') >= 22, `B replayed ${get(B, 'pushbox_resume_replayed_events_total')} < 22`);
     assert.ok(get(B, 'pushbox_resume_succeeded_total') >= 1);
     assert.ok(get(B, 'pushbox_resume_attempts_total') >= get(B, 'pushbox_resume_succeeded_total'));
+    // "a line in the log per resume": the main client's new socket id is named in B's log.
+    const newId = agent.socketIds('main').at(-1);
+    const lines = boxes.B.log(2_000_000).split('\n').filter((l) => l.includes(newId) && /resume/i.test(l));
+    assert.ok(lines.length >= 1, `no resume line in B's log for socket ${newId}`);
     for (const [k, m] of [['C', C], ['D', D]]) {
       assert.ok(get(m, 'pushbox_resume_failed_total') >= 1, `${k} counted no failed resume: ${JSON.stringify(show[k])}`);
       assert.equal(get(m, 'pushbox_resume_replayed_events_total') ?? 0, 0, `${k} replayed events although the resume failed`);
