@@ -159,6 +159,18 @@ const ops = {
     return {};
   },
 
+  async browserGoto({ where }) {
+    if (!browser) throw new Error('no browser');
+    await browser.goto(where);
+    return {};
+  },
+
+  async browserClose() {
+    if (browser) await browser.close();
+    browser = null;
+    return {};
+  },
+
   /** What the page holds: received events, the list it shows, its connection states. */
   async browserState() {
     if (!browser) throw new Error('no browser');

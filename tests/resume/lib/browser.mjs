@@ -39,8 +39,10 @@ function pageServer(signer, deny, out) {
           res.writeHead(403, { 'Content-Type': 'application/json' });
           return res.end('{"message":"Forbidden"}');
         }
+        const user = p.get('user_id') || '1';
+        const presence = channel.startsWith('presence-') ? { user_id: user, user_info: { name: `User ${user}` } } : undefined;
         res.writeHead(200, { 'Content-Type': 'application/json' });
-        res.end(JSON.stringify(signer.authorizeChannel(p.get('socket_id'), channel)));
+        res.end(JSON.stringify(signer.authorizeChannel(p.get('socket_id'), channel, presence)));
       });
       return;
     }
@@ -56,7 +58,7 @@ function pageServer(signer, deny, out) {
   return new Promise((r) => srv.listen(0, '127.0.0.1', () => r(srv)));
 }
 
-export async function openBrowser({ host, port, key, notoken = false, signer, deny, out }) {
+export async function openBrowser({ host, port, key, notoken = false, query = '', signer, deny, out }) {
   const { chromium } = await import(pathToFileURL(path.join(MODULES, 'playwright-core', 'index.mjs')).href);
   const srv = await pageServer(signer, deny, out);
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pushbox-resume-chromium-'));
@@ -67,10 +69,12 @@ export async function openBrowser({ host, port, key, notoken = false, signer, de
   await page.exposeFunction('report', (o) => out({ client: 'browser', ...o }));
   page.on('console', (m) => { if (m.type() === 'error') out({ ev: 'log', level: 'info', text: `chromium console: ${m.text()}` }); });
   page.on('pageerror', (e) => out({ ev: 'log', level: 'error', text: `chromium pageerror: ${e.message}` }));
-  const url = `http://127.0.0.1:${srv.address().port}/?key=${key}&host=${host}&port=${port}${notoken ? '&notoken=1' : ''}`;
+  const url = `http://127.0.0.1:${srv.address().port}/?key=${key}&host=${host}&port=${port}${notoken ? '&notoken=1' : ''}${query}`;
   await page.goto(url);
   return {
     info: { url },
+    /** Leave the page (chromium closes its WebSocket with 1001, going away), or come back to it. */
+    goto: (where) => page.goto(where === 'page' ? url : where),
     async state() {
       return page.evaluate(() => ({
         received: window.received,

@@ -7,6 +7,11 @@
 // which is exactly the browser behaviour the node build cannot show.
 // The page shows every event in a list; each must be shown once, in order, on both a public and
 // a private channel (the private one re-authorised through /broadcasting/auth with the new socket).
+//
+// Then the browser-only rule of zero-change resume: a tab that navigates away closes its socket
+// with 1001 (going away) and must never be resumed, even when the same user comes back from the
+// same browser within the window (the node suite's zero-change case shows the same match does
+// replay after a cut).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -65,6 +70,7 @@ describe('Laravel Echo in chromium, wsPath token, 10 s cut', () => {
     const artifacts = path.join(REPO_ROOT, 'artifacts');
     fs.mkdirSync(artifacts, { recursive: true });
     await agent.call('browserShot', { file: path.join(artifacts, 'resume-echo-chromium.png') }).catch(() => {});
+    await agent.call('browserClose');
   });
 
   it('the page used the documented wsPath token and every publish got 200', () => {
@@ -86,5 +92,63 @@ describe('Laravel Echo in chromium, wsPath token, 10 s cut', () => {
       const shown = R.page.shown.filter((s) => s.startsWith(`${ch} #`));
       assert.deepEqual(shown, range(1, 7).map((n) => `${ch} #${n}`), `${ch}: the list shows ${JSON.stringify(shown)}`);
     }
+  });
+});
+
+describe('zero-change presence in chromium: a page left (close 1001) is not resumed', () => {
+  const Q = {};
+  const CH = 'presence-echo-room';
+  before(async () => {
+    await agent.call('browser', { host: box.host, port: box.port, key: APPS.main.key, notoken: true, query: '&room=1&user=u-tab' }, 60000);
+    await agent.waitFor(() => agent.msgs('browser', CH).some((e) => e.event === 'pusher:subscription_succeeded'), { timeout: 30000, what: 'joined the room' });
+    Q.s1 = await publish(box, CH, { n: 1 });
+    await agent.waitSoft(() => agent.ns('browser', CH).includes(1), { timeout: 5000 });
+    Q.leftAt = Date.now();
+    await agent.call('browserGoto', { where: 'about:blank' }, 30000); // unload: WebSocket closed 1001
+    await sleep(500);
+    Q.s23 = [await publish(box, CH, { n: 2 }), await publish(box, CH, { n: 3 })];
+    Q.backAt = Date.now();
+    await agent.call('browserGoto', { where: 'page' }, 30000);
+    await agent.waitSoft(() => agent.msgs('browser', CH).some((e) => e.event === 'pusher:subscription_succeeded' && e.t > Q.backAt), { timeout: 20000 });
+    await sleep(1000); // a replay would come right after subscription_succeeded
+    Q.s4 = await publish(box, CH, { n: 4 });
+    await agent.waitSoft(() => agent.ns('browser', CH).includes(4), { timeout: 5000 });
+    await sleep(1000);
+
+    // The control: the same reload, but during a cut, so the 1001 never reaches pushbox (it ends
+    // the socket itself on the missing pong). Now the same user coming back IS resumed, which is
+    // what makes the assertion above mean something (and what README calls a reload duplicate).
+    Q.cutAt = cut();
+    await agent.call('browserGoto', { where: 'about:blank' }, 30000);
+    Q.s56 = [await publish(box, CH, { n: 5 }), await publish(box, CH, { n: 6 })];
+    await sleep(Q.cutAt + 8000 - Date.now()); // activity_timeout 3 + pong_timeout 3: pushbox gave up
+    Q.healAt = heal();
+    await agent.call('browserGoto', { where: 'page' }, 30000);
+    await agent.waitSoft(() => agent.msgs('browser', CH).some((e) => e.event === 'pusher:subscription_succeeded' && e.t > Q.healAt), { timeout: 20000 });
+    await sleep(1000);
+    Q.s7 = await publish(box, CH, { n: 7 });
+    await agent.waitSoft(() => agent.ns('browser', CH).includes(7), { timeout: 5000 });
+    await sleep(1000);
+  });
+
+  it('the page was live before leaving and after coming back', () => {
+    if (!R.routed) assert.fail('no resume feature in this pushbox');
+    assert.deepEqual([Q.s1, ...Q.s23, Q.s4], [200, 200, 200, 200]);
+    const before = agent.msgs('browser', CH).filter((e) => e.event === 'seq' && e.t < Q.leftAt).map((e) => e.data.n);
+    assert.deepEqual(before, [1]);
+    assert.ok(agent.msgs('browser', CH).some((e) => e.event === 'pusher:subscription_succeeded' && e.t > Q.backAt), 'the page did not join again');
+  });
+
+  it('the new page gets only what is published after it joined (2 and 3 are not replayed)', () => {
+    const after = agent.msgs('browser', CH).filter((e) => e.event === 'seq' && e.t > Q.backAt && e.t < Q.cutAt).map((e) => e.data.n);
+    assert.deepEqual(after, [4], `after coming back: ${describeSeq(after, [4])}`);
+  });
+
+  it('control: left during a cut (no 1001 reached pushbox), the same user coming back gets 5 and 6 replayed', () => {
+    if (!R.routed) assert.fail('no resume feature in this pushbox');
+    assert.deepEqual([...Q.s56, Q.s7], [200, 200, 200]);
+    const after = agent.msgs('browser', CH).filter((e) => e.event === 'seq' && e.t > Q.healAt).map((e) => e.data.n);
+    const firsts = after.filter((n, i) => after.indexOf(n) === i);
+    assert.deepEqual(firsts, [5, 6, 7], `after the cut: ${describeSeq(after, [5, 6, 7])}`);
   });
 });
