@@ -71,7 +71,7 @@ let nextPort = 7300 + (process.pid % 500) * 4;
 
 /**
  * A pushbox on the host end of the veth, advertising activity_timeout 3 s (so a client notices a
- * cut within seconds). `env` adds PUSHBOX_RESUME_* variables (the way an operator would set them;
+ * cut within seconds; pusher-js then allows 3 s of silence + its pongTimeout 2 s). `env` adds PUSHBOX_RESUME_* variables (the way an operator would set them;
  * a binary without resume ignores unknown PUSHBOX_ variables). Restartable on the same port and
  * state directory.
  */
@@ -82,7 +82,10 @@ export async function startBox({ name, env = {}, server = {} }) {
   fs.mkdirSync(stateDir);
   const port = nextPort++;
   const configPath = path.join(dir, 'pushbox.toml');
-  const srv = { host: NET.serverIp, activity_timeout: 3, pong_timeout: 3, max_connections_per_ip: 0, ...server };
+  // pong_timeout stays pushbox's default (30 s): with 3 s, pushbox itself closed clients it had
+  // pinged just before a 4 s cut (exp/offsets.mjs: every client of such a trial reconnected; the
+  // 4 s case failed once in 14 runs). Cases that need pushbox to give up during a cut set it lower.
+  const srv = { host: NET.serverIp, activity_timeout: 3, pong_timeout: 30, max_connections_per_ip: 0, ...server };
   fs.writeFileSync(configPath, renderConfig({ stateDir, port, server: srv, apps: APPS }));
   const logPath = path.join(dir, 'pushbox.log');
   const box = {

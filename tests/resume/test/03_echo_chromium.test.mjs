@@ -26,7 +26,9 @@ const CHANNELS = ['echo-public', 'private-echo-private'];
 
 before(async () => {
   agent = await Agent.start();
-  box = await startBox({ name: 'E' });
+  // pong_timeout 3: in the 1001 control below, pushbox must give up on the left page's socket
+  // during the cut, before the page's 1001 (queued in chromium) can reach it at link-up.
+  box = await startBox({ name: 'E', server: { pong_timeout: 3 } });
 });
 
 after(async () => {
