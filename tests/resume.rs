@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::{api, connect_raw, next_json, trigger, Client, APP_ID, KEY, SECRET};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 const TOKEN: &str = "00112233445566778899aabbccddeeff";
 const OTHER: &str = "ffeeddccbbaa99887766554433221100";
@@ -413,6 +414,8 @@ fn a_graceful_restart_resumes_from_disk() {
         c1
     });
     publish_blocking(&served, 3);
+    // c1 is not read during the stop, so it never answers the server's Close: 2 reached it
+    // but nothing proves that, and 2 comes again after the restart (at least once).
     served.stop();
     drop(c1);
     let served = common::Served::start(
@@ -428,6 +431,84 @@ fn a_graceful_restart_resumes_from_disk() {
             "{ack}"
         );
         assert_eq!(data(&events_within(&mut c2, 700).await), ["2", "3"]);
+    });
+    served.stop();
+}
+
+/// F1 of the end-to-end run: a graceful stop while the client reads. Events 2 and 3 reached
+/// the client after its last pong (no proof ping answered), then the server said 4200 and the
+/// client answered that Close, which proves it read 2 and 3: after the restart only what it
+/// really missed (4) comes, nothing twice.
+#[test]
+fn a_close_answered_at_a_graceful_stop_proves_delivery_no_duplicates_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let config = common::config_toml(port, "", "");
+    let served = common::Served::start(
+        &mut common::serve_in(dir.path(), &config),
+        port,
+        common::Ready::Up,
+    );
+    let addr = served.addr();
+    // A worker thread: the client keeps reading (and answers the Close) while this thread
+    // waits for the server to stop.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut c1 = rt.block_on(async {
+        let mut c1 = up_with_one(addr, "orders").await;
+        publish(addr, "orders", 2).await;
+        publish(addr, "orders", 3).await;
+        // Read without answering the proof ping: 2 and 3 are delivered, not proven by a pong.
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let v = c1.recv().await;
+            if v["event"] == "e" {
+                got.push(v);
+            }
+        }
+        assert_eq!(data(&got), ["2", "3"]);
+        c1
+    });
+    // Reads to the end of the stream: tungstenite answers the server's Close with the same
+    // code on the read after it, as browsers and pusher-js do.
+    let reader = rt.spawn(async move {
+        let mut close = None;
+        for _ in 0..100 {
+            match tokio::time::timeout(Duration::from_secs(10), c1.ws.next()).await {
+                Ok(Some(Ok(Message::Close(f)))) => close = f.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_))) | Ok(None) | Err(_) => break,
+            }
+        }
+        close
+    });
+    served.stop();
+    assert_eq!(
+        rt.block_on(reader).unwrap(),
+        Some(4200),
+        "the server said 4200"
+    );
+    let served = common::Served::start(
+        &mut common::serve_in(dir.path(), &config),
+        port,
+        common::Ready::Up,
+    );
+    publish_blocking(&served, 4);
+    rt.block_on(async {
+        let mut c2 = connect_token(addr, TOKEN).await;
+        let ack = c2.subscribe("orders").await;
+        assert_eq!(
+            ack["event"], "pusher_internal:subscription_succeeded",
+            "{ack}"
+        );
+        assert_eq!(
+            data(&events_within(&mut c2, 700).await),
+            ["4"],
+            "2 and 3 were read before the answered Close: not again"
+        );
     });
     served.stop();
 }

@@ -111,6 +111,20 @@ struct Resumable {
     proof: resume::Proof,
     /// The close code the client sent, if it sent one (1001: a page unload).
     close_code: Option<u16>,
+    /// The server queued a Close (4200, shutdown) with every event up to this position ahead
+    /// of it: the client's answering Close proves them delivered (`close_answered`).
+    close_head: Option<u64>,
+}
+
+impl Resumable {
+    fn new(lineage: resume::Shared) -> Box<Resumable> {
+        Box::new(Resumable {
+            lineage,
+            proof: resume::Proof::default(),
+            close_code: None,
+            close_head: None,
+        })
+    }
 }
 
 impl Session {
@@ -137,11 +151,7 @@ impl Session {
             (Some(r), Some(token)) => {
                 let (lineage, _) = r.open_token(token, outbox.socket_id.as_str(), origin.peer);
                 outbox.disable_direct();
-                Some(Box::new(Resumable {
-                    lineage,
-                    proof: resume::Proof::default(),
-                    close_code: None,
-                }))
+                Some(Resumable::new(lineage))
             }
             _ => None,
         };

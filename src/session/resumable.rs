@@ -3,12 +3,13 @@
 //! resumable when it opens with a token, or (zero-change mode) when a signed user is proven on
 //! it; any other connection never allocates any of this.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Resumable, Session};
 use crate::hub::{Member, Subscribed};
 use crate::protocol::ChannelKind;
-use crate::resume::{self, lineage, Mark, Plan, ProofTick};
+use crate::resume::{lineage, AppResume, Mark, Plan, ProofTick};
 
 impl Session {
     /// The signed user of a subscribe: the presence member, else the signin id.
@@ -29,11 +30,7 @@ impl Session {
         let lineage = r.open_user(self.outbox.socket_id.as_str(), self.peer);
         // Its transport must see what it writes to prove delivery: no direct writes.
         self.outbox.disable_direct();
-        self.resume = Some(Box::new(Resumable {
-            lineage,
-            proof: resume::Proof::default(),
-            close_code: None,
-        }));
+        self.resume = Some(Resumable::new(lineage));
         true
     }
 
@@ -213,6 +210,44 @@ impl Session {
                 rs.proof.tick(now, r.head(), proven)
             }
             _ => ProofTick::Idle,
+        }
+    }
+
+    /// For a resumable connection, the app's resume state: at shutdown the transport holds its
+    /// index lock while it takes the last frames before its Close (see [`close_queued`]).
+    ///
+    /// [`close_queued`]: Self::close_queued
+    pub fn resume_app(&self) -> Option<Arc<AppResume>> {
+        self.resume.as_ref().and(self.app.resume()).cloned()
+    }
+
+    /// The server queued its Close (4200: shutdown) with every event up to `head` ahead of it
+    /// in this connection's stream. The transport took the last frames with the index locked,
+    /// so no fan-out was half done: nothing at or below `head` is left behind the Close.
+    pub fn close_queued(&mut self, head: u64) {
+        if let Some(rs) = &mut self.resume {
+            rs.close_head = Some(head);
+        }
+    }
+
+    /// Whether the client's answer to the server's Close would prove something.
+    pub fn awaits_close_answer(&self) -> bool {
+        self.resume
+            .as_ref()
+            .is_some_and(|rs| rs.close_head.is_some())
+    }
+
+    /// The client answered the server's Close with its own: WebSocket clients (browsers,
+    /// pusher-js on Node) read frames in order and answer a Close only once they read it, so
+    /// every frame before it was read, and the watermark moves to the head the Close carried.
+    /// This is what makes a graceful restart exact: without it, what was delivered since the
+    /// last pong was replayed once more after the restart.
+    pub fn close_answered(&mut self) {
+        if let Some(rs) = &mut self.resume {
+            if let Some(head) = rs.close_head.take() {
+                let mut l = lineage::lock(&rs.lineage);
+                l.proven = l.proven.max(head);
+            }
         }
     }
 

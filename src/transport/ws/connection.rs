@@ -37,6 +37,12 @@ use crate::transport::wsframe::{self, Incoming};
 /// How long a queued write may make no progress before the peer is considered gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long a resumable connection closed for a shutdown waits for the client's answering
+/// Close, which proves what it received (`Session::close_answered`). pusher-js answers within
+/// a round trip; a client that does not (its link is down) costs the shutdown this much at
+/// most, since every connection waits in its own task, at the same time.
+const CLOSE_ANSWER_WAIT: Duration = Duration::from_secs(1);
+
 /// One connection's state, held by its task.
 pub(super) struct Connection<I> {
     io: I,
@@ -202,7 +208,7 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
                     ready = true;
                 }
                 Then::Close(r) => {
-                    Box::pin(c.queue.close(&mut c.io, r.code, &r.reason, r.with_error)).await;
+                    Box::pin(c.close(r)).await;
                     break;
                 }
                 Then::Reply => {
@@ -348,7 +354,7 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
                 Then::Close(c)
             }
             IoEvent::Shutdown => {
-                self.hold();
+                self.hold_for_close();
                 Then::Close(request(CloseCode::ReconnectNow))
             }
             IoEvent::Read(Read::Frames) => self.on_frames(),
@@ -398,6 +404,10 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
                     )));
                 }
                 Incoming::Close(code) => {
+                    // A Close the client starts proves nothing about delivery: frames the
+                    // server wrote may cross it on the wire, and a browser drops messages
+                    // that arrive once it is closing. Only an answer to the server's own
+                    // Close does (`close_answer`).
                     self.session.peer_closed(code);
                     // Answer the closing handshake.
                     self.hold();
@@ -417,6 +427,62 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
     fn hold(&mut self) {
         self.take(|outbox, f| outbox.hold(f));
         self.queue.finish_first(&self.io);
+    }
+
+    /// [`hold`](Self::hold) before the shutdown's Close. A resumable connection takes its last
+    /// frames with the app's position index locked, so the head it notes is exactly what went
+    /// ahead of the Close: a fan-out in progress would otherwise put a later event in the
+    /// stream (replayed too: a duplicate) or leave one out of it.
+    fn hold_for_close(&mut self) {
+        let Some(r) = self.session.resume_app() else {
+            return self.hold();
+        };
+        let index = r.index();
+        self.hold();
+        self.session.close_queued(r.head());
+        drop(index);
+    }
+
+    /// Writes what is queued and the Close. A resumable connection closed by the shutdown
+    /// then waits (bounded) for the client's answering Close: it proves every frame before
+    /// the server's Close was read.
+    async fn close(&mut self, r: CloseRequest) {
+        let written = self
+            .queue
+            .close(&mut self.io, r.code, &r.reason, r.with_error)
+            .await;
+        if !written || !self.session.awaits_close_answer() {
+            return;
+        }
+        let answer = poll_fn(|cx| self.poll_close_answer(cx, r.code));
+        if let Ok(true) = tokio::time::timeout(CLOSE_ANSWER_WAIT, answer).await {
+            self.session.close_answered();
+        }
+    }
+
+    /// Reads until the client's Close: `true` when it answers the server's `code`. Browsers and
+    /// pusher-js echo the code they got; a Close with another code is one the client started
+    /// itself while ours was on the way (it may not have read what went before ours), and
+    /// proves nothing. Everything else the client sends now is ignored: the session is over.
+    fn poll_close_answer(&mut self, cx: &mut Context<'_>, code: u16) -> Poll<bool> {
+        loop {
+            let read = self
+                .read
+                .poll_read(cx, &mut self.io, self.limit, &mut self.incoming);
+            match std::task::ready!(read) {
+                Read::Frames => {
+                    let close = self.incoming.iter().find_map(|m| match m {
+                        Incoming::Close(c) => Some(*c),
+                        _ => None,
+                    });
+                    self.incoming.clear();
+                    if let Some(c) = close {
+                        return Poll::Ready(c == Some(code));
+                    }
+                }
+                Read::Eof | Read::Failed(_) | Read::Protocol(_) => return Poll::Ready(false),
+            }
+        }
     }
 
     /// Takes everything the outbox has, with a pending close request (after a coalescing wait).

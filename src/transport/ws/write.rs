@@ -210,21 +210,21 @@ impl WriteQueue {
     }
 
     /// Writes what is queued, a `pusher:error` with the code when asked, and a close frame,
-    /// bounded by [`CLOSE_TIMEOUT`].
+    /// bounded by [`CLOSE_TIMEOUT`]; `true` when all of it was written in time.
     pub async fn close<I: AsyncWrite + Unpin>(
         &mut self,
         io: &mut I,
         code: u16,
         reason: &str,
         with_error: bool,
-    ) {
+    ) -> bool {
         if with_error {
             let error = Frame::from(message::error(Some(code), reason));
             self.push(Out::Text(error));
         }
         self.push(Out::Raw(wsframe::close_frame(code, reason)));
         let flush = poll_fn(|cx| self.poll_flush(cx, io));
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, flush).await;
+        matches!(tokio::time::timeout(CLOSE_TIMEOUT, flush).await, Ok(Ok(())))
     }
 }
 
