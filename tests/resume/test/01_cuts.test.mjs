@@ -22,6 +22,8 @@ import {
 import { Pusher, pusherOptions } from '../../clients/lib/helpers.mjs';
 
 const FAILED = 'pushbox:resume_failed';
+// The README's duplicate bound for a cut: one 250 ms proof interval plus a round trip.
+const UNPROVEN_MS = 250 + 50;
 let agent;
 const boxes = {};
 const boxErrors = {};
@@ -207,7 +209,11 @@ describe('a 10 s cut shared by every case', () => {
       }
     }
     R.cutAt = cut();
-    R.burstLast250 = R.burstDone.filter((t) => t > R.cutAt - 250).length;
+    // What ping/pong proof may leave unproven (README "Resume"): the events written after the
+    // last answered proof ping, which goes at most every 250 ms and comes back a round trip
+    // later. The wire round trip here is well under 1 ms; 50 ms covers pusher-js reading the
+    // frames ahead of the ping before it answers and the debug box reading the pong.
+    R.burstUnproven = R.burstDone.filter((t) => t > R.cutAt - UNPROVEN_MS).length;
 
     // --- during the cut
     await sleep(1000);
@@ -326,12 +332,13 @@ describe('a 10 s cut shared by every case', () => {
     const firsts = got.filter((n, i) => got.indexOf(n) === i);
     assert.deepEqual(firsts, expected, `burst: ${describeSeq(got, expected)}`);
     const dups = got.length - firsts.length;
-    log(`burst: ${dups} duplicate(s); ${R.burstLast250} events were published in the last 250 ms before the cut`);
-    // RESUME.md B5: expect 0, allow at most what one 250 ms sampling interval can leave unproven.
-    assert.ok(dups <= R.burstLast250, `burst: ${dups} duplicates > ${R.burstLast250} events published in the last 250 ms before the cut`);
+    log(`burst: ${dups} duplicate(s); ${R.burstUnproven} events were published in the last ${UNPROVEN_MS} ms before the cut`);
+    // The README's bound (RESUME.md B5 hoped for 0 with TCP_INFO proof; pushbox proves with
+    // ping/pong only): at most the events of the last 250 ms plus a round trip.
+    assert.ok(dups <= R.burstUnproven, `burst: ${dups} duplicates > ${R.burstUnproven} events published in the last ${UNPROVEN_MS} ms before the cut`);
     // Duplicates, if any, must be re-sends of the newest events before the cut, never of older ones.
     const dupNs = got.filter((n, i) => got.indexOf(n) !== i);
-    assert.ok(dupNs.every((n) => n > 200 - R.burstLast250), `burst: duplicated old events ${dupNs}`);
+    assert.ok(dupNs.every((n) => n > 200 - R.burstUnproven), `burst: duplicated old events ${dupNs}`);
   });
 
   it('two Pusher instances with different tokens on one channel: each gets every event exactly once', () => {
