@@ -36,6 +36,24 @@ struct Ring {
     subs: usize,
     /// Unix ms until which an ended connection may come back for this channel.
     keep_until_ms: u64,
+    /// Why the events at or below `floor` are gone: too old, or pushed out by a cap. A replay
+    /// from below the floor fails with it, so an operator reading the metric raises the
+    /// setting that matters (`window`, `max_events`, `max_bytes`).
+    lost: Failure,
+}
+
+impl Ring {
+    fn new(floor: u64) -> Ring {
+        Ring {
+            entries: VecDeque::new(),
+            bytes: 0,
+            floor,
+            subs: 0,
+            keep_until_ms: 0,
+            // Nothing before the ring began was kept: as good as expired.
+            lost: Failure::Expired,
+        }
+    }
 }
 
 /// What a replay may send at most, and for how long events are kept.
@@ -130,13 +148,7 @@ impl Index {
         let ring = self
             .rings
             .entry(channel.to_owned())
-            .or_insert_with(|| Ring {
-                entries: VecDeque::new(),
-                bytes: 0,
-                floor: head,
-                subs: 0,
-                keep_until_ms: 0,
-            });
+            .or_insert_with(|| Ring::new(head));
         ring.subs += 1;
     }
 
@@ -163,13 +175,7 @@ impl Index {
         let ring = self
             .rings
             .entry(channel.to_owned())
-            .or_insert_with(|| Ring {
-                entries: VecDeque::new(),
-                bytes: 0,
-                floor,
-                subs: 0,
-                keep_until_ms: 0,
-            });
+            .or_insert_with(|| Ring::new(floor));
         ring.keep_until_ms = ring.keep_until_ms.max(until_ms);
     }
 
@@ -188,7 +194,7 @@ impl Index {
         }
         let ring = self.rings.get(channel).ok_or(Failure::Expired)?;
         if from < ring.floor {
-            return Err(Failure::Expired);
+            return Err(ring.lost);
         }
         let window = caps.window.as_millis() as u64;
         let mut out = Vec::new();
@@ -267,6 +273,13 @@ fn evict(ring: &mut Ring, caps: &Caps, now_ms: u64) {
         if !(old || over) {
             break;
         }
+        ring.lost = if old {
+            Failure::Expired
+        } else if ring.entries.len() > caps.max_events + 1 {
+            Failure::TooMany
+        } else {
+            Failure::TooLarge
+        };
         ring.floor = front.pos;
         ring.bytes -= front.frame.len();
         ring.entries.pop_front();
@@ -344,8 +357,8 @@ mod tests {
         publish(&mut ix, "c", 1005, None);
         assert_eq!(
             ix.missed("c", 0, &[], &caps(), 2000),
-            Err(Failure::Expired),
-            "evicted"
+            Err(Failure::TooMany),
+            "pushed out by max_events: the reason says which setting to raise (F3)"
         );
         let late = 1003 + 120_000;
         assert_eq!(ix.missed("c", 2, &[], &caps(), late), Err(Failure::Expired));
@@ -354,6 +367,32 @@ mod tests {
             ..caps()
         };
         assert_eq!(ix.missed("c", 2, &[], &big, 2000), Err(Failure::TooLarge));
+    }
+
+    #[test]
+    fn events_pushed_out_say_which_cap_or_the_window() {
+        let small = Caps {
+            max_bytes: 4,
+            ..caps()
+        };
+        let mut ix = Index::default();
+        ix.interest("c");
+        for i in 0..3 {
+            publish(&mut ix, "c", 1000 + i, None);
+        }
+        let pos = ix.next_position();
+        ix.record("c", entry(pos, 1003, None), &small);
+        assert_eq!(
+            ix.missed("c", 0, &[], &small, 2000),
+            Err(Failure::TooLarge),
+            "pushed out by max_bytes"
+        );
+        ix.sweep(&caps(), 1003 + 120_001);
+        assert_eq!(
+            ix.missed("c", 3, &[], &caps(), 1003 + 120_001),
+            Err(Failure::Expired),
+            "aged out of the window"
+        );
     }
 
     #[test]

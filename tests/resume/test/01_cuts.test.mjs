@@ -414,7 +414,7 @@ describe('a 10 s cut shared by every case', () => {
     exactly('window', 'window', [1, 5]);
     const f = agent.msgs('window', 'window').filter((e) => e.event === FAILED);
     assert.equal(f.length, 1, `expected exactly one ${FAILED}, got ${JSON.stringify(f)}`);
-    assert.equal(typeof f[0].data?.reason, 'string', `${FAILED} data must carry a reason: ${JSON.stringify(f[0].data)}`);
+    assert.equal(f[0].data?.reason, 'expired', `${FAILED} data must say expired: ${JSON.stringify(f[0].data)}`);
     const resub = resubscribedAt('window', 'window', R.healAt);
     assert.ok(resub && f[0].t >= resub, `${FAILED} must follow the new subscription_succeeded`);
     log(`window: ${FAILED} reason ${JSON.stringify(f[0].data.reason)}`);
@@ -426,7 +426,8 @@ describe('a 10 s cut shared by every case', () => {
     exactly('cap', 'cap', [1, 12]);
     const f = agent.msgs('cap', 'cap').filter((e) => e.event === FAILED);
     assert.equal(f.length, 1, `expected exactly one ${FAILED}, got ${JSON.stringify(f)}`);
-    assert.equal(typeof f[0].data?.reason, 'string');
+    // F3: the reason names the setting to raise (max_events), not the window.
+    assert.equal(f[0].data?.reason, 'too_many', `${FAILED} data: ${JSON.stringify(f[0].data)}`);
     log(`cap: ${FAILED} reason ${JSON.stringify(f[0].data.reason)}`);
   });
 
@@ -437,7 +438,7 @@ describe('a 10 s cut shared by every case', () => {
     exactly('capbytes', 'capbytes', [1, 10]);
     const f = agent.msgs('capbytes', 'capbytes').filter((e) => e.event === FAILED);
     assert.equal(f.length, 1, `expected exactly one ${FAILED}, got ${JSON.stringify(f)}`);
-    assert.equal(typeof f[0].data?.reason, 'string');
+    assert.equal(f[0].data?.reason, 'too_large', `${FAILED} data: ${JSON.stringify(f[0].data)}`);
     log(`capbytes: ${FAILED} reason ${JSON.stringify(f[0].data.reason)}`);
   });
 
