@@ -388,7 +388,10 @@ impl Driver {
         }
     }
 
-    /// Server shutdown: tell the attached client to reconnect at once (4200).
+    /// Server shutdown: tell the attached client to reconnect at once (4200). Unlike a
+    /// WebSocket's Close, a close line gets no answer, so it proves nothing for resume: what
+    /// this session received since its last `pusher:pong` is replayed again after a restart.
+    /// The frames still in the outbox are not written: they are after the watermark anyway.
     fn shutdown_close(&mut self, r: &mut Run) {
         let Some(a) = r.attached.as_mut() else { return };
         let code = CloseCode::ReconnectNow;

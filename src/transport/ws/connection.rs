@@ -439,7 +439,11 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
         };
         let index = r.index();
         self.hold();
-        self.session.close_queued(r.head());
+        // A closing outbox (overflow: its queue was cleared; a terminate) lost frames at or
+        // below the head: its Close proves nothing.
+        if !self.outbox.is_closing() {
+            self.session.close_queued(r.head());
+        }
         drop(index);
     }
 
