@@ -459,7 +459,12 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
             return;
         }
         let answer = poll_fn(|cx| self.poll_close_answer(cx, r.code));
-        if let Ok(true) = tokio::time::timeout(CLOSE_ANSWER_WAIT, answer).await {
+        let answered = matches!(
+            tokio::time::timeout(CLOSE_ANSWER_WAIT, answer).await,
+            Ok(true)
+        );
+        tracing::debug!(socket_id = %self.session.socket_id(), answered, "resume: the client's answer to the server's close");
+        if answered {
             self.session.close_answered();
         }
     }
