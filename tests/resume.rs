@@ -561,3 +561,74 @@ async fn zero_change_signin_resume_covers_channels_subscribed_after_the_signin()
     );
     assert_eq!(data(&events_within(&mut c2, 500).await), ["2"]);
 }
+
+/// `pusher:signin` for `id` on `c` (signed as the app's auth endpoint would).
+async fn signin(c: &mut Client, id: &str) {
+    let user_data = format!(r#"{{"id":"{id}"}}"#);
+    let sig = pushbox::protocol::auth::sign(
+        SECRET,
+        format!("{}::user::{user_data}", c.socket_id).as_bytes(),
+    );
+    c.send(json!({"event":"pusher:signin","data":{"auth":format!("{KEY}:{sig}"),"user_data":user_data}}))
+        .await;
+    assert_eq!(next(c).await["event"], "pusher:signin_success");
+}
+
+/// F4 of the end-to-end run: on a reconnect pusher-js subscribes at once and signs in only
+/// after its user-auth round trip. A channel subscribed before the signin gets what the same
+/// user's ended connection missed when the signin comes, if nothing of it went out live in
+/// between; if something did, the replay would come out of order, and nothing is sent
+/// (`overtaken`).
+#[tokio::test]
+async fn zero_change_signin_resume_replays_channels_subscribed_before_the_signin() {
+    let s = common::start(|c| c.resume.failure_event = true).await;
+    // An ended connection of u7 on `till` (proven up to 1) and of u8 on `desk`.
+    let mut a = Client::connect(s.addr).await;
+    signin(&mut a, "u7").await;
+    a.subscribe("till").await;
+    let mut b = Client::connect(s.addr).await;
+    signin(&mut b, "u8").await;
+    b.subscribe("desk").await;
+    publish(s.addr, "till", 1).await;
+    publish(s.addr, "desk", 1).await;
+    assert_eq!(next(&mut a).await["data"], "1");
+    assert_eq!(next(&mut b).await["data"], "1");
+    prove(&mut a).await;
+    prove(&mut b).await;
+    a.ws.close(None).await.unwrap();
+    b.ws.close(None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publish(s.addr, "till", 2).await;
+    publish(s.addr, "till", 3).await;
+    publish(s.addr, "desk", 2).await;
+
+    // u7 comes back the pusher-js way: subscribe first, signin after.
+    let mut a2 = Client::connect(s.addr).await;
+    let ack = a2.subscribe("till").await;
+    assert_eq!(
+        ack["event"], "pusher_internal:subscription_succeeded",
+        "{ack}"
+    );
+    assert!(
+        events_within(&mut a2, 200).await.is_empty(),
+        "nothing before the signin proves the user"
+    );
+    signin(&mut a2, "u7").await;
+    publish(s.addr, "till", 4).await;
+    assert_eq!(
+        data(&events_within(&mut a2, 500).await),
+        ["2", "3", "4"],
+        "the missed events at the signin, then the live one"
+    );
+
+    // u8 comes back, but `desk` has a live event before the signin: 2 would follow it.
+    let mut b2 = Client::connect(s.addr).await;
+    b2.subscribe("desk").await;
+    publish(s.addr, "desk", 3).await;
+    assert_eq!(data(&events_within(&mut b2, 300).await), ["3"]);
+    signin(&mut b2, "u8").await;
+    let got = events_within(&mut b2, 300).await;
+    assert_eq!(got.len(), 1, "no replay out of order: {got:?}");
+    assert_eq!(got[0]["event"], "pushbox:resume_failed");
+    assert_eq!(got[0]["data"], r#"{"reason":"overtaken"}"#);
+}

@@ -307,8 +307,13 @@ impl App {
                 outbox,
                 Frame::from(message::subscription_succeeded(channel, &data)),
             );
-            if let (Some(r), Some(plan)) = (&self.resume, plan) {
-                subscribed = self.replay(r, outbox, channel, plan, already);
+            if let Some(r) = &self.resume {
+                // Under the write lock no fan-out runs: every later event reaches this socket
+                // live. Kept for a signin that comes after the subscribe (`resume_late`).
+                subscribed.head = r.head();
+                if let Some(plan) = plan {
+                    subscribed = self.replay(r, outbox, channel, plan, already);
+                }
             }
             if !already && !kind.is_presence() {
                 self.subscription_count_changed(channel, ch, &mut events);
@@ -345,33 +350,69 @@ impl App {
         }
         let head = index.head();
         let resumed = plan.from.map(|from| {
-            let missed = index
-                .missed(channel, from, &plan.chain, r.caps(), resume::now_ms())
-                // All or nothing: a replay that would overflow the queue (4100) is not sent.
-                .and_then(|frames| {
-                    if frames.len() < outbox.room() {
-                        Ok(frames)
-                    } else {
-                        Err(resume::Failure::QueueFull)
-                    }
-                });
-            match missed {
-                Ok(frames) => {
-                    let n = frames.len();
-                    for f in frames {
-                        self.send(outbox, f);
-                    }
-                    resume::Outcome::Replayed(n)
-                }
-                Err(f) => {
-                    if let Some(frame) = r.failure_frame(channel, f) {
-                        self.send(outbox, frame);
-                    }
-                    resume::Outcome::Failed(f)
-                }
-            }
+            let missed = index.missed(channel, from, &plan.chain, r.caps(), resume::now_ms());
+            self.queue_replay(r, outbox, channel, missed)
         });
         Subscribed { head, resumed }
+    }
+
+    /// Queues a replay, all or nothing: one that would overflow the queue (4100) is not sent,
+    /// and a failure sends the failure event when configured.
+    fn queue_replay(
+        &self,
+        r: &AppResume,
+        outbox: &Arc<Outbox>,
+        channel: &str,
+        missed: Result<Vec<Frame>, resume::Failure>,
+    ) -> resume::Outcome {
+        let missed = missed.and_then(|frames| {
+            if frames.len() < outbox.room() {
+                Ok(frames)
+            } else {
+                Err(resume::Failure::QueueFull)
+            }
+        });
+        match missed {
+            Ok(frames) => {
+                let n = frames.len();
+                for f in frames {
+                    self.send(outbox, f);
+                }
+                resume::Outcome::Replayed(n)
+            }
+            Err(f) => {
+                if let Some(frame) = r.failure_frame(channel, f) {
+                    self.send(outbox, frame);
+                }
+                resume::Outcome::Failed(f)
+            }
+        }
+    }
+
+    /// A connection became resumable after it subscribed to `channel` at position
+    /// `subscribed_at` (its `pusher:signin` came after the subscribe, as pusher-js sends them on
+    /// a reconnect): the channel's events are kept for it from now on, and what it missed after
+    /// `from` is queued now, if nothing of the channel reached it live since the subscribe.
+    /// Then the missed events end where the live ones begin, as with a replay at the
+    /// subscribe; otherwise they would come after later events, and nothing is sent
+    /// (`overtaken`). The index's lock is the gate: no fan-out runs while it is held.
+    pub fn resume_late(
+        &self,
+        outbox: &Arc<Outbox>,
+        channel: &str,
+        subscribed_at: u64,
+        plan: &resume::Plan,
+    ) -> Option<resume::Outcome> {
+        let r = self.resume.as_ref()?;
+        let mut index = r.index();
+        index.interest(channel);
+        let from = plan.from?;
+        let missed = if index.has_after(channel, subscribed_at) {
+            Err(resume::Failure::Overtaken)
+        } else {
+            index.missed(channel, from, &plan.chain, r.caps(), resume::now_ms())
+        };
+        Some(self.queue_replay(r, outbox, channel, missed))
     }
 
     fn subscription_count_changed(&self, channel: &str, ch: &Channel, events: &mut Vec<HubEvent>) {

@@ -76,14 +76,19 @@ pub enum Failure {
     /// The connection's queue has no room for them now (several channels resumed at once:
     /// their replays share `server.outbound_queue`).
     QueueFull,
+    /// The user was proven only after the channel's subscribe (a `pusher:signin` that came
+    /// after it), and live events of the channel reached the socket in between: the missed
+    /// ones would come after them, out of order.
+    Overtaken,
 }
 
 impl Failure {
-    pub const ALL: [Failure; 4] = [
+    pub const ALL: [Failure; 5] = [
         Failure::Expired,
         Failure::TooMany,
         Failure::TooLarge,
         Failure::QueueFull,
+        Failure::Overtaken,
     ];
 
     pub fn label(self) -> &'static str {
@@ -92,6 +97,7 @@ impl Failure {
             Failure::TooMany => "too_many",
             Failure::TooLarge => "too_large",
             Failure::QueueFull => "queue_full",
+            Failure::Overtaken => "overtaken",
         }
     }
 }
@@ -220,6 +226,14 @@ impl Index {
             }
         }
         Ok(out)
+    }
+
+    /// Whether an event of `channel` after position `pos` is kept: one was fanned out since.
+    pub fn has_after(&self, channel: &str, pos: u64) -> bool {
+        self.rings
+            .get(channel)
+            .and_then(|r| r.entries.back())
+            .is_some_and(|e| e.pos > pos)
     }
 
     /// Drops events past the window and rings nobody subscribes to or may come back for.

@@ -68,7 +68,7 @@ pub fn peer_hash(ip: &str, user_agent: &str) -> u32 {
 pub struct Stats {
     pub attempts: AtomicU64,
     pub succeeded: AtomicU64,
-    pub failed: [AtomicU64; 4],
+    pub failed: [AtomicU64; 5],
     pub replayed: AtomicU64,
 }
 

@@ -86,6 +86,9 @@ struct Subscription {
     channel: String,
     /// The presence user id this connection joined as.
     user_id: Option<String>,
+    /// The app's resume head at the subscribe (0 with resume off): a signin that comes later
+    /// may still replay what was missed before it (`Session::resume_subscribed`).
+    head: u64,
 }
 
 pub struct Session {
@@ -326,6 +329,7 @@ impl Session {
             .subscribe_with(&self.outbox, name, member, plan.as_ref().map(|(p, _)| p))
         {
             Ok(subscribed) => {
+                let head = subscribed.head;
                 if let Some((plan, how)) = plan {
                     self.resumed(name, &plan, how, subscribed);
                 }
@@ -335,6 +339,7 @@ impl Session {
                     self.subscriptions.push(Subscription {
                         channel: name.to_owned(),
                         user_id,
+                        head,
                     });
                 }
             }

@@ -34,10 +34,70 @@ impl Session {
         true
     }
 
-    /// A signin succeeded: the user is one this connection's lineage may be claimed by.
+    /// A signin succeeded: the user is one this connection's lineage may be claimed by, and
+    /// the channels it subscribed to before are resumable from now on.
     pub(super) fn signed_user(&mut self, id: &str) {
         if self.app.resume().is_some() && self.track_user() {
             self.add_user(id);
+            self.resume_subscribed(id);
+        }
+    }
+
+    /// The channels this connection subscribed to before its signin (pusher-js sends its
+    /// subscribes at once on a reconnect and the signin after its auth round trip): each
+    /// becomes resumable from its subscribe on, and gets what an ended connection of the same
+    /// user left, if nothing of it went out live since (`Hub::resume_late`).
+    fn resume_subscribed(&mut self, user: &str) {
+        let (Some(rs), Some(r)) = (&self.resume, self.app.resume()) else {
+            return;
+        };
+        let (rs, r) = (rs.lineage.clone(), r.clone());
+        let late: Vec<(String, u64)> = {
+            let l = lineage::lock(&rs);
+            self.subscriptions
+                .iter()
+                .filter(|s| !ChannelKind::of(&s.channel).is_cache())
+                .filter(|s| !l.channels.iter().any(|m| m.channel == s.channel))
+                .map(|s| (s.channel.clone(), s.head))
+                .collect()
+        };
+        for (channel, head) in late {
+            let tokenless = lineage::lock(&rs).token.is_none();
+            // The store locks lineages: claimed without this one's lock held.
+            let claim = tokenless
+                .then(|| r.claim_user(user, self.peer, &channel))
+                .flatten();
+            let plan = {
+                let mut l = lineage::lock(&rs);
+                l.channels.push(Mark {
+                    channel: channel.clone(),
+                    from: head,
+                    inherited: false,
+                });
+                claim.map(|c| {
+                    for id in c.socket_ids {
+                        if !l.socket_ids.contains(&id) {
+                            l.socket_ids.push(id);
+                        }
+                    }
+                    lineage::cap_chain(&mut l.socket_ids);
+                    Plan {
+                        from: Some(c.from),
+                        chain: l.socket_ids.clone(),
+                    }
+                })
+            };
+            let plan = plan.unwrap_or_default();
+            let outcome = self.app.resume_late(&self.outbox, &channel, head, &plan);
+            if let (Some(from), Some(outcome)) = (plan.from, outcome) {
+                r.report(
+                    self.outbox.socket_id.as_str(),
+                    &channel,
+                    "user",
+                    from,
+                    &outcome,
+                );
+            }
         }
     }
 

@@ -399,13 +399,10 @@ describe('a 10 s cut shared by every case', () => {
     log(`zero-change presence: ${got.length - firsts.length} duplicate(s) (${JSON.stringify(got)})`);
   });
 
-  // F4, not fixed: on a reconnect pusher-js sends its subscribes at once and its signin only
-  // after the user-auth round trip, so `zcsign` is subscribed before the socket is known to be
-  // that user and is not resumed. README "Resume" says zero-change covers the channels
-  // subscribed after the signin. Kept running (a TODO does not fail the suite) until the
-  // server replays, at the signin, the channels already subscribed when nothing went live on
-  // them in between.
-  it('zero-change signin (no token, pusher.signin() as the same user): the replay arrives at least once, in order', { todo: 'F4: channels subscribed before the signin are not resumed (README says so)' }, () => {
+  // F4: on a reconnect pusher-js sends its subscribes at once and its signin only after the
+  // user-auth round trip, so `zcsign` is subscribed before the socket is known to be that user;
+  // its missed events come at the signin (nothing of it went live in between).
+  it('zero-change signin (no token, pusher.signin() as the same user): the replay arrives at least once, in order', () => {
     needResume();
     reconnected('zcsign');
     const got = agent.ns('zcsign', 'zcsign');
