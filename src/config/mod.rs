@@ -31,8 +31,8 @@ pub use env::{socket_activated, Env, ProcessEnv};
 pub use error::ConfigError;
 pub use logging::LogConfig;
 pub use sections::{
-    AppConfig, ConsoleConfig, Durability, MetricsConfig, ServerConfig, SpoolConfig, TlsConfig,
-    WebhookTarget, WebhooksConfig, WEBHOOK_KINDS,
+    AppConfig, ConsoleConfig, Durability, MetricsConfig, ResumeConfig, ServerConfig, SpoolConfig,
+    TlsConfig, WebhookTarget, WebhooksConfig, WEBHOOK_KINDS,
 };
 pub use validate::{AGE_MAX, COALESCE_MAX, TIMER_MAX};
 
@@ -59,6 +59,7 @@ struct FileConfig {
     webhooks: WebhooksConfig,
     console: Option<ConsoleConfig>,
     metrics: MetricsConfig,
+    resume: ResumeConfig,
     apps: Vec<AppConfig>,
 }
 
@@ -75,6 +76,8 @@ pub struct Config {
     /// `None`: no console (404).
     pub console: Option<ConsoleConfig>,
     pub metrics: MetricsConfig,
+    /// `[resume]`: replay of missed events to a reconnecting client.
+    pub resume: ResumeConfig,
     pub apps: Vec<AppConfig>,
     /// Where the configuration came from, for messages.
     pub source: String,
@@ -93,6 +96,7 @@ impl Config {
             webhooks: file.webhooks,
             console: file.console,
             metrics: file.metrics,
+            resume: file.resume,
             apps: file.apps,
             source,
         }

@@ -490,3 +490,51 @@ fn per_address_limit_and_request_timeout_from_file_and_env() {
     let err = load(Some(&zero), &env(&[])).unwrap_err().to_string();
     assert!(err.contains("server.request_timeout"), "{err}");
 }
+
+#[test]
+fn the_resume_section_takes_units_and_the_environment_overrides_it() {
+    let dir = tmpdir("resume");
+    let app = "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+    let c = load(Some(&write(dir.path(), app)), &env(&[])).unwrap();
+    assert!(c.resume.enabled && c.resume.match_user && !c.resume.failure_event);
+    assert_eq!(c.resume.window, Duration::from_secs(120));
+    assert_eq!((c.resume.max_events, c.resume.max_bytes), (300, 1 << 20));
+    assert_eq!(c.resume.path_prefix, "/r");
+    let text = format!(
+        "[resume]\nwindow = \"2m\"\nmax_bytes = \"512KiB\"\nstall_guard = \"250ms\"\n{app}"
+    );
+    let c = load(Some(&write(dir.path(), &text)), &env(&[])).unwrap();
+    assert_eq!(c.resume.window, Duration::from_secs(120));
+    assert_eq!(c.resume.max_bytes, 512 * 1024);
+    assert_eq!(c.resume.stall_guard, Duration::from_millis(250));
+    let e = env(&[
+        ("PUSHBOX_RESUME_ENABLED", "false"),
+        ("PUSHBOX_RESUME_WINDOW", "30s"),
+        ("PUSHBOX_RESUME_MAX_EVENTS", "50"),
+        ("PUSHBOX_RESUME_FAILURE_EVENT", "1"),
+    ]);
+    let c = load(Some(&write(dir.path(), app)), &e).unwrap();
+    assert!(!c.resume.enabled && c.resume.failure_event);
+    assert_eq!(c.resume.window, Duration::from_secs(30));
+    assert_eq!(c.resume.max_events, 50);
+    let bad = load(
+        Some(&write(dir.path(), app)),
+        &env(&[("PUSHBOX_RESUME_WINDOW", "soon")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        bad.contains("PUSHBOX_RESUME_WINDOW") && bad.contains("120s"),
+        "{bad}"
+    );
+    for (toml, key) in [
+        ("[resume]\nwindow = \"0s\"\n", "resume.window"),
+        ("[resume]\nmax_events = 100000\n", "resume.max_events"),
+        ("[resume]\npath_prefix = \"r\"\n", "resume.path_prefix"),
+    ] {
+        let err = load(Some(&write(dir.path(), &format!("{toml}{app}"))), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{err}");
+    }
+}

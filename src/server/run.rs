@@ -110,6 +110,7 @@ async fn serve_until_stopped(cfg: Config, activated: Vec<ActivatedListener>) -> 
         Some(eventlog.clone() as Arc<dyn crate::api::EventLog>),
     );
     report_stores(&state, &eventlog, &webhooks);
+    super::resume_state::load(&state.hub, &state.shared.config.state_dir, &eventlog);
     let (plain_addr, tls_addr) = (listeners.plain_addr(), listeners.tls_addr());
     let tls = listeners.tls.clone();
     let servers = listeners.serve(&state);
@@ -123,6 +124,8 @@ async fn serve_until_stopped(cfg: Config, activated: Vec<ActivatedListener>) -> 
     tracing::info!("shutting down: telling clients to reconnect (4200)");
     let _ = notifier.stopping();
     stop(handle, servers).await;
+    // Every connection has ended and left its lineage: they go to the state directory.
+    super::resume_state::save(&state.hub, &state.shared.config.state_dir);
     // Closing sockets' channel_vacated / member_removed went into the queue before it closes.
     webhooks.shutdown().await;
     drop(state);
