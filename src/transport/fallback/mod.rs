@@ -280,7 +280,7 @@ async fn send(
             );
         }
     };
-    let frames: Vec<String> = match serde_json::from_slice(&body) {
+    let frames = match parse_send_body(&body) {
         Ok(f) => f,
         Err(e) => {
             return text(
@@ -316,6 +316,13 @@ async fn send(
             "Session busy: frames not taken in time, retry",
         ),
     }
+}
+
+/// The body of an `xhr_send`: a JSON array of strings, each a Pusher frame (`[]` is a
+/// heartbeat). Anything else is an error the client is told about; the frames themselves are
+/// parsed by the session like a WebSocket's.
+pub fn parse_send_body(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+    serde_json::from_slice(body)
 }
 
 /// A streaming or polling response fed by the session's task; each chunk is flushed as sent.
