@@ -136,36 +136,88 @@ fn log_condition(now: Condition, why: Option<SpoolError>) {
     }
 }
 
-impl EventLogTrait for EventLog {
-    fn check_capacity(&self) -> Result<(), AppendError> {
+/// The length of `s` as serde_json writes it as a JSON string: quotes, and the escapes of
+/// `"`, `\` and control characters.
+fn json_str_len(s: &str) -> u64 {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<u64>()
+}
+
+/// At most the bytes `e`'s record takes in the spool, before it is delivered (so before its
+/// `delivered` counts are known: 20 digits each, the most a `usize` has): the record header,
+/// a segment header if it starts a new segment, the JSON's keys and punctuation, the escaped
+/// strings. Exact but for those digits; counted in one pass over the strings, no allocation.
+pub fn record_bound(e: &AcceptedEvent) -> u64 {
+    const RECORD_HEADER: u64 = 24;
+    const SEGMENT_HEADER: u64 = 8;
+    // {"app":,"name":,"channels":[],"data":,"socket_id":,"delivered":[]}
+    const KEYS: u64 = 66;
+    let channels: u64 = e.channels.iter().map(|c| json_str_len(c) + 1).sum();
+    RECORD_HEADER
+        + SEGMENT_HEADER
+        + KEYS
+        + json_str_len(&e.app_id)
+        + json_str_len(&e.name)
+        + channels
+        + json_str_len(&e.data)
+        + e.socket_id.as_deref().map_or(0, json_str_len)
+        + 21 * e.channels.len() as u64
+}
+
+impl EventLog {
+    /// Refuses while the spool refuses anything, and when `needed` more bytes would cross
+    /// `spool.max_bytes` (the spool's writer would refuse them after they were delivered).
+    fn refusal(&self, needed: u64) -> Result<(), AppendError> {
         if let Some(e) = self.spool.refusal() {
             return Err(AppendError::Refused(e));
         }
-        let stats = self.spool.stats();
-        match self.spool.max_bytes() {
-            Some(max_bytes) if stats.total_bytes >= max_bytes => Err(AppendError::Full {
+        let Some(max_bytes) = self.spool.max_bytes() else {
+            return Ok(());
+        };
+        let used_bytes = self.spool.stats().total_bytes;
+        if used_bytes >= max_bytes || used_bytes.saturating_add(needed) > max_bytes {
+            return Err(AppendError::Full {
                 dir: self.spool.dir().to_owned(),
-                used_bytes: stats.total_bytes,
+                used_bytes,
                 max_bytes,
-            }),
-            _ => Ok(()),
+            });
         }
+        Ok(())
+    }
+}
+
+impl EventLogTrait for EventLog {
+    fn check_capacity(&self, events: &[AcceptedEvent]) -> Result<(), AppendError> {
+        self.refusal(events.iter().map(record_bound).sum())
     }
 
-    fn recheck(&self, refused: AppendError) -> LogFuture<'_> {
+    fn recheck<'a>(&'a self, refused: AppendError, events: &'a [AcceptedEvent]) -> LogFuture<'a> {
         Box::pin(async move {
             match refused {
                 AppendError::Refused(_) => match self.spool.probe().await {
                     Some(e) => Err(AppendError::Refused(e)),
-                    None => self.check_capacity(),
+                    None => self.check_capacity(events),
                 },
+                AppendError::Full { .. } if self.spool.stats().segments > 1 => {
+                    // Size or age retention may free whole old segments (the writer would try
+                    // that too before refusing): once, off the runtime's threads.
+                    let spool = self.spool.clone();
+                    let _ = tokio::task::spawn_blocking(move || spool.run_retention()).await;
+                    self.check_capacity(events)
+                }
                 other => Err(other),
             }
         })
     }
 
     fn status(&self) -> LogStatus {
-        match (self.spool.condition(), self.check_capacity()) {
+        match (self.spool.condition(), self.refusal(0)) {
             (_, Ok(())) => LogStatus::Ok,
             (Condition::IoError | Condition::DirectoryLost, Err(e)) => {
                 LogStatus::Down(e.to_string())
@@ -218,5 +270,46 @@ impl EventLogTrait for EventLog {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_bound_covers_the_record_and_little_more() {
+        for (data, socket_id, channels) in [
+            ("", None, vec!["a"]),
+            ("plain text", Some("1.2"), vec!["orders", "presence-x"]),
+            (
+                "quotes \" back\\slash \n\t\u{1}\u{1f} é 😀",
+                None,
+                vec!["c"; 7],
+            ),
+        ] {
+            let e = AcceptedEvent {
+                app_id: "145840".into(),
+                name: "order \"shipped\"".into(),
+                channels: channels.iter().map(|c| (*c).to_owned()).collect(),
+                data: data.into(),
+                socket_id: socket_id.map(str::to_owned),
+                delivered: vec![usize::MAX; channels.len()],
+            };
+            let record = EventRecord {
+                app: e.app_id.clone(),
+                name: e.name.clone(),
+                channels: e.channels.clone(),
+                data: e.data.clone(),
+                socket_id: e.socket_id.clone(),
+                delivered: e.delivered.clone(),
+            };
+            // The largest record this event can make (every count at usize::MAX digits).
+            let most = serde_json::to_vec(&record).unwrap().len() as u64 + 24;
+            let bound = record_bound(&e);
+            assert!(bound >= most, "{bound} < {most} for {data:?}");
+            // Slack: a segment header, two commas, an absent socket_id's key.
+            assert!(bound <= most + 8 + 2 + 13, "{bound} ≫ {most}");
+        }
     }
 }

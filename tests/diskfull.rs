@@ -394,3 +394,54 @@ fn disk_cap_answers_503_before_the_disk_fills_and_a_raised_cap_takes_events_agai
     s.stop();
     assert_log_is(&state, &acked);
 }
+
+#[test]
+fn an_event_crossing_the_cap_is_refused_before_delivery() {
+    // The cap, not the disk: a plain temp directory will do. The log holds less than its cap
+    // when the event that would cross it comes: that one must reach nobody.
+    let plain = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let state = plain.path().join("state");
+    let port = free_port();
+    let cap = 48 * 1024;
+    write_config(work.path(), port, cap);
+
+    let s = start(work.path(), &state, port, "cap-delivery");
+    let sub = Subscriber::start(s.addr(), "orders");
+    let mut acked = Vec::new();
+    let body = publish_until_503(&s, &mut acked, 1000);
+    let msg = assert_actionable_503(&body, &["spool.max_bytes"]);
+    assert!(msg.contains("nothing was published"), "{msg}");
+    let used = pushbox::spool::Spool::open_read_only(pushbox::eventlog::dir(&state))
+        .unwrap()
+        .stats()
+        .unwrap()
+        .total_bytes;
+    assert!(
+        used < cap,
+        "refused before the log reached its cap ({used} of {cap}): the refused event would \
+         have crossed it"
+    );
+    let refused = payload(acked.len());
+    for _ in 0..3 {
+        assert_eq!(publish(&s, &refused).0, 503);
+    }
+    let got = sub.received(Duration::from_millis(500));
+    assert!(
+        !got.contains(&refused),
+        "an event answered 503 was delivered to a subscriber"
+    );
+    assert!(
+        got == acked,
+        "the subscriber got exactly the accepted events, in order"
+    );
+    // A smaller event still fits under the cap and is taken.
+    let small = "s".to_owned();
+    let (st, b) = publish(&s, &small);
+    if used + 300 < cap {
+        assert_eq!(st, 200, "{b}");
+        acked.push(small);
+    }
+    s.stop();
+    assert_log_is(&state, &acked);
+}

@@ -28,14 +28,18 @@ pub type LogFuture<'a> = Pin<Box<dyn Future<Output = Result<(), AppendError>> + 
 
 /// Where accepted events go before the API answers (the spool's event log).
 pub trait EventLog: Send + Sync {
-    /// Refuses new events up front (its cap reached, a full disk, its directory gone) so
-    /// nothing is delivered that can't be kept. Called for every event: no I/O while healthy.
-    fn check_capacity(&self) -> Result<(), AppendError> {
+    /// Refuses `events` up front (they would cross its cap, a full disk, its directory gone)
+    /// so nothing is delivered that can't be kept. Called for every publish (their `delivered`
+    /// is still empty): no I/O while healthy.
+    fn check_capacity(&self, events: &[AcceptedEvent]) -> Result<(), AppendError> {
+        let _ = events;
         Ok(())
     }
-    /// After [`check_capacity`](Self::check_capacity) refused with `refused`: looks once more
-    /// (a disk may have room again) and says whether the event may be taken now.
-    fn recheck(&self, refused: AppendError) -> LogFuture<'_> {
+    /// After [`check_capacity`](Self::check_capacity) refused `events` with `refused`: looks
+    /// once more (a disk may have room again, retention may free some) and says whether they
+    /// may be taken now.
+    fn recheck<'a>(&'a self, refused: AppendError, events: &'a [AcceptedEvent]) -> LogFuture<'a> {
+        let _ = events;
         Box::pin(std::future::ready(Err(refused)))
     }
     /// Whether the log takes events, for `/up`.
@@ -59,7 +63,8 @@ pub enum LogStatus {
 /// Why the event log did not take an event.
 #[derive(Debug)]
 pub enum AppendError {
-    /// The log already holds its cap (`spool.max_bytes`): refused before anything was published.
+    /// The event would cross the log's cap (`spool.max_bytes`): refused before anything was
+    /// published.
     Full {
         /// The event log's directory.
         dir: PathBuf,

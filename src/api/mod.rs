@@ -288,33 +288,44 @@ impl Api {
     /// Delivery comes first so that the subscribers don't wait for the fsync (the group commit
     /// overlaps it with the fan-out) and so the record says how many sockets each channel
     /// reached. A 503 must still mean "not delivered": the log says up front whether it can
-    /// take events (it keeps disk space reserved ahead and watches its directory), so a full
-    /// disk or a removed directory refuses the event here, before anyone got it.
+    /// take these events (they fit under its cap, it keeps disk space reserved ahead and
+    /// watches its directory), so a cap, a full disk or a removed directory refuses the event
+    /// here, before anyone got it.
     async fn publish(&self, app: &Arc<App>, items: Vec<Validated>) -> Result<(), ApiError> {
-        if let Some(log) = &self.log {
-            if let Err(refused) = log.check_capacity() {
-                // Only now, never on the hot path: a disk with room again is noticed here.
-                log.recheck(refused).await.map_err(ApiError::LogRefused)?;
-            }
-        }
-        let mut accepted = Vec::with_capacity(items.len());
-        for v in items {
-            let mut delivered = Vec::with_capacity(v.channels.len());
-            for c in &v.channels {
-                let frame = || Frame::from(message::frame(&v.name, Some(c), Some(&v.data), None));
-                delivered.push(app.publish_with(c, frame, v.socket_id.as_deref()));
-            }
-            app.counters
-                .api_events
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let event = AcceptedEvent {
+        let mut accepted: Vec<AcceptedEvent> = items
+            .into_iter()
+            .map(|v| AcceptedEvent {
                 app_id: app.config.id.clone(),
                 name: v.name,
                 channels: v.channels,
                 data: v.data,
                 socket_id: v.socket_id,
-                delivered,
-            };
+                delivered: Vec::new(),
+            })
+            .collect();
+        if let Some(log) = &self.log {
+            if let Err(refused) = log.check_capacity(&accepted) {
+                // Only now, never on the hot path: a disk with room again is noticed here.
+                log.recheck(refused, &accepted)
+                    .await
+                    .map_err(ApiError::LogRefused)?;
+            }
+        }
+        for event in &mut accepted {
+            let e = &*event;
+            let delivered: Vec<usize> = e
+                .channels
+                .iter()
+                .map(|c| {
+                    let frame =
+                        || Frame::from(message::frame(&e.name, Some(c), Some(&e.data), None));
+                    app.publish_with(c, frame, e.socket_id.as_deref())
+                })
+                .collect();
+            event.delivered = delivered;
+            app.counters
+                .api_events
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(tap) = &self.tap {
                 let ms = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -322,13 +333,13 @@ impl Api {
                     .unwrap_or(0);
                 let _ = tap.send((ms, Arc::new(event.clone())));
             }
-            accepted.push(event);
         }
         if let Some(log) = &self.log {
             let reached: usize = accepted.iter().flat_map(|e| e.delivered.iter()).sum();
             // The check above refuses before delivering; a write that still fails after it (an
-            // I/O error, more events on their way than the reserved room) comes after
-            // delivery, and the sender must know whether a retry delivers twice.
+            // I/O error, concurrent publishes that together crossed the cap or the reserved
+            // room) comes after delivery, and the sender must know whether a retry delivers
+            // twice.
             log.append(accepted)
                 .await
                 .map_err(|error| ApiError::NotStored { error, reached })?;

@@ -398,7 +398,7 @@ struct FailingLog(Failure);
 const LOG_DIR: &str = "/var/lib/pushbox/events";
 
 impl EventLog for FailingLog {
-    fn check_capacity(&self) -> Result<(), AppendError> {
+    fn check_capacity(&self, _: &[AcceptedEvent]) -> Result<(), AppendError> {
         match self.0 {
             Failure::Cap => Err(AppendError::Full {
                 dir: LOG_DIR.into(),

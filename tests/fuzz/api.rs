@@ -187,16 +187,18 @@ fn event(rng: &mut Rng) -> (Value, Option<(String, String)>) {
     (body, to_orders.then_some((name, data)))
 }
 
-/// A request to the API, signed over whatever it ended up being.
-fn request(
-    rng: &mut Rng,
-) -> (
+/// A request to the API: method, path, query parameters (before signing), body, and the
+/// `(name, data)` a subscriber of `orders` must get if it is published.
+type Request = (
     &'static str,
     String,
     Vec<(String, String)>,
     Vec<u8>,
     Option<(String, String)>,
-) {
+);
+
+/// A request as an SDK sends it (signed later, over whatever it ends up being).
+fn request(rng: &mut Rng) -> Request {
     match rng.below(6) {
         0..=2 => {
             let (body, wanted) = event(rng);

@@ -46,8 +46,11 @@ fn segments(dir: &Path) -> BTreeMap<u64, PathBuf> {
         .collect()
 }
 
-/// Where each record of each segment ends: `(base, [(seq, end offset)])`.
-fn layout(dir: &Path, written: &BTreeMap<u64, Vec<u8>>) -> Vec<(u64, PathBuf, Vec<(u64, usize)>)> {
+/// A segment's base seq, its file, and `(seq, end offset)` of each of its records.
+type Segment = (u64, PathBuf, Vec<(u64, usize)>);
+
+/// Where each record of each segment ends.
+fn layout(dir: &Path, written: &BTreeMap<u64, Vec<u8>>) -> Vec<Segment> {
     let segs = segments(dir);
     let bases: Vec<u64> = segs.keys().copied().collect();
     let mut out = Vec::new();

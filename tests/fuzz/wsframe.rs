@@ -69,7 +69,7 @@ fn valid_stream(rng: &mut Rng) -> (Vec<u8>, Vec<Incoming>) {
     let (mut bytes, mut expected) = (Vec::new(), Vec::new());
     for _ in 0..rng.range(1, 5) {
         match rng.below(5) {
-            0 | 1 | 2 => {
+            0..=2 => {
                 let hi = if rng.chance(10) { 500 } else { 60 };
                 let text = rng.text(hi);
                 let binary = rng.chance(20);

@@ -186,6 +186,7 @@ async fn receive(
         Err(code) => return refused(shared, code),
     };
     let opened = registry.open(key, || {
+        shared.admit_memory()?;
         let slot = shared.admit_address(&app.config.id, client.peer)?;
         if app.try_connect() {
             Ok(slot)
