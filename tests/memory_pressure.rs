@@ -210,7 +210,10 @@ fn near_its_cgroup_memory_limit_the_box_refuses_new_connections_with_4100_instea
         v
     });
     assert_eq!(get(addr, "/up"), (200, "{\"status\":\"ok\"}".to_owned()));
-    assert_eq!(metric(addr, "pushbox_memory_pressure ").as_deref(), Some("0"));
+    assert_eq!(
+        metric(addr, "pushbox_memory_pressure ").as_deref(),
+        Some("0")
+    );
 
     // A limit that puts the server at ~85 % of it (the threshold is 80 %).
     let used = cg.used();
@@ -219,8 +222,14 @@ fn near_its_cgroup_memory_limit_the_box_refuses_new_connections_with_4100_instea
     println!("server uses {used} bytes; limit set to {limit}");
     let up = wait_up(addr, |b| b.contains("memory"));
     assert!(up.contains("memory pressure"), "/up says so: {up}");
-    assert!(up.contains("\"status\":\"ok\""), "still up for those connected: {up}");
-    assert_eq!(metric(addr, "pushbox_memory_pressure ").as_deref(), Some("1"));
+    assert!(
+        up.contains("\"status\":\"ok\""),
+        "still up for those connected: {up}"
+    );
+    assert_eq!(
+        metric(addr, "pushbox_memory_pressure ").as_deref(),
+        Some("1")
+    );
     assert_eq!(
         metric(addr, "pushbox_memory_cgroup_bytes{kind=\"limit\"}").as_deref(),
         Some(limit.to_string().as_str())
@@ -243,7 +252,10 @@ fn near_its_cgroup_memory_limit_the_box_refuses_new_connections_with_4100_instea
     )
     .unwrap();
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("c[4100,"), "the fallback is refused with 4100: {body}");
+    assert!(
+        body.contains("c[4100,"),
+        "the fallback is refused with 4100: {body}"
+    );
     let refused: u64 = metric(addr, "pushbox_refusals_total{reason=\"memory_pressure\"}")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
@@ -269,7 +281,11 @@ fn near_its_cgroup_memory_limit_the_box_refuses_new_connections_with_4100_instea
     cg.set_limit(limit * 4);
     let up = wait_up(addr, |b| !b.contains("memory"));
     assert_eq!(up, "{\"status\":\"ok\"}");
-    rt.block_on(async { connect(addr).await.expect("connects once the pressure is over") });
+    rt.block_on(async {
+        connect(addr)
+            .await
+            .expect("connects once the pressure is over")
+    });
     assert!(s.log().contains("memory pressure over"), "{}", s.log());
     drop(connected);
     s.stop();
