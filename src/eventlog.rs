@@ -11,12 +11,15 @@
 //! "Durability").
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{AcceptedEvent, AppendError, EventLog as EventLogTrait, LogFuture, LogStatus};
+use crate::api::{
+    AcceptedEvent, AppendError, EventLog as EventLogTrait, LogFuture, LogStatus, Room, RoomFuture,
+};
 use crate::config::{Config, Durability};
 use crate::spool::{self, Condition, RecoveryReport, Spool, SpoolError, SpoolOptions};
 
@@ -52,6 +55,9 @@ pub fn dir(state_dir: &Path) -> PathBuf {
 /// The event log of a running server.
 pub struct EventLog {
     spool: Spool,
+    /// Bytes set aside for events that passed the cap check and are not appended yet
+    /// ([`Room`]s alive).
+    pending: Arc<AtomicU64>,
     /// `durability = "memory"`: appends are queued without waiting for the write.
     detached: bool,
 }
@@ -72,7 +78,12 @@ impl EventLog {
         };
         let (spool, report) = Spool::open(dir(&config.state_dir), options)?;
         let detached = config.spool.durability == Durability::Memory;
-        Ok((Arc::new(EventLog { spool, detached }), report))
+        let log = EventLog {
+            spool,
+            pending: Arc::new(AtomicU64::new(0)),
+            detached,
+        };
+        Ok((Arc::new(log), report))
     }
 
     pub fn spool(&self) -> &Spool {
@@ -171,33 +182,35 @@ pub fn record_bound(e: &AcceptedEvent) -> u64 {
 }
 
 impl EventLog {
-    /// Refuses while the spool refuses anything, and when `needed` more bytes would cross
-    /// `spool.max_bytes` (the spool's writer would refuse them after they were delivered).
-    fn refusal(&self, needed: u64) -> Result<(), AppendError> {
+    /// Refuses while the spool refuses anything, and when `needed` more bytes, on top of what
+    /// it holds and what other publishes set aside, would cross `spool.max_bytes` (the spool's
+    /// writer would refuse them after they were delivered); otherwise sets `needed` aside.
+    fn reserve(&self, needed: u64) -> Result<Room, AppendError> {
         if let Some(e) = self.spool.refusal() {
             return Err(AppendError::Refused(e));
         }
         let Some(max_bytes) = self.spool.max_bytes() else {
-            return Ok(());
+            return Ok(Room::default());
         };
+        let (room, pending) = Room::take(&self.pending, needed);
         let used_bytes = self.spool.stats().total_bytes;
-        if used_bytes >= max_bytes || used_bytes.saturating_add(needed) > max_bytes {
+        if used_bytes >= max_bytes || used_bytes.saturating_add(pending) > max_bytes {
             return Err(AppendError::Full {
                 dir: self.spool.dir().to_owned(),
                 used_bytes,
                 max_bytes,
             });
         }
-        Ok(())
+        Ok(room)
     }
 }
 
 impl EventLogTrait for EventLog {
-    fn check_capacity(&self, events: &[AcceptedEvent]) -> Result<(), AppendError> {
-        self.refusal(events.iter().map(record_bound).sum())
+    fn check_capacity(&self, events: &[AcceptedEvent]) -> Result<Room, AppendError> {
+        self.reserve(events.iter().map(record_bound).sum())
     }
 
-    fn recheck<'a>(&'a self, refused: AppendError, events: &'a [AcceptedEvent]) -> LogFuture<'a> {
+    fn recheck<'a>(&'a self, refused: AppendError, events: &'a [AcceptedEvent]) -> RoomFuture<'a> {
         Box::pin(async move {
             match refused {
                 AppendError::Refused(_) => match self.spool.probe().await {
@@ -217,12 +230,24 @@ impl EventLogTrait for EventLog {
     }
 
     fn status(&self) -> LogStatus {
-        match (self.spool.condition(), self.refusal(0)) {
-            (_, Ok(())) => LogStatus::Ok,
-            (Condition::IoError | Condition::DirectoryLost, Err(e)) => {
-                LogStatus::Down(e.to_string())
-            }
-            (_, Err(e)) => LogStatus::Full(e.to_string()),
+        if let Some(e) = self.spool.refusal() {
+            let why = AppendError::Refused(e).to_string();
+            return match self.spool.condition() {
+                Condition::IoError | Condition::DirectoryLost => LogStatus::Down(why),
+                Condition::Writable | Condition::DiskFull => LogStatus::Full(why),
+            };
+        }
+        let used_bytes = self.spool.stats().total_bytes;
+        match self.spool.max_bytes() {
+            Some(max_bytes) if used_bytes >= max_bytes => LogStatus::Full(
+                AppendError::Full {
+                    dir: self.spool.dir().to_owned(),
+                    used_bytes,
+                    max_bytes,
+                }
+                .to_string(),
+            ),
+            _ => LogStatus::Ok,
         }
     }
 

@@ -17,7 +17,9 @@ use crate::hub::{App, Hub};
 use crate::protocol::{channel, message, signing, ChannelKind, Frame, SocketId};
 
 pub use error::ApiError;
-pub use log::{AcceptedEvent, AppendError, EventLog, EventTap, LogFuture, LogStatus};
+pub use log::{
+    AcceptedEvent, AppendError, EventLog, EventTap, LogFuture, LogStatus, Room, RoomFuture,
+};
 
 /// The parts of an HTTP request the API needs.
 pub struct ApiRequest<'a> {
@@ -303,14 +305,18 @@ impl Api {
                 delivered: Vec::new(),
             })
             .collect();
-        if let Some(log) = &self.log {
-            if let Err(refused) = log.check_capacity(&accepted) {
+        // Held until the events are appended: concurrent publishes see each other's room.
+        let _room = match &self.log {
+            Some(log) => match log.check_capacity(&accepted) {
+                Ok(room) => room,
                 // Only now, never on the hot path: a disk with room again is noticed here.
-                log.recheck(refused, &accepted)
+                Err(refused) => log
+                    .recheck(refused, &accepted)
                     .await
-                    .map_err(ApiError::LogRefused)?;
-            }
-        }
+                    .map_err(ApiError::LogRefused)?,
+            },
+            None => Room::default(),
+        };
         for event in &mut accepted {
             let e = &*event;
             let delivered: Vec<usize> = e
@@ -337,9 +343,8 @@ impl Api {
         if let Some(log) = &self.log {
             let reached: usize = accepted.iter().flat_map(|e| e.delivered.iter()).sum();
             // The check above refuses before delivering; a write that still fails after it (an
-            // I/O error, concurrent publishes that together crossed the cap or the reserved
-            // room) comes after delivery, and the sender must know whether a retry delivers
-            // twice.
+            // I/O error, more events on their way than the disk space reserved ahead) comes
+            // after delivery, and the sender must know whether a retry delivers twice.
             log.append(accepted)
                 .await
                 .map_err(|error| ApiError::NotStored { error, reached })?;
