@@ -73,6 +73,18 @@ impl Shared {
         })
     }
 
+    /// Refuses a new connection while the process is near its cgroup's memory limit (the
+    /// server's memory watch sets the flag; one atomic load here): 4100, on which pusher-js
+    /// backs off and reconnects, to this box once it has room. Logged once per change of
+    /// state by the watch, not per refused connection; counted here.
+    pub fn admit_memory(&self) -> Result<(), CloseCode> {
+        if !self.metrics.memory_pressure() {
+            return Ok(());
+        }
+        self.metrics.refused(Reason::MemoryPressure);
+        Err(CloseCode::OverCapacity)
+    }
+
     /// Counts an accepted connection (admitted with `slot`) in `/metrics` until the returned
     /// guard drops, and makes a graceful shutdown wait for it: the transport keeps the guard
     /// for the connection's life; it gives the address's slot back too.

@@ -11,12 +11,15 @@
 //! "Durability").
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{AcceptedEvent, AppendError, EventLog as EventLogTrait, LogFuture, LogStatus};
+use crate::api::{
+    AcceptedEvent, AppendError, EventLog as EventLogTrait, LogFuture, LogStatus, Room, RoomFuture,
+};
 use crate::config::{Config, Durability};
 use crate::spool::{self, Condition, RecoveryReport, Spool, SpoolError, SpoolOptions};
 
@@ -56,6 +59,9 @@ pub fn dir(state_dir: &Path) -> PathBuf {
 /// The event log of a running server.
 pub struct EventLog {
     spool: Spool,
+    /// Bytes set aside for events that passed the cap check and are not appended yet
+    /// ([`Room`]s alive).
+    pending: Arc<AtomicU64>,
     /// `durability = "memory"`: appends are queued without waiting for the write.
     detached: bool,
 }
@@ -76,7 +82,12 @@ impl EventLog {
         };
         let (spool, report) = Spool::open(dir(&config.state_dir), options)?;
         let detached = config.spool.durability == Durability::Memory;
-        Ok((Arc::new(EventLog { spool, detached }), report))
+        let log = EventLog {
+            spool,
+            pending: Arc::new(AtomicU64::new(0)),
+            detached,
+        };
+        Ok((Arc::new(log), report))
     }
 
     pub fn spool(&self) -> &Spool {
@@ -140,41 +151,109 @@ fn log_condition(now: Condition, why: Option<SpoolError>) {
     }
 }
 
-impl EventLogTrait for EventLog {
-    fn check_capacity(&self) -> Result<(), AppendError> {
+/// The length of `s` as serde_json writes it as a JSON string: quotes, and the escapes of
+/// `"`, `\` and control characters.
+fn json_str_len(s: &str) -> u64 {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<u64>()
+}
+
+/// At most the bytes `e`'s record takes in the spool, before it is delivered (so before its
+/// `delivered` counts are known: 20 digits each, the most a `usize` has): the record header,
+/// a segment header if it starts a new segment, the JSON's keys and punctuation, the escaped
+/// strings. Exact but for those digits; counted in one pass over the strings, no allocation.
+pub fn record_bound(e: &AcceptedEvent) -> u64 {
+    const RECORD_HEADER: u64 = 24;
+    const SEGMENT_HEADER: u64 = 8;
+    // {"app":,"name":,"channels":[],"data":,"socket_id":,"delivered":[]}
+    const KEYS: u64 = 66;
+    let channels: u64 = e.channels.iter().map(|c| json_str_len(c) + 1).sum();
+    RECORD_HEADER
+        + SEGMENT_HEADER
+        + KEYS
+        + json_str_len(&e.app_id)
+        + json_str_len(&e.name)
+        + channels
+        + json_str_len(&e.data)
+        + e.socket_id.as_deref().map_or(0, json_str_len)
+        + 21 * e.channels.len() as u64
+        // ,"positions":[…] when resume is on: up to 20 digits and a comma each.
+        + if e.positions.is_empty() { 0 } else { 15 + 21 * e.positions.len() as u64 }
+}
+
+impl EventLog {
+    /// Refuses while the spool refuses anything, and when `needed` more bytes, on top of what
+    /// it holds and what other publishes set aside, would cross `spool.max_bytes` (the spool's
+    /// writer would refuse them after they were delivered); otherwise sets `needed` aside.
+    fn reserve(&self, needed: u64) -> Result<Room, AppendError> {
         if let Some(e) = self.spool.refusal() {
             return Err(AppendError::Refused(e));
         }
-        let stats = self.spool.stats();
-        match self.spool.max_bytes() {
-            Some(max_bytes) if stats.total_bytes >= max_bytes => Err(AppendError::Full {
+        let Some(max_bytes) = self.spool.max_bytes() else {
+            return Ok(Room::default());
+        };
+        let (room, pending) = Room::take(&self.pending, needed);
+        let used_bytes = self.spool.stats().total_bytes;
+        if used_bytes >= max_bytes || used_bytes.saturating_add(pending) > max_bytes {
+            return Err(AppendError::Full {
                 dir: self.spool.dir().to_owned(),
-                used_bytes: stats.total_bytes,
+                used_bytes,
                 max_bytes,
-            }),
-            _ => Ok(()),
+            });
         }
+        Ok(room)
+    }
+}
+
+impl EventLogTrait for EventLog {
+    fn check_capacity(&self, events: &[AcceptedEvent]) -> Result<Room, AppendError> {
+        self.reserve(events.iter().map(record_bound).sum())
     }
 
-    fn recheck(&self, refused: AppendError) -> LogFuture<'_> {
+    fn recheck<'a>(&'a self, refused: AppendError, events: &'a [AcceptedEvent]) -> RoomFuture<'a> {
         Box::pin(async move {
             match refused {
                 AppendError::Refused(_) => match self.spool.probe().await {
                     Some(e) => Err(AppendError::Refused(e)),
-                    None => self.check_capacity(),
+                    None => self.check_capacity(events),
                 },
+                AppendError::Full { .. } if self.spool.stats().segments > 1 => {
+                    // Size or age retention may free whole old segments (the writer would try
+                    // that too before refusing): once, off the runtime's threads.
+                    let spool = self.spool.clone();
+                    let _ = tokio::task::spawn_blocking(move || spool.run_retention()).await;
+                    self.check_capacity(events)
+                }
                 other => Err(other),
             }
         })
     }
 
     fn status(&self) -> LogStatus {
-        match (self.spool.condition(), self.check_capacity()) {
-            (_, Ok(())) => LogStatus::Ok,
-            (Condition::IoError | Condition::DirectoryLost, Err(e)) => {
-                LogStatus::Down(e.to_string())
-            }
-            (_, Err(e)) => LogStatus::Full(e.to_string()),
+        if let Some(e) = self.spool.refusal() {
+            let why = AppendError::Refused(e).to_string();
+            return match self.spool.condition() {
+                Condition::IoError | Condition::DirectoryLost => LogStatus::Down(why),
+                Condition::Writable | Condition::DiskFull => LogStatus::Full(why),
+            };
+        }
+        let used_bytes = self.spool.stats().total_bytes;
+        match self.spool.max_bytes() {
+            Some(max_bytes) if used_bytes >= max_bytes => LogStatus::Full(
+                AppendError::Full {
+                    dir: self.spool.dir().to_owned(),
+                    used_bytes,
+                    max_bytes,
+                }
+                .to_string(),
+            ),
+            _ => LogStatus::Ok,
         }
     }
 
@@ -224,5 +303,52 @@ impl EventLogTrait for EventLog {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_bound_covers_the_record_and_little_more() {
+        for (data, socket_id, channels) in [
+            ("", None, vec!["a"]),
+            ("plain text", Some("1.2"), vec!["orders", "presence-x"]),
+            (
+                "quotes \" back\\slash \n\t\u{1}\u{1f} é 😀",
+                None,
+                vec!["c"; 7],
+            ),
+        ] {
+            let e = AcceptedEvent {
+                app_id: "145840".into(),
+                name: "order \"shipped\"".into(),
+                channels: channels.iter().map(|c| (*c).to_owned()).collect(),
+                data: data.into(),
+                socket_id: socket_id.map(str::to_owned),
+                delivered: vec![usize::MAX; channels.len()],
+                positions: if socket_id.is_some() {
+                    vec![u64::MAX; channels.len()]
+                } else {
+                    Vec::new()
+                },
+            };
+            let record = EventRecord {
+                app: e.app_id.clone(),
+                name: e.name.clone(),
+                channels: e.channels.clone(),
+                data: e.data.clone(),
+                socket_id: e.socket_id.clone(),
+                delivered: e.delivered.clone(),
+                positions: e.positions.clone(),
+            };
+            // The largest record this event can make (every count at usize::MAX digits).
+            let most = serde_json::to_vec(&record).unwrap().len() as u64 + 24;
+            let bound = record_bound(&e);
+            assert!(bound >= most, "{bound} < {most} for {data:?}");
+            // Slack: a segment header, two commas, an absent socket_id's key.
+            assert!(bound <= most + 8 + 2 + 13, "{bound} ≫ {most}");
+        }
     }
 }

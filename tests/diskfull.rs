@@ -394,3 +394,123 @@ fn disk_cap_answers_503_before_the_disk_fills_and_a_raised_cap_takes_events_agai
     s.stop();
     assert_log_is(&state, &acked);
 }
+
+#[test]
+fn an_event_crossing_the_cap_is_refused_before_delivery() {
+    // The cap, not the disk: a plain temp directory will do. The log holds less than its cap
+    // when the event that would cross it comes: that one must reach nobody.
+    let plain = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let state = plain.path().join("state");
+    let port = free_port();
+    let cap = 48 * 1024;
+    write_config(work.path(), port, cap);
+
+    let s = start(work.path(), &state, port, "cap-delivery");
+    let sub = Subscriber::start(s.addr(), "orders");
+    let mut acked = Vec::new();
+    let body = publish_until_503(&s, &mut acked, 1000);
+    let msg = assert_actionable_503(&body, &["spool.max_bytes"]);
+    assert!(msg.contains("nothing was published"), "{msg}");
+    let used = pushbox::spool::Spool::open_read_only(pushbox::eventlog::dir(&state))
+        .unwrap()
+        .stats()
+        .unwrap()
+        .total_bytes;
+    assert!(
+        used < cap,
+        "refused before the log reached its cap ({used} of {cap}): the refused event would \
+         have crossed it"
+    );
+    let refused = payload(acked.len());
+    for _ in 0..3 {
+        assert_eq!(publish(&s, &refused).0, 503);
+    }
+    let got = sub.received(Duration::from_millis(500));
+    assert!(
+        !got.contains(&refused),
+        "an event answered 503 was delivered to a subscriber"
+    );
+    assert!(
+        got == acked,
+        "the subscriber got exactly the accepted events, in order"
+    );
+    // A smaller event still fits under the cap and is taken.
+    let small = "s".to_owned();
+    let (st, b) = publish(&s, &small);
+    if used + 300 < cap {
+        assert_eq!(st, 200, "{b}");
+        acked.push(small);
+    }
+    s.stop();
+    assert_log_is(&state, &acked);
+}
+
+#[test]
+fn concurrent_publishes_crossing_the_cap_together_are_refused_before_delivery_too() {
+    // Eight publishers at once near the cap: each event passes the check on its own, but not
+    // all of them fit together. The log sets room aside for those on their way, so the ones
+    // that don't fit are refused before anyone gets them, like a lone publisher's.
+    let plain = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let state = plain.path().join("state");
+    let port = free_port();
+    write_config(work.path(), port, 48 * 1024);
+    let s = start(work.path(), &state, port, "cap-concurrent");
+    let sub = Subscriber::start(s.addr(), "orders");
+    let addr = s.addr();
+    let publishers: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let (mut acked, mut refused) = (Vec::new(), Vec::new());
+                for i in 0..200 {
+                    let data = format!("{t}-{i:04}-{}", "x".repeat(1000));
+                    let body =
+                        serde_json::json!({"name": "disk-test", "channel": "orders", "data": data})
+                            .to_string();
+                    let path = format!("/apps/{}/events", common::APP_ID);
+                    let signed = common::signed("POST", &path, &body, &[]);
+                    match request(addr, "POST", &signed, &body).unwrap() {
+                        (200, _) => acked.push(data),
+                        (503, answer) => {
+                            refused.push(answer);
+                            break;
+                        }
+                        (st, answer) => panic!("unexpected {st}: {answer}"),
+                    }
+                }
+                (acked, refused)
+            })
+        })
+        .collect();
+    let (mut acked, mut refusals) = (Vec::new(), Vec::new());
+    for p in publishers {
+        let (a, r) = p.join().unwrap();
+        acked.extend(a);
+        refusals.extend(r);
+    }
+    assert!(!refusals.is_empty(), "the cap was reached");
+    for answer in &refusals {
+        let msg = assert_actionable_503(answer, &["spool.max_bytes"]);
+        assert!(
+            msg.contains("nothing was published"),
+            "a 503 after delivery: {msg}"
+        );
+    }
+    let mut got = sub.received(Duration::from_millis(500));
+    got.sort();
+    acked.sort();
+    assert_eq!(
+        got.len(),
+        acked.len(),
+        "every accepted event, and only those"
+    );
+    assert!(
+        got == acked,
+        "the subscriber got exactly the accepted events"
+    );
+    s.stop();
+    let mut log = logged(&state);
+    log.sort();
+    assert!(log == acked, "the log holds exactly the accepted events");
+}

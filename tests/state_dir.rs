@@ -95,3 +95,59 @@ fn a_removed_state_directory_refuses_publishing_says_so_on_up_and_metrics_until_
     assert_eq!(get(&s, "/up"), (200, "{\"status\":\"ok\"}".to_owned()));
     s.stop();
 }
+
+#[test]
+fn a_removed_webhook_queue_is_reported_on_up_metrics_the_log_and_by_pushbox_check() {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let port = free_port();
+    let s = start(work.path(), &state, port, "webhooks");
+    assert_eq!(get(&s, "/up").0, 200);
+
+    // Only the webhook queue's directory: the event log is fine.
+    std::fs::remove_dir_all(state.join("webhooks")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (status, up) = loop {
+        let (status, body) = get(&s, "/up");
+        if status != 200 || Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status, 503, "/up reports the lost webhook queue: {up}");
+    assert!(
+        up.contains("webhook_queue") && up.contains("removed"),
+        "{up}"
+    );
+    let (_, metrics) = get(&s, "/metrics");
+    let line = "pushbox_spool_state{spool=\"webhooks\",state=\"directory_lost\"} 1";
+    assert!(metrics.lines().any(|l| l == line), "missing {line}");
+    assert!(
+        s.log().contains("webhook queue cannot write"),
+        "{}",
+        s.log()
+    );
+    assert_eq!(
+        s.trigger("e", "orders", "still").0,
+        200,
+        "publishing goes on"
+    );
+
+    // `pushbox check` on the same config says the port is held by an unhealthy pushbox.
+    let out = pushbox(&["check", "--config"])
+        .arg(work.path().join("pushbox.toml"))
+        .env("PUSHBOX_STATE_DIR", &state)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("FAIL") && l.contains("running pushbox"))
+        .unwrap_or_else(|| panic!("no FAIL line naming the running pushbox:\n{stdout}"));
+    assert!(
+        line.contains("not healthy") && line.contains("webhook_queue"),
+        "{line}"
+    );
+    s.stop();
+}

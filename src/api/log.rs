@@ -7,6 +7,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::spool::SpoolError;
@@ -28,16 +29,47 @@ pub struct AcceptedEvent {
 /// A boxed future of the event log (the trait is used as `dyn EventLog`).
 pub type LogFuture<'a> = Pin<Box<dyn Future<Output = Result<(), AppendError>> + Send + 'a>>;
 
+/// A boxed future of [`EventLog::recheck`].
+pub type RoomFuture<'a> = Pin<Box<dyn Future<Output = Result<Room, AppendError>> + Send + 'a>>;
+
+/// Room an event log set aside under its cap for events on their way to it (see
+/// [`EventLog::check_capacity`]), so that concurrent publishes cannot each pass the check and
+/// together cross the cap after they were delivered. Given back when dropped: once the events
+/// are appended (they count in the log's size then), or when the publish ended without them.
+#[derive(Debug, Default)]
+pub struct Room(Option<(Arc<AtomicU64>, u64)>);
+
+impl Room {
+    /// `bytes` added to `pending` now, taken off again when the room is dropped.
+    pub fn take(pending: &Arc<AtomicU64>, bytes: u64) -> (Room, u64) {
+        let now = pending.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        (Room(Some((pending.clone(), bytes))), now)
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        if let Some((pending, bytes)) = self.0.take() {
+            pending.fetch_sub(bytes, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Where accepted events go before the API answers (the spool's event log).
 pub trait EventLog: Send + Sync {
-    /// Refuses new events up front (its cap reached, a full disk, its directory gone) so
-    /// nothing is delivered that can't be kept. Called for every event: no I/O while healthy.
-    fn check_capacity(&self) -> Result<(), AppendError> {
-        Ok(())
+    /// Refuses `events` up front (they would cross its cap, a full disk, its directory gone)
+    /// so nothing is delivered that can't be kept; otherwise sets room aside for them until
+    /// the returned [`Room`] is dropped (keep it until they are appended). Called for every
+    /// publish (their `delivered` is still empty): no I/O while healthy.
+    fn check_capacity(&self, events: &[AcceptedEvent]) -> Result<Room, AppendError> {
+        let _ = events;
+        Ok(Room::default())
     }
-    /// After [`check_capacity`](Self::check_capacity) refused with `refused`: looks once more
-    /// (a disk may have room again) and says whether the event may be taken now.
-    fn recheck(&self, refused: AppendError) -> LogFuture<'_> {
+    /// After [`check_capacity`](Self::check_capacity) refused `events` with `refused`: looks
+    /// once more (a disk may have room again, retention may free some) and says whether they
+    /// may be taken now.
+    fn recheck<'a>(&'a self, refused: AppendError, events: &'a [AcceptedEvent]) -> RoomFuture<'a> {
+        let _ = events;
         Box::pin(std::future::ready(Err(refused)))
     }
     /// Whether the log takes events, for `/up`.
@@ -61,7 +93,8 @@ pub enum LogStatus {
 /// Why the event log did not take an event.
 #[derive(Debug)]
 pub enum AppendError {
-    /// The log already holds its cap (`spool.max_bytes`): refused before anything was published.
+    /// The event would cross the log's cap (`spool.max_bytes`): refused before anything was
+    /// published.
     Full {
         /// The event log's directory.
         dir: PathBuf,

@@ -17,7 +17,9 @@ use crate::hub::{App, Hub};
 use crate::protocol::{channel, message, signing, ChannelKind, Frame, SocketId};
 
 pub use error::ApiError;
-pub use log::{AcceptedEvent, AppendError, EventLog, EventTap, LogFuture, LogStatus};
+pub use log::{
+    AcceptedEvent, AppendError, EventLog, EventTap, LogFuture, LogStatus, Room, RoomFuture,
+};
 
 /// The parts of an HTTP request the API needs.
 pub struct ApiRequest<'a> {
@@ -288,40 +290,63 @@ impl Api {
     /// Delivery comes first so that the subscribers don't wait for the fsync (the group commit
     /// overlaps it with the fan-out) and so the record says how many sockets each channel
     /// reached. A 503 must still mean "not delivered": the log says up front whether it can
-    /// take events (it keeps disk space reserved ahead and watches its directory), so a full
-    /// disk or a removed directory refuses the event here, before anyone got it.
+    /// take these events (they fit under its cap, it keeps disk space reserved ahead and
+    /// watches its directory), so a cap, a full disk or a removed directory refuses the event
+    /// here, before anyone got it.
     async fn publish(&self, app: &Arc<App>, items: Vec<Validated>) -> Result<(), ApiError> {
-        if let Some(log) = &self.log {
-            if let Err(refused) = log.check_capacity() {
-                // Only now, never on the hot path: a disk with room again is noticed here.
-                log.recheck(refused).await.map_err(ApiError::LogRefused)?;
-            }
-        }
-        let mut accepted = Vec::with_capacity(items.len());
-        for v in items {
-            let mut delivered = Vec::with_capacity(v.channels.len());
-            let mut positions = Vec::new();
-            for c in &v.channels {
-                let frame = || Frame::from(message::frame(&v.name, Some(c), Some(&v.data), None));
-                let (n, pos) = app.publish_at(c, frame, v.socket_id.as_deref());
-                delivered.push(n);
-                if app.resume().is_some() {
-                    // 0: a cache channel, never replayed.
-                    positions.push(pos.unwrap_or(0));
-                }
-            }
-            app.counters
-                .api_events
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let event = AcceptedEvent {
+        let resumable = app.resume().is_some();
+        let mut accepted: Vec<AcceptedEvent> = items
+            .into_iter()
+            .map(|v| AcceptedEvent {
                 app_id: app.config.id.clone(),
                 name: v.name,
+                // Sized for the cap check with the widest position a record can hold, so the
+                // room set aside is never smaller than the record written after the fan-out.
+                positions: if resumable {
+                    vec![u64::MAX; v.channels.len()]
+                } else {
+                    Vec::new()
+                },
                 channels: v.channels,
                 data: v.data,
                 socket_id: v.socket_id,
-                delivered,
-                positions,
-            };
+                delivered: Vec::new(),
+            })
+            .collect();
+        // Held until the events are appended: concurrent publishes see each other's room.
+        let _room = match &self.log {
+            Some(log) => match log.check_capacity(&accepted) {
+                Ok(room) => room,
+                // Only now, never on the hot path: a disk with room again is noticed here.
+                Err(refused) => log
+                    .recheck(refused, &accepted)
+                    .await
+                    .map_err(ApiError::LogRefused)?,
+            },
+            None => Room::default(),
+        };
+        for event in &mut accepted {
+            let mut delivered = Vec::with_capacity(event.channels.len());
+            for (i, c) in event.channels.iter().enumerate() {
+                let frame = || {
+                    Frame::from(message::frame(
+                        &event.name,
+                        Some(c),
+                        Some(&event.data),
+                        None,
+                    ))
+                };
+                let (n, pos) = app.publish_at(c, frame, event.socket_id.as_deref());
+                delivered.push(n);
+                if let Some(slot) = event.positions.get_mut(i) {
+                    // 0: a cache channel, never replayed.
+                    *slot = pos.unwrap_or(0);
+                }
+            }
+            event.delivered = delivered;
+            app.counters
+                .api_events
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(tap) = &self.tap {
                 let ms = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -329,13 +354,12 @@ impl Api {
                     .unwrap_or(0);
                 let _ = tap.send((ms, Arc::new(event.clone())));
             }
-            accepted.push(event);
         }
         if let Some(log) = &self.log {
             let reached: usize = accepted.iter().flat_map(|e| e.delivered.iter()).sum();
             // The check above refuses before delivering; a write that still fails after it (an
-            // I/O error, more events on their way than the reserved room) comes after
-            // delivery, and the sender must know whether a retry delivers twice.
+            // I/O error, more events on their way than the disk space reserved ahead) comes
+            // after delivery, and the sender must know whether a retry delivers twice.
             log.append(accepted)
                 .await
                 .map_err(|error| ApiError::NotStored { error, reached })?;

@@ -398,7 +398,7 @@ struct FailingLog(Failure);
 const LOG_DIR: &str = "/var/lib/pushbox/events";
 
 impl EventLog for FailingLog {
-    fn check_capacity(&self) -> Result<(), AppendError> {
+    fn check_capacity(&self, _: &[AcceptedEvent]) -> Result<super::Room, AppendError> {
         match self.0 {
             Failure::Cap => Err(AppendError::Full {
                 dir: LOG_DIR.into(),
@@ -409,7 +409,7 @@ impl EventLog for FailingLog {
                 path: LOG_DIR.into(),
                 source: std::io::Error::from_raw_os_error(28),
             })),
-            Failure::WriteFails => Ok(()),
+            Failure::WriteFails => Ok(super::Room::default()),
         }
     }
 

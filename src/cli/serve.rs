@@ -74,6 +74,9 @@ fn ports_free(cfg: &Config, dev: bool) -> Result<(), String> {
             PortHolder::Pushbox => return Err(format!(
                 "a pushbox already serves on {shown} (it answers /up; `pushbox check` shows it): use that one, stop it (`systemctl stop pushbox` if it is the service), or give this one another port ({elsewhere})"
             )),
+            PortHolder::UnhealthyPushbox(why) => return Err(format!(
+                "a pushbox already serves on {shown} but is not healthy (/up answers 503: {why}): stop it (`systemctl stop pushbox` if it is the service) and fix that, or give this one another port ({elsewhere})"
+            )),
             PortHolder::Other(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(format!(
                 "port {port} ({shown}) is in use by another program: find it with `ss -ltnp 'sport = :{port}'` and stop it, or choose another port ({elsewhere})"
             )),

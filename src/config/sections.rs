@@ -50,6 +50,12 @@ pub struct ServerConfig {
     /// Connections (WebSocket and HTTP fallback sessions) one source address may hold per app;
     /// more are refused with 4100. 0 = no limit (`PUSHBOX_MAX_CONNECTIONS_PER_IP`).
     pub max_connections_per_ip: u32,
+    /// Past this share (%) of the cgroup's memory limit (systemd `MemoryMax=`), new
+    /// connections are refused with 4100 instead of risking the OOM killer. 0 = never.
+    pub memory_pressure_percent: u8,
+    /// File descriptors of the open-files limit kept back from connections, for the event log,
+    /// the webhook queue and its receivers, the runtime and the sockets being closed.
+    pub open_files_reserve: u64,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +78,14 @@ impl Default for ServerConfig {
             // connections; even everyone behind one NAT or reverse proxy in a large shop stays
             // in the hundreds. A stranger needs ten addresses to fill the default quota.
             max_connections_per_ip: 1_000,
+            // The kernel reclaims file cache before an OOM kill and that cache is not counted,
+            // so what is left is the heap: 90 % leaves the last tenth for the connections
+            // already open to grow into (their queues, a burst of fan-out).
+            memory_pressure_percent: 90,
+            // An idle `pushbox serve` holds 18 descriptors (`ls /proc/PID/fd`, two runtime
+            // threads); webhook deliveries and segment rollover add a few at peaks. 64 leaves
+            // room for all of it and for the sockets being closed to make room.
+            open_files_reserve: 64,
         }
     }
 }

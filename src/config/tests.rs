@@ -538,3 +538,38 @@ fn the_resume_section_takes_units_and_the_environment_overrides_it() {
         assert!(err.contains(key), "{err}");
     }
 }
+
+#[test]
+fn memory_pressure_and_open_files_reserve_from_file_with_bounds() {
+    let tmp = tmpdir("memory");
+    let c = load(Some(&write(tmp.path(), APP)), &env(&[])).unwrap();
+    assert_eq!(
+        (
+            c.server.memory_pressure_percent,
+            c.server.open_files_reserve
+        ),
+        (90, 64)
+    );
+    let file = format!("[server]\nmemory_pressure_percent = 80\nopen_files_reserve = 200\n{APP}");
+    let c = load(Some(&write(tmp.path(), &file)), &env(&[])).unwrap();
+    assert_eq!(
+        (
+            c.server.memory_pressure_percent,
+            c.server.open_files_reserve
+        ),
+        (80, 200)
+    );
+    let off = format!("[server]\nmemory_pressure_percent = 0\n{APP}");
+    assert!(load(Some(&write(tmp.path(), &off)), &env(&[])).is_ok());
+    for (key, bad) in [
+        ("memory_pressure_percent", "30"),
+        ("memory_pressure_percent", "100"),
+        ("open_files_reserve", "4"),
+    ] {
+        let file = format!("[server]\n{key} = {bad}\n{APP}");
+        let err = load(Some(&write(tmp.path(), &file)), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("server.{key} = {bad}")), "{err}");
+    }
+}

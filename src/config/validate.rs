@@ -162,6 +162,18 @@ fn listeners(config: &Config) -> Result<(), String> {
     if s.outbound_queue < 8 {
         return Err("server.outbound_queue must be at least 8 frames".into());
     }
+    if s.memory_pressure_percent != 0 && !(50..=99).contains(&s.memory_pressure_percent) {
+        return Err(format!(
+            "server.memory_pressure_percent = {} is out of range: use 50 to 99 (% of the cgroup's memory limit), or 0 to never refuse connections for memory",
+            s.memory_pressure_percent
+        ));
+    }
+    if !(16..=1_000_000).contains(&s.open_files_reserve) {
+        return Err(format!(
+            "server.open_files_reserve = {} is out of range: use 16 to 1000000 descriptors (an idle server holds 18; 64 is the default)",
+            s.open_files_reserve
+        ));
+    }
     for (name, p) in [
         ("server.ws_path", &s.ws_path),
         ("server.http_path", &s.http_path),

@@ -249,6 +249,7 @@ pub struct Metrics {
     rejected: Box<[AtomicU64]>,
     rejected_other: AtomicU64,
     refusals: Refusals,
+    memory: Memory,
     webhooks: OnceLock<WebhookProvider>,
     spool: OnceLock<SpoolProvider>,
     started: Instant,
@@ -282,6 +283,7 @@ impl Metrics {
             rejected: atomics(REJECT_SLOTS),
             rejected_other: AtomicU64::new(0),
             refusals: Refusals::default(),
+            memory: Memory::default(),
             webhooks: OnceLock::new(),
             spool: OnceLock::new(),
             started: Instant::now(),
@@ -365,6 +367,28 @@ impl Metrics {
     /// How often `reason` happened since start.
     pub fn refusals(&self, reason: Reason) -> u64 {
         self.refusals.get(reason)
+    }
+
+    /// The memory watch's last reading: bytes in use and the cgroup's limit (both 0 when there
+    /// is no limit), and whether that is past the pressure threshold.
+    pub fn set_memory(&self, used: u64, limit: u64, pressure: bool) {
+        self.memory.used.store(used, Relaxed);
+        self.memory.limit.store(limit, Relaxed);
+        self.memory.pressure.store(pressure, Relaxed);
+    }
+
+    /// True while the process is near its cgroup's memory limit: new connections are refused.
+    /// One atomic load: read on every admission.
+    pub fn memory_pressure(&self) -> bool {
+        self.memory.pressure.load(Relaxed)
+    }
+
+    /// `(used, limit)` bytes of the last memory reading (zeros without a limit).
+    pub fn memory(&self) -> (u64, u64) {
+        (
+            self.memory.used.load(Relaxed),
+            self.memory.limit.load(Relaxed),
+        )
     }
 
     /// The HTTP API answered with `status`.
@@ -616,6 +640,7 @@ impl Metrics {
             let n = self.refusals(r);
             let _ = writeln!(w, "pushbox_refusals_total{{reason=\"{}\"}} {n}", r.label());
         }
+        self.render_memory(w);
 
         render_resume(w, hub);
 
@@ -678,6 +703,41 @@ impl Metrics {
         }
         out
     }
+}
+
+impl Metrics {
+    fn render_memory(&self, w: &mut String) {
+        header(
+            w,
+            "pushbox_memory_pressure",
+            "gauge",
+            "1 while memory use is past server.memory_pressure_percent of the cgroup's limit: new connections are refused with 4100.",
+        );
+        let _ = writeln!(
+            w,
+            "pushbox_memory_pressure {}",
+            u8::from(self.memory_pressure())
+        );
+        let (used, limit) = self.memory();
+        if limit > 0 {
+            header(
+                w,
+                "pushbox_memory_cgroup_bytes",
+                "gauge",
+                "The cgroup's memory in use (without reclaimable file cache) and its limit.",
+            );
+            let _ = writeln!(w, "pushbox_memory_cgroup_bytes{{kind=\"used\"}} {used}");
+            let _ = writeln!(w, "pushbox_memory_cgroup_bytes{{kind=\"limit\"}} {limit}");
+        }
+    }
+}
+
+/// The memory watch's last reading (`server` runs the watch).
+#[derive(Debug, Default)]
+struct Memory {
+    used: AtomicU64,
+    limit: AtomicU64,
+    pressure: std::sync::atomic::AtomicBool,
 }
 
 /// Why a scrape was refused.

@@ -22,10 +22,13 @@ pub enum Reason {
     LoginThrottled,
     /// A fallback session closed with 4100: its client did not keep up.
     SlowFallback,
+    /// A new WebSocket or fallback session refused with 4100: the process is near its cgroup's
+    /// memory limit (`server.memory_pressure_percent`).
+    MemoryPressure,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::FdReserve,
         Reason::Evicted,
         Reason::HttpTimeout,
@@ -33,6 +36,7 @@ impl Reason {
         Reason::LoginFailed,
         Reason::LoginThrottled,
         Reason::SlowFallback,
+        Reason::MemoryPressure,
     ];
 
     pub fn label(self) -> &'static str {
@@ -44,6 +48,7 @@ impl Reason {
             Reason::LoginFailed => "login_failed",
             Reason::LoginThrottled => "login_throttled",
             Reason::SlowFallback => "slow_fallback",
+            Reason::MemoryPressure => "memory_pressure",
         }
     }
 }

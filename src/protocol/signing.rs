@@ -189,7 +189,10 @@ pub fn verify<S: Secret + ?Sized>(
             string_to_sign: sts,
         });
     }
-    if (timestamp - now).abs() > TIMESTAMP_WINDOW_SECS {
+    // `abs_diff`: `(timestamp - now).abs()` overflowed for a timestamp near `i64::MIN` (a
+    // panic in a debug build, and in a release build a wrapped difference that passed the
+    // window check). Found by tests/fuzz.rs.
+    if timestamp.abs_diff(now) > TIMESTAMP_WINDOW_SECS.unsigned_abs() {
         return Err(SigningError::Expired { timestamp, now });
     }
     Ok(())
@@ -290,6 +293,28 @@ mod tests {
             verify(&tampered, KEY, SECRET, TS),
             Err(SigningError::BodyMd5Mismatch)
         );
+    }
+
+    #[test]
+    fn timestamps_at_the_ends_of_i64_are_expired_not_a_panic() {
+        // Regression (tests/fuzz.rs): `(timestamp - now).abs()` overflowed here; in a release
+        // build `i64::MIN + now` wrapped to a difference that passed the window.
+        for ts in [i64::MIN, i64::MIN + TS, i64::MAX, i64::MAX - 5, TS + 601] {
+            let q = sign_query("GET", "/apps/3/channels", KEY, SECRET, ts, b"", &[]);
+            let req = SignedRequest {
+                method: "GET",
+                path: "/apps/3/channels",
+                query: &q,
+                body: b"",
+            };
+            assert!(
+                matches!(
+                    verify(&req, KEY, SECRET, TS),
+                    Err(SigningError::Expired { .. })
+                ),
+                "{ts}"
+            );
+        }
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! fails and new clients wait in the kernel's backlog for as long as the old ones are held
 //! (1,100 bodiless requests on a 1,024-fd limit locked everyone out). So the box counts its
 //! sockets (HTTP connections here, WebSockets in the metrics) against the open-files limit
-//! less [`RESERVE`], and past that a new connection makes room by closing the HTTP
+//! less `server.open_files_reserve` (64 by default: an idle server holds 18 descriptors, webhook
+//! deliveries and segment rollover a few more at peaks), and past that a new connection makes room by closing the HTTP
 //! connection that has waited longest on its client (head, body or idle: never a WebSocket,
 //! never a quiet stream); when there is none it gets a quick 503 and is closed, instead of
 //! hanging in the backlog.
@@ -31,13 +32,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use crate::metrics::{Metrics, Reason};
-
-/// File descriptors kept back from connections: the listeners, the event log's segments, the
-/// webhook queue and its outgoing HTTP connections, the runtime's epoll and eventfds, stdio
-/// and the journal. An idle `pushbox serve` holds 18 (`ls /proc/PID/fd`, two runtime threads); webhook deliveries
-/// and segment rollover add a few more at peaks. 64 leaves room for all of it and for the
-/// sockets being closed to make room.
-pub const RESERVE: u64 = 64;
 
 /// `since` of a response waiting for our data: no deadline.
 const QUIET: u64 = u64::MAX;
@@ -112,19 +106,20 @@ pub struct Conns {
     table: Mutex<HashMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
     epoch: Instant,
-    /// Sockets this server may hold: the open-files limit less [`RESERVE`].
+    /// Sockets this server may hold: the open-files limit less the reserve.
     budget: u64,
     /// `server.request_timeout`.
     pub timeout: Duration,
 }
 
 impl Conns {
-    /// A table for a process whose open-files limit is `nofile` (`None`: unlimited), with the
-    /// janitor running (and counting what it closes in `metrics`) until `shutdown` changes.
-    /// Call it inside the runtime.
+    /// A table for a process whose open-files limit is `nofile` (`None`: unlimited), `reserve`
+    /// of them kept back, with the janitor running (and counting what it closes in `metrics`)
+    /// until `shutdown` changes. Call it inside the runtime.
     pub fn start(
         timeout: Duration,
         nofile: Option<u64>,
+        reserve: u64,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Conns> {
@@ -132,7 +127,7 @@ impl Conns {
             table: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             epoch: Instant::now(),
-            budget: nofile.map_or(u64::MAX, |n| n.saturating_sub(RESERVE).max(1)),
+            budget: nofile.map_or(u64::MAX, |n| n.saturating_sub(reserve).max(1)),
             timeout,
         });
         spawn_janitor(&conns, metrics, shutdown);
@@ -258,7 +253,7 @@ mod tests {
     #[tokio::test]
     async fn past_the_budget_the_slowest_goes_then_new_ones_are_refused() {
         let (_tx, rx) = watch::channel(false);
-        let conns = Conns::start(Duration::from_secs(30), Some(RESERVE + 3), metrics(), rx);
+        let conns = Conns::start(Duration::from_secs(30), Some(200 + 3), 200, metrics(), rx);
         let serve = |a: (Admission, bool)| match a {
             (Admission::Serve(h), evicted) => (h, evicted),
             (Admission::Refuse, _) => panic!("refused"),
@@ -288,7 +283,7 @@ mod tests {
     #[tokio::test]
     async fn the_janitor_closes_what_overstayed() {
         let (_tx, rx) = watch::channel(false);
-        let conns = Conns::start(Duration::from_millis(100), None, metrics(), rx);
+        let conns = Conns::start(Duration::from_millis(100), None, 64, metrics(), rx);
         let Admission::Serve(h) = conns.admit(0).0 else {
             panic!("refused")
         };

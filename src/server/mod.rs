@@ -11,12 +11,14 @@
 //! - `listen`: binding, the accept loops, one hyper connection per socket;
 //! - `conns`: the open HTTP connections, their deadlines and the open-files reserve;
 //! - `resume_state`: resume's state across a graceful restart (state file, event log tail);
+//! - `memory`: the memory watch under a cgroup limit (new connections refused under pressure);
 //! - `route`: which module answers a request, and the two small endpoints kept here;
 //! - `run`: `pushbox serve` from the loaded configuration to exit;
 //! - `tls`: the certificate, reloadable on SIGHUP.
 
 mod conns;
 mod listen;
+mod memory;
 mod resume_state;
 mod route;
 mod run;
@@ -50,6 +52,9 @@ pub struct State {
     pub console: Option<Console>,
     /// The open HTTP connections (deadlines, the open-files reserve).
     conns: Arc<conns::Conns>,
+    /// The webhook service, once `run` started it: `/up` reports a webhook queue that lost
+    /// its directory.
+    webhooks: std::sync::OnceLock<Arc<crate::webhooks::Webhooks>>,
 }
 
 impl State {
@@ -86,11 +91,13 @@ impl State {
         let conns = conns::Conns::start(
             shared.config.server.request_timeout,
             crate::sys::limits::nofile_soft(),
+            shared.config.server.open_files_reserve,
             shared.metrics.clone(),
             handle.subscribe().signal(),
         );
         let state = State {
             conns,
+            webhooks: std::sync::OnceLock::new(),
             metrics: shared.metrics.clone(),
             shared,
             hub,

@@ -61,21 +61,39 @@ pub(super) async fn route(
     json_error(404, &format!("Not found: {path}"))
 }
 
-/// `/up`: 200 while events can be published; also 200 (with the reason) while the event log
-/// is full, which clears by itself; 503 with the reason while it cannot write at all (its
-/// directory removed, an I/O error), which needs an operator.
+/// `/up`: 200 while events can be published; also 200 (with the reason) while something
+/// clears by itself: the event log full, memory pressure (new connections refused); 503 with
+/// the reason while the event log or the webhook queue cannot write at all (a directory
+/// removed, an I/O error), which needs an operator.
+///
+/// It reads atomics and the spools' own small state, never a lock the hub's fan-out holds, so
+/// it answers while a large publish is being delivered (`tests/up_busy.rs`).
 fn up(state: &State) -> Response<Body> {
+    let mut notes = serde_json::Map::new();
+    let mut healthy = true;
     match state.api.log_status() {
-        LogStatus::Ok => json(200, "{\"status\":\"ok\"}".into()),
-        LogStatus::Full(why) => json(
-            200,
-            serde_json::json!({ "status": "ok", "event_log": why }).to_string(),
-        ),
-        LogStatus::Down(why) => json(
-            503,
-            serde_json::json!({ "status": "error", "event_log": why }).to_string(),
-        ),
+        LogStatus::Ok => {}
+        LogStatus::Full(why) => {
+            notes.insert("event_log".into(), why.into());
+        }
+        LogStatus::Down(why) => {
+            healthy = false;
+            notes.insert("event_log".into(), why.into());
+        }
     }
+    if let Some(why) = state.webhooks.get().and_then(|w| w.lost()) {
+        healthy = false;
+        notes.insert("webhook_queue".into(), why.into());
+    }
+    if let Some(why) = super::memory::up_note(&state.shared) {
+        notes.insert("memory".into(), why.into());
+    }
+    let status = if healthy { "ok" } else { "error" };
+    notes.insert("status".into(), status.into());
+    json(
+        if healthy { 200 } else { 503 },
+        serde_json::Value::Object(notes).to_string(),
+    )
 }
 
 /// `/metrics`: Prometheus text, if the peer and its token are allowed.

@@ -67,7 +67,7 @@ fn raise_open_files(cfg: &Config) {
                 .iter()
                 .map(|a| a.max_connections as u64)
                 .sum::<u64>()
-                + 64;
+                + cfg.server.open_files_reserve;
             if soft < wanted {
                 tracing::warn!(limit = soft, wanted, "open-files limit is below the configured connection limits: raise LimitNOFILE or lower max_connections");
             }
@@ -103,6 +103,7 @@ async fn serve_until_stopped(cfg: Config, activated: Vec<ActivatedListener>) -> 
     };
     let _retention = eventlog.spawn_retention(Duration::from_secs(60));
     let _watch = eventlog.spawn_watch();
+    let _webhook_watch = webhooks.spawn_watch();
     let apps: Vec<String> = cfg.apps.iter().map(|a| a.id.clone()).collect();
     let (state, handle) = State::new(
         cfg,
@@ -111,6 +112,7 @@ async fn serve_until_stopped(cfg: Config, activated: Vec<ActivatedListener>) -> 
     );
     report_stores(&state, &eventlog, &webhooks);
     super::resume_state::load(&state.hub, &state.shared.config.state_dir, &eventlog);
+    super::memory::spawn(&state.shared);
     let (plain_addr, tls_addr) = (listeners.plain_addr(), listeners.tls_addr());
     let tls = listeners.tls.clone();
     let servers = listeners.serve(&state);
@@ -235,6 +237,7 @@ fn open_stores(cfg: &Config) -> Result<(Arc<EventLog>, Arc<Webhooks>), ExitCode>
 /// receivers.
 fn report_stores(state: &State, eventlog: &Arc<EventLog>, webhooks: &Arc<Webhooks>) {
     let metrics = &state.shared.metrics;
+    let _ = state.webhooks.set(webhooks.clone());
     let (log, wh) = (eventlog.clone(), webhooks.clone());
     metrics.set_spool(move || {
         let w = wh.stats();
@@ -244,7 +247,9 @@ fn report_stores(state: &State, eventlog: &Arc<EventLog>, webhooks: &Arc<Webhook
                 ("webhooks", w.queue_bytes),
                 ("webhooks-dead", w.dead_bytes),
             ],
-            conditions: vec![("events", log.spool().condition())],
+            conditions: std::iter::once(("events", log.spool().condition()))
+                .chain(wh.conditions())
+                .collect(),
         }
     });
     let has_receivers = state

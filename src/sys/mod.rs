@@ -6,6 +6,7 @@
 //! * [`activation`]: systemd socket activation (`LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES`),
 //!   turning inherited file descriptors into `std::net::TcpListener`s;
 //! * [`limits`]: raising `RLIMIT_NOFILE` so that many idle connections fit;
+//! * [`memory`]: the memory limit of the process's cgroup (`MemoryMax=`) and the use against it;
 //! * [`privilege`]: dropping from root to an unprivileged user after the listeners are bound;
 //! * [`pipe`]: the default `SIGPIPE` action for the commands that print (`… | head` ends them
 //!   quietly instead of a panic); never for `serve`.
@@ -22,6 +23,7 @@
 
 pub mod activation;
 pub mod limits;
+pub mod memory;
 pub mod notify;
 pub mod pipe;
 pub mod privilege;

@@ -79,7 +79,7 @@ pub use error::WebhookError;
 
 use crate::config::{AppConfig, Config, WebhookTarget, WebhooksConfig};
 use crate::hub::{HubEvent, HubObserver};
-use crate::spool::{self, Spool, SpoolOptions};
+use crate::spool::{self, Condition, Spool, SpoolOptions};
 
 /// How many hub events may wait for the batcher before new ones are dropped.
 pub const EVENT_QUEUE: usize = 16_384;
@@ -349,6 +349,66 @@ impl Webhooks {
         }
     }
 
+    /// The queue and the dead-letter spool, while the service runs.
+    fn spools(&self) -> Option<(Spool, Spool)> {
+        spool_lock(&self.spools).clone()
+    }
+
+    /// What each of the two spools can do now, for `/metrics`: `("webhooks", …)`,
+    /// `("webhooks-dead", …)`; empty once the service stopped.
+    pub fn conditions(&self) -> Vec<(&'static str, Condition)> {
+        self.spools().map_or_else(Vec::new, |(q, d)| {
+            vec![
+                ("webhooks", q.condition()),
+                ("webhooks-dead", d.condition()),
+            ]
+        })
+    }
+
+    /// Why the webhook queue cannot keep batches until someone acts (its directory removed or
+    /// replaced, an I/O error), for `/up`; `None` while it can, or only waits for disk space.
+    pub fn lost(&self) -> Option<String> {
+        let (q, d) = self.spools()?;
+        [q, d].into_iter().find_map(|s| match s.condition() {
+            Condition::IoError | Condition::DirectoryLost => Some(
+                s.refusal()
+                    .map_or_else(|| s.condition().label().to_owned(), |e| e.to_string()),
+            ),
+            Condition::Writable | Condition::DiskFull => None,
+        })
+    }
+
+    /// Checks the queue's and the dead letters' directories every
+    /// [`crate::eventlog::WATCH_EVERY`], as the event log does its own, and logs each change of
+    /// their condition: a removed `{state_dir}/webhooks` would otherwise take batches into
+    /// unlinked files, gone at the next start.
+    pub fn spawn_watch(self: &Arc<Self>) -> JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::eventlog::WATCH_EVERY);
+            let mut was = [Condition::Writable; 2];
+            loop {
+                tick.tick().await;
+                let Some((q, d)) = me.spools() else {
+                    return;
+                };
+                for (i, (name, spool)) in [("webhook queue", q), ("dead-letter spool", d)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let s = spool.clone();
+                    // A stat on a failing card may block: not on a runtime thread.
+                    let _ = tokio::task::spawn_blocking(move || s.check_directory()).await;
+                    let now = spool.condition();
+                    if now != was[i] {
+                        log_condition(name, now, spool.refusal());
+                        was[i] = now;
+                    }
+                }
+            }
+        })
+    }
+
     fn dropped(&self, why: &str) {
         let n = self.counters.events_dropped.fetch_add(1, Ordering::Relaxed) + 1;
         let now = now_ms();
@@ -366,6 +426,20 @@ impl Webhooks {
                  the disk holding the state directory)"
             );
         }
+    }
+}
+
+fn log_condition(name: &str, now: Condition, why: Option<spool::SpoolError>) {
+    let why = why.map(|e| e.to_string()).unwrap_or_default();
+    match now {
+        Condition::Writable => tracing::info!("{name} writable again: webhooks are queued again"),
+        Condition::DiskFull => {
+            tracing::warn!(error = %why, "{name}: disk full, webhook batches are lost meanwhile")
+        }
+        Condition::IoError | Condition::DirectoryLost => tracing::error!(
+            error = %why,
+            "{name} cannot write: webhook batches are lost until pushbox is restarted"
+        ),
     }
 }
 

@@ -208,6 +208,13 @@ fn ports(r: &mut Report, config: &Config) {
                 );
                 held.push((addr, tls));
             }
+            PortHolder::UnhealthyPushbox(why) => {
+                r.fail(
+                    what,
+                    format!("{shown} is held by a running pushbox that is not healthy (/up answers 503): {why}. Fix that, then restart it (systemctl restart pushbox)"),
+                );
+                held.push((addr, tls));
+            }
             PortHolder::Other(e) => {
                 match e.kind() {
                     std::io::ErrorKind::AddrInUse => r.fail(
@@ -301,8 +308,10 @@ fn local_target(addr: SocketAddr, tls: bool) -> Target {
 pub enum PortHolder {
     /// Nobody: it can be bound.
     Free,
-    /// A running pushbox (it answers `GET /up`).
+    /// A running pushbox (it answers `GET /up` with 200).
     Pushbox,
+    /// A running pushbox that says on `/up` (503) why it cannot do its job: the reasons.
+    UnhealthyPushbox(String),
     /// Binding failed for another reason (another program, no permission, not an address).
     Other(std::io::Error),
 }
@@ -316,23 +325,25 @@ pub fn port_holder(
 ) -> PortHolder {
     match std::net::TcpListener::bind(addr) {
         Ok(_) => PortHolder::Free,
-        Err(_) if rt.is_some_and(|rt| rt.block_on(is_pushbox(addr, tls))) => PortHolder::Pushbox,
-        Err(e) => PortHolder::Other(e),
+        Err(e) => match rt.and_then(|rt| rt.block_on(ask_up(addr, tls))) {
+            Some(Ok(())) => PortHolder::Pushbox,
+            Some(Err(why)) => PortHolder::UnhealthyPushbox(why),
+            None => PortHolder::Other(e),
+        },
     }
 }
 
-/// True when whatever listens at `addr` answers `GET /up` the way pushbox does.
-async fn is_pushbox(addr: SocketAddr, tls: bool) -> bool {
+/// Whether whatever listens at `addr` answers `GET /up` the way pushbox does: `None` if not;
+/// `Some(Ok)` healthy; `Some(Err(reasons))` a pushbox answering 503 with what is wrong
+/// (`{"status":"error","event_log":"…"}`).
+async fn ask_up(addr: SocketAddr, tls: bool) -> Option<Result<(), String>> {
     let target = local_target(addr, tls);
     let config = if tls {
-        match http_client::accept_any_config() {
-            Ok(c) => Some(c),
-            Err(_) => return false,
-        }
+        Some(http_client::accept_any_config().ok()?)
     } else {
         None
     };
-    match http::request(
+    let reply = http::request(
         &target,
         config,
         "GET",
@@ -341,13 +352,24 @@ async fn is_pushbox(addr: SocketAddr, tls: bool) -> bool {
         Duration::from_secs(3),
     )
     .await
-    {
-        Ok(reply) => {
-            reply.status == 200
-                && serde_json::from_slice::<serde_json::Value>(&reply.body)
-                    .is_ok_and(|v| v.get("status").and_then(|s| s.as_str()) == Some("ok"))
+    .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&reply.body).ok()?;
+    let fields = v.as_object()?;
+    match (reply.status, fields.get("status").and_then(|s| s.as_str())) {
+        (200, Some("ok")) => Some(Ok(())),
+        (503, Some("error")) => {
+            let reasons: Vec<String> = fields
+                .iter()
+                .filter(|(k, _)| *k != "status")
+                .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or_default()))
+                .collect();
+            Some(Err(if reasons.is_empty() {
+                "no reason given".to_owned()
+            } else {
+                reasons.join("; ")
+            }))
         }
-        Err(_) => false,
+        _ => None,
     }
 }
 

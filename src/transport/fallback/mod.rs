@@ -231,6 +231,7 @@ async fn receive(
         Err(code) => return refused(shared, code),
     };
     let opened = registry.open(key, || {
+        shared.admit_memory()?;
         let slot = shared.admit_address(&app.config.id, client.peer)?;
         if app.try_connect() {
             Ok(slot)
@@ -325,7 +326,7 @@ async fn send(
             );
         }
     };
-    let frames: Vec<String> = match serde_json::from_slice(&body) {
+    let frames = match parse_send_body(&body) {
         Ok(f) => f,
         Err(e) => {
             return text(
@@ -361,6 +362,13 @@ async fn send(
             "Session busy: frames not taken in time, retry",
         ),
     }
+}
+
+/// The body of an `xhr_send`: a JSON array of strings, each a Pusher frame (`[]` is a
+/// heartbeat). Anything else is an error the client is told about; the frames themselves are
+/// parsed by the session like a WebSocket's.
+pub fn parse_send_body(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+    serde_json::from_slice(body)
 }
 
 /// A streaming or polling response fed by the session's task; each chunk is flushed as sent.

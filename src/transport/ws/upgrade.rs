@@ -221,6 +221,7 @@ fn admit<B>(
         .and_then(|v| v.to_str().ok());
     let query = req.uri().query().unwrap_or("");
     let app = session::admit(&shared.hub, key, query, origin)?;
+    shared.admit_memory()?;
     let slot = shared.admit_address(&app.config.id, peer)?;
     if !app.try_connect() {
         return Err(CloseCode::OverQuota);
