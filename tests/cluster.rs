@@ -24,7 +24,7 @@ use common::{
 struct Redis {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Redis {
@@ -38,30 +38,46 @@ impl Redis {
     fn start() -> Redis {
         let dir = tempfile::tempdir().expect("a temp dir");
         let port = free_port();
-        let child = Command::new("redis-server")
+        let child = Redis::spawn(dir.path(), port);
+        let r = Redis { child, port, dir };
+        r.wait_ready();
+        r
+    }
+
+    /// `kill -9` (what comes back on [`revive`](Self::revive) is empty: no persistence).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A new, empty redis-server on the same port.
+    fn revive(&mut self) {
+        self.child = Redis::spawn(self.dir.path(), self.port);
+        self.wait_ready();
+    }
+
+    fn spawn(dir: &std::path::Path, port: u16) -> Child {
+        Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot start redis-server ({e}): the cluster tests need it; run scripts/setup.sh (it runs `apt-get install -y redis-server`)")
-            });
-        let r = Redis {
-            child,
-            port,
-            _dir: dir,
-        };
+            })
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !r.ping() {
+        while !self.ping() {
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not answer PING within 10 s"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        r
     }
 
     fn ping(&self) -> bool {
@@ -617,4 +633,122 @@ async fn webhooks_fire_once_for_the_whole_cluster() {
         "{count:?}"
     );
     assert_eq!(count.len(), 6, "{count:?}");
+}
+
+/// The `data` of every `name` event a client gets until `ms` of silence.
+async fn datas(c: &mut Client, name: &str, ms: u64) -> Vec<u32> {
+    drain(c, ms)
+        .await
+        .iter()
+        .filter(|f| f["event"] == name)
+        .filter_map(|f| f["data"].as_str()?.parse().ok())
+        .collect()
+}
+
+async fn up_status(addr: SocketAddr) -> (u16, String) {
+    common::http(addr, "GET", "/up", b"").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_lost_and_back_empty_loses_no_accepted_event() {
+    let mut redis = Redis::start();
+    let n = nodes(&redis, &["a", "b"], "");
+    let mut sa = Client::connect(n[0].addr()).await;
+    subscribed(&mut sa, "feed").await;
+    let mut sb = Client::connect(n[1].addr()).await;
+    subscribed(&mut sb, "feed").await;
+    for i in 0..5 {
+        assert_eq!(
+            trigger(n[0].addr(), "feed", "e", &i.to_string()).await.0,
+            200
+        );
+    }
+    assert_eq!(datas(&mut sa, "e", 800).await, [0, 1, 2, 3, 4]);
+    assert_eq!(datas(&mut sb, "e", 800).await, [0, 1, 2, 3, 4]);
+
+    redis.kill();
+    // Accepted means durable on the node: still 200, and the node's own clients get them now.
+    for i in 5..10 {
+        assert_eq!(
+            trigger(n[0].addr(), "feed", "e", &i.to_string()).await.0,
+            200
+        );
+    }
+    assert_eq!(
+        datas(&mut sa, "e", 2500).await,
+        [5, 6, 7, 8, 9],
+        "degraded: delivered locally"
+    );
+    let (st, body) = up_status(n[0].addr()).await;
+    assert_eq!(st, 503, "{body}");
+    assert!(body.contains("Redis"), "{body}");
+
+    // Redis comes back empty (no persistence): the events reach b late, complete, once.
+    redis.revive();
+    let got_b = datas(&mut sb, "e", 6000).await;
+    assert_eq!(
+        got_b,
+        [5, 6, 7, 8, 9],
+        "late but complete and in order on b"
+    );
+    assert!(
+        datas(&mut sa, "e", 500).await.is_empty(),
+        "no duplicate on a"
+    );
+    // The nodes told the new Redis what they hold: counts and new events work again.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let (_, v) = api(
+            n[1].addr(),
+            "GET",
+            &format!("/apps/{APP_ID}/channels/feed"),
+            "",
+            &[("info", "subscription_count")],
+        )
+        .await;
+        if v["subscription_count"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "subscriptions not resynced: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(up_status(n[0].addr()).await.0, 200);
+    for i in 10..13 {
+        assert_eq!(
+            trigger(n[1].addr(), "feed", "e", &i.to_string()).await.0,
+            200
+        );
+    }
+    assert_eq!(datas(&mut sa, "e", 1000).await, [10, 11, 12]);
+    assert_eq!(datas(&mut sb, "e", 1000).await, [10, 11, 12]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_events_reach_the_other_nodes_but_not_the_sender() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b"], "client_events = true\n");
+    let ch = "private-chat";
+    let mut sender = Client::connect(n[0].addr()).await;
+    assert_eq!(
+        sender.subscribe_private(ch).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    let mut far = Client::connect(n[1].addr()).await;
+    assert_eq!(
+        far.subscribe_private(ch).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    let mut near = Client::connect(n[0].addr()).await;
+    assert_eq!(
+        near.subscribe_private(ch).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    sender
+        .send(json!({"event": "client-typing", "channel": ch, "data": {"who": "s"}}))
+        .await;
+    for c in [&mut far, &mut near] {
+        let got = drain(c, 1000).await;
+        assert_eq!(events_named(&got, "client-typing").len(), 1, "{got:?}");
+    }
+    assert!(events_named(&drain(&mut sender, 500).await, "client-typing").is_empty());
 }

@@ -38,10 +38,13 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- The newest bus id. An empty bus (new, or Redis lost its data) gets a no-op entry first, so
+-- the id is one of this stream's: a node still holding entries of a lost stream in its
+-- ring must not take them for entries after the gate.
 local function last_id()
   local l = redis.call('XREVRANGE', P .. 'bus', '+', '-', 'COUNT', 1)
   if #l > 0 then return l[1][1] end
-  return '0-0'
+  return redis.call('XADD', P .. 'bus', '*', 'k', 'z')
 end
 local function bus(fields)
   local a = {P .. 'bus', 'MAXLEN', '~', MAXLEN, '*'}
