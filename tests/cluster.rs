@@ -752,3 +752,55 @@ async fn client_events_reach_the_other_nodes_but_not_the_sender() {
     }
     assert!(events_named(&drain(&mut sender, 500).await, "client-typing").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_frozen_past_its_lease_is_reaped_then_puts_its_members_back() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b", "c"], "");
+    let ch = "presence-freeze";
+    let mut watch = Client::connect(n[0].addr()).await;
+    watch
+        .subscribe_presence(ch, &presence_data("watcher"))
+        .await;
+    let mut u2 = Client::connect(n[2].addr()).await;
+    u2.subscribe_presence(ch, &presence_data("u2")).await;
+    drain(&mut watch, 800).await;
+
+    // SIGSTOP: the node is alive but says nothing, like a box cut off from Redis.
+    let pid = n[2].served.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let got = drain(&mut watch, 6000).await;
+    let removed = events_named(&got, "pusher_internal:member_removed");
+    signal("-CONT");
+    assert_eq!(removed.len(), 1, "u2 reaped once: {got:?}");
+    // Back: its lease is gone, so it tells Redis again what it holds: u2 comes back once.
+    let got = drain(&mut watch, 5000).await;
+    let added = events_named(&got, "pusher_internal:member_added");
+    assert_eq!(added.len(), 1, "u2 back once: {got:?}");
+    assert!(added[0]["data"].as_str().unwrap().contains("\"u2\""));
+    let (_, v) = api(
+        n[1].addr(),
+        "GET",
+        &format!("/apps/{APP_ID}/channels/{ch}/users"),
+        "",
+        &[],
+    )
+    .await;
+    let mut users: Vec<&str> = v["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
+    users.sort_unstable();
+    assert_eq!(users, ["u2", "watcher"]);
+    drop(u2);
+}
