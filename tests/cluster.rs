@@ -96,7 +96,7 @@ impl Redis {
 /// A pushbox node of the test cluster.
 struct Node {
     served: Served,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Node {
@@ -119,7 +119,7 @@ fn start_node(redis: &Redis, name: &str, app_more: &str) -> Node {
     // Up means: the event log is open and Redis answered (`/up` is 503 until then).
     let served =
         tokio::task::block_in_place(|| Served::start_logged(&mut cmd, port, Ready::Up, log));
-    Node { served, _dir: dir }
+    Node { served, dir }
 }
 
 fn nodes(redis: &Redis, names: &[&str], app_more: &str) -> Vec<Node> {
@@ -803,4 +803,46 @@ async fn a_node_frozen_past_its_lease_is_reaped_then_puts_its_members_back() {
     users.sort_unstable();
     assert_eq!(users, ["u2", "watcher"]);
     drop(u2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushbox_check_reaches_redis_and_lists_the_nodes() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b"], "");
+    // Leases are renewed every second: both are listed.
+    let out = common::pushbox(&["check", "--config"])
+        .arg(n[0].dir.path().join("pushbox.toml"))
+        .env("PUSHBOX_STATE_DIR", n[0].dir.path().join("state"))
+        .output()
+        .expect("run pushbox check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("app {APP_ID}:")))
+        .unwrap_or_else(|| panic!("no node line:\n{text}"));
+    assert!(
+        line.contains("2 node(s)") && line.contains("a:") && line.contains("b:"),
+        "{line}"
+    );
+    assert!(
+        text.contains("Redis 7") || text.contains("Valkey"),
+        "{text}"
+    );
+    assert!(
+        text.contains("appendonly no"),
+        "the test Redis runs without persistence: {text}"
+    );
+    // Redis gone: check fails and says what to check.
+    drop(redis);
+    let out = common::pushbox(&["check", "--config"])
+        .arg(n[0].dir.path().join("pushbox.toml"))
+        .env("PUSHBOX_STATE_DIR", n[0].dir.path().join("state"))
+        .output()
+        .expect("run pushbox check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("FAIL  cluster") && text.contains("does not answer"),
+        "{text}"
+    );
 }

@@ -34,6 +34,8 @@ pub struct Lease {
     pub ops: mpsc::UnboundedSender<Op>,
     /// A random epoch this node offers if Redis has none.
     pub epoch: String,
+    /// Tells the forwarder to forward the last moments again (Redis lost its data).
+    pub rewind: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Lease {
@@ -57,6 +59,7 @@ impl Lease {
                     self.status.ok();
                     let epoch_changed = known_epoch.as_ref().is_some_and(|e| *e != epoch);
                     if epoch_changed {
+                        self.rewind.store(true, Relaxed);
                         tracing::warn!("cluster: Redis lost its data (a restart without persistence?): joins and leaves meanwhile send no webhook, and events in flight then may have missed a node");
                     }
                     let first = known_epoch.is_none();

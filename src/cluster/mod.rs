@@ -15,6 +15,7 @@
 //! | `lease.rs` | heartbeats, connection counts, the janitor that reaps dead nodes |
 //! | `hooks.rs` | webhook jobs taken once cluster-wide into the webhook spool |
 //! | `status.rs` | Redis up, bus lag, nodes: `/up` and `/metrics` |
+//! | `probe.rs` | `pushbox check`: reach Redis, its settings, the nodes with a lease |
 //!
 //! Per app, a node runs a reader, a deliverer, a worker, a lease task and a hook taker; per
 //! node, one forwarder. Accepted still means durable on this node (the event log answers the
@@ -27,6 +28,7 @@ mod forward;
 mod hooks;
 mod keys;
 mod lease;
+mod probe;
 mod reader;
 mod scripts;
 mod status;
@@ -49,6 +51,7 @@ use crate::spool::Spool;
 
 pub use conn::OpenError;
 pub use keys::Keys;
+pub use probe::{probe, Probe};
 
 use conn::{int, items, text, Pool, Redis};
 use deliver::Msg;
@@ -82,6 +85,8 @@ pub struct Cluster {
     status: Arc<status::Status>,
     observer: Arc<dyn HubObserver>,
     stop: watch::Sender<bool>,
+    /// Set by a heartbeat that finds Redis's epoch changed; read by the forwarder.
+    rewind: Arc<std::sync::atomic::AtomicBool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -159,6 +164,7 @@ impl Cluster {
             status,
             observer,
             stop,
+            rewind: Arc::default(),
             tasks: Mutex::new(Vec::new()),
         }))
     }
@@ -217,6 +223,7 @@ impl Cluster {
                 remote: link.remote.clone(),
                 ops: link.ops.clone(),
                 epoch: random_hex(8),
+                rewind: self.rewind.clone(),
             };
             tasks.push(tokio::spawn(lease.run(self.stop.subscribe())));
             let hooks = hooks::Hooks {
@@ -243,6 +250,7 @@ impl Cluster {
             origin: self.origin.clone(),
             apps: targets,
             status: self.status.clone(),
+            rewind: self.rewind.clone(),
         };
         tasks.push(tokio::spawn(forwarder.run(self.stop.subscribe())));
         tracing::info!(node = %self.node, redis = %self.redis.shown, "cluster: joining");
