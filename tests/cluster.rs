@@ -4,6 +4,7 @@
 //!
 //! `redis-server` must be installed (`scripts/setup.sh` does it: `apt-get install -y
 //! redis-server`); without it these tests fail and say so, they never pass silently.
+//! `PUSHBOX_TEST_REDIS_SERVER=/path/to/valkey-server` runs the same tests on Valkey.
 
 mod common;
 
@@ -57,7 +58,9 @@ impl Redis {
     }
 
     fn spawn(dir: &std::path::Path, port: u16) -> Child {
-        Command::new("redis-server")
+        let bin =
+            std::env::var("PUSHBOX_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        Command::new(&bin)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(dir)
@@ -65,7 +68,7 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}): the cluster tests need it; run scripts/setup.sh (it runs `apt-get install -y redis-server`)")
+                panic!("cannot start {bin} ({e}): the cluster tests need it; run scripts/setup.sh (it runs `apt-get install -y redis-server`)")
             })
     }
 
