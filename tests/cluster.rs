@@ -849,3 +849,26 @@ async fn pushbox_check_reaches_redis_and_lists_the_nodes() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_counts_every_node() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b"], "max_connections = 2\n");
+    let _on_a = Client::connect(n[0].addr()).await;
+    let _on_b = Client::connect(n[1].addr()).await;
+    // The other node's count arrives with its next heartbeat (every second here).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut ws = common::connect_raw(n[0].addr(), &format!("/app/{KEY}?protocol=7")).await;
+    let first = common::next_json(&mut ws).await.expect("a frame");
+    assert_eq!(first["event"], "pusher:error", "{first}");
+    assert_eq!(first["data"]["code"], 4004, "{first}");
+    let (_, v) = api(
+        n[0].addr(),
+        "GET",
+        &format!("/apps/{APP_ID}/connections"),
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(v["connections"], 2, "{v}");
+}

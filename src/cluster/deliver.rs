@@ -169,12 +169,28 @@ impl Deliverer {
     }
 
     fn fan_out(&self, e: &Entry) {
-        if let Kind::Terminate { user } = &e.kind {
-            self.app.terminate_user(user);
-            return;
-        }
-        for (channel, frame, except) in frames(&e.kind) {
-            self.app.publish(&channel, &frame, except);
+        match &e.kind {
+            Kind::Terminate { user } => {
+                self.app.terminate_user(user);
+            }
+            Kind::Event {
+                except,
+                name,
+                data,
+                channels,
+                ..
+            } => {
+                // As on one box: a frame is built only for a channel someone here is on.
+                for c in channels {
+                    let frame = || Frame::from(message::frame(name, Some(c), Some(data), None));
+                    self.app.publish_with(c, frame, except.as_deref());
+                }
+            }
+            kind => {
+                for (channel, frame, except) in frames(kind) {
+                    self.app.publish(&channel, &frame, except);
+                }
+            }
         }
     }
 
