@@ -872,3 +872,50 @@ async fn max_connections_counts_every_node() {
     .await;
     assert_eq!(v["connections"], 2, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_cleanly_lets_its_members_go_at_once_and_forwards_what_it_accepted() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b"], "");
+    let ch = "presence-stop";
+    let mut watch = Client::connect(n[0].addr()).await;
+    watch
+        .subscribe_presence(ch, &presence_data("watcher"))
+        .await;
+    let mut u2 = Client::connect(n[1].addr()).await;
+    u2.subscribe_presence(ch, &presence_data("u2")).await;
+    drain(&mut watch, 800).await;
+    // Accepted on b just before it stops: still reaches a.
+    assert_eq!(trigger(n[1].addr(), ch, "last-words", "1").await.0, 200);
+    let pid = n[1].served.child.id().to_string();
+    let stopped = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut got = Vec::new();
+    let removed_after = loop {
+        let f = next_within(&mut watch, 5000)
+            .await
+            .expect("member_removed before the lease ends");
+        let removed = f["event"] == "pusher_internal:member_removed";
+        got.push(f);
+        if removed {
+            break stopped.elapsed();
+        }
+    };
+    // Well before the 3 s lease (plus a janitor round) would have let it go.
+    assert!(
+        removed_after < Duration::from_millis(2500),
+        "{removed_after:?}"
+    );
+    got.extend(drain(&mut watch, 800).await);
+    assert_eq!(events_named(&got, "last-words").len(), 1, "{got:?}");
+    assert_eq!(
+        events_named(&got, "pusher_internal:member_removed").len(),
+        1,
+        "{got:?}"
+    );
+    drop(u2);
+}

@@ -9,7 +9,7 @@
 //! deliverer skips them. The other nodes get them late, complete and in order.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ pub struct Forwarder {
     pub status: Arc<Status>,
     /// Set (by a heartbeat) when Redis's epoch changed: forward [`REWIND`] again.
     pub rewind: Arc<AtomicBool>,
+    /// The next seq to forward, for a clean shutdown that waits for the forwarder.
+    pub next: Arc<AtomicU64>,
 }
 
 impl Forwarder {
@@ -59,6 +61,7 @@ impl Forwarder {
     async fn forward_forever(&self) {
         let at_start = self.spool.last_seq();
         let mut next = self.start(at_start).await;
+        self.next.store(next, Relaxed);
         // Records below this were delivered here (through the bus or, degraded, directly).
         let mut local_next = next;
         let mut committed = self.spool.subscribe();
@@ -90,6 +93,7 @@ impl Forwarder {
                 Ok(()) => {
                     self.status.ok();
                     next = end;
+                    self.next.store(next, Relaxed);
                     local_next = local_next.max(next);
                 }
                 Err(e) => {
