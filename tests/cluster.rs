@@ -919,3 +919,48 @@ async fn a_node_stopped_cleanly_lets_its_members_go_at_once_and_forwards_what_it
     );
     drop(u2);
 }
+
+/// Sends one inline command to the test Redis and returns its first answer line.
+fn redis_cmd(redis: &Redis, cmd: &str) -> String {
+    use std::io::{BufRead, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port)).expect("connect to redis");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).unwrap();
+    line
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refusing_writes_is_ridden_out_like_a_lost_redis() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b"], "");
+    let mut sa = Client::connect(n[0].addr()).await;
+    subscribed(&mut sa, "full").await;
+    let mut sb = Client::connect(n[1].addr()).await;
+    subscribed(&mut sb, "full").await;
+    // Out of memory with noeviction: every write is refused.
+    assert!(redis_cmd(&redis, "CONFIG SET maxmemory 1").starts_with("+OK"));
+    for i in 0..3 {
+        assert_eq!(
+            trigger(n[0].addr(), "full", "e", &i.to_string()).await.0,
+            200
+        );
+    }
+    assert_eq!(
+        datas(&mut sa, "e", 1500).await,
+        [0, 1, 2],
+        "the origin's clients get them now"
+    );
+    assert_eq!(up_status(n[0].addr()).await.0, 503);
+    assert!(redis_cmd(&redis, "CONFIG SET maxmemory 0").starts_with("+OK"));
+    assert_eq!(
+        datas(&mut sb, "e", 3000).await,
+        [0, 1, 2],
+        "late, complete, in order"
+    );
+    assert!(
+        datas(&mut sa, "e", 300).await.is_empty(),
+        "no duplicate at the origin"
+    );
+}
