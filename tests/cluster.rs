@@ -964,3 +964,34 @@ async fn redis_refusing_writes_is_ridden_out_like_a_lost_redis() {
         "no duplicate at the origin"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_trimmed_bus_entries_makes_its_clients_subscribe_again() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b"], "");
+    let mut sb = Client::connect(n[1].addr()).await;
+    subscribed(&mut sb, "news").await;
+    let pid = n[1].served.child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    // b is frozen with its connections to Redis gone; meanwhile events come and are trimmed.
+    signal("-STOP");
+    assert!(redis_cmd(&redis, "CLIENT KILL TYPE normal").starts_with(':'));
+    for i in 0..3 {
+        assert_eq!(
+            trigger(n[0].addr(), "news", "e", &i.to_string()).await.0,
+            200
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let trimmed = redis_cmd(&redis, &format!("XTRIM pb:v1:{{{APP_ID}}}:bus MAXLEN 0"));
+    assert!(trimmed.starts_with(':') && trimmed != ":0\r\n", "{trimmed}");
+    signal("-CONT");
+    // b cannot deliver what is gone: its client is told to reconnect and subscribe again.
+    assert_eq!(sb.closed_with().await, Some(4200));
+}

@@ -55,6 +55,8 @@ pub enum Msg {
         q: u64,
         kind: Kind,
     },
+    /// Entries after the cursor were trimmed away: the local sockets missed them for good.
+    Gap,
 }
 
 pub struct Deliverer {
@@ -119,6 +121,14 @@ impl Deliverer {
                 self.pending
                     .retain(|a| !(a.outbox.conn_id == conn_id && a.channel == channel));
                 self.app.detach(conn_id, &channel);
+            }
+            Msg::Gap => {
+                self.app.close_subscribers(
+                    CloseCode::ReconnectNow.code(),
+                    "This node missed part of the cluster's bus: reconnect",
+                );
+                self.ring.clear();
+                self.floor = self.cursor;
             }
             Msg::Local { q, kind } => {
                 if self.seen.get(&self.origin).is_some_and(|s| *s >= q) {
