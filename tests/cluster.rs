@@ -995,3 +995,100 @@ async fn a_node_that_missed_trimmed_bus_entries_makes_its_clients_subscribe_agai
     // b cannot deliver what is gone: its client is told to reconnect and subscribe again.
     assert_eq!(sb.closed_with().await, Some(4200));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_and_a_password() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "pushbox test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf_params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &Issuer::from_params(&ca_params, &ca_key))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(path("leaf.pem"), leaf.pem()).unwrap();
+    std::fs::write(path("leaf.key"), leaf_key.serialize_pem()).unwrap();
+
+    let port = free_port();
+    let bin = std::env::var("PUSHBOX_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let mut child = Command::new(&bin)
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--requirepass", "s3cret-pass", "--tls-auth-clients", "no"])
+        .arg("--tls-cert-file")
+        .arg(path("leaf.pem"))
+        .arg("--tls-key-file")
+        .arg(path("leaf.key"))
+        .arg("--tls-ca-cert-file")
+        .arg(path("ca.pem"))
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server with TLS");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not listen on its TLS port"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut started = Vec::new();
+    for name in ["a", "b"] {
+        let ndir = tempfile::tempdir().unwrap();
+        let nport = free_port();
+        let cluster = format!(
+            "[cluster]\nredis_url = \"rediss://:s3cret-pass@127.0.0.1:{port}\"\nca_file = \"{}\"\nnode_name = \"{name}\"\n",
+            path("ca.pem").display()
+        );
+        let mut cmd = serve_in(ndir.path(), &config_toml(nport, &cluster, ""));
+        let log = ndir.path().join("stderr.log");
+        // Up only once Redis answered over TLS, with the password.
+        let served =
+            tokio::task::block_in_place(|| Served::start_logged(&mut cmd, nport, Ready::Up, log));
+        started.push(Node { served, dir: ndir });
+    }
+    let mut sb = Client::connect(started[1].addr()).await;
+    subscribed(&mut sb, "secure").await;
+    assert_eq!(trigger(started[0].addr(), "secure", "e", "7").await.0, 200);
+    assert_eq!(datas(&mut sb, "e", 1500).await, [7]);
+    // Without the CA, Redis's certificate is refused: the node never reports up.
+    let ndir = tempfile::tempdir().unwrap();
+    let nport = free_port();
+    let cluster = format!("[cluster]\nredis_url = \"rediss://:s3cret-pass@127.0.0.1:{port}\"\n");
+    let mut cmd = serve_in(ndir.path(), &config_toml(nport, &cluster, ""));
+    let log = ndir.path().join("stderr.log");
+    let untrusting = tokio::task::block_in_place(|| {
+        Served::start_logged(&mut cmd, nport, Ready::Listening, log)
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (st, body) = up_status(untrusting.addr()).await;
+    assert_eq!(st, 503, "{body}");
+    drop(untrusting);
+    drop(started);
+    let _ = child.kill();
+    let _ = child.wait();
+}
