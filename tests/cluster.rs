@@ -367,6 +367,27 @@ async fn api_reads_agree_on_every_node() {
     );
     assert_eq!(answers[0], answers[1]);
     assert_eq!(answers[0], answers[2]);
+    // The node count comes with each heartbeat (every second here).
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let metrics = loop {
+        let (st, metrics) = common::http(n[1].addr(), "GET", "/metrics", b"").await;
+        assert_eq!(st, 200);
+        if metrics.lines().any(|l| l == "pushbox_cluster_nodes 3") || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for line in [
+        "pushbox_cluster_redis_up 1",
+        "pushbox_cluster_nodes 3",
+        "pushbox_cluster_bus_lag_entries 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("pushbox_cluster_bus_lag_seconds 0.000"),
+        "{metrics}"
+    );
     let (_, v) = api(
         n[2].addr(),
         "GET",
