@@ -1113,3 +1113,44 @@ async fn rediss_with_a_private_ca_and_a_password() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_channels_are_cluster_wide() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b"], "");
+    // Published on a while nobody anywhere is subscribed.
+    assert_eq!(
+        trigger(n[0].addr(), "cache-price", "price", "42").await.0,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut on_b = Client::connect(n[1].addr()).await;
+    subscribed(&mut on_b, "cache-price").await;
+    let cached = next_within(&mut on_b, 3000)
+        .await
+        .expect("the cached event");
+    assert_eq!(cached["event"], "price", "{cached}");
+    assert_eq!(cached["data"], "42");
+    let (_, v) = api(
+        n[1].addr(),
+        "GET",
+        &format!("/apps/{APP_ID}/channels/cache-price"),
+        "",
+        &[("info", "cache")],
+    )
+    .await;
+    assert_eq!(v["cache"]["event"], "price", "{v}");
+    assert!(
+        v["cache"]["ttl"]
+            .as_u64()
+            .is_some_and(|t| t > 1700 && t <= 1800),
+        "{v}"
+    );
+    // A cache channel nobody published on: pusher:cache_miss.
+    let mut miss = Client::connect(n[0].addr()).await;
+    subscribed(&mut miss, "cache-empty").await;
+    assert_eq!(
+        next_within(&mut miss, 3000).await.expect("cache_miss")["event"],
+        "pusher:cache_miss"
+    );
+}
