@@ -110,8 +110,23 @@ impl Node {
 
 /// `name`'s config: the test app (with `app_more`), the cluster on `redis`, a short lease.
 fn start_node(redis: &Redis, name: &str, app_more: &str) -> Node {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let port = free_port();
+    start_node_in(
+        redis,
+        name,
+        app_more,
+        tempfile::tempdir().expect("a temp dir"),
+        free_port(),
+    )
+}
+
+/// [`start_node`] in `dir` on `port` (a node restarted with its state).
+fn start_node_in(
+    redis: &Redis,
+    name: &str,
+    app_more: &str,
+    dir: tempfile::TempDir,
+    port: u16,
+) -> Node {
     let cluster = format!(
         "[cluster]\nredis_url = \"redis://127.0.0.1:{}\"\nnode_name = \"{name}\"\nlease = \"3s\"\nheartbeat = \"1s\"\n",
         redis.port
@@ -1153,4 +1168,56 @@ async fn cache_channels_are_cluster_wide() {
         next_within(&mut miss, 3000).await.expect("cache_miss")["event"],
         "pusher:cache_miss"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_accepted_before_a_crash_are_forwarded_after_the_restart_once() {
+    let mut redis = Redis::start();
+    let mut n = nodes(&redis, &["a", "b"], "");
+    let mut sb = Client::connect(n[1].addr()).await;
+    subscribed(&mut sb, "orders").await;
+    for i in 0..3 {
+        assert_eq!(
+            trigger(n[0].addr(), "orders", "e", &i.to_string()).await.0,
+            200
+        );
+    }
+    assert_eq!(datas(&mut sb, "e", 800).await, [0, 1, 2]);
+    // Redis refuses writes: a takes events it cannot pass on, then dies.
+    assert!(redis_cmd(&redis, "CONFIG SET maxmemory 1").starts_with("+OK"));
+    for i in 3..6 {
+        assert_eq!(
+            trigger(n[0].addr(), "orders", "e", &i.to_string()).await.0,
+            200
+        );
+    }
+    let a = n.remove(0);
+    let (dir, port) = (a.dir, a.served.port);
+    let mut served = a.served;
+    served.child.kill().unwrap();
+    let _ = served.child.wait();
+    drop(served);
+    assert!(redis_cmd(&redis, "CONFIG SET maxmemory 0").starts_with("+OK"));
+    assert!(datas(&mut sb, "e", 500).await.is_empty());
+    // Back with its event log: what it accepted goes out, what was out already does not.
+    let a = start_node_in(&redis, "a", "", dir, port);
+    assert_eq!(datas(&mut sb, "e", 3000).await, [3, 4, 5]);
+
+    // And when Redis lost everything meanwhile, the position saved on disk says where to go on.
+    assert!(redis_cmd(&redis, "CONFIG SET maxmemory 1").starts_with("+OK"));
+    for i in 6..8 {
+        assert_eq!(
+            trigger(a.addr(), "orders", "e", &i.to_string()).await.0,
+            200
+        );
+    }
+    let (dir, port) = (a.dir, a.served.port);
+    let mut served = a.served;
+    served.child.kill().unwrap();
+    let _ = served.child.wait();
+    drop(served);
+    redis.kill();
+    redis.revive();
+    let _back = start_node_in(&redis, "a", "", dir, port);
+    assert_eq!(datas(&mut sb, "e", 5000).await, [6, 7]);
 }

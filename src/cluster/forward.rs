@@ -9,9 +9,10 @@
 //! deliverer skips them. The other nodes get them late, complete and in order.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
@@ -48,6 +49,17 @@ pub struct Forwarder {
     pub rewind: Arc<AtomicBool>,
     /// The next seq to forward, for a clean shutdown that waits for the forwarder.
     pub next: Arc<AtomicU64>,
+    /// `{state_dir}/cluster-forwarded`: the last seq forwarded, saved about once a second, for
+    /// a start on a Redis that lost its marks (see [`Forwarder::start`]).
+    pub saved: PathBuf,
+}
+
+/// How often the forwarded position is saved locally.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// The seq saved in `path`, if any.
+fn read_saved(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 impl Forwarder {
@@ -66,7 +78,12 @@ impl Forwarder {
         let mut local_next = next;
         let mut committed = self.spool.subscribe();
         let mut backoff = Duration::from_millis(100);
+        let mut saved_at = Instant::now();
         loop {
+            if saved_at.elapsed() >= SAVE_EVERY {
+                saved_at = Instant::now();
+                self.save(next).await;
+            }
             if self.rewind.swap(false, Relaxed) {
                 next = self.rewound(next).await;
             }
@@ -119,19 +136,34 @@ impl Forwarder {
                 Ok(marks) => {
                     self.status.ok();
                     // An app without a mark has had nothing forwarded yet (or Redis lost it): the
-                    // others' marks still say where this node stopped.
+                    // others' marks still say where this node stopped. None at all (a new
+                    // cluster, or a Redis that lost its data): where this node saved it stopped,
+                    // so what it accepted while it could not forward still goes out.
                     let lowest = marks.into_iter().flatten().min();
                     let first = self.spool.stats().first_seq.unwrap_or(at_start + 1);
-                    return match lowest {
+                    let from = match lowest.or_else(|| read_saved(&self.saved)) {
                         Some(m) => (m + 1).max(first),
                         None => at_start + 1,
                     };
+                    return from.min(at_start + 1);
                 }
                 Err(e) => self.status.failed("reading the forward marks", &e),
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+    }
+
+    /// Saves `next - 1` as the last seq forwarded (best effort: a lost save only means a little
+    /// is forwarded again, which readers skip).
+    async fn save(&self, next: u64) {
+        let path = self.saved.clone();
+        let tmp = path.with_extension("tmp");
+        let text = format!("{}\n", next.saturating_sub(1));
+        let _ = tokio::task::spawn_blocking(move || {
+            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path))
+        })
+        .await;
     }
 
     /// The first seq committed within [`REWIND`] of now, if earlier than `next`.

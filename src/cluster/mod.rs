@@ -91,6 +91,8 @@ pub struct Cluster {
     forwarded: Arc<std::sync::atomic::AtomicU64>,
     /// The event log, once started: a clean stop waits until it is forwarded.
     events: Mutex<Option<Spool>>,
+    /// Where the forwarder saves how far it got.
+    saved: std::path::PathBuf,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -171,6 +173,7 @@ impl Cluster {
             rewind: Arc::default(),
             forwarded: Arc::default(),
             events: Mutex::new(None),
+            saved: config.state_dir.join("cluster-forwarded"),
             tasks: Mutex::new(Vec::new()),
         }))
     }
@@ -261,6 +264,7 @@ impl Cluster {
             status: self.status.clone(),
             rewind: self.rewind.clone(),
             next: self.forwarded.clone(),
+            saved: self.saved.clone(),
         };
         tasks.push(tokio::spawn(forwarder.run(self.stop.subscribe())));
         tracing::info!(node = %self.node, redis = %self.redis.shown, "cluster: joining");
