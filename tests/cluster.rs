@@ -1221,3 +1221,115 @@ async fn events_accepted_before_a_crash_are_forwarded_after_the_restart_once() {
     let _back = start_node_in(&redis, "a", "", dir, port);
     assert_eq!(datas(&mut sb, "e", 5000).await, [6, 7]);
 }
+
+/// An observer's view of a presence channel, replayed from its frames: the snapshot, then
+/// member_added / member_removed. A `member_added` for a user it lists already, or a
+/// `member_removed` for one it does not, is a violation.
+fn replay(frames: &[Value]) -> (std::collections::BTreeSet<String>, Vec<String>) {
+    let mut set = std::collections::BTreeSet::new();
+    let mut violations = Vec::new();
+    for f in frames {
+        let data: Value = f["data"]
+            .as_str()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or(Value::Null);
+        match f["event"].as_str() {
+            Some("pusher_internal:subscription_succeeded") => {
+                for id in data["presence"]["ids"].as_array().into_iter().flatten() {
+                    set.insert(id.as_str().unwrap_or_default().to_owned());
+                }
+            }
+            Some("pusher_internal:member_added") => {
+                let u = data["user_id"].as_str().unwrap_or_default().to_owned();
+                if !set.insert(u.clone()) {
+                    violations.push(format!("member_added for {u}, listed already"));
+                }
+            }
+            Some("pusher_internal:member_removed") => {
+                let u = data["user_id"].as_str().unwrap_or_default().to_owned();
+                if !set.remove(&u) {
+                    violations.push(format!("member_removed for {u}, not listed"));
+                }
+            }
+            _ => {}
+        }
+    }
+    (set, violations)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_per_observer_matches_ground_truth_after_random_joins_and_leaves() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b", "c"], "");
+    let ch = "presence-random";
+    // One observer per node, its frames collected in the background.
+    let mut seen = Vec::new();
+    for (i, node) in n.iter().enumerate() {
+        let mut c = Client::connect(node.addr()).await;
+        c.send(json!({"event":"pusher:subscribe","data":{"channel":ch,"auth":format!("{KEY}:{}", pushbox::protocol::auth::sign(SECRET, format!("{}:{ch}:{}", c.socket_id, presence_data(&format!("obs{i}"))).as_bytes())),"channel_data":presence_data(&format!("obs{i}"))}})).await;
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let sink = frames.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) = c.ws.next().await
+            {
+                if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+        });
+        seen.push(frames);
+    }
+    // Twelve sockets: user u(k % 5) on node k % 3; a fixed pseudo-random sequence of 80
+    // joins and leaves.
+    let mut sockets: Vec<Option<Client>> = (0..12).map(|_| None).collect();
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..80 {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let k = ((rng >> 33) % 12) as usize;
+        match sockets[k].take() {
+            Some(c) => drop(c),
+            None => {
+                let mut c = Client::connect(n[k % 3].addr()).await;
+                let ack = c
+                    .subscribe_presence(ch, &presence_data(&format!("u{}", k % 5)))
+                    .await;
+                assert_eq!(
+                    ack["event"], "pusher_internal:subscription_succeeded",
+                    "{ack}"
+                );
+                sockets[k] = Some(c);
+            }
+        }
+    }
+    let mut truth: std::collections::BTreeSet<String> = (0..12)
+        .filter(|k| sockets[*k].is_some())
+        .map(|k| format!("u{}", k % 5))
+        .collect();
+    truth.extend((0..3).map(|i| format!("obs{i}")));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (i, frames) in seen.iter().enumerate() {
+        let (set, violations) = replay(&frames.lock().unwrap());
+        assert!(violations.is_empty(), "observer {i}: {violations:?}");
+        assert_eq!(set, truth, "observer {i}'s member list");
+    }
+    for node in &n {
+        let (_, v) = api(
+            node.addr(),
+            "GET",
+            &format!("/apps/{APP_ID}/channels/{ch}/users"),
+            "",
+            &[],
+        )
+        .await;
+        let users: std::collections::BTreeSet<String> = v["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(users, truth);
+    }
+}
