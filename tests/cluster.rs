@@ -1333,3 +1333,34 @@ async fn presence_per_observer_matches_ground_truth_after_random_joins_and_leave
         assert_eq!(users, truth);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_stops_answering_is_ridden_out_by_deadlines() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b"], "");
+    let mut sa = Client::connect(n[0].addr()).await;
+    subscribed(&mut sa, "hang").await;
+    let mut sb = Client::connect(n[1].addr()).await;
+    subscribed(&mut sb, "hang").await;
+    // SIGSTOP: connections stay open and nothing answers, like a cut cable.
+    let pid = redis.child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    let sent = Instant::now();
+    assert_eq!(trigger(n[0].addr(), "hang", "e", "1").await.0, 200);
+    // The forward's 2 s deadline passes: a's own client gets it from a.
+    let got = next_within(&mut sa, 4000).await;
+    let waited = sent.elapsed();
+    signal("-CONT");
+    assert_eq!(got.expect("delivered locally")["data"], "1");
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
+    // Redis answers again: b gets it, a does not get it twice.
+    assert_eq!(datas(&mut sb, "e", 3000).await, [1]);
+    assert!(datas(&mut sa, "e", 500).await.is_empty());
+}
