@@ -2,7 +2,8 @@
 //! 200) and appends each event to its app's bus with the idempotent FORWARD script. The script
 //! keeps, per origin, the highest seq it added, so a retry after a lost answer, a reconnect or
 //! a restart adds nothing twice; after a restart the forwarder resumes from that mark, read
-//! back from Redis (no local state can get ahead of Redis).
+//! back from Redis (no local state can get ahead of Redis). Only when Redis has no mark at all
+//! (it lost its data) does it go on from the position it saves locally about once a second.
 //!
 //! Degraded mode: while Redis does not take the events, this node delivers its own events to
 //! its own sockets at once ([`Msg::Local`]) and keeps retrying; when the bus catches up, the
@@ -79,9 +80,11 @@ impl Forwarder {
         let mut committed = self.spool.subscribe();
         let mut backoff = Duration::from_millis(100);
         let mut saved_at = Instant::now();
+        let mut saved = next;
         loop {
-            if saved_at.elapsed() >= SAVE_EVERY {
+            if saved != next && saved_at.elapsed() >= SAVE_EVERY {
                 saved_at = Instant::now();
+                saved = next;
                 self.save(next).await;
             }
             if self.rewind.swap(false, Relaxed) {
@@ -90,6 +93,13 @@ impl Forwarder {
             let last = self.spool.last_seq();
             if next > last {
                 backoff = Duration::from_millis(100);
+                if saved != next && saved_at.elapsed() >= SAVE_EVERY {
+                    // Idle now: save where this burst ended (at most once a second: a stale
+                    // position only means a little is forwarded twice, which readers skip).
+                    saved_at = Instant::now();
+                    saved = next;
+                    self.save(next).await;
+                }
                 if committed.changed().await.is_err() {
                     return;
                 }
