@@ -85,8 +85,8 @@ pub struct Cluster {
     status: Arc<status::Status>,
     observer: Arc<dyn HubObserver>,
     stop: watch::Sender<bool>,
-    /// Set by a heartbeat that finds Redis's epoch changed; read by the forwarder.
-    rewind: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by a heartbeat that finds Redis back after it was lost; read by the forwarder.
+    recheck: Arc<forward::Recheck>,
     /// The next event-log seq the forwarder will forward (0: not started).
     forwarded: Arc<std::sync::atomic::AtomicU64>,
     /// The event log, once started: a clean stop waits until it is forwarded.
@@ -170,7 +170,7 @@ impl Cluster {
             status,
             observer,
             stop,
-            rewind: Arc::default(),
+            recheck: Arc::default(),
             forwarded: Arc::default(),
             events: Mutex::new(None),
             saved: config.state_dir.join("cluster-forwarded"),
@@ -232,7 +232,7 @@ impl Cluster {
                 remote: link.remote.clone(),
                 ops: link.ops.clone(),
                 epoch: random_hex(8),
-                rewind: self.rewind.clone(),
+                recheck: self.recheck.clone(),
             };
             tasks.push(tokio::spawn(lease.run(self.stop.subscribe())));
             let hooks = hooks::Hooks {
@@ -262,7 +262,7 @@ impl Cluster {
             origin: self.origin.clone(),
             apps: targets,
             status: self.status.clone(),
-            rewind: self.rewind.clone(),
+            recheck: self.recheck.clone(),
             next: self.forwarded.clone(),
             saved: self.saved.clone(),
         };
