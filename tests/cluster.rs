@@ -1418,3 +1418,41 @@ async fn events_redis_lost_after_taking_them_are_forwarded_again() {
         "every event once, the lost three forwarded again; a's log:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_onto_another_node_sends_no_webhook() {
+    let redis = Redis::start();
+    let (hooks, addr) = Hooks::start().await;
+    let n = nodes(
+        &redis,
+        &["a", "b"],
+        &format!("webhook_url = \"http://{addr}/hook\"\n"),
+    );
+    let ch = "presence-reload";
+    let mut first = Client::connect(n[0].addr()).await;
+    first.subscribe_presence(ch, &presence_data("u1")).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hooks.names().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "occupied and member_added: {:?}",
+            hooks.names()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The page reloads and the new connection lands on the other node, well within 3 s.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = Client::connect(n[1].addr()).await;
+    again.subscribe_presence(ch, &presence_data("u1")).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let names = hooks.names();
+    assert_eq!(
+        names,
+        [
+            ("channel_occupied".to_owned(), String::new()),
+            ("member_added".to_owned(), "u1".to_owned())
+        ],
+        "neither vacated/occupied nor removed/added again"
+    );
+}
