@@ -1456,3 +1456,85 @@ async fn a_reload_onto_another_node_sends_no_webhook() {
         "neither vacated/occupied nor removed/added again"
     );
 }
+
+/// A raw request with extra headers: (status, head, body).
+async fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_the_cluster() {
+    let redis = Redis::start();
+    let _b = start_node(&redis, "b", "");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let more = format!(
+        "[cluster]\nredis_url = \"redis://127.0.0.1:{}\"\nnode_name = \"a\"\nlease = \"3s\"\nheartbeat = \"1s\"\n[console]\npassword = \"console-pass-1\"\n",
+        redis.port
+    );
+    let mut cmd = serve_in(dir.path(), &config_toml(port, &more, ""));
+    let log = dir.path().join("stderr.log");
+    let a = tokio::task::block_in_place(|| Served::start_logged(&mut cmd, port, Ready::Up, log));
+    let (st, head, body) = raw(
+        a.addr(),
+        "POST",
+        "/console/login",
+        "",
+        &json!({"password": "console-pass-1"}).to_string(),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let cookie = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        let (st, _, body) = raw(
+            a.addr(),
+            "GET",
+            "/console/api/state",
+            &format!("Cookie: {cookie}\r\n"),
+            "",
+        )
+        .await;
+        assert_eq!(st, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if v["cluster"]["nodes"] == 2 {
+            assert_eq!(v["cluster"]["redis_up"], true, "{v}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the console does not show two nodes: {}",
+            v["cluster"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
