@@ -127,8 +127,20 @@ fn start_node_in(
     dir: tempfile::TempDir,
     port: u16,
 ) -> Node {
+    launch(redis, name, app_more, dir, port, "3s")
+}
+
+/// A node with its lease of `lease` (heartbeat every second).
+fn launch(
+    redis: &Redis,
+    name: &str,
+    app_more: &str,
+    dir: tempfile::TempDir,
+    port: u16,
+    lease: &str,
+) -> Node {
     let cluster = format!(
-        "[cluster]\nredis_url = \"redis://127.0.0.1:{}\"\nnode_name = \"{name}\"\nlease = \"3s\"\nheartbeat = \"1s\"\n",
+        "[cluster]\nredis_url = \"redis://127.0.0.1:{}\"\nnode_name = \"{name}\"\nlease = \"{lease}\"\nheartbeat = \"1s\"\n",
         redis.port
     );
     let toml = config_toml(port, &cluster, app_more);
@@ -912,7 +924,20 @@ async fn max_connections_counts_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_cleanly_lets_its_members_go_at_once_and_forwards_what_it_accepted() {
     let redis = Redis::start();
-    let n = nodes(&redis, &["a", "b"], "");
+    // A long lease, so leaving at once cannot be mistaken for the lease running out.
+    let n: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            launch(
+                &redis,
+                name,
+                "",
+                tempfile::tempdir().unwrap(),
+                free_port(),
+                "30s",
+            )
+        })
+        .collect();
     let ch = "presence-stop";
     let mut watch = Client::connect(n[0].addr()).await;
     watch
@@ -932,7 +957,7 @@ async fn a_node_stopped_cleanly_lets_its_members_go_at_once_and_forwards_what_it
         .success());
     let mut got = Vec::new();
     let removed_after = loop {
-        let f = next_within(&mut watch, 5000)
+        let f = next_within(&mut watch, 15000)
             .await
             .expect("member_removed before the lease ends");
         let removed = f["event"] == "pusher_internal:member_removed";
@@ -941,11 +966,8 @@ async fn a_node_stopped_cleanly_lets_its_members_go_at_once_and_forwards_what_it
             break stopped.elapsed();
         }
     };
-    // Well before the 3 s lease (plus a janitor round) would have let it go.
-    assert!(
-        removed_after < Duration::from_millis(2500),
-        "{removed_after:?}"
-    );
+    // Well before the 30 s lease would have let it go.
+    assert!(removed_after < Duration::from_secs(15), "{removed_after:?}");
     got.extend(drain(&mut watch, 800).await);
     assert_eq!(events_named(&got, "last-words").len(), 1, "{got:?}");
     assert_eq!(
@@ -1366,11 +1388,11 @@ async fn a_redis_that_stops_answering_is_ridden_out_by_deadlines() {
     let sent = Instant::now();
     assert_eq!(trigger(n[0].addr(), "hang", "e", "1").await.0, 200);
     // The forward's 2 s deadline passes: a's own client gets it from a.
-    let got = next_within(&mut sa, 4000).await;
+    let got = next_within(&mut sa, 8000).await;
     let waited = sent.elapsed();
     signal("-CONT");
     assert_eq!(got.expect("delivered locally")["data"], "1");
-    assert!(waited < Duration::from_secs(4), "{waited:?}");
+    assert!(waited < Duration::from_secs(8), "{waited:?}");
     // Redis answers again: b gets it, a does not get it twice.
     assert_eq!(datas(&mut sb, "e", 3000).await, [1]);
     assert!(datas(&mut sa, "e", 500).await.is_empty());
