@@ -1560,3 +1560,49 @@ async fn the_console_shows_the_cluster() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_count_frames_and_webhooks_count_every_node() {
+    let redis = Redis::start();
+    let (hooks, addr) = Hooks::start().await;
+    let more = format!("subscription_count = true\nwebhook_url = \"http://{addr}/hook\"\n");
+    let n = nodes(&redis, &["a", "b"], &more);
+    let mut on_a = Client::connect(n[0].addr()).await;
+    subscribed(&mut on_a, "counted").await;
+    let mut on_b = Client::connect(n[1].addr()).await;
+    subscribed(&mut on_b, "counted").await;
+    // a's client hears the count go to 2 when b's joins.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let f = tokio::time::timeout_at(deadline, on_a.recv())
+            .await
+            .expect("subscription_count 2");
+        if f["event"] == "pusher_internal:subscription_count"
+            && f["data"].as_str().unwrap_or("").contains(":2")
+        {
+            break;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let counts: Vec<u64> = hooks
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == "subscription_count")
+            .filter_map(|e| e["subscription_count"].as_u64())
+            .collect();
+        if counts.len() >= 2 {
+            let mut counts = counts;
+            counts.sort_unstable();
+            assert_eq!(counts, [1, 2], "one webhook per change, cluster-wide");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "subscription_count webhooks: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

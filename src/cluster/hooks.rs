@@ -153,6 +153,10 @@ impl Hooks {
                 (Some("member_removed"), Some(user_id)) => {
                     Some(HubEvent::MemberRemoved { channel, user_id })
                 }
+                (Some("subscription_count"), _) => f
+                    .get("count")
+                    .and_then(|n| n.parse().ok())
+                    .map(|count| HubEvent::SubscriptionCount { channel, count }),
                 _ => None,
             };
             let confirm = match (f.get("key"), f.get("gen")) {
