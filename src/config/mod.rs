@@ -31,10 +31,10 @@ pub use env::{socket_activated, Env, ProcessEnv};
 pub use error::ConfigError;
 pub use logging::LogConfig;
 pub use sections::{
-    AppConfig, ConsoleConfig, Durability, MetricsConfig, ResumeConfig, ServerConfig, SpoolConfig,
-    TlsConfig, WebhookTarget, WebhooksConfig, WEBHOOK_KINDS,
+    AppConfig, ClusterConfig, ConsoleConfig, Durability, MetricsConfig, ResumeConfig, ServerConfig,
+    SpoolConfig, TlsConfig, WebhookTarget, WebhooksConfig, WEBHOOK_KINDS,
 };
-pub use validate::{AGE_MAX, COALESCE_MAX, TIMER_MAX};
+pub use validate::{redact, AGE_MAX, COALESCE_MAX, RESUME_IN_CLUSTER, TIMER_MAX};
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -59,6 +59,7 @@ struct FileConfig {
     webhooks: WebhooksConfig,
     console: Option<ConsoleConfig>,
     metrics: MetricsConfig,
+    cluster: ClusterConfig,
     resume: ResumeConfig,
     apps: Vec<AppConfig>,
 }
@@ -76,6 +77,8 @@ pub struct Config {
     /// `None`: no console (404).
     pub console: Option<ConsoleConfig>,
     pub metrics: MetricsConfig,
+    /// `[cluster]`: Redis/Valkey shared by several boxes (`redis_url` unset: one box).
+    pub cluster: ClusterConfig,
     /// `[resume]`: replay of missed events to a reconnecting client.
     pub resume: ResumeConfig,
     pub apps: Vec<AppConfig>,
@@ -96,6 +99,7 @@ impl Config {
             webhooks: file.webhooks,
             console: file.console,
             metrics: file.metrics,
+            cluster: file.cluster,
             resume: file.resume,
             apps: file.apps,
             source,
@@ -126,6 +130,7 @@ impl Config {
         app.webhook_url = env::webhook_url(env);
         config.apps = vec![app];
         validate::validate(&config)?;
+        validate::settle(&mut config);
         Ok(config)
     }
 
@@ -171,6 +176,7 @@ pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
         return Err(ConfigError::NoApps { path });
     }
     validate::validate(&config)?;
+    validate::settle(&mut config);
     Ok(config)
 }
 

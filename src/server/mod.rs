@@ -30,7 +30,7 @@ use crate::api::{Api, EventLog};
 use crate::config::Config;
 use crate::console::Console;
 use crate::context::Shared;
-use crate::hub::{Hub, HubObserver};
+use crate::hub::{ClusterLink, Hub, HubObserver};
 use crate::metrics::Metrics;
 use crate::transport::fallback::{self, Registry};
 
@@ -55,6 +55,8 @@ pub struct State {
     /// The webhook service, once `run` started it: `/up` reports a webhook queue that lost
     /// its directory.
     webhooks: std::sync::OnceLock<Arc<crate::webhooks::Webhooks>>,
+    /// The cluster this box is part of (`[cluster]`), for `/up`.
+    pub cluster: Option<Arc<dyn ClusterLink>>,
 }
 
 impl State {
@@ -76,10 +78,32 @@ impl State {
         log: Option<Arc<dyn EventLog>>,
         fallback: fallback::Options,
     ) -> (Arc<State>, ShutdownHandle) {
+        State::build(config, observer, log, fallback, None)
+    }
+
+    /// As [`State::new`], for a box that is part of the cluster `link`.
+    pub fn clustered(
+        config: Config,
+        observer: Arc<dyn HubObserver>,
+        log: Option<Arc<dyn EventLog>>,
+        link: Arc<dyn ClusterLink>,
+    ) -> (Arc<State>, ShutdownHandle) {
+        let options = fallback::Options::from_config(&config);
+        State::build(config, observer, log, options, Some(link))
+    }
+
+    fn build(
+        config: Config,
+        observer: Arc<dyn HubObserver>,
+        log: Option<Arc<dyn EventLog>>,
+        fallback: fallback::Options,
+        cluster: Option<Arc<dyn ClusterLink>>,
+    ) -> (Arc<State>, ShutdownHandle) {
         let handle = ShutdownHandle::new();
-        let hub = Arc::new(Hub::with_resume(
+        let hub = Arc::new(Hub::build(
             config.apps.clone(),
             observer,
+            cluster.clone(),
             Some(&config.resume),
         ));
         let console = Console::new(&config);
@@ -104,6 +128,7 @@ impl State {
             api,
             fallback,
             console,
+            cluster,
         };
         (Arc::new(state), handle)
     }

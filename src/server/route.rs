@@ -71,6 +71,10 @@ pub(super) async fn route(
 fn up(state: &State) -> Response<Body> {
     let mut notes = serde_json::Map::new();
     let mut healthy = true;
+    if let Some(Err(why)) = state.cluster.as_ref().map(|c| c.health()) {
+        healthy = false;
+        notes.insert("cluster".into(), why.into());
+    }
     match state.api.log_status() {
         LogStatus::Ok => {}
         LogStatus::Full(why) => {

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use super::{bind, bind_addr, serve, serve_tls, tls::Tls, ShutdownHandle, State};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::eventlog::EventLog;
 use crate::sys::activation::ActivatedListener;
@@ -105,11 +106,24 @@ async fn serve_until_stopped(cfg: Config, activated: Vec<ActivatedListener>) -> 
     let _watch = eventlog.spawn_watch();
     let _webhook_watch = webhooks.spawn_watch();
     let apps: Vec<String> = cfg.apps.iter().map(|a| a.id.clone()).collect();
-    let (state, handle) = State::new(
-        cfg,
-        webhooks.clone(),
-        Some(eventlog.clone() as Arc<dyn crate::api::EventLog>),
-    );
+    let log = Some(eventlog.clone() as Arc<dyn crate::api::EventLog>);
+    // One branch: without `[cluster] redis_url` nothing of the cluster is built.
+    let cluster = match cfg.cluster.enabled() {
+        true => match Cluster::new(&cfg, webhooks.clone()) {
+            Ok(c) => Some(c),
+            Err(e) => return fail(e),
+        },
+        false => None,
+    };
+    let (state, handle) = match &cluster {
+        Some(c) => State::clustered(cfg, webhooks.clone(), log, c.clone()),
+        None => State::new(cfg, webhooks.clone(), log),
+    };
+    if let Some(c) = &cluster {
+        c.start(&state.hub, eventlog.spool().clone());
+        let status = c.clone();
+        state.metrics.set_cluster(move || status.snapshot());
+    }
     report_stores(&state, &eventlog, &webhooks);
     super::resume_state::load(&state.hub, &state.shared.config.state_dir, &eventlog);
     super::memory::spawn(&state.shared);
@@ -128,6 +142,10 @@ async fn serve_until_stopped(cfg: Config, activated: Vec<ActivatedListener>) -> 
     stop(handle, servers).await;
     // Every connection has ended and left its lineage: they go to the state directory.
     super::resume_state::save(&state.hub, &state.shared.config.state_dir);
+    if let Some(c) = &cluster {
+        // This node's members leave now, not when its lease ends.
+        c.shutdown(&state.hub).await;
+    }
     // Closing sockets' channel_vacated / member_removed went into the queue before it closes.
     webhooks.shutdown().await;
     drop(state);

@@ -1,0 +1,447 @@
+//! The presence worker of one app: runs this node's subscribes, unsubscribes and client events
+//! against Redis one at a time, in the order the connections made them (an unsubscribe never
+//! overtakes its subscribe), and hands each joined socket to the deliverer with its snapshot.
+//!
+//! While Redis does not answer, an operation is retried (backoff up to a second) and the ones
+//! behind it wait: joins are late, never lost or reordered. A connection that closed meanwhile
+//! is skipped. It also keeps what this node holds, so that a node whose lease expired (cut off
+//! longer than the lease, or Redis lost its data) can put Redis right ([`Op::Reconcile`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::bus::StreamId;
+use super::conn::{items, pairs, text, Pool};
+use super::deliver::{Activation, Msg};
+use super::keys::Keys;
+use super::scripts::{MAXLEN, SUBSCRIBE_SCRIPT, UNSUBSCRIBE_SCRIPT};
+use super::status::Status;
+
+/// Operations sent in one pipeline at most: a burst of joins costs a round trip per this many.
+const BATCH_OPS: usize = 64;
+use crate::config::AppConfig;
+use crate::hub::{HubEvent, HubObserver, Member, Outbox};
+use crate::protocol::{message, presence, ChannelKind, Frame};
+
+pub enum Op {
+    Subscribe {
+        outbox: Arc<Outbox>,
+        channel: String,
+        member: Option<Member>,
+    },
+    Unsubscribe {
+        conn_id: u64,
+        socket_id: String,
+        channel: String,
+    },
+    ClientEvent {
+        channel: String,
+        socket_id: String,
+        frame: Frame,
+    },
+    /// Compare what Redis says this node holds with what it holds, and put Redis right
+    /// through the normal scripts (after Redis was lost: a lease that expired, data Redis
+    /// lost, a script whose effect was in the last second before a crash).
+    Reconcile,
+}
+
+pub struct Worker {
+    pub pool: Arc<Pool>,
+    pub keys: Keys,
+    pub node: String,
+    pub app: AppConfig,
+    pub status: Arc<Status>,
+    pub observer: Arc<dyn HubObserver>,
+    pub deliver: mpsc::Sender<Msg>,
+    /// (socket id, channel) → member, of this node's subscriptions that reached Redis.
+    held: HashMap<(String, String), Option<Member>>,
+}
+
+/// What a subscribe script answered.
+enum Joined {
+    Ok {
+        gate: StreamId,
+        members: Vec<(String, String)>,
+        cache: Option<(String, String)>,
+    },
+    Full,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        pool: Arc<Pool>,
+        keys: Keys,
+        node: String,
+        app: AppConfig,
+        status: Arc<Status>,
+        observer: Arc<dyn HubObserver>,
+        deliver: mpsc::Sender<Msg>,
+    ) -> Worker {
+        Worker {
+            pool,
+            keys,
+            node,
+            app,
+            status,
+            observer,
+            deliver,
+            held: HashMap::new(),
+        }
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
+        while let Some(op) = rx.recv().await {
+            // What queued up meanwhile goes in the same round trip (a pipeline runs in order).
+            let mut ops = vec![op];
+            while ops.len() < BATCH_OPS {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            let mut run = Vec::with_capacity(ops.len());
+            for op in ops {
+                if matches!(op, Op::Reconcile) {
+                    self.pipelined(std::mem::take(&mut run)).await;
+                    self.reconcile().await;
+                } else {
+                    run.push(op);
+                }
+            }
+            self.pipelined(run).await;
+        }
+    }
+
+    /// Runs `ops` in one pipeline, in order, until Redis answers: each script is atomic and
+    /// idempotent (a subscribe or unsubscribe done twice is done once), so a retry after a lost
+    /// answer changes nothing. Client events go only on the first try (best effort, never
+    /// twice); subscribes of connections closed meanwhile are left out.
+    async fn pipelined(&mut self, ops: Vec<Op>) {
+        let mut first_try = true;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let live: Vec<&Op> = ops
+                .iter()
+                .filter(|op| match op {
+                    Op::Subscribe { outbox, .. } => !outbox.is_closing(),
+                    Op::ClientEvent { .. } => first_try,
+                    _ => true,
+                })
+                .collect();
+            if live.is_empty() {
+                return;
+            }
+            let mut pipe = redis::pipe();
+            // SCRIPT LOAD is idempotent: after a Redis restart the scripts are there again.
+            pipe.load_script(&SUBSCRIBE_SCRIPT).ignore();
+            pipe.load_script(&UNSUBSCRIBE_SCRIPT).ignore();
+            for op in &live {
+                self.add(&mut pipe, op);
+            }
+            match self.pool.pipeline(&pipe).await {
+                Ok(results) => {
+                    self.status.ok();
+                    for (op, v) in live.into_iter().zip(results.iter()) {
+                        self.done(op, v).await;
+                    }
+                    return;
+                }
+                Err(e) => self.status.failed("presence changes", &e),
+            }
+            first_try = false;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// The command of one operation.
+    fn add(&self, pipe: &mut redis::Pipeline, op: &Op) {
+        match op {
+            Op::Subscribe {
+                outbox,
+                channel,
+                member,
+            } => {
+                let args = self.join_args(outbox.socket_id.as_str(), channel, member.as_ref());
+                let mut inv = SUBSCRIBE_SCRIPT.key(self.keys.base());
+                for a in &args {
+                    inv.arg(a.as_str());
+                }
+                pipe.invoke_script(&inv);
+            }
+            Op::Unsubscribe {
+                socket_id, channel, ..
+            } => {
+                let scf = Self::flag(self.counts_frames(channel));
+                let mut inv = UNSUBSCRIBE_SCRIPT.key(self.keys.base());
+                inv.arg(&self.node).arg(channel).arg(socket_id).arg(scf);
+                pipe.invoke_script(&inv);
+            }
+            Op::ClientEvent {
+                channel,
+                socket_id,
+                frame,
+            } => {
+                pipe.add_command(self.client_event_cmd(channel, socket_id, frame));
+            }
+            Op::Reconcile => {}
+        }
+    }
+
+    /// What follows an operation Redis answered.
+    async fn done(&mut self, op: &Op, v: &redis::Value) {
+        match op {
+            Op::Subscribe {
+                outbox,
+                channel,
+                member,
+            } => {
+                let joined = parse_joined(v);
+                self.joined(outbox.clone(), channel.clone(), member.clone(), joined)
+                    .await;
+            }
+            Op::Unsubscribe {
+                conn_id,
+                socket_id,
+                channel,
+            } => {
+                self.held.remove(&(socket_id.clone(), channel.clone()));
+                let _ = self
+                    .deliver
+                    .send(Msg::Detach {
+                        conn_id: *conn_id,
+                        channel: channel.clone(),
+                    })
+                    .await;
+            }
+            Op::ClientEvent { .. } | Op::Reconcile => {}
+        }
+    }
+
+    fn flag(b: bool) -> &'static str {
+        if b {
+            "1"
+        } else {
+            "0"
+        }
+    }
+
+    fn counts_frames(&self, channel: &str) -> bool {
+        self.app.subscription_count && !ChannelKind::of(channel).is_presence()
+    }
+
+    /// SUBSCRIBE's arguments (see `scripts`).
+    fn join_args(&self, socket_id: &str, channel: &str, member: Option<&Member>) -> Vec<String> {
+        let user = member.map_or("", |m| m.user_id.as_str());
+        let info = member.and_then(|m| m.user_info.as_deref()).unwrap_or("");
+        let cache = ChannelKind::of(channel).is_cache();
+        vec![
+            self.node.clone(),
+            channel.to_owned(),
+            socket_id.to_owned(),
+            user.to_owned(),
+            info.to_owned(),
+            self.app.max_presence_members.to_string(),
+            Self::flag(self.counts_frames(channel)).to_owned(),
+            Self::flag(cache).to_owned(),
+        ]
+    }
+
+    /// Runs the subscribe script once for a socket that is attached already (reconcile).
+    async fn rejoin(
+        &self,
+        socket_id: &str,
+        channel: &str,
+        member: Option<&Member>,
+    ) -> Result<(), redis::RedisError> {
+        let args = self.join_args(socket_id, channel, member);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.pool
+            .script(&SUBSCRIBE_SCRIPT, self.keys.base(), &args)
+            .await
+            .map(drop)
+    }
+
+    /// A subscribe Redis answered: the socket's snapshot goes to the deliverer, or the refusal
+    /// to the socket.
+    async fn joined(
+        &mut self,
+        outbox: Arc<Outbox>,
+        channel: String,
+        member: Option<Member>,
+        joined: Joined,
+    ) {
+        let sid = outbox.socket_id.as_str().to_owned();
+        let (gate, members, cache) = match joined {
+            Joined::Full => {
+                let max = self.app.max_presence_members;
+                outbox.push(Frame::from(message::subscription_error(
+                    &channel,
+                    "LimitReached",
+                    &format!("Presence channel is full: {max} members (max_presence_members)"),
+                    400,
+                )));
+                return;
+            }
+            Joined::Ok {
+                gate,
+                members,
+                cache,
+            } => (gate, members, cache),
+        };
+        let kind = ChannelKind::of(&channel);
+        let data = if kind.is_presence() {
+            presence::subscription_data(
+                members
+                    .iter()
+                    .map(|(id, info)| (id.as_str(), Some(info.as_str()).filter(|i| !i.is_empty()))),
+            )
+        } else {
+            "{}".to_owned()
+        };
+        let mut first = vec![Frame::from(message::subscription_succeeded(
+            &channel, &data,
+        ))];
+        if kind.is_cache() {
+            match cache {
+                Some((name, data)) => first.push(Frame::from(message::frame(
+                    &name,
+                    Some(&channel),
+                    Some(&data),
+                    None,
+                ))),
+                None => {
+                    first.push(Frame::from(message::cache_miss(&channel)));
+                    self.observer.on_event(
+                        &self.app,
+                        HubEvent::CacheMiss {
+                            channel: channel.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        self.held.insert((sid, channel.clone()), member.clone());
+        let _ = self
+            .deliver
+            .send(Msg::Activate(Activation {
+                outbox,
+                channel,
+                user_id: member.map(|m| m.user_id),
+                gate,
+                first,
+            }))
+            .await;
+    }
+
+    /// A client event's XADD: best effort, like on one box.
+    fn client_event_cmd(&self, channel: &str, socket_id: &str, frame: &Frame) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.keys.bus())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(MAXLEN)
+            .arg("*")
+            .arg("k")
+            .arg("f")
+            .arg("c")
+            .arg(channel)
+            .arg("x")
+            .arg(socket_id)
+            .arg("f")
+            .arg(frame.as_str());
+        cmd
+    }
+
+    /// What Redis holds for this node: (socket id, channel) pairs.
+    async fn owned(&self) -> Result<HashSet<(String, String)>, redis::RedisError> {
+        let key = format!("{}own:{}", self.keys.base(), self.node);
+        let v = self.pool.query(redis::cmd("SMEMBERS").arg(key)).await?;
+        Ok(items(&v)
+            .iter()
+            .filter_map(text)
+            .filter_map(|t| {
+                // cjson's ["s", channel, socket]: JSON (its "\/" is JSON too).
+                let (kind, channel, socket): (String, String, String) =
+                    serde_json::from_str(&t).ok()?;
+                (kind == "s").then_some((socket, channel))
+            })
+            .collect())
+    }
+
+    async fn reconcile(&mut self) {
+        let owned = match self.owned().await {
+            Ok(o) => o,
+            Err(e) => {
+                // The next heartbeat that reaches Redis asks again.
+                self.status.failed("reading this node's subscriptions", &e);
+                return;
+            }
+        };
+        let missing: Vec<((String, String), Option<Member>)> = self
+            .held
+            .iter()
+            .filter(|(k, _)| !owned.contains(*k))
+            .map(|(k, m)| (k.clone(), m.clone()))
+            .collect();
+        let extra: Vec<&(String, String)> = owned
+            .iter()
+            .filter(|k| !self.held.contains_key(*k))
+            .collect();
+        if missing.is_empty() && extra.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            missing = missing.len(),
+            extra = extra.len(),
+            "cluster: Redis and this node disagreed on what it holds (its lease expired while it was cut off, or Redis lost data): putting Redis right"
+        );
+        for ((sid, channel), member) in missing {
+            // No snapshot needed: the socket is attached and saw the bus meanwhile.
+            if let Err(e) = self.rejoin(&sid, &channel, member.as_ref()).await {
+                // Lost again: the next heartbeat that gets through asks for this again.
+                self.status
+                    .failed("putting this node's subscriptions back", &e);
+                return;
+            }
+        }
+        for (sid, channel) in extra {
+            let scf = Self::flag(self.counts_frames(channel));
+            let args = [self.node.as_str(), channel.as_str(), sid.as_str(), scf];
+            if let Err(e) = self
+                .pool
+                .script(&UNSUBSCRIBE_SCRIPT, self.keys.base(), &args)
+                .await
+            {
+                self.status.failed("an unsubscribe", &e);
+                return;
+            }
+        }
+    }
+}
+
+fn parse_joined(v: &redis::Value) -> Joined {
+    let a = items(v);
+    if a.first().and_then(text).as_deref() != Some("ok") {
+        return Joined::Full;
+    }
+    let gate = a
+        .get(1)
+        .and_then(text)
+        .and_then(|s| StreamId::parse(&s))
+        .unwrap_or(StreamId::ZERO);
+    let members = a.get(2).map(pairs).unwrap_or_default();
+    let cache = a.get(3).map(items).and_then(|c| match c {
+        [n, d] => Some((text(n)?, text(d)?)),
+        _ => None,
+    });
+    Joined::Ok {
+        gate,
+        members,
+        cache,
+    }
+}
