@@ -8,13 +8,13 @@ export async function exclusion(ctx, c) {
   const { fleet, nodes } = ctx;
   const chan = 'excl';
   const socks = {};
-  for (const n of [nodes.a, nodes.b, nodes.c]) {
-    const s = await fleet.open(n, { user: `x${n.name}` });
+  for (const [name, n] of [['a', nodes.a], ['b', nodes.b], ['c', nodes.c]]) {
+    const s = await fleet.open(n, { user: `x${name}` });
     await s.subscribe(chan);
     s.record(chan, 'e');
     await s.subscribe('private-excl');
     s.record('private-excl', 'client-hi');
-    socks[n.name] = s;
+    socks[name] = s;
   }
   const cases = [
     { via: nodes.a, except: socks.b, tag: 'A-excludes-B' },

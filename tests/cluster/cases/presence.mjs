@@ -83,12 +83,11 @@ export async function presence(ctx, c) {
     const movers = USERS.filter(() => rand() < 0.5).slice(0, 3);
     if (movers.length === 0) movers.push(pick(USERS));
     const ops = [];
-    const leaving = new Set();
     for (const u of movers) {
       const n = live.get(u).length;
       const doJoin = n === 0 || (n < 3 && rand() < 0.5);
       if (doJoin) ops.push(join(u));
-      else { leaving.add(live.get(u)[0]); leave(u); }
+      else leave(u);
     }
     await Promise.all(ops);
     const stayed = continuing.filter((s) => !s.closed && s.channels.has(CHAN));

@@ -226,7 +226,6 @@ ${cluster}
 id = "${APP.id}"
 key = "${APP.key}"
 secret = "${APP.secret}"
-subscription_count = true
 max_presence_members = 100
 client_event_rate = 100
 webhook_url = "${this.webhookUrl}"

@@ -6,6 +6,8 @@ import http from 'node:http';
 import crypto from 'node:crypto';
 import { APP } from './world.mjs';
 
+const LIFECYCLE = new Set(['channel_occupied', 'channel_vacated', 'member_added', 'member_removed']);
+
 export class Receiver {
   static async start(host) {
     const r = new Receiver();
@@ -54,7 +56,8 @@ export class Receiver {
 
   mark() { return this.events.length; }
 
-  since(mark, pred = () => true) { return this.events.slice(mark).filter(pred); }
+  /** Lifecycle events (occupied/vacated, added/removed) received after `mark`, filtered. */
+  since(mark, pred = () => true) { return this.events.slice(mark).filter((e) => LIFECYCLE.has(e.name) && pred(e)); }
 
   close() {
     return new Promise((r) => { this.srv.closeAllConnections?.(); this.srv.close(() => r()); });
