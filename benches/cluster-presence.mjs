@@ -28,19 +28,24 @@ function open(url) {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(`${url}?protocol=7&client=bench&version=1.0`);
     const t = setTimeout(() => { ws.terminate(); reject(new Error('connect timeout')); }, 10000);
-    const waiters = [];
+    // Frames queue up until read: ws emits several messages of one TCP read in one go.
+    const queue = [];
+    let waiter = null;
     ws.on('message', (buf) => {
       const f = JSON.parse(buf.toString());
       if (f.event === 'pusher:connection_established') {
         clearTimeout(t);
         ws.socketId = JSON.parse(f.data).socket_id;
         resolve(ws);
-      } else if (f.event === 'pusher:ping') ws.send('{"event":"pusher:pong","data":{}}');
-      for (const w of waiters.splice(0)) w(f);
+        return;
+      }
+      if (f.event === 'pusher:ping') { ws.send('{"event":"pusher:pong","data":{}}'); return; }
+      if (waiter) { const w = waiter; waiter = null; w(f); } else queue.push(f);
     });
     ws.next = () => new Promise((res, rej) => {
-      const tt = setTimeout(() => rej(new Error('no answer within 10 s')), 10000);
-      waiters.push((f) => { clearTimeout(tt); res(f); });
+      if (queue.length) { res(queue.shift()); return; }
+      const tt = setTimeout(() => { waiter = null; rej(new Error('no answer within 10 s')); }, 10000);
+      waiter = (f) => { clearTimeout(tt); res(f); };
     });
     ws.on('error', (e) => { clearTimeout(t); reject(e); });
   });

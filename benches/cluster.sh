@@ -8,6 +8,7 @@
 #   benches/cluster.sh                # every scenario once
 #   benches/cluster.sh fanout latency # some (fanout latency presence memory)
 #   ENGINE=valkey RUNS=2 PUSHBOX_BIN=target/release/pushbox benches/cluster.sh
+#   FANOUT_NODES="1 3" LATENCY_AT="single other" PRESENCE_NODES=1 SUBS=1000 RATE=50 DURATION=10
 #
 # Scenarios:
 #   fanout   SUBS (1000) subscribers on bench-0, RATE (50) events/s for DURATION (10) s published
@@ -53,7 +54,7 @@ if [ -n "${PUSHBOX_BIN:-}" ]; then PB_SRC=$PUSHBOX_BIN; else
     log "building pushbox (release)"; cargo build --release --quiet --bin pushbox; PB_SRC=$ROOT/target/release/pushbox
 fi
 PB_BIN=$WORK/pushbox; cp "$PB_SRC" "$PB_BIN"
-PB_COMMIT=$(git rev-parse --short HEAD)
+PB_COMMIT=${PUSHBOX_COMMIT:-$(git rev-parse --short HEAD)}
 PBLOAD=${PBLOAD_BIN:-$ROOT/target/pbload/release/pbload}
 if [ ! -x "$PBLOAD" ]; then
     log "building pbload"
@@ -206,9 +207,9 @@ redis_start
 for run in $(seq 1 "$RUNS"); do
     for s in "${SCEN[@]}"; do
         case $s in
-            fanout) fanout 1; fanout 2; fanout 3 ;;
-            latency) latency single; latency same; latency other ;;
-            presence) presence 1; presence 3 ;;
+            fanout) for n in ${FANOUT_NODES:-1 2 3}; do fanout "$n"; done ;;
+            latency) for m in ${LATENCY_AT:-single same other}; do latency "$m"; done ;;
+            presence) for n in ${PRESENCE_NODES:-1 3}; do presence "$n"; done ;;
             memory) memory ;;
             *) echo "unknown scenario $s (fanout latency presence memory)"; exit 2 ;;
         esac
