@@ -66,6 +66,7 @@ if [ ! -d "$ROOT/tests/clients/node_modules/pusher-js" ]; then
   log "npm ci (tests/clients)"
   (cd "$ROOT/tests/clients" && npm ci --no-audit --no-fund --loglevel=error) || { echo "npm ci failed"; exit 1; }
 fi
+node "$HERE/selftest.mjs" || { echo "the harness's own checkers failed their self-test"; exit 1; }
 if [ -z "${PUSHBOX_BIN:-}" ]; then
   if [ -z "${SKIP_BUILD:-}" ]; then
     log "cargo build --bin pushbox"
