@@ -1,6 +1,7 @@
 //! pushbox: a Pusher-compatible real-time server appliance.
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod context;

@@ -72,6 +72,8 @@ pub enum ApiError {
     LogRefused(AppendError),
     /// The event log failed after the event was delivered to `reached` sockets.
     NotStored { error: AppendError, reached: usize },
+    /// `[cluster]`: the shared state in Redis could not be read or written.
+    Cluster(crate::hub::LinkError),
 }
 
 impl ApiError {
@@ -88,7 +90,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::BodyTooLarge { .. } | ApiError::DataTooLarge { .. } => 413,
             // The event log is the one place the API says "not now": the sender retries later.
-            ApiError::LogRefused(_) | ApiError::NotStored { .. } => 503,
+            ApiError::LogRefused(_) | ApiError::NotStored { .. } | ApiError::Cluster(_) => 503,
             ApiError::UnreadableBody
             | ApiError::InvalidJson(_)
             | ApiError::MissingBatch
@@ -183,6 +185,7 @@ impl fmt::Display for ApiError {
                 "{channel} is not a presence channel: users are only listed for presence-… channels"
             ),
             ApiError::LogRefused(e) => write!(f, "{e}"),
+            ApiError::Cluster(e) => write!(f, "The cluster's shared state is unavailable: {e}"),
             // Refusals before delivery are `LogRefused`; this write failed after delivery, so
             // say whether anyone has the event (and whether a retry would deliver it twice).
             ApiError::NotStored { error, reached: 0 } => write!(

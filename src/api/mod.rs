@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use crate::hub::{App, Hub};
+use crate::hub::{App, ChannelInfo, Hub};
 use crate::protocol::{channel, message, signing, ChannelKind, Frame, SocketId};
 
 pub use error::ApiError;
@@ -184,24 +184,47 @@ impl Api {
         Ok(match (req.method, &parts[..n]) {
             ("POST", ["events"]) => self.trigger(&app, req.body).await?,
             ("POST", ["batch_events"]) => self.batch(&app, req.body).await?,
-            ("GET", ["channels"]) => channels(
-                &app,
-                param("filter_by_prefix").as_deref().unwrap_or(""),
-                param("info").as_deref().unwrap_or(""),
-            )?,
-            ("GET", ["channels", name]) => channel_info(
-                &app,
-                &signing::percent_decode(name),
-                param("info").as_deref().unwrap_or(""),
-            )?,
-            ("GET", ["channels", name, "users"]) => users(&app, &signing::percent_decode(name))?,
+            ("GET", ["channels"]) => {
+                channels(
+                    &app,
+                    param("filter_by_prefix").as_deref().unwrap_or(""),
+                    param("info").as_deref().unwrap_or(""),
+                )
+                .await?
+            }
+            ("GET", ["channels", name]) => {
+                channel_info(
+                    &app,
+                    &signing::percent_decode(name),
+                    param("info").as_deref().unwrap_or(""),
+                )
+                .await?
+            }
+            ("GET", ["channels", name, "users"]) => {
+                users(&app, &signing::percent_decode(name)).await?
+            }
             ("POST", ["users", user, "terminate_connections"]) => {
-                app.terminate_user(&signing::percent_decode(user));
+                let user = signing::percent_decode(user);
+                match app.cluster() {
+                    Some(link) => link
+                        .terminate_user(&app.config.id, &user)
+                        .await
+                        .map_err(ApiError::Cluster)?,
+                    None => drop(app.terminate_user(&user)),
+                }
                 ApiResponse::empty()
             }
-            ("GET", ["connections"]) => ApiResponse::ok(
-                json!({ "connections": app.counters.connections.load(std::sync::atomic::Ordering::Relaxed) }),
-            ),
+            ("GET", ["connections"]) => {
+                // In a cluster, the other nodes' as of their last heartbeat.
+                let remote = app
+                    .cluster()
+                    .map_or(0, |l| l.remote_connections(&app.config.id));
+                let local = app
+                    .counters
+                    .connections
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                ApiResponse::ok(json!({ "connections": local + remote }))
+            }
             (
                 _,
                 ["events"]
@@ -234,7 +257,7 @@ impl Api {
         };
         let mut out = Map::new();
         for c in &channels {
-            out.insert(c.clone(), Value::Object(info_attrs(app, c, &info)));
+            out.insert(c.clone(), Value::Object(info_attrs(app, c, &info).await?));
         }
         Ok(ApiResponse::ok(json!({ "channels": out })))
     }
@@ -270,16 +293,14 @@ impl Api {
         if infos.iter().all(|(_, i)| i.is_empty()) {
             return Ok(ApiResponse::empty());
         }
-        let batch: Vec<Value> = infos
-            .iter()
-            .map(|(chs, info)| {
-                Value::Object(
-                    chs.first()
-                        .map(|c| info_attrs(app, c, info))
-                        .unwrap_or_default(),
-                )
-            })
-            .collect();
+        let mut batch: Vec<Value> = Vec::with_capacity(infos.len());
+        for (chs, info) in &infos {
+            let attrs = match chs.first() {
+                Some(c) => info_attrs(app, c, info).await?,
+                None => Map::new(),
+            };
+            batch.push(Value::Object(attrs));
+        }
         Ok(ApiResponse::ok(json!({ "batch": batch })))
     }
 
@@ -297,10 +318,17 @@ impl Api {
                 log.recheck(refused).await.map_err(ApiError::LogRefused)?;
             }
         }
+        // A cluster delivers from its bus, on every node in one order: the event goes there from
+        // the event log (the forwarder), not to this node's sockets first.
+        let clustered = app.cluster().is_some();
         let mut accepted = Vec::with_capacity(items.len());
         for v in items {
             let mut delivered = Vec::with_capacity(v.channels.len());
             for c in &v.channels {
+                if clustered {
+                    delivered.push(0);
+                    continue;
+                }
                 let frame = || Frame::from(message::frame(&v.name, Some(c), Some(&v.data), None));
                 delivered.push(app.publish_with(c, frame, v.socket_id.as_deref()));
             }
@@ -400,8 +428,23 @@ fn validate(app: &App, b: EventBody<'_>) -> Result<Validated, ApiError> {
     })
 }
 
-fn info_attrs(app: &App, channel: &str, info: &[String]) -> Map<String, Value> {
-    let ci = app.channel(channel);
+/// One channel's counts: from the hub, or from the cluster's shared state.
+async fn one_channel(app: &App, name: &str) -> Result<Option<ChannelInfo>, ApiError> {
+    match app.cluster() {
+        Some(link) => link
+            .channel(&app.config.id, name)
+            .await
+            .map_err(ApiError::Cluster),
+        None => Ok(app.channel(name)),
+    }
+}
+
+async fn info_attrs(
+    app: &App,
+    channel: &str,
+    info: &[String],
+) -> Result<Map<String, Value>, ApiError> {
+    let ci = one_channel(app, channel).await?;
     let mut m = Map::new();
     if info.iter().any(|i| i == "subscription_count") {
         m.insert(
@@ -415,7 +458,7 @@ fn info_attrs(app: &App, channel: &str, info: &[String]) -> Map<String, Value> {
             json!(ci.as_ref().and_then(|c| c.user_count).unwrap_or(0)),
         );
     }
-    m
+    Ok(m)
 }
 
 fn info_list(info: &str) -> Vec<&str> {
@@ -425,13 +468,20 @@ fn info_list(info: &str) -> Vec<&str> {
         .collect()
 }
 
-fn channels(app: &App, prefix: &str, info: &str) -> Result<ApiResponse, ApiError> {
+async fn channels(app: &App, prefix: &str, info: &str) -> Result<ApiResponse, ApiError> {
     let info = info_list(info);
     if info.contains(&"user_count") && !prefix.starts_with("presence-") {
         return Err(ApiError::UserCountNeedsPresencePrefix);
     }
+    let list = match app.cluster() {
+        Some(link) => link
+            .channels(&app.config.id, prefix)
+            .await
+            .map_err(ApiError::Cluster)?,
+        None => app.channels(prefix),
+    };
     let mut out = Map::new();
-    for c in app.channels(prefix) {
+    for c in list {
         let mut m = Map::new();
         if info.contains(&"user_count") {
             if let Some(u) = c.user_count {
@@ -446,7 +496,7 @@ fn channels(app: &App, prefix: &str, info: &str) -> Result<ApiResponse, ApiError
     Ok(ApiResponse::ok(json!({ "channels": out })))
 }
 
-fn channel_info(app: &App, name: &str, info: &str) -> Result<ApiResponse, ApiError> {
+async fn channel_info(app: &App, name: &str, info: &str) -> Result<ApiResponse, ApiError> {
     channel::validate(name, app.config.max_channel_name_length)
         .map_err(ApiError::InvalidChannelName)?;
     let info = info_list(info);
@@ -454,7 +504,7 @@ fn channel_info(app: &App, name: &str, info: &str) -> Result<ApiResponse, ApiErr
     if info.contains(&"user_count") && !presence {
         return Err(ApiError::UserCountNeedsPresenceChannel);
     }
-    let ci = app.channel(name);
+    let ci = one_channel(app, name).await?;
     let mut m = Map::new();
     m.insert("occupied".into(), json!(ci.is_some()));
     if info.contains(&"user_count") {
@@ -470,7 +520,14 @@ fn channel_info(app: &App, name: &str, info: &str) -> Result<ApiResponse, ApiErr
         );
     }
     if info.contains(&"cache") && ChannelKind::of(name).is_cache() {
-        if let Some((frame, ttl)) = app.cached(name) {
+        let cached = match app.cluster() {
+            Some(link) => link
+                .cached(&app.config.id, name)
+                .await
+                .map_err(ApiError::Cluster)?,
+            None => app.cached(name),
+        };
+        if let Some((frame, ttl)) = cached {
             let event: Value = serde_json::from_str(frame.as_str()).unwrap_or(Value::Null);
             m.insert(
                 "cache".into(),
@@ -481,17 +538,20 @@ fn channel_info(app: &App, name: &str, info: &str) -> Result<ApiResponse, ApiErr
     Ok(ApiResponse::ok(Value::Object(m)))
 }
 
-fn users(app: &App, name: &str) -> Result<ApiResponse, ApiError> {
+async fn users(app: &App, name: &str) -> Result<ApiResponse, ApiError> {
     if !ChannelKind::of(name).is_presence() {
         return Err(ApiError::NotPresence {
             channel: name.to_owned(),
         });
     }
-    let users: Vec<Value> = app
-        .users(name)
-        .into_iter()
-        .map(|id| json!({ "id": id }))
-        .collect();
+    let ids = match app.cluster() {
+        Some(link) => link
+            .users(&app.config.id, name)
+            .await
+            .map_err(ApiError::Cluster)?,
+        None => app.users(name),
+    };
+    let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
     Ok(ApiResponse::ok(json!({ "users": users })))
 }
 

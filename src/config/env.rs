@@ -110,7 +110,22 @@ pub fn apply_pushbox(config: &mut Config, env: &dyn Env) -> Result<(), ConfigErr
     if let Some(t) = env.get("PUSHBOX_METRICS_TOKEN") {
         config.metrics.token = Some(t);
     }
+    apply_cluster(config, env);
     Ok(())
+}
+
+/// `PUSHBOX_REDIS_URL`, `PUSHBOX_CLUSTER_PREFIX`, `PUSHBOX_NODE_NAME`: the `[cluster]` keys.
+fn apply_cluster(config: &mut Config, env: &dyn Env) {
+    let c = &mut config.cluster;
+    if let Some(url) = env.get("PUSHBOX_REDIS_URL") {
+        c.redis_url = Some(url);
+    }
+    if let Some(p) = env.get("PUSHBOX_CLUSTER_PREFIX") {
+        c.key_prefix = p;
+    }
+    if let Some(n) = env.get("PUSHBOX_NODE_NAME") {
+        c.node_name = Some(n);
+    }
 }
 
 /// `PUSHBOX_WEBHOOK_URL`: one receiver of every webhook kind for the app the environment (or

@@ -31,10 +31,10 @@ pub use env::{socket_activated, Env, ProcessEnv};
 pub use error::ConfigError;
 pub use logging::LogConfig;
 pub use sections::{
-    AppConfig, ConsoleConfig, Durability, MetricsConfig, ServerConfig, SpoolConfig, TlsConfig,
-    WebhookTarget, WebhooksConfig, WEBHOOK_KINDS,
+    AppConfig, ClusterConfig, ConsoleConfig, Durability, MetricsConfig, ServerConfig, SpoolConfig,
+    TlsConfig, WebhookTarget, WebhooksConfig, WEBHOOK_KINDS,
 };
-pub use validate::{AGE_MAX, COALESCE_MAX, TIMER_MAX};
+pub use validate::{redact, AGE_MAX, COALESCE_MAX, TIMER_MAX};
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -59,6 +59,7 @@ struct FileConfig {
     webhooks: WebhooksConfig,
     console: Option<ConsoleConfig>,
     metrics: MetricsConfig,
+    cluster: ClusterConfig,
     apps: Vec<AppConfig>,
 }
 
@@ -75,6 +76,8 @@ pub struct Config {
     /// `None`: no console (404).
     pub console: Option<ConsoleConfig>,
     pub metrics: MetricsConfig,
+    /// `[cluster]`: Redis/Valkey shared by several boxes (`redis_url` unset: one box).
+    pub cluster: ClusterConfig,
     pub apps: Vec<AppConfig>,
     /// Where the configuration came from, for messages.
     pub source: String,
@@ -93,6 +96,7 @@ impl Config {
             webhooks: file.webhooks,
             console: file.console,
             metrics: file.metrics,
+            cluster: file.cluster,
             apps: file.apps,
             source,
         }

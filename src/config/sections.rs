@@ -343,3 +343,52 @@ impl AppConfig {
         })
     }
 }
+
+/// `[cluster]`: several boxes as one, on the shop's Redis or Valkey. Without `redis_url` (the
+/// default: no section at all) pushbox is a single box and opens no Redis connection.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://[user:pass@]host:port[/db]` or `rediss://…` (TLS, rustls). `PUSHBOX_REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// Extra CA certificate (PEM) to trust for `rediss://` (a shop's private CA).
+    pub ca_file: Option<PathBuf>,
+    /// Every key starts `{key_prefix}:v1:{<app id>}:`. `PUSHBOX_CLUSTER_PREFIX`.
+    pub key_prefix: String,
+    /// This box's name among the nodes (default: the host name). `PUSHBOX_NODE_NAME`.
+    pub node_name: Option<String>,
+    /// A node that has not renewed its lease for this long is taken for dead: its members
+    /// leave (`"15s"`, or a whole number of seconds).
+    #[serde(deserialize_with = "super::units::span")]
+    pub lease: Duration,
+    /// How often a node renews its lease (`"3s"`).
+    #[serde(deserialize_with = "super::units::span")]
+    pub heartbeat: Duration,
+    /// `/up` answers 503 when this node is further behind the bus than this (`"10s"`).
+    #[serde(deserialize_with = "super::units::span")]
+    pub max_lag: Duration,
+}
+
+/// `[cluster] key_prefix` when none is given.
+pub const DEFAULT_CLUSTER_PREFIX: &str = "pb";
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: None,
+            ca_file: None,
+            key_prefix: DEFAULT_CLUSTER_PREFIX.into(),
+            node_name: None,
+            lease: Duration::from_secs(15),
+            heartbeat: Duration::from_secs(3),
+            max_lag: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether this box is part of a cluster.
+    pub fn enabled(&self) -> bool {
+        self.redis_url.is_some()
+    }
+}

@@ -44,3 +44,35 @@ impl Unit {
         }
     }
 }
+
+/// A span written as a string with a unit (`"15s"`, `"500ms"`, `"2m"`) or a whole number of
+/// seconds (`15`), for the keys whose contract is written that way (`[cluster] lease`).
+pub fn span<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Span {
+        Secs(u64),
+        Text(String),
+    }
+    match Span::deserialize(d)? {
+        Span::Secs(s) => Ok(Duration::from_secs(s)),
+        Span::Text(t) => parse_span(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// `"15s"`, `"500ms"`, `"2m"`, `"1h"` as a `Duration`; the error says what to write.
+pub fn parse_span(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || format!("{text:?} is not a duration: write it like \"15s\", \"500ms\" or \"2m\"");
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    Ok(d)
+}

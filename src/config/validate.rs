@@ -31,7 +31,7 @@ type Rule = fn(&Config) -> Result<(), String>;
 
 /// Checks `config`; the first problem found is the error.
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
-    let checks: [Rule; 5] = [durations, listeners, console, metrics, apps];
+    let checks: [Rule; 6] = [durations, listeners, console, metrics, cluster, apps];
     for check in checks {
         check(config).map_err(|message| ConfigError::Invalid {
             source: config.source.clone(),
@@ -185,6 +185,65 @@ fn console(config: &Config) -> Result<(), String> {
         return Err("[console] has no password and app_login = false: nobody could sign in; set console.password or app_login = true".into());
     }
     Ok(())
+}
+
+/// `[cluster]`: a URL Redis understands, a prefix and node name that fit in a key, a lease
+/// several heartbeats long.
+fn cluster(config: &Config) -> Result<(), String> {
+    let c = &config.cluster;
+    let Some(url) = &c.redis_url else {
+        return Ok(());
+    };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(format!("cluster.redis_url / PUSHBOX_REDIS_URL = {:?}: use redis://[user:password@]host:port[/db] or rediss://… for TLS", redact(url)));
+    }
+    let plain = |v: &str| {
+        !v.is_empty()
+            && v.len() <= 64
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    if !plain(&c.key_prefix) {
+        return Err(format!("cluster.key_prefix / PUSHBOX_CLUSTER_PREFIX = {:?}: use 1-64 letters, digits, '-', '_' or '.'", c.key_prefix));
+    }
+    if let Some(n) = &c.node_name {
+        if !plain(n) {
+            return Err(format!("cluster.node_name / PUSHBOX_NODE_NAME = {n:?}: use 1-64 letters, digits, '-', '_' or '.'"));
+        }
+    }
+    in_range((
+        "cluster.heartbeat",
+        c.heartbeat,
+        Unit::Millis,
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+    ))?;
+    in_range((
+        "cluster.lease",
+        c.lease,
+        Unit::Millis,
+        Duration::from_secs(1),
+        Duration::from_secs(600),
+    ))?;
+    in_range((
+        "cluster.max_lag",
+        c.max_lag,
+        Unit::Millis,
+        SECOND,
+        TIMER_MAX,
+    ))?;
+    if c.lease < c.heartbeat * 3 {
+        return Err(format!("cluster.lease ({:?}) must be at least three heartbeats ({:?} each): one lost heartbeat must not declare a live node dead", c.lease, c.heartbeat));
+    }
+    Ok(())
+}
+
+/// A Redis URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
 }
 
 fn metrics(config: &Config) -> Result<(), String> {

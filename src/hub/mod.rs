@@ -7,9 +7,11 @@
 //! hub knows nothing of transports or HTTP.
 
 mod cache;
+mod link;
 mod outbox;
 
 pub use cache::CACHE_TTL;
+pub use link::{ClusterLink, LinkError, LinkFuture};
 pub use outbox::{CloseRequest, DirectWrite, Flusher, Outbox, Pushed, Wrote};
 
 use std::collections::HashMap;
@@ -126,6 +128,9 @@ pub struct App {
     observer: Arc<dyn HubObserver>,
     /// Writes the fan-out's frames to idle sockets once the publisher yields.
     flusher: Arc<Flusher>,
+    /// The cluster, when `[cluster]` is configured: presence, occupancy and the order of
+    /// deliveries are then decided there (see `link`).
+    cluster: Option<Arc<dyn ClusterLink>>,
 }
 
 /// Occupancy of a channel, for the HTTP API.
@@ -139,6 +144,15 @@ pub struct ChannelInfo {
 
 impl App {
     pub fn new(config: AppConfig, observer: Arc<dyn HubObserver>) -> App {
+        App::with_link(config, observer, None)
+    }
+
+    /// An app that is part of a cluster when `cluster` is given.
+    pub fn with_link(
+        config: AppConfig,
+        observer: Arc<dyn HubObserver>,
+        cluster: Option<Arc<dyn ClusterLink>>,
+    ) -> App {
         App {
             mac_key: crate::protocol::auth::MacKey::new(&config.secret),
             config,
@@ -146,7 +160,13 @@ impl App {
             counters: AppCounters::default(),
             observer,
             flusher: Arc::default(),
+            cluster,
         }
+    }
+
+    /// The cluster this app is part of, if any.
+    pub fn cluster(&self) -> Option<&Arc<dyn ClusterLink>> {
+        self.cluster.as_ref()
     }
 
     fn read(&self) -> RwLockReadGuard<'_, AppState> {
@@ -165,7 +185,11 @@ impl App {
 
     /// Counts a new connection; `false` when the app is at `max_connections`.
     pub fn try_connect(&self) -> bool {
-        let max = self.config.max_connections;
+        let mut max = self.config.max_connections;
+        if let Some(link) = &self.cluster {
+            // The other nodes' share, as of their last heartbeat (a few seconds old at most).
+            max = max.saturating_sub(link.remote_connections(&self.config.id));
+        }
         self.counters
             .connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -208,6 +232,10 @@ impl App {
         channel: &str,
         member: Option<Member>,
     ) -> Result<(), SubscribeError> {
+        if let Some(link) = &self.cluster {
+            link.subscribe(&self.config.id, outbox, channel, member);
+            return Ok(());
+        }
         let kind = ChannelKind::of(channel);
         let mut events = Vec::new();
         {
@@ -311,7 +339,7 @@ impl App {
         let mut events = Vec::new();
         {
             let mut st = self.write();
-            self.unsubscribe_locked(&mut st, outbox.conn_id, channel, &mut events);
+            self.unsubscribe_locked(&mut st, outbox, channel, &mut events);
         }
         self.emit(events);
     }
@@ -319,10 +347,16 @@ impl App {
     fn unsubscribe_locked(
         &self,
         st: &mut AppState,
-        conn_id: u64,
+        outbox: &Outbox,
         channel: &str,
         events: &mut Vec<HubEvent>,
     ) {
+        let conn_id = outbox.conn_id;
+        if let Some(link) = &self.cluster {
+            Self::detach_locked(st, conn_id, channel);
+            link.unsubscribe(&self.config.id, outbox, channel);
+            return;
+        }
         let Some(ch) = st.channels.get_mut(channel) else {
             return;
         };
@@ -369,7 +403,7 @@ impl App {
         {
             let mut st = self.write();
             for c in channels {
-                self.unsubscribe_locked(&mut st, outbox.conn_id, c, &mut events);
+                self.unsubscribe_locked(&mut st, outbox, c, &mut events);
             }
             for w in watchlist {
                 if let Some(v) = st.watchers.get_mut(w) {
@@ -446,6 +480,12 @@ impl App {
         user_id: Option<&str>,
     ) -> usize {
         let frame = Frame::from(message::frame(event, Some(channel), data, user_id));
+        if let Some(link) = &self.cluster {
+            // Through the bus: the others on every node get it in the bus's order.
+            link.client_event(&self.config.id, from, channel, frame);
+            self.emit_client_event(from, channel, event, data, user_id);
+            return 0;
+        }
         let n = {
             let st = self.read();
             let Some(ch) = st.channels.get(channel) else {
@@ -458,6 +498,18 @@ impl App {
                 .filter(|o| o.conn_id != from.conn_id);
             self.send_to(to, &frame)
         };
+        self.emit_client_event(from, channel, event, data, user_id);
+        n
+    }
+
+    fn emit_client_event(
+        &self,
+        from: &Outbox,
+        channel: &str,
+        event: &str,
+        data: Option<&str>,
+        user_id: Option<&str>,
+    ) {
         self.emit(vec![HubEvent::ClientEvent {
             channel: channel.to_owned(),
             event: event.to_owned(),
@@ -465,7 +517,40 @@ impl App {
             socket_id: from.socket_id.to_string(),
             user_id: user_id.map(str::to_owned),
         }]);
-        n
+    }
+
+    /// Cluster: adds `outbox` to `channel`'s local sockets as `user_id`, with no frame and no
+    /// event (the cluster decided those and sent the socket its snapshot). Idempotent.
+    pub fn attach(&self, outbox: &Arc<Outbox>, channel: &str, user_id: Option<String>) {
+        let mut st = self.write();
+        let ch = st.channels.entry(channel.to_owned()).or_default();
+        ch.subscribers.insert(
+            outbox.conn_id,
+            Subscriber {
+                outbox: outbox.clone(),
+                user_id,
+            },
+        );
+    }
+
+    /// Cluster: removes connection `conn_id` from `channel`'s local sockets, with no event.
+    pub fn detach(&self, conn_id: u64, channel: &str) {
+        Self::detach_locked(&mut self.write(), conn_id, channel);
+    }
+
+    fn detach_locked(st: &mut AppState, conn_id: u64, channel: &str) {
+        if let Some(ch) = st.channels.get_mut(channel) {
+            ch.subscribers.swap_remove(&conn_id);
+            if ch.subscribers.is_empty() {
+                st.channels.remove(channel);
+            }
+        }
+    }
+
+    /// Cluster: queues `frame` for one outbox, through the flusher like every hub frame (so
+    /// it stays in order with the fan-out that follows).
+    pub fn deliver_to(&self, outbox: &Arc<Outbox>, frame: Frame) {
+        self.send(outbox, frame);
     }
 
     /// Registers a signed-in connection and its watchlist; sends the watchlist's online subset to
@@ -608,9 +693,18 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(apps: Vec<AppConfig>, observer: Arc<dyn HubObserver>) -> Hub {
+        Hub::with_link(apps, observer, None)
+    }
+
+    /// A hub whose apps are part of the cluster `link`, when given.
+    pub fn with_link(
+        apps: Vec<AppConfig>,
+        observer: Arc<dyn HubObserver>,
+        link: Option<Arc<dyn ClusterLink>>,
+    ) -> Hub {
         let apps: Vec<Arc<App>> = apps
             .into_iter()
-            .map(|a| Arc::new(App::new(a, observer.clone())))
+            .map(|a| Arc::new(App::with_link(a, observer.clone(), link.clone())))
             .collect();
         let by_id = apps
             .iter()

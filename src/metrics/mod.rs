@@ -231,6 +231,20 @@ pub struct SpoolSnapshot {
     pub conditions: Vec<(&'static str, Condition)>,
 }
 
+/// What the cluster reports (plugged in with [`Metrics::set_cluster`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClusterSnapshot {
+    /// Redis answered this node's last request.
+    pub redis_up: bool,
+    /// How far behind the bus this node's delivery is.
+    pub lag_seconds: f64,
+    /// Bus entries read and not yet delivered.
+    pub lag_entries: u64,
+    /// Nodes holding a lease.
+    pub nodes: u64,
+}
+
+type ClusterProvider = Box<dyn Fn() -> ClusterSnapshot + Send + Sync>;
 type WebhookProvider = Box<dyn Fn() -> WebhookSnapshot + Send + Sync>;
 type SpoolProvider = Box<dyn Fn() -> SpoolSnapshot + Send + Sync>;
 
@@ -251,6 +265,7 @@ pub struct Metrics {
     refusals: Refusals,
     webhooks: OnceLock<WebhookProvider>,
     spool: OnceLock<SpoolProvider>,
+    cluster: OnceLock<ClusterProvider>,
     started: Instant,
     config: MetricsConfig,
     allow: Vec<Cidr>,
@@ -284,6 +299,7 @@ impl Metrics {
             refusals: Refusals::default(),
             webhooks: OnceLock::new(),
             spool: OnceLock::new(),
+            cluster: OnceLock::new(),
             started: Instant::now(),
             // Validated by `config`: a bad entry cannot get here, but skip rather than panic.
             allow: config
@@ -383,6 +399,11 @@ impl Metrics {
     }
 
     /// Plugs in the spool's numbers (first call wins).
+    /// Plugs in the cluster's status (`[cluster]` only).
+    pub fn set_cluster(&self, provider: impl Fn() -> ClusterSnapshot + Send + Sync + 'static) {
+        let _ = self.cluster.set(Box::new(provider));
+    }
+
     pub fn set_spool(&self, provider: impl Fn() -> SpoolSnapshot + Send + Sync + 'static) {
         let _ = self.spool.set(Box::new(provider));
     }
@@ -617,6 +638,35 @@ impl Metrics {
             let _ = writeln!(w, "pushbox_refusals_total{{reason=\"{}\"}} {n}", r.label());
         }
 
+        if let Some(c) = self.cluster.get().map(|p| p()) {
+            let series: [(&str, &str, String); 4] = [
+                (
+                    "pushbox_cluster_redis_up",
+                    "1 while Redis answers this node, 0 when it is lost.",
+                    u8::from(c.redis_up).to_string(),
+                ),
+                (
+                    "pushbox_cluster_bus_lag_seconds",
+                    "How far behind the cluster's bus this node delivers.",
+                    format!("{:.3}", c.lag_seconds),
+                ),
+                (
+                    "pushbox_cluster_bus_lag_entries",
+                    "Bus entries read and not yet delivered by this node.",
+                    c.lag_entries.to_string(),
+                ),
+                (
+                    "pushbox_cluster_nodes",
+                    "Nodes holding a lease in the cluster.",
+                    c.nodes.to_string(),
+                ),
+            ];
+            for (name, help, v) in series {
+                header(w, name, "gauge", help);
+                let _ = writeln!(w, "{name} {v}");
+            }
+        }
+
         if let Some(s) = self.webhooks() {
             let gauge = |w: &mut String, name: &str, kind: &str, help: &str, v: u64| {
                 header(w, name, kind, help);
@@ -776,6 +826,7 @@ mod tests {
                 token: Some("s3cret".into()),
                 allow: vec!["127.0.0.0/8".into()],
             },
+            cluster: Default::default(),
             apps: vec![AppConfig::with_defaults("1", "k", "s")],
             source: "test".into(),
         }

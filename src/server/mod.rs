@@ -26,7 +26,7 @@ use crate::api::{Api, EventLog};
 use crate::config::Config;
 use crate::console::Console;
 use crate::context::Shared;
-use crate::hub::{Hub, HubObserver};
+use crate::hub::{ClusterLink, Hub, HubObserver};
 use crate::metrics::Metrics;
 use crate::transport::fallback::{self, Registry};
 
@@ -48,6 +48,8 @@ pub struct State {
     pub console: Option<Console>,
     /// The open HTTP connections (deadlines, the open-files reserve).
     conns: Arc<conns::Conns>,
+    /// The cluster this box is part of (`[cluster]`), for `/up`.
+    pub cluster: Option<Arc<dyn ClusterLink>>,
 }
 
 impl State {
@@ -69,8 +71,33 @@ impl State {
         log: Option<Arc<dyn EventLog>>,
         fallback: fallback::Options,
     ) -> (Arc<State>, ShutdownHandle) {
+        State::build(config, observer, log, fallback, None)
+    }
+
+    /// As [`State::new`], for a box that is part of the cluster `link`.
+    pub fn clustered(
+        config: Config,
+        observer: Arc<dyn HubObserver>,
+        log: Option<Arc<dyn EventLog>>,
+        link: Arc<dyn ClusterLink>,
+    ) -> (Arc<State>, ShutdownHandle) {
+        let options = fallback::Options::from_config(&config);
+        State::build(config, observer, log, options, Some(link))
+    }
+
+    fn build(
+        config: Config,
+        observer: Arc<dyn HubObserver>,
+        log: Option<Arc<dyn EventLog>>,
+        fallback: fallback::Options,
+        cluster: Option<Arc<dyn ClusterLink>>,
+    ) -> (Arc<State>, ShutdownHandle) {
         let handle = ShutdownHandle::new();
-        let hub = Arc::new(Hub::new(config.apps.clone(), observer));
+        let hub = Arc::new(Hub::with_link(
+            config.apps.clone(),
+            observer,
+            cluster.clone(),
+        ));
         let console = Console::new(&config);
         let mut api = Api::new(hub.clone(), log);
         // The console shows what the API accepted: a lossy tap, never a brake on publishing.
@@ -91,6 +118,7 @@ impl State {
             api,
             fallback,
             console,
+            cluster,
         };
         (Arc::new(state), handle)
     }

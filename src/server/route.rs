@@ -64,6 +64,12 @@ pub(super) async fn route(
 /// is full, which clears by itself; 503 with the reason while it cannot write at all (its
 /// directory removed, an I/O error), which needs an operator.
 fn up(state: &State) -> Response<Body> {
+    if let Some(Err(why)) = state.cluster.as_ref().map(|c| c.health()) {
+        return json(
+            503,
+            serde_json::json!({ "status": "error", "cluster": why }).to_string(),
+        );
+    }
     match state.api.log_status() {
         LogStatus::Ok => json(200, "{\"status\":\"ok\"}".into()),
         LogStatus::Full(why) => json(

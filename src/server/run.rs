@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use super::{bind, bind_addr, serve, serve_tls, tls::Tls, ShutdownHandle, State};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::eventlog::EventLog;
 use crate::sys::activation::ActivatedListener;
@@ -104,11 +105,24 @@ async fn serve_until_stopped(cfg: Config, activated: Vec<ActivatedListener>) -> 
     let _retention = eventlog.spawn_retention(Duration::from_secs(60));
     let _watch = eventlog.spawn_watch();
     let apps: Vec<String> = cfg.apps.iter().map(|a| a.id.clone()).collect();
-    let (state, handle) = State::new(
-        cfg,
-        webhooks.clone(),
-        Some(eventlog.clone() as Arc<dyn crate::api::EventLog>),
-    );
+    let log = Some(eventlog.clone() as Arc<dyn crate::api::EventLog>);
+    // One branch: without `[cluster] redis_url` nothing of the cluster is built.
+    let cluster = match cfg.cluster.enabled() {
+        true => match Cluster::new(&cfg, webhooks.clone()) {
+            Ok(c) => Some(c),
+            Err(e) => return fail(e),
+        },
+        false => None,
+    };
+    let (state, handle) = match &cluster {
+        Some(c) => State::clustered(cfg, webhooks.clone(), log, c.clone()),
+        None => State::new(cfg, webhooks.clone(), log),
+    };
+    if let Some(c) = &cluster {
+        c.start(&state.hub, eventlog.spool().clone());
+        let status = c.clone();
+        state.metrics.set_cluster(move || status.snapshot());
+    }
     report_stores(&state, &eventlog, &webhooks);
     let (plain_addr, tls_addr) = (listeners.plain_addr(), listeners.tls_addr());
     let tls = listeners.tls.clone();
@@ -123,6 +137,10 @@ async fn serve_until_stopped(cfg: Config, activated: Vec<ActivatedListener>) -> 
     tracing::info!("shutting down: telling clients to reconnect (4200)");
     let _ = notifier.stopping();
     stop(handle, servers).await;
+    if let Some(c) = &cluster {
+        // This node's members leave now, not when its lease ends.
+        c.shutdown(&state.hub).await;
+    }
     // Closing sockets' channel_vacated / member_removed went into the queue before it closes.
     webhooks.shutdown().await;
     drop(state);

@@ -42,6 +42,7 @@ pub fn config(configure: impl FnOnce(&mut Config)) -> Config {
         webhooks: Default::default(),
         console: None,
         metrics: Default::default(),
+        cluster: Default::default(),
         server: ServerConfig {
             host: "127.0.0.1".into(),
             port: 0,

@@ -1,0 +1,255 @@
+//! The bus: one Redis Stream per app (`{base}bus`) that every node, the origin too, delivers
+//! from in stream order. Entries carry fields, not frames; each node builds the frame with the
+//! code a single box uses, so clients cannot tell a cluster from one box.
+//!
+//! | `k` | entry | fields |
+//! | --- | --- | --- |
+//! | `e` | an event the HTTP API accepted | `o` origin, `q` its event-log seq, `x` except socket, `n` name, `d` data, `cs` channels (JSON array) |
+//! | `f` | a client event | `c` channel, `x` the sender's socket, `f` the frame |
+//! | `ma` | a user's first connection anywhere joined | `c`, `u` user id, `i` user_info (JSON or empty), `x` the joining socket |
+//! | `mr` | a user's last connection anywhere left | `c`, `u` |
+//! | `sc` | a channel's subscription count changed | `c`, `n` |
+//! | `t` | terminate a user's connections | `u` |
+
+use std::collections::HashMap;
+use std::fmt;
+
+use redis::Value;
+
+use super::conn::{items, text};
+
+/// A stream entry id, `ms-seq`, ordered as Redis orders them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl StreamId {
+    pub const ZERO: StreamId = StreamId { ms: 0, seq: 0 };
+
+    pub fn parse(s: &str) -> Option<StreamId> {
+        let (ms, seq) = s.split_once('-')?;
+        Some(StreamId {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// What a bus entry says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Event {
+        origin: String,
+        q: u64,
+        except: Option<String>,
+        name: String,
+        data: String,
+        channels: Vec<String>,
+    },
+    Client {
+        channel: String,
+        except: String,
+        frame: String,
+    },
+    MemberAdded {
+        channel: String,
+        user: String,
+        info: Option<String>,
+        except: String,
+    },
+    MemberRemoved {
+        channel: String,
+        user: String,
+    },
+    Count {
+        channel: String,
+        n: usize,
+    },
+    Terminate {
+        user: String,
+    },
+    /// A kind this version does not know (a newer node wrote it): skipped.
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub id: StreamId,
+    pub kind: Kind,
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty())
+}
+
+impl Entry {
+    /// An entry from its id and field map; `None` when the id or a required field is missing.
+    pub fn from_fields(id: &str, f: &HashMap<String, String>) -> Option<Entry> {
+        let id = StreamId::parse(id)?;
+        let get = |k: &str| f.get(k).cloned();
+        let kind = match f.get("k").map(String::as_str) {
+            Some("e") => Kind::Event {
+                origin: get("o")?,
+                q: get("q")?.parse().ok()?,
+                except: non_empty(get("x")),
+                name: get("n")?,
+                data: get("d")?,
+                channels: serde_json::from_str(&get("cs")?).ok()?,
+            },
+            Some("f") => Kind::Client {
+                channel: get("c")?,
+                except: get("x")?,
+                frame: get("f")?,
+            },
+            Some("ma") => Kind::MemberAdded {
+                channel: get("c")?,
+                user: get("u")?,
+                info: non_empty(get("i")),
+                except: get("x").unwrap_or_default(),
+            },
+            Some("mr") => Kind::MemberRemoved {
+                channel: get("c")?,
+                user: get("u")?,
+            },
+            Some("sc") => Kind::Count {
+                channel: get("c")?,
+                n: get("n")?.parse().ok()?,
+            },
+            Some("t") => Kind::Terminate { user: get("u")? },
+            _ => Kind::Unknown,
+        };
+        Some(Entry { id, kind })
+    }
+}
+
+/// The entries of an `XREAD`/`XRANGE`-style answer: `[[key, [[id, [f, v, …]], …]]]` for XREAD
+/// (`nested`), `[[id, [f, v, …]], …]` otherwise. Malformed entries are skipped with a warning.
+pub fn parse_entries(v: &Value, nested: bool) -> Vec<(StreamId, HashMap<String, String>)> {
+    let list: Vec<&Value> = if nested {
+        items(v)
+            .iter()
+            .flat_map(|stream| items(stream).get(1).map(items).unwrap_or(&[]))
+            .collect()
+    } else {
+        items(v).iter().collect()
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for e in list {
+        let parts = items(e);
+        let (Some(id), Some(fields)) = (parts.first().and_then(text), parts.get(1)) else {
+            continue;
+        };
+        let Some(id) = StreamId::parse(&id) else {
+            continue;
+        };
+        let map: HashMap<String, String> = items(fields)
+            .chunks(2)
+            .filter_map(|kv| match kv {
+                [k, v] => Some((text(k)?, text(v)?)),
+                _ => None,
+            })
+            .collect();
+        out.push((id, map));
+    }
+    out
+}
+
+/// Bus entries of an `XREAD` answer; unreadable ones become [`Kind::Unknown`] so the cursor
+/// still moves past them.
+pub fn entries(v: &Value) -> Vec<Entry> {
+    parse_entries(v, true)
+        .into_iter()
+        .map(|(id, f)| {
+            Entry::from_fields(&id.to_string(), &f).unwrap_or_else(|| {
+                tracing::warn!(%id, "cluster: skipping an unreadable bus entry");
+                Entry {
+                    id,
+                    kind: Kind::Unknown,
+                }
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn ids_order_like_redis() {
+        let a = StreamId::parse("5-1").unwrap();
+        let b = StreamId::parse("5-2").unwrap();
+        let c = StreamId::parse("10-0").unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(c.to_string(), "10-0");
+        assert_eq!(StreamId::parse("x"), None);
+    }
+
+    #[test]
+    fn an_xread_answer_becomes_entries() {
+        let fields = |kv: &[&str]| Value::Array(kv.iter().map(|s| bulk(s)).collect());
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("pb:v1:{1}:bus"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    bulk("7-0"),
+                    fields(&[
+                        "k",
+                        "e",
+                        "o",
+                        "n1",
+                        "q",
+                        "3",
+                        "x",
+                        "",
+                        "n",
+                        "ev",
+                        "d",
+                        "{}",
+                        "cs",
+                        "[\"a\",\"b\"]",
+                    ]),
+                ]),
+                Value::Array(vec![
+                    bulk("7-1"),
+                    fields(&["k", "mr", "c", "presence-a", "u", "u|1"]),
+                ]),
+                Value::Array(vec![bulk("8-0"), fields(&["k", "zz"])]),
+            ]),
+        ])]);
+        let e = entries(&reply);
+        assert_eq!(e.len(), 3);
+        assert_eq!(
+            e[0].kind,
+            Kind::Event {
+                origin: "n1".into(),
+                q: 3,
+                except: None,
+                name: "ev".into(),
+                data: "{}".into(),
+                channels: vec!["a".into(), "b".into()],
+            }
+        );
+        assert_eq!(
+            e[1].kind,
+            Kind::MemberRemoved {
+                channel: "presence-a".into(),
+                user: "u|1".into()
+            }
+        );
+        assert_eq!(e[2].kind, Kind::Unknown);
+        assert_eq!(e[2].id, StreamId { ms: 8, seq: 0 });
+    }
+}

@@ -1,0 +1,270 @@
+//! The deliverer of one app: the only task that hands bus entries to this node's sockets, so
+//! every node delivers in the bus's order.
+//!
+//! * **Dedupe.** An API event is skipped when its origin already delivered a seq at or above
+//!   its own (a forward repeated after Redis lost data), or when this node delivered it itself
+//!   while Redis was unreachable (degraded mode: [`Msg::Local`]).
+//! * **Joining sockets, no hole and no overlap.** The subscribe script returns the bus id its
+//!   snapshot is consistent with (the gate). A socket is attached only once the deliverer has
+//!   passed the gate: its first frames (the snapshot) go out, then the entries after the gate
+//!   that were already delivered to the others are replayed to it from a ring of recent
+//!   entries, then it takes the live ones. A gate older than the ring (the node was far
+//!   behind) closes the socket with 4200 so the client subscribes again.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::bus::{Entry, Kind, StreamId};
+use super::status::Status;
+use crate::hub::{App, Outbox};
+use crate::protocol::{message, CloseCode, Frame};
+
+/// Recent entries kept for sockets whose gate the deliverer has already passed. A subscribe
+/// answers in well under a millisecond; 4,096 entries is seconds of a busy bus.
+pub const RING: usize = 4096;
+
+/// Own events delivered locally while Redis was unreachable, remembered until they come
+/// back from the bus. Past this, the oldest are forgotten (and would be delivered twice).
+pub const LOCAL_MAX: usize = 1_000_000;
+
+/// A socket to attach once the deliverer reaches `gate`.
+pub struct Activation {
+    pub outbox: Arc<Outbox>,
+    pub channel: String,
+    pub user_id: Option<String>,
+    pub gate: StreamId,
+    /// `subscription_succeeded` (and the cached event of a cache channel).
+    pub first: Vec<Frame>,
+}
+
+pub enum Msg {
+    /// Where the reader starts: every entry up to here is history.
+    Start(StreamId),
+    Entries(Vec<Entry>),
+    Activate(Activation),
+    /// The socket left the channel (after the unsubscribe script ran).
+    Detach {
+        conn_id: u64,
+        channel: String,
+    },
+    /// Degraded mode: an event of this node's, delivered here before it reached the bus.
+    Local {
+        q: u64,
+        kind: Kind,
+    },
+}
+
+pub struct Deliverer {
+    pub app: Arc<App>,
+    /// This node's origin name on the bus.
+    pub origin: String,
+    pub status: Arc<Status>,
+    pub index: usize,
+    cursor: StreamId,
+    /// Delivered entries, newest last; entries at or below `floor` are gone from it.
+    ring: VecDeque<Arc<Entry>>,
+    floor: StreamId,
+    seen: HashMap<String, u64>,
+    local: BTreeSet<u64>,
+    pending: Vec<Activation>,
+}
+
+impl Deliverer {
+    pub fn new(app: Arc<App>, origin: String, status: Arc<Status>, index: usize) -> Deliverer {
+        Deliverer {
+            app,
+            origin,
+            status,
+            index,
+            cursor: StreamId::ZERO,
+            ring: VecDeque::new(),
+            floor: StreamId::ZERO,
+            seen: HashMap::new(),
+            local: BTreeSet::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        while let Some(msg) = rx.recv().await {
+            self.handle(msg);
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Start(id) => {
+                if id > self.cursor {
+                    self.cursor = id;
+                    // Nothing before the start is in the ring.
+                    self.floor = id;
+                }
+                self.activate_due();
+            }
+            Msg::Entries(entries) => {
+                let n = entries.len() as i64;
+                for e in entries {
+                    self.entry(e);
+                }
+                self.status.readers[self.index].queued.fetch_sub(n, Relaxed);
+            }
+            Msg::Activate(a) => {
+                self.pending.push(a);
+                self.activate_due();
+            }
+            Msg::Detach { conn_id, channel } => {
+                self.pending
+                    .retain(|a| !(a.outbox.conn_id == conn_id && a.channel == channel));
+                self.app.detach(conn_id, &channel);
+            }
+            Msg::Local { q, kind } => {
+                if self.seen.get(&self.origin).is_some_and(|s| *s >= q) {
+                    // Its forward did reach the bus (only the answer was lost): delivered.
+                    return;
+                }
+                if self.local.len() >= LOCAL_MAX {
+                    self.local.pop_first();
+                }
+                self.local.insert(q);
+                let e = Entry {
+                    id: self.cursor,
+                    kind,
+                };
+                self.fan_out(&e);
+            }
+        }
+    }
+
+    fn entry(&mut self, e: Entry) {
+        if e.id <= self.cursor {
+            return;
+        }
+        self.cursor = e.id;
+        if self.fresh(&e.kind) {
+            self.fan_out(&e);
+            if self.ring.len() >= RING {
+                if let Some(old) = self.ring.pop_front() {
+                    self.floor = old.id;
+                }
+            }
+            self.ring.push_back(Arc::new(e));
+        }
+        self.activate_due();
+    }
+
+    /// Whether an entry is delivered at all (see the module doc, dedupe).
+    fn fresh(&mut self, kind: &Kind) -> bool {
+        let Kind::Event { origin, q, .. } = kind else {
+            return true;
+        };
+        let seen = self.seen.entry(origin.clone()).or_insert(0);
+        if *q <= *seen {
+            return false;
+        }
+        *seen = *q;
+        !(origin == &self.origin && self.local.remove(q))
+    }
+
+    fn fan_out(&self, e: &Entry) {
+        if let Kind::Terminate { user } = &e.kind {
+            self.app.terminate_user(user);
+            return;
+        }
+        for (channel, frame, except) in frames(&e.kind) {
+            self.app.publish(&channel, &frame, except);
+        }
+    }
+
+    fn activate_due(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let cursor = self.cursor;
+        let (due, wait): (Vec<Activation>, Vec<Activation>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|a| a.gate <= cursor);
+        self.pending = wait;
+        for a in due {
+            self.activate(a);
+        }
+    }
+
+    fn activate(&self, a: Activation) {
+        if a.outbox.is_closing() {
+            return;
+        }
+        if a.gate < self.floor {
+            // The entries between its snapshot and now are no longer here: start over.
+            a.outbox.close(
+                CloseCode::ReconnectNow.code(),
+                "This node fell behind the cluster: reconnect",
+                false,
+            );
+            return;
+        }
+        for f in a.first {
+            self.app.deliver_to(&a.outbox, f);
+        }
+        let sid = a.outbox.socket_id.as_str();
+        for e in self.ring.iter().filter(|e| e.id > a.gate) {
+            for (channel, frame, except) in frames(&e.kind) {
+                if channel == a.channel && except != Some(sid) {
+                    self.app.deliver_to(&a.outbox, frame);
+                }
+            }
+        }
+        self.app.attach(&a.outbox, &a.channel, a.user_id);
+    }
+}
+
+/// The frames an entry sends: (channel, frame, socket id to skip).
+fn frames(kind: &Kind) -> Vec<(String, Frame, Option<&str>)> {
+    match kind {
+        Kind::Event {
+            except,
+            name,
+            data,
+            channels,
+            ..
+        } => channels
+            .iter()
+            .map(|c| {
+                let f = Frame::from(message::frame(name, Some(c), Some(data), None));
+                (c.clone(), f, except.as_deref())
+            })
+            .collect(),
+        Kind::Client {
+            channel,
+            except,
+            frame,
+        } => vec![(
+            channel.clone(),
+            Frame::from(frame.clone()),
+            Some(except.as_str()),
+        )],
+        Kind::MemberAdded {
+            channel,
+            user,
+            info,
+            except,
+        } => vec![(
+            channel.clone(),
+            Frame::from(message::member_added(channel, user, info.as_deref())),
+            Some(except.as_str()),
+        )],
+        Kind::MemberRemoved { channel, user } => vec![(
+            channel.clone(),
+            Frame::from(message::member_removed(channel, user)),
+            None,
+        )],
+        Kind::Count { channel, n } => vec![(
+            channel.clone(),
+            Frame::from(message::subscription_count(channel, *n)),
+            None,
+        )],
+        Kind::Terminate { .. } | Kind::Unknown => Vec::new(),
+    }
+}
