@@ -8,7 +8,7 @@
 // PRESENCE_STEPS, LEASE_SECS, HEARTBEAT_SECS, SINGLE (one node without [cluster]), NODE_LOG.
 import { Checks, within } from './lib/check.mjs';
 import { Engine, makeNodes, DRIVER_IP, SINGLE, LEASE_SECS, HEARTBEAT_SECS } from './lib/procs.mjs';
-import { Receiver } from './lib/webhooks.mjs';
+import { Receiver, alternation } from './lib/webhooks.mjs';
 import { World, Fleet, APP, sdkFor, sleep } from './lib/world.mjs';
 import { startAuthServer } from '../clients/lib/helpers.mjs';
 import { presence } from './cases/presence.mjs';
@@ -59,6 +59,7 @@ async function main() {
     await sdkFor(nodes.a).trigger('smoke', 'e', { n: 1 });
     smoke.ok(await within(5000, () => s.got('smoke', 'e').length === 1), 'an event published on A reaches a client on C');
     await fleet0.closeAll();
+    await settle(receiver, world, true);
     results.push({ id: 'smoke', title: 'cluster is up: A → C', c: smoke, ms: 0 });
     if (!smoke.green) throw new Error('smoke failed: the nodes do not share events; later cases would only repeat it');
 
@@ -75,6 +76,7 @@ async function main() {
         c.fail(`threw: ${e.stack || e}`);
       }
       await fleet.closeAll();
+      await settle(receiver, world, ctx.hooksResetAt === null);
       results.push({ id, title, c, ms: Date.now() - t0 });
       printCase(results[results.length - 1]);
       if (!c.green) dumpLogs(nodes, engine);
@@ -101,6 +103,23 @@ async function main() {
     await receiver.close();
     await auth.close();
   }
+}
+
+/**
+ * Wait (bounded) until the last lifecycle webhook of every channel and member equals the truth,
+ * so the delayed vacated/removed of one case (3 s) never land in the next case's window.
+ */
+async function settle(receiver, world, knownStart) {
+  const done = () => {
+    const { last } = alternation(receiver.events, knownStart, () => true);
+    for (const [key, up] of last) {
+      const [kind, chan, user] = key.split('|');
+      if ((kind === 'c' ? world.occupied(chan) : world.count(chan, user) > 0) !== up) return false;
+    }
+    return true;
+  };
+  await within(10000, done, 100);
+  await sleep(300);
 }
 
 function printCase(r) {
