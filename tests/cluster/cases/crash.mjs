@@ -37,6 +37,7 @@ export async function crash(ctx, c) {
   const logA = obsA.memberLog.get(CHAN).length;
   const logB = obsB.memberLog.get(CHAN).length;
 
+  c.equal(await nodes.a.metric('pushbox_cluster_nodes'), 3, 'pushbox_cluster_nodes on A before the kill');
   const killedAt = Date.now();
   await nodes.c.kill9();
   for (const s of onC) s.abandon();
@@ -69,8 +70,13 @@ export async function crash(ctx, c) {
   c.ok(others.length === 0, 'no other webhook after the kill', JSON.stringify(others));
   await httpAgrees({ ...ctx, nodes: { list: [nodes.a, nodes.b] } }, CHAN, c, 'after the reap (A, B)');
 
+  c.ok(await within(5000, async () => (await nodes.a.metric('pushbox_cluster_nodes')) === 2),
+    'pushbox_cluster_nodes on A after the reap', `${await nodes.a.metric('pushbox_cluster_nodes')}`);
+
   // C comes back as a new incarnation on the same state directory.
   await nodes.c.start();
   await sleep(1000);
+  c.ok(await within(5000, async () => (await nodes.b.metric('pushbox_cluster_nodes')) === 3),
+    'pushbox_cluster_nodes on B after C restarted', `${await nodes.b.metric('pushbox_cluster_nodes')}`);
   await httpAgrees(ctx, CHAN, c, 'after C restarted');
 }

@@ -49,7 +49,7 @@ export async function presence(ctx, c) {
   const { fleet, nodes, world } = ctx;
   const rand = rng(ctx.seed);
   const pick = (arr) => arr[Math.floor(rand() * arr.length)];
-  const steps = Number(process.env.PRESENCE_STEPS || 20);
+  const steps = Number(process.env.PRESENCE_STEPS || 30);
   const nodeList = [nodes.a, nodes.b, nodes.c];
   const live = new Map(USERS.map((u) => [u, []])); // user -> [Sock subscribed]
 
@@ -117,8 +117,38 @@ export async function presence(ctx, c) {
     if (!(await httpAgrees(ctx, CHAN, c, `step ${step}`))) httpBad++;
     if (c.failures.length > 12) { c.note(`stopped after step ${step}: too many failures`); break; }
   }
+  await simultaneous(ctx, c, allLive());
   for (const s of fleet.all) for (const v of s.violations) c.fail(`replay: ${v}`);
   c.note(`${steps} steps, seed ${ctx.seed}; HTTP disagreed in ${httpBad} step(s)`);
+}
+
+/**
+ * The race a per-node lock loses: one user's first sockets join on A, B and C at the same moment
+ * (then all leave at the same moment), 5 rounds. Every observer must see one member_added and one
+ * member_removed per round, and the webhooks one member_added and one member_removed per round.
+ */
+async function simultaneous(ctx, c, observers) {
+  const { fleet, nodes, receiver } = ctx;
+  const rounds = 5;
+  const mark = receiver.mark();
+  const logMark = new Map(observers.map((s) => [s, s.memberLog.get(CHAN).length]));
+  for (let r = 0; r < rounds; r++) {
+    const socks = await Promise.all([nodes.a, nodes.b, nodes.c].map((n) => fleet.open(n, { user: 'racer' })));
+    await Promise.all(socks.map((s) => s.subscribe(CHAN)));
+    await within(5000, () => observers.every((o) => o.members.get(CHAN)?.has('racer')));
+    for (const s of socks) s.disconnect();
+    await within(5000, () => observers.every((o) => !o.members.get(CHAN)?.has('racer')));
+    await sleep(3500); // past the webhook delay, so each round's leave is a real one
+  }
+  await sleep(500);
+  for (const o of observers) {
+    const got = o.memberLog.get(CHAN).slice(logMark.get(o)).filter((e) => e.user === 'racer').map((e) => e.type);
+    const want = Array.from({ length: rounds }, () => ['added', 'removed']).flat();
+    c.equal(got, want, `simultaneous joins and leaves of one user on A, B, C: events seen by ${o.label}`);
+  }
+  const hooks = receiver.since(mark, (e) => e.user_id === 'racer').map((e) => e.name);
+  c.equal(hooks, Array.from({ length: rounds }, () => ['member_added', 'member_removed']).flat(),
+    'simultaneous joins and leaves of one user on A, B, C: webhooks');
 }
 
 function describeViews(ctx, socks) {

@@ -73,6 +73,9 @@ export class Engine {
 
   async start({ aof = this.aof } = {}) {
     this.aof = aof;
+    // Someone else on our address would answer in our place (a leftover of an earlier run).
+    const stale = await this.cli(['PING'], 1000);
+    if (stale.ok) throw new Error(`something already answers on ${REDIS_IP}:${REDIS_PORT}; stop it first`);
     // The settings the cluster needs (README): AOF everysec, never evict.
     const args = [
       '--port', String(REDIS_PORT), '--bind', REDIS_IP, '--protected-mode', 'no',
@@ -85,7 +88,11 @@ export class Engine {
     while (Date.now() < deadline) {
       if (this.child.exitCode !== null) throw new Error(`${this.kind} exited at start: ${this.logTail()}`);
       const r = await this.cli(['PING'], 1000);
-      if (r.ok && r.reply === 'PONG') return;
+      if (r.ok && r.reply === 'PONG') {
+        const pid = Number((await this.info('server')).process_id);
+        if (pid !== this.child.pid) throw new Error(`${REDIS_IP}:${REDIS_PORT} is answered by pid ${pid}, not by the ${this.kind} just started (${this.child.pid})`);
+        return;
+      }
       await sleep(100);
     }
     throw new Error(`${this.kind} did not answer PING within 10 s: ${this.logTail()}`);
