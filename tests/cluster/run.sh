@@ -99,6 +99,7 @@ teardown() {
 }
 cleanup() {
   teardown
+  if [ -n "${NF_WAS:-}" ] && [ "$NF_WAS" != none ]; then sysctl -qw net.bridge.bridge-nf-call-iptables="$NF_WAS"; fi
   if [ -n "${KEEP:-}" ]; then echo "kept $WORK (logs, configs, state)"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -120,8 +121,10 @@ build_topology() {
     ip -n "pbt-$n" link set lo up || return 1
     i=$((i + 1))
   done
-  # Bridged traffic must not go through the host's iptables (br_netfilter may be loaded).
-  sysctl -qw net.bridge.bridge-nf-call-iptables=0 2>/dev/null || true
+  # Bridged traffic must not go through the host's iptables (br_netfilter may be loaded, and a
+  # FORWARD policy of DROP would then cut the nodes off); the old value comes back on exit.
+  if [ -z "${NF_WAS:-}" ]; then NF_WAS="$(sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null || echo none)"; fi
+  [ "$NF_WAS" = none ] || sysctl -qw net.bridge.bridge-nf-call-iptables=0
 }
 
 rc=0
