@@ -4,6 +4,7 @@
 //!
 //! `redis-server` must be installed (`scripts/setup.sh` does it: `apt-get install -y
 //! redis-server`); without it these tests fail and say so, they never pass silently.
+//! `PUSHBOX_TEST_REDIS_SERVER=/path/to/valkey-server` runs the same tests on Valkey.
 
 mod common;
 
@@ -24,7 +25,7 @@ use common::{
 struct Redis {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Redis {
@@ -38,30 +39,48 @@ impl Redis {
     fn start() -> Redis {
         let dir = tempfile::tempdir().expect("a temp dir");
         let port = free_port();
-        let child = Command::new("redis-server")
+        let child = Redis::spawn(dir.path(), port);
+        let r = Redis { child, port, dir };
+        r.wait_ready();
+        r
+    }
+
+    /// `kill -9` (what comes back on [`revive`](Self::revive) is empty: no persistence).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A new, empty redis-server on the same port.
+    fn revive(&mut self) {
+        self.child = Redis::spawn(self.dir.path(), self.port);
+        self.wait_ready();
+    }
+
+    fn spawn(dir: &std::path::Path, port: u16) -> Child {
+        let bin =
+            std::env::var("PUSHBOX_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        Command::new(&bin)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}): the cluster tests need it; run scripts/setup.sh (it runs `apt-get install -y redis-server`)")
-            });
-        let r = Redis {
-            child,
-            port,
-            _dir: dir,
-        };
+                panic!("cannot start {bin} ({e}): the cluster tests need it; run scripts/setup.sh (it runs `apt-get install -y redis-server`)")
+            })
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !r.ping() {
+        while !self.ping() {
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not answer PING within 10 s"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        r
     }
 
     fn ping(&self) -> bool {
@@ -80,7 +99,7 @@ impl Redis {
 /// A pushbox node of the test cluster.
 struct Node {
     served: Served,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Node {
@@ -103,7 +122,7 @@ fn start_node(redis: &Redis, name: &str, app_more: &str) -> Node {
     // Up means: the event log is open and Redis answered (`/up` is 503 until then).
     let served =
         tokio::task::block_in_place(|| Served::start_logged(&mut cmd, port, Ready::Up, log));
-    Node { served, _dir: dir }
+    Node { served, dir }
 }
 
 fn nodes(redis: &Redis, names: &[&str], app_more: &str) -> Vec<Node> {
@@ -348,6 +367,27 @@ async fn api_reads_agree_on_every_node() {
     );
     assert_eq!(answers[0], answers[1]);
     assert_eq!(answers[0], answers[2]);
+    // The node count comes with each heartbeat (every second here).
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let metrics = loop {
+        let (st, metrics) = common::http(n[1].addr(), "GET", "/metrics", b"").await;
+        assert_eq!(st, 200);
+        if metrics.lines().any(|l| l == "pushbox_cluster_nodes 3") || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for line in [
+        "pushbox_cluster_redis_up 1",
+        "pushbox_cluster_nodes 3",
+        "pushbox_cluster_bus_lag_entries 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("pushbox_cluster_bus_lag_seconds 0.000"),
+        "{metrics}"
+    );
     let (_, v) = api(
         n[2].addr(),
         "GET",
@@ -617,4 +657,500 @@ async fn webhooks_fire_once_for_the_whole_cluster() {
         "{count:?}"
     );
     assert_eq!(count.len(), 6, "{count:?}");
+}
+
+/// The `data` of every `name` event a client gets until `ms` of silence.
+async fn datas(c: &mut Client, name: &str, ms: u64) -> Vec<u32> {
+    drain(c, ms)
+        .await
+        .iter()
+        .filter(|f| f["event"] == name)
+        .filter_map(|f| f["data"].as_str()?.parse().ok())
+        .collect()
+}
+
+async fn up_status(addr: SocketAddr) -> (u16, String) {
+    common::http(addr, "GET", "/up", b"").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_lost_and_back_empty_loses_no_accepted_event() {
+    let mut redis = Redis::start();
+    let n = nodes(&redis, &["a", "b"], "");
+    let mut sa = Client::connect(n[0].addr()).await;
+    subscribed(&mut sa, "feed").await;
+    let mut sb = Client::connect(n[1].addr()).await;
+    subscribed(&mut sb, "feed").await;
+    for i in 0..5 {
+        assert_eq!(
+            trigger(n[0].addr(), "feed", "e", &i.to_string()).await.0,
+            200
+        );
+    }
+    assert_eq!(datas(&mut sa, "e", 800).await, [0, 1, 2, 3, 4]);
+    assert_eq!(datas(&mut sb, "e", 800).await, [0, 1, 2, 3, 4]);
+
+    redis.kill();
+    // Accepted means durable on the node: still 200, and the node's own clients get them now.
+    for i in 5..10 {
+        assert_eq!(
+            trigger(n[0].addr(), "feed", "e", &i.to_string()).await.0,
+            200
+        );
+    }
+    assert_eq!(
+        datas(&mut sa, "e", 2500).await,
+        [5, 6, 7, 8, 9],
+        "degraded: delivered locally"
+    );
+    let (st, body) = up_status(n[0].addr()).await;
+    assert_eq!(st, 503, "{body}");
+    assert!(body.contains("Redis"), "{body}");
+
+    // Redis comes back empty (no persistence): the events reach b late, complete, once.
+    redis.revive();
+    let got_b = datas(&mut sb, "e", 6000).await;
+    assert_eq!(
+        got_b,
+        [5, 6, 7, 8, 9],
+        "late but complete and in order on b"
+    );
+    assert!(
+        datas(&mut sa, "e", 500).await.is_empty(),
+        "no duplicate on a"
+    );
+    // The nodes told the new Redis what they hold: counts and new events work again.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let (_, v) = api(
+            n[1].addr(),
+            "GET",
+            &format!("/apps/{APP_ID}/channels/feed"),
+            "",
+            &[("info", "subscription_count")],
+        )
+        .await;
+        if v["subscription_count"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "subscriptions not resynced: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(up_status(n[0].addr()).await.0, 200);
+    for i in 10..13 {
+        assert_eq!(
+            trigger(n[1].addr(), "feed", "e", &i.to_string()).await.0,
+            200
+        );
+    }
+    assert_eq!(datas(&mut sa, "e", 1000).await, [10, 11, 12]);
+    assert_eq!(datas(&mut sb, "e", 1000).await, [10, 11, 12]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_events_reach_the_other_nodes_but_not_the_sender() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b"], "client_events = true\n");
+    let ch = "private-chat";
+    let mut sender = Client::connect(n[0].addr()).await;
+    assert_eq!(
+        sender.subscribe_private(ch).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    let mut far = Client::connect(n[1].addr()).await;
+    assert_eq!(
+        far.subscribe_private(ch).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    let mut near = Client::connect(n[0].addr()).await;
+    assert_eq!(
+        near.subscribe_private(ch).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    sender
+        .send(json!({"event": "client-typing", "channel": ch, "data": {"who": "s"}}))
+        .await;
+    for c in [&mut far, &mut near] {
+        let got = drain(c, 1000).await;
+        assert_eq!(events_named(&got, "client-typing").len(), 1, "{got:?}");
+    }
+    assert!(events_named(&drain(&mut sender, 500).await, "client-typing").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_frozen_past_its_lease_is_reaped_then_puts_its_members_back() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b", "c"], "");
+    let ch = "presence-freeze";
+    let mut watch = Client::connect(n[0].addr()).await;
+    watch
+        .subscribe_presence(ch, &presence_data("watcher"))
+        .await;
+    let mut u2 = Client::connect(n[2].addr()).await;
+    u2.subscribe_presence(ch, &presence_data("u2")).await;
+    drain(&mut watch, 800).await;
+
+    // SIGSTOP: the node is alive but says nothing, like a box cut off from Redis.
+    let pid = n[2].served.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let got = drain(&mut watch, 6000).await;
+    let removed = events_named(&got, "pusher_internal:member_removed");
+    signal("-CONT");
+    assert_eq!(removed.len(), 1, "u2 reaped once: {got:?}");
+    // Back: its lease is gone, so it tells Redis again what it holds: u2 comes back once.
+    let got = drain(&mut watch, 5000).await;
+    let added = events_named(&got, "pusher_internal:member_added");
+    assert_eq!(added.len(), 1, "u2 back once: {got:?}");
+    assert!(added[0]["data"].as_str().unwrap().contains("\"u2\""));
+    let (_, v) = api(
+        n[1].addr(),
+        "GET",
+        &format!("/apps/{APP_ID}/channels/{ch}/users"),
+        "",
+        &[],
+    )
+    .await;
+    let mut users: Vec<&str> = v["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
+    users.sort_unstable();
+    assert_eq!(users, ["u2", "watcher"]);
+    drop(u2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushbox_check_reaches_redis_and_lists_the_nodes() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b"], "");
+    // Leases are renewed every second: both are listed.
+    let out = common::pushbox(&["check", "--config"])
+        .arg(n[0].dir.path().join("pushbox.toml"))
+        .env("PUSHBOX_STATE_DIR", n[0].dir.path().join("state"))
+        .output()
+        .expect("run pushbox check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("app {APP_ID}:")))
+        .unwrap_or_else(|| panic!("no node line:\n{text}"));
+    assert!(
+        line.contains("2 node(s)") && line.contains("a:") && line.contains("b:"),
+        "{line}"
+    );
+    assert!(
+        text.contains("Redis 7") || text.contains("Valkey"),
+        "{text}"
+    );
+    assert!(
+        text.contains("appendonly no"),
+        "the test Redis runs without persistence: {text}"
+    );
+    // Redis gone: check fails and says what to check.
+    drop(redis);
+    let out = common::pushbox(&["check", "--config"])
+        .arg(n[0].dir.path().join("pushbox.toml"))
+        .env("PUSHBOX_STATE_DIR", n[0].dir.path().join("state"))
+        .output()
+        .expect("run pushbox check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("FAIL  cluster") && text.contains("does not answer"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_counts_every_node() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b"], "max_connections = 2\n");
+    let _on_a = Client::connect(n[0].addr()).await;
+    let _on_b = Client::connect(n[1].addr()).await;
+    // The other node's count arrives with its next heartbeat (every second here).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut ws = common::connect_raw(n[0].addr(), &format!("/app/{KEY}?protocol=7")).await;
+    let first = common::next_json(&mut ws).await.expect("a frame");
+    assert_eq!(first["event"], "pusher:error", "{first}");
+    assert_eq!(first["data"]["code"], 4004, "{first}");
+    let (_, v) = api(
+        n[0].addr(),
+        "GET",
+        &format!("/apps/{APP_ID}/connections"),
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(v["connections"], 2, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_cleanly_lets_its_members_go_at_once_and_forwards_what_it_accepted() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b"], "");
+    let ch = "presence-stop";
+    let mut watch = Client::connect(n[0].addr()).await;
+    watch
+        .subscribe_presence(ch, &presence_data("watcher"))
+        .await;
+    let mut u2 = Client::connect(n[1].addr()).await;
+    u2.subscribe_presence(ch, &presence_data("u2")).await;
+    drain(&mut watch, 800).await;
+    // Accepted on b just before it stops: still reaches a.
+    assert_eq!(trigger(n[1].addr(), ch, "last-words", "1").await.0, 200);
+    let pid = n[1].served.child.id().to_string();
+    let stopped = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut got = Vec::new();
+    let removed_after = loop {
+        let f = next_within(&mut watch, 5000)
+            .await
+            .expect("member_removed before the lease ends");
+        let removed = f["event"] == "pusher_internal:member_removed";
+        got.push(f);
+        if removed {
+            break stopped.elapsed();
+        }
+    };
+    // Well before the 3 s lease (plus a janitor round) would have let it go.
+    assert!(
+        removed_after < Duration::from_millis(2500),
+        "{removed_after:?}"
+    );
+    got.extend(drain(&mut watch, 800).await);
+    assert_eq!(events_named(&got, "last-words").len(), 1, "{got:?}");
+    assert_eq!(
+        events_named(&got, "pusher_internal:member_removed").len(),
+        1,
+        "{got:?}"
+    );
+    drop(u2);
+}
+
+/// Sends one inline command to the test Redis and returns its first answer line.
+fn redis_cmd(redis: &Redis, cmd: &str) -> String {
+    use std::io::{BufRead, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port)).expect("connect to redis");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).unwrap();
+    line
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refusing_writes_is_ridden_out_like_a_lost_redis() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b"], "");
+    let mut sa = Client::connect(n[0].addr()).await;
+    subscribed(&mut sa, "full").await;
+    let mut sb = Client::connect(n[1].addr()).await;
+    subscribed(&mut sb, "full").await;
+    // Out of memory with noeviction: every write is refused.
+    assert!(redis_cmd(&redis, "CONFIG SET maxmemory 1").starts_with("+OK"));
+    for i in 0..3 {
+        assert_eq!(
+            trigger(n[0].addr(), "full", "e", &i.to_string()).await.0,
+            200
+        );
+    }
+    assert_eq!(
+        datas(&mut sa, "e", 1500).await,
+        [0, 1, 2],
+        "the origin's clients get them now"
+    );
+    assert_eq!(up_status(n[0].addr()).await.0, 503);
+    assert!(redis_cmd(&redis, "CONFIG SET maxmemory 0").starts_with("+OK"));
+    assert_eq!(
+        datas(&mut sb, "e", 3000).await,
+        [0, 1, 2],
+        "late, complete, in order"
+    );
+    assert!(
+        datas(&mut sa, "e", 300).await.is_empty(),
+        "no duplicate at the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_trimmed_bus_entries_makes_its_clients_subscribe_again() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b"], "");
+    let mut sb = Client::connect(n[1].addr()).await;
+    subscribed(&mut sb, "news").await;
+    let pid = n[1].served.child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    // b is frozen with its connections to Redis gone; meanwhile events come and are trimmed.
+    signal("-STOP");
+    assert!(redis_cmd(&redis, "CLIENT KILL TYPE normal").starts_with(':'));
+    for i in 0..3 {
+        assert_eq!(
+            trigger(n[0].addr(), "news", "e", &i.to_string()).await.0,
+            200
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let trimmed = redis_cmd(&redis, &format!("XTRIM pb:v1:{{{APP_ID}}}:bus MAXLEN 0"));
+    assert!(trimmed.starts_with(':') && trimmed != ":0\r\n", "{trimmed}");
+    signal("-CONT");
+    // b cannot deliver what is gone: its client is told to reconnect and subscribe again.
+    assert_eq!(sb.closed_with().await, Some(4200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_and_a_password() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "pushbox test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf_params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &Issuer::from_params(&ca_params, &ca_key))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(path("leaf.pem"), leaf.pem()).unwrap();
+    std::fs::write(path("leaf.key"), leaf_key.serialize_pem()).unwrap();
+
+    let port = free_port();
+    let bin = std::env::var("PUSHBOX_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let mut child = Command::new(&bin)
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--requirepass", "s3cret-pass", "--tls-auth-clients", "no"])
+        .arg("--tls-cert-file")
+        .arg(path("leaf.pem"))
+        .arg("--tls-key-file")
+        .arg(path("leaf.key"))
+        .arg("--tls-ca-cert-file")
+        .arg(path("ca.pem"))
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server with TLS");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not listen on its TLS port"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut started = Vec::new();
+    for name in ["a", "b"] {
+        let ndir = tempfile::tempdir().unwrap();
+        let nport = free_port();
+        let cluster = format!(
+            "[cluster]\nredis_url = \"rediss://:s3cret-pass@127.0.0.1:{port}\"\nca_file = \"{}\"\nnode_name = \"{name}\"\n",
+            path("ca.pem").display()
+        );
+        let mut cmd = serve_in(ndir.path(), &config_toml(nport, &cluster, ""));
+        let log = ndir.path().join("stderr.log");
+        // Up only once Redis answered over TLS, with the password.
+        let served =
+            tokio::task::block_in_place(|| Served::start_logged(&mut cmd, nport, Ready::Up, log));
+        started.push(Node { served, dir: ndir });
+    }
+    let mut sb = Client::connect(started[1].addr()).await;
+    subscribed(&mut sb, "secure").await;
+    assert_eq!(trigger(started[0].addr(), "secure", "e", "7").await.0, 200);
+    assert_eq!(datas(&mut sb, "e", 1500).await, [7]);
+    // Without the CA, Redis's certificate is refused: the node never reports up.
+    let ndir = tempfile::tempdir().unwrap();
+    let nport = free_port();
+    let cluster = format!("[cluster]\nredis_url = \"rediss://:s3cret-pass@127.0.0.1:{port}\"\n");
+    let mut cmd = serve_in(ndir.path(), &config_toml(nport, &cluster, ""));
+    let log = ndir.path().join("stderr.log");
+    let untrusting = tokio::task::block_in_place(|| {
+        Served::start_logged(&mut cmd, nport, Ready::Listening, log)
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (st, body) = up_status(untrusting.addr()).await;
+    assert_eq!(st, 503, "{body}");
+    drop(untrusting);
+    drop(started);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_channels_are_cluster_wide() {
+    let redis = Redis::start();
+    let n = nodes(&redis, &["a", "b"], "");
+    // Published on a while nobody anywhere is subscribed.
+    assert_eq!(
+        trigger(n[0].addr(), "cache-price", "price", "42").await.0,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut on_b = Client::connect(n[1].addr()).await;
+    subscribed(&mut on_b, "cache-price").await;
+    let cached = next_within(&mut on_b, 3000)
+        .await
+        .expect("the cached event");
+    assert_eq!(cached["event"], "price", "{cached}");
+    assert_eq!(cached["data"], "42");
+    let (_, v) = api(
+        n[1].addr(),
+        "GET",
+        &format!("/apps/{APP_ID}/channels/cache-price"),
+        "",
+        &[("info", "cache")],
+    )
+    .await;
+    assert_eq!(v["cache"]["event"], "price", "{v}");
+    assert!(
+        v["cache"]["ttl"]
+            .as_u64()
+            .is_some_and(|t| t > 1700 && t <= 1800),
+        "{v}"
+    );
+    // A cache channel nobody published on: pusher:cache_miss.
+    let mut miss = Client::connect(n[0].addr()).await;
+    subscribed(&mut miss, "cache-empty").await;
+    assert_eq!(
+        next_within(&mut miss, 3000).await.expect("cache_miss")["event"],
+        "pusher:cache_miss"
+    );
 }

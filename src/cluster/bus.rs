@@ -10,6 +10,7 @@
 //! | `mr` | a user's last connection anywhere left | `c`, `u` |
 //! | `sc` | a channel's subscription count changed | `c`, `n` |
 //! | `t` | terminate a user's connections | `u` |
+//! | `z` | nothing: gives a subscribe's gate an id on an empty bus | |
 
 use std::collections::HashMap;
 use std::fmt;

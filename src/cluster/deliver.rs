@@ -55,6 +55,8 @@ pub enum Msg {
         q: u64,
         kind: Kind,
     },
+    /// Entries after the cursor were trimmed away: the local sockets missed them for good.
+    Gap,
 }
 
 pub struct Deliverer {
@@ -120,6 +122,14 @@ impl Deliverer {
                     .retain(|a| !(a.outbox.conn_id == conn_id && a.channel == channel));
                 self.app.detach(conn_id, &channel);
             }
+            Msg::Gap => {
+                self.app.close_subscribers(
+                    CloseCode::ReconnectNow.code(),
+                    "This node missed part of the cluster's bus: reconnect",
+                );
+                self.ring.clear();
+                self.floor = self.cursor;
+            }
             Msg::Local { q, kind } => {
                 if self.seen.get(&self.origin).is_some_and(|s| *s >= q) {
                     // Its forward did reach the bus (only the answer was lost): delivered.
@@ -169,12 +179,28 @@ impl Deliverer {
     }
 
     fn fan_out(&self, e: &Entry) {
-        if let Kind::Terminate { user } = &e.kind {
-            self.app.terminate_user(user);
-            return;
-        }
-        for (channel, frame, except) in frames(&e.kind) {
-            self.app.publish(&channel, &frame, except);
+        match &e.kind {
+            Kind::Terminate { user } => {
+                self.app.terminate_user(user);
+            }
+            Kind::Event {
+                except,
+                name,
+                data,
+                channels,
+                ..
+            } => {
+                // As on one box: a frame is built only for a channel someone here is on.
+                for c in channels {
+                    let frame = || Frame::from(message::frame(name, Some(c), Some(data), None));
+                    self.app.publish_with(c, frame, except.as_deref());
+                }
+            }
+            kind => {
+                for (channel, frame, except) in frames(kind) {
+                    self.app.publish(&channel, &frame, except);
+                }
+            }
         }
     }
 
@@ -266,5 +292,132 @@ fn frames(kind: &Kind) -> Vec<(String, Frame, Option<&str>)> {
             None,
         )],
         Kind::Terminate { .. } | Kind::Unknown => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AppConfig;
+    use crate::hub::NoObserver;
+    use crate::protocol::SocketId;
+    use std::time::Duration;
+
+    fn id(ms: u64) -> StreamId {
+        StreamId { ms, seq: 0 }
+    }
+
+    fn event(ms: u64, origin: &str, q: u64, data: &str) -> Entry {
+        Entry {
+            id: id(ms),
+            kind: Kind::Event {
+                origin: origin.into(),
+                q,
+                except: None,
+                name: "e".into(),
+                data: data.into(),
+                channels: vec!["c".into()],
+            },
+        }
+    }
+
+    fn outbox(n: u64) -> Arc<Outbox> {
+        let sid = SocketId::parse(&format!("{n}.{n}")).unwrap();
+        Arc::new(Outbox::new(n, sid, 64))
+    }
+
+    /// The `data` of the events an outbox got (and the snapshot marker).
+    fn got(o: &Outbox) -> Vec<String> {
+        let mut frames = Vec::new();
+        o.drain(&mut frames);
+        frames
+            .iter()
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+                match v["event"].as_str() {
+                    Some("e") => v["data"].as_str().unwrap().to_owned(),
+                    other => other.unwrap_or("?").to_owned(),
+                }
+            })
+            .collect()
+    }
+
+    fn deliverer() -> Deliverer {
+        let app = Arc::new(App::new(
+            AppConfig::with_defaults("1", "k", "s"),
+            Arc::new(NoObserver),
+        ));
+        let status = Arc::new(Status::new(1, Duration::from_secs(10), String::new()));
+        Deliverer::new(app, "me".into(), status, 0)
+    }
+
+    fn activate(o: &Arc<Outbox>, gate: u64) -> Msg {
+        Msg::Activate(Activation {
+            outbox: o.clone(),
+            channel: "c".into(),
+            user_id: None,
+            gate: id(gate),
+            first: vec![Frame::from("{\"event\":\"snapshot\"}")],
+        })
+    }
+
+    #[test]
+    fn a_joining_socket_gets_its_snapshot_then_exactly_the_entries_after_its_gate() {
+        let mut d = deliverer();
+        d.handle(Msg::Start(id(10)));
+        d.handle(Msg::Entries(vec![
+            event(11, "x", 1, "11"),
+            event(12, "x", 2, "12"),
+        ]));
+        // The deliverer is past the gate: the entry after it is replayed from the ring.
+        let early = outbox(1);
+        d.handle(activate(&early, 11));
+        assert_eq!(got(&early), ["snapshot", "12"]);
+        // Not there yet: attached once the gate goes by, nothing before it.
+        let late = outbox(2);
+        d.handle(activate(&late, 14));
+        d.handle(Msg::Entries(vec![
+            event(13, "x", 3, "13"),
+            event(14, "x", 4, "14"),
+        ]));
+        assert_eq!(got(&late), ["snapshot"]);
+        d.handle(Msg::Entries(vec![event(15, "x", 5, "15")]));
+        assert_eq!(got(&early), ["13", "14", "15"]);
+        assert_eq!(got(&late), ["15"]);
+    }
+
+    #[test]
+    fn an_event_is_delivered_once_whichever_way_it_comes() {
+        let mut d = deliverer();
+        d.handle(Msg::Start(id(10)));
+        let o = outbox(1);
+        d.handle(activate(&o, 10));
+        assert_eq!(got(&o), ["snapshot"]);
+        // Forwarded twice (Redis lost its data): once.
+        d.handle(Msg::Entries(vec![
+            event(11, "x", 5, "a"),
+            event(12, "x", 5, "a"),
+        ]));
+        // Delivered here while Redis was away, then back from the bus: once.
+        let e = event(0, "me", 9, "b");
+        d.handle(Msg::Local { q: 9, kind: e.kind });
+        d.handle(Msg::Entries(vec![event(13, "me", 9, "b")]));
+        assert_eq!(got(&o), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_gate_older_than_the_ring_closes_the_socket_with_4200() {
+        let mut d = deliverer();
+        d.handle(Msg::Start(id(1)));
+        let entries: Vec<Entry> = (0..RING as u64 + 10)
+            .map(|i| event(2 + i, "x", 1 + i, "."))
+            .collect();
+        d.handle(Msg::Entries(entries));
+        let o = outbox(1);
+        d.handle(activate(&o, 3));
+        let mut frames = Vec::new();
+        let close = o.drain(&mut frames).expect("closed");
+        assert_eq!(close.code, 4200);
+        assert!(frames.is_empty());
     }
 }

@@ -9,6 +9,7 @@
 //! deliverer skips them. The other nodes get them late, complete and in order.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,10 @@ use crate::spool::{Record, Spool};
 /// Records read from the event log per round.
 const BATCH: usize = 128;
 
+/// After Redis lost its data, the events of this last while are forwarded again: some may have
+/// been on the lost stream before every node read them. Readers skip what they already have.
+pub const REWIND: Duration = Duration::from_secs(10);
+
 /// One app as the forwarder sees it.
 pub struct Target {
     pub keys: Keys,
@@ -39,6 +44,10 @@ pub struct Forwarder {
     pub origin: String,
     pub apps: HashMap<String, Target>,
     pub status: Arc<Status>,
+    /// Set (by a heartbeat) when Redis's epoch changed: forward [`REWIND`] again.
+    pub rewind: Arc<AtomicBool>,
+    /// The next seq to forward, for a clean shutdown that waits for the forwarder.
+    pub next: Arc<AtomicU64>,
 }
 
 impl Forwarder {
@@ -52,11 +61,15 @@ impl Forwarder {
     async fn forward_forever(&self) {
         let at_start = self.spool.last_seq();
         let mut next = self.start(at_start).await;
+        self.next.store(next, Relaxed);
         // Records below this were delivered here (through the bus or, degraded, directly).
         let mut local_next = next;
         let mut committed = self.spool.subscribe();
         let mut backoff = Duration::from_millis(100);
         loop {
+            if self.rewind.swap(false, Relaxed) {
+                next = self.rewound(next).await;
+            }
             let last = self.spool.last_seq();
             if next > last {
                 backoff = Duration::from_millis(100);
@@ -80,6 +93,7 @@ impl Forwarder {
                 Ok(()) => {
                     self.status.ok();
                     next = end;
+                    self.next.store(next, Relaxed);
                     local_next = local_next.max(next);
                 }
                 Err(e) => {
@@ -118,6 +132,29 @@ impl Forwarder {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+    }
+
+    /// The first seq committed within [`REWIND`] of now, if earlier than `next`.
+    async fn rewound(&self, next: u64) -> u64 {
+        let since = super::status::now_ms().saturating_sub(REWIND.as_millis() as u64);
+        let first = self.spool.stats().first_seq.unwrap_or(next);
+        let mut from = next.saturating_sub(10_000).max(first);
+        while from < next {
+            let records = self.read(from).await;
+            if let Some(r) = records.iter().find(|r| r.timestamp_ms >= since) {
+                let to = r.seq.min(next);
+                tracing::info!(
+                    events = next - to,
+                    "cluster: forwarding the last {REWIND:?} of events again (Redis lost its data)"
+                );
+                return to;
+            }
+            match records.last() {
+                Some(r) => from = r.seq + 1,
+                None => break,
+            }
+        }
+        next
     }
 
     async fn marks(&self) -> Result<Vec<Option<u64>>, redis::RedisError> {

@@ -59,7 +59,13 @@ impl Hooks {
         let mut last_claim = 0u64;
         loop {
             if let Err(e) = self.round(&mut waiting, &mut last_claim).await {
-                self.status.failed("taking webhook jobs", &e);
+                if matches!(e.kind(), redis::ErrorKind::Server(_)) {
+                    // Redis answered (e.g. NOGROUP after it lost its data; the next round
+                    // creates the group again): not a lost Redis.
+                    tracing::debug!(error = %e, "cluster: webhook jobs: Redis refused a read");
+                } else {
+                    self.status.failed("taking webhook jobs", &e);
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

@@ -4,9 +4,10 @@
 //! script: nodes whose lease is past leave every channel they were on, each transition firing
 //! once (the script re-checks the lease inside, so two janitors never reap twice).
 //!
-//! A node that finds its own lease gone (it was cut off longer than the lease and reaped, or
-//! Redis lost its data) tells Redis again what it holds ([`Op::Resync`]): its members come
-//! back with one `member_added` each.
+//! A node back in touch with Redis after losing it, or that finds its own lease gone (it was
+//! cut off longer than the lease and reaped) or Redis's epoch changed (Redis lost its data),
+//! compares what Redis says it holds with what it holds ([`Op::Reconcile`]): members it
+//! still has come back with one `member_added` each.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct Lease {
     pub ops: mpsc::UnboundedSender<Op>,
     /// A random epoch this node offers if Redis has none.
     pub epoch: String,
+    /// Tells the forwarder to forward the last moments again (Redis lost its data).
+    pub rewind: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Lease {
@@ -47,7 +50,8 @@ impl Lease {
         let mut tick = tokio::time::interval(self.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut known_epoch: Option<String> = None;
-        let mut beaten = false;
+        // Whether the last heartbeat failed: Redis may have lost or missed something since.
+        let mut was_lost = false;
         loop {
             tick.tick().await;
             match self.beat().await {
@@ -55,15 +59,20 @@ impl Lease {
                     self.status.ok();
                     let epoch_changed = known_epoch.as_ref().is_some_and(|e| *e != epoch);
                     if epoch_changed {
-                        tracing::warn!("cluster: Redis lost its data (a restart without persistence?): events published meanwhile may reach other nodes' clients late or not at all; telling Redis again what this node holds");
+                        self.rewind.store(true, Relaxed);
+                        tracing::warn!("cluster: Redis lost its data (a restart without persistence?): joins and leaves meanwhile send no webhook, and events in flight then may have missed a node");
                     }
-                    if beaten && (!had || epoch_changed) {
-                        let _ = self.ops.send(Op::Resync);
+                    let first = known_epoch.is_none();
+                    if !first && (!had || epoch_changed || was_lost) {
+                        let _ = self.ops.send(Op::Reconcile);
                     }
                     known_epoch = Some(epoch);
-                    beaten = true;
+                    was_lost = false;
                 }
-                Err(e) => self.status.failed("renewing this node's lease", &e),
+                Err(e) => {
+                    was_lost = true;
+                    self.status.failed("renewing this node's lease", &e);
+                }
             }
             if let Err(e) = self.reap(None).await {
                 self.status.failed("reaping dead nodes", &e);

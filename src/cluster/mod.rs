@@ -15,6 +15,7 @@
 //! | `lease.rs` | heartbeats, connection counts, the janitor that reaps dead nodes |
 //! | `hooks.rs` | webhook jobs taken once cluster-wide into the webhook spool |
 //! | `status.rs` | Redis up, bus lag, nodes: `/up` and `/metrics` |
+//! | `probe.rs` | `pushbox check`: reach Redis, its settings, the nodes with a lease |
 //!
 //! Per app, a node runs a reader, a deliverer, a worker, a lease task and a hook taker; per
 //! node, one forwarder. Accepted still means durable on this node (the event log answers the
@@ -27,6 +28,7 @@ mod forward;
 mod hooks;
 mod keys;
 mod lease;
+mod probe;
 mod reader;
 mod scripts;
 mod status;
@@ -49,6 +51,7 @@ use crate::spool::Spool;
 
 pub use conn::OpenError;
 pub use keys::Keys;
+pub use probe::{probe, Probe};
 
 use conn::{int, items, text, Pool, Redis};
 use deliver::Msg;
@@ -82,6 +85,12 @@ pub struct Cluster {
     status: Arc<status::Status>,
     observer: Arc<dyn HubObserver>,
     stop: watch::Sender<bool>,
+    /// Set by a heartbeat that finds Redis's epoch changed; read by the forwarder.
+    rewind: Arc<std::sync::atomic::AtomicBool>,
+    /// The next event-log seq the forwarder will forward (0: not started).
+    forwarded: Arc<std::sync::atomic::AtomicU64>,
+    /// The event log, once started: a clean stop waits until it is forwarded.
+    events: Mutex<Option<Spool>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -159,6 +168,9 @@ impl Cluster {
             status,
             observer,
             stop,
+            rewind: Arc::default(),
+            forwarded: Arc::default(),
+            events: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
         }))
     }
@@ -217,6 +229,7 @@ impl Cluster {
                 remote: link.remote.clone(),
                 ops: link.ops.clone(),
                 epoch: random_hex(8),
+                rewind: self.rewind.clone(),
             };
             tasks.push(tokio::spawn(lease.run(self.stop.subscribe())));
             let hooks = hooks::Hooks {
@@ -237,12 +250,17 @@ impl Cluster {
                 },
             );
         }
+        if let Ok(mut e) = self.events.lock() {
+            *e = Some(events.clone());
+        }
         let forwarder = forward::Forwarder {
             pool: self.pool.clone(),
             spool: events,
             origin: self.origin.clone(),
             apps: targets,
             status: self.status.clone(),
+            rewind: self.rewind.clone(),
+            next: self.forwarded.clone(),
         };
         tasks.push(tokio::spawn(forwarder.run(self.stop.subscribe())));
         tracing::info!(node = %self.node, redis = %self.redis.shown, "cluster: joining");
@@ -254,6 +272,7 @@ impl Cluster {
     /// A clean stop: this node's lease ends now, so its connections leave their channels at
     /// once (each transition firing once) instead of after the lease. Bounded in time.
     pub async fn shutdown(&self, hub: &Hub) {
+        self.flush_forwarder().await;
         let _ = self.stop.send(true);
         for app in hub.apps() {
             let Some(link) = self.apps.get(&app.config.id) else {
@@ -273,6 +292,27 @@ impl Cluster {
             .unwrap_or_default();
         for t in tasks {
             t.abort();
+        }
+    }
+
+    /// Waits (a bounded while) until every event this node accepted is on the bus, so a box
+    /// that is stopped for good leaves none behind in its event log.
+    async fn flush_forwarder(&self) {
+        let Some(last) = self
+            .events
+            .lock()
+            .ok()
+            .and_then(|e| e.as_ref().map(Spool::last_seq))
+        else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while self.forwarded.load(Relaxed) <= last {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("cluster: stopping with events not yet on the bus: they are in the event log and go out when this node starts again");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -53,6 +53,30 @@ impl Reader {
         }
     }
 
+    /// Checks that no entry after `cursor` was trimmed away (a node cut off for longer than
+    /// the bus keeps, or far behind). If some were, its sockets cannot be made right: the
+    /// deliverer closes them with 4200 so their clients subscribe again. `false`: the
+    /// deliverer is gone.
+    async fn no_gap(&self, conn: &mut redis::aio::MultiplexedConnection, cursor: StreamId) -> bool {
+        let info: Result<redis::Value, _> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&self.stream)
+            .query_async(conn)
+            .await;
+        let Ok(info) = info else {
+            // No stream yet, or an older server: nothing to compare.
+            return true;
+        };
+        let trimmed_past = trimmed_past(&info, cursor);
+        match trimmed_past {
+            Some(d) => {
+                tracing::error!(cursor = %cursor, first = %d, "cluster: bus entries this node had not delivered were trimmed (it was cut off or behind for longer than the bus keeps): closing its subscribed connections with 4200 so their clients subscribe again");
+                self.to.send(Msg::Gap).await.is_ok()
+            }
+            _ => true,
+        }
+    }
+
     /// Reads until the connection fails; `Ok` only when the deliverer is gone.
     async fn read_until_error(
         &self,
@@ -78,6 +102,11 @@ impl Reader {
             if self.to.send(Msg::Start(start)).await.is_err() {
                 return Ok(());
             }
+        } else if !self
+            .no_gap(&mut conn, cursor.unwrap_or(StreamId::ZERO))
+            .await
+        {
+            return Ok(());
         }
         loop {
             let from = cursor.unwrap_or(StreamId::ZERO);
@@ -94,7 +123,12 @@ impl Reader {
             self.status.ok();
             let entries = bus::entries(&reply);
             let reader = &self.status.readers[self.app];
-            reader.read(entries.len() >= BATCH);
+            let behind = entries.len() >= BATCH;
+            reader.read(behind);
+            // Behind by a full batch: the stream may have been trimmed past the cursor.
+            if behind && !self.no_gap(&mut conn, from).await {
+                return Ok(());
+            }
             let Some(last) = entries.last() else {
                 continue;
             };
@@ -106,5 +140,89 @@ impl Reader {
                 return Ok(());
             }
         }
+    }
+}
+
+/// From `XINFO STREAM`: the first entry left, when entries after `cursor` were trimmed away.
+///
+/// Redis 7.0 does not count trimming in `max-deleted-entry-id`, so: something was removed
+/// (`entries-added` > `length`; a stream Redis lost and started again has removed nothing) and
+/// the oldest entry left is after the cursor (or none is left, though newer ones were added).
+/// The one case taken for a gap that is none: the cursor's own entry was the last one trimmed.
+fn trimmed_past(info: &redis::Value, cursor: StreamId) -> Option<StreamId> {
+    use super::conn::{int, items};
+    let mut length = None;
+    let mut added = None;
+    let mut last = None;
+    let mut first = None;
+    for kv in items(info).chunks(2) {
+        let [k, v] = kv else { continue };
+        match text(k).as_deref() {
+            Some("length") => length = int(v),
+            Some("entries-added") => added = int(v),
+            Some("last-generated-id") => last = text(v).and_then(|s| StreamId::parse(&s)),
+            Some("first-entry") => {
+                first = items(v)
+                    .first()
+                    .and_then(text)
+                    .and_then(|s| StreamId::parse(&s))
+            }
+            _ => {}
+        }
+    }
+    let removed = matches!((added, length), (Some(a), Some(l)) if a > l);
+    match (removed, first, last) {
+        (true, Some(f), _) if f > cursor => Some(f),
+        (true, None, Some(l)) if l > cursor => Some(l),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    fn info(length: i64, added: i64, first: Option<&str>, last: &str) -> Value {
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let first = match first {
+            Some(id) => Value::Array(vec![b(id), Value::Array(vec![b("k"), b("z")])]),
+            None => Value::Nil,
+        };
+        Value::Array(vec![
+            b("length"),
+            Value::Int(length),
+            b("last-generated-id"),
+            b(last),
+            b("entries-added"),
+            Value::Int(added),
+            b("first-entry"),
+            first,
+        ])
+    }
+
+    #[test]
+    fn a_gap_is_entries_after_the_cursor_trimmed_away() {
+        let at = |s: &str| StreamId::parse(s).unwrap();
+        // Trimmed, but only older entries: no gap.
+        assert_eq!(
+            trimmed_past(&info(10, 50, Some("5-0"), "20-0"), at("12-0")),
+            None
+        );
+        // The oldest left is after the cursor: entries in between are gone.
+        assert_eq!(
+            trimmed_past(&info(10, 50, Some("15-0"), "20-0"), at("12-0")),
+            Some(at("15-0"))
+        );
+        // Everything trimmed, newer entries were added.
+        assert_eq!(
+            trimmed_past(&info(0, 50, None, "20-0"), at("12-0")),
+            Some(at("20-0"))
+        );
+        // A stream Redis lost and started again: nothing removed, no gap.
+        assert_eq!(
+            trimmed_past(&info(3, 3, Some("15-0"), "20-0"), at("12-0")),
+            None
+        );
     }
 }

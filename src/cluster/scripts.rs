@@ -38,10 +38,13 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- The newest bus id. An empty bus (new, or Redis lost its data) gets a no-op entry first, so
+-- the id is one of this stream's: a node still holding entries of a lost stream in its
+-- ring must not take them for entries after the gate.
 local function last_id()
   local l = redis.call('XREVRANGE', P .. 'bus', '+', '-', 'COUNT', 1)
   if #l > 0 then return l[1][1] end
-  return '0-0'
+  return redis.call('XADD', P .. 'bus', '*', 'k', 'z')
 end
 local function bus(fields)
   local a = {P .. 'bus', 'MAXLEN', '~', MAXLEN, '*'}
@@ -262,10 +265,22 @@ return {c[1], c[2], redis.call('PTTL', P .. 'cache:' .. ARGV[1])}
 "#;
 
 fn script(body: &str) -> Script {
+    build(body, "#!lua")
+}
+
+/// A read-only script: still answers while Redis is out of memory (and may run on a replica).
+fn read_script(body: &str) -> Script {
+    build(body, "#!lua flags=no-writes")
+}
+
+fn build(body: &str, shebang: &str) -> Script {
     let helpers = HELPERS
         .replace("MAXLEN = 100000", &format!("MAXLEN = {MAXLEN}"))
         .replace("DELAY = 3000", &format!("DELAY = {HOOK_DELAY_MS}"));
-    Script::new(&format!("{helpers}{body}"))
+    // The shebang (Redis 7, Valkey) makes Redis refuse a writing script up front when it is
+    // out of memory, instead of stopping it half way with some writes done (tried on 7.0.15
+    // with maxmemory 2mb: a plain EVAL wrote until the limit, a `#!lua` one wrote nothing).
+    Script::new(&format!("{shebang}\n{helpers}{body}"))
 }
 
 pub static SUBSCRIBE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(SUBSCRIBE));
@@ -274,6 +289,6 @@ pub static REAP_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(REAP));
 pub static HEARTBEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(HEARTBEAT));
 pub static FORWARD_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(FORWARD));
 pub static CONFIRM_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CONFIRM));
-pub static CHANNELS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CHANNELS));
-pub static CHANNEL_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CHANNEL));
-pub static CACHED_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CACHED));
+pub static CHANNELS_SCRIPT: LazyLock<Script> = LazyLock::new(|| read_script(CHANNELS));
+pub static CHANNEL_SCRIPT: LazyLock<Script> = LazyLock::new(|| read_script(CHANNEL));
+pub static CACHED_SCRIPT: LazyLock<Script> = LazyLock::new(|| read_script(CACHED));

@@ -5,9 +5,9 @@
 //! While Redis does not answer, an operation is retried (backoff up to a second) and the ones
 //! behind it wait: joins are late, never lost or reordered. A connection that closed meanwhile
 //! is skipped. It also keeps what this node holds, so that a node whose lease expired (cut off
-//! longer than the lease, or Redis lost its data) can tell Redis again ([`Op::Resync`]).
+//! longer than the lease, or Redis lost its data) can put Redis right ([`Op::Reconcile`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,8 +39,10 @@ pub enum Op {
         socket_id: String,
         frame: Frame,
     },
-    /// Tell Redis again about every local subscription (the lease was lost).
-    Resync,
+    /// Compare what Redis says this node holds with what it holds, and put Redis right
+    /// through the normal scripts (after Redis was lost: a lease that expired, data Redis
+    /// lost, a script whose effect was in the last second before a crash).
+    Reconcile,
 }
 
 pub struct Worker {
@@ -106,7 +108,7 @@ impl Worker {
                     socket_id,
                     frame,
                 } => self.client_event(&channel, &socket_id, &frame).await,
-                Op::Resync => self.resync().await,
+                Op::Reconcile => self.reconcile().await,
             }
         }
     }
@@ -292,19 +294,64 @@ impl Worker {
         }
     }
 
-    async fn resync(&mut self) {
-        let held: Vec<((String, String), Option<Member>)> = self
+    /// What Redis holds for this node: (socket id, channel) pairs.
+    async fn owned(&self) -> Result<HashSet<(String, String)>, redis::RedisError> {
+        let key = format!("{}own:{}", self.keys.base(), self.node);
+        let v = self.pool.query(redis::cmd("SMEMBERS").arg(key)).await?;
+        Ok(items(&v)
+            .iter()
+            .filter_map(text)
+            .filter_map(|t| {
+                // cjson's ["s", channel, socket]: JSON (its "\/" is JSON too).
+                let (kind, channel, socket): (String, String, String) =
+                    serde_json::from_str(&t).ok()?;
+                (kind == "s").then_some((socket, channel))
+            })
+            .collect())
+    }
+
+    async fn reconcile(&mut self) {
+        let owned = match self.owned().await {
+            Ok(o) => o,
+            Err(e) => {
+                // The next heartbeat that reaches Redis asks again.
+                self.status.failed("reading this node's subscriptions", &e);
+                return;
+            }
+        };
+        let missing: Vec<((String, String), Option<Member>)> = self
             .held
             .iter()
+            .filter(|(k, _)| !owned.contains(*k))
             .map(|(k, m)| (k.clone(), m.clone()))
             .collect();
+        let extra: Vec<&(String, String)> = owned
+            .iter()
+            .filter(|k| !self.held.contains_key(*k))
+            .collect();
+        if missing.is_empty() && extra.is_empty() {
+            return;
+        }
         tracing::warn!(
-            subscriptions = held.len(),
-            "cluster: this node's lease had expired (cut off from Redis longer than cluster.lease, or Redis lost its data): telling Redis again what it holds"
+            missing = missing.len(),
+            extra = extra.len(),
+            "cluster: Redis and this node disagreed on what it holds (its lease expired while it was cut off, or Redis lost data): putting Redis right"
         );
-        for ((sid, channel), member) in held {
-            // The snapshot is not needed: the sockets are attached and saw the bus meanwhile.
+        for ((sid, channel), member) in missing {
+            // No snapshot needed: the socket is attached and saw the bus meanwhile.
             let _ = self.join(None, &sid, &channel, member.as_ref()).await;
+        }
+        for (sid, channel) in extra {
+            let scf = Self::flag(self.counts_frames(channel));
+            let args = [self.node.as_str(), channel.as_str(), sid.as_str(), scf];
+            if let Err(e) = self
+                .pool
+                .script(&UNSUBSCRIBE_SCRIPT, self.keys.base(), &args)
+                .await
+            {
+                self.status.failed("an unsubscribe", &e);
+                return;
+            }
         }
     }
 }

@@ -490,3 +490,71 @@ fn per_address_limit_and_request_timeout_from_file_and_env() {
     let err = load(Some(&zero), &env(&[])).unwrap_err().to_string();
     assert!(err.contains("server.request_timeout"), "{err}");
 }
+
+#[test]
+fn cluster_is_off_by_default_and_its_keys_load_from_file_and_environment() {
+    let tmp = tmpdir("cluster");
+    let p = write(tmp.path(), APP);
+    let c = load(Some(&p), &env(&[])).unwrap();
+    assert!(!c.cluster.enabled(), "no redis_url: a single box");
+    assert_eq!(c.cluster.key_prefix, "pb");
+    assert_eq!(c.cluster.lease, Duration::from_secs(15));
+    assert_eq!(c.cluster.heartbeat, Duration::from_secs(3));
+
+    let p = write(
+        tmp.path(),
+        &format!("[cluster]\nredis_url = \"redis://u:pw@10.0.0.5:6379/2\"\nlease = \"20s\"\nheartbeat = \"500ms\"\nmax_lag = 30\nnode_name = \"box-1\"\n{APP}"),
+    );
+    let c = load(Some(&p), &env(&[])).unwrap();
+    assert!(c.cluster.enabled());
+    assert_eq!(c.cluster.lease, Duration::from_secs(20));
+    assert_eq!(c.cluster.heartbeat, Duration::from_millis(500));
+    assert_eq!(c.cluster.max_lag, Duration::from_secs(30));
+    assert_eq!(c.cluster.node_name.as_deref(), Some("box-1"));
+
+    let e = env(&[
+        ("PUSHBOX_REDIS_URL", "rediss://redis.lan:6380"),
+        ("PUSHBOX_CLUSTER_PREFIX", "shop2"),
+        ("PUSHBOX_NODE_NAME", "box-2"),
+    ]);
+    let c = load(Some(&p), &e).unwrap();
+    assert_eq!(
+        c.cluster.redis_url.as_deref(),
+        Some("rediss://redis.lan:6380")
+    );
+    assert_eq!(c.cluster.key_prefix, "shop2");
+    assert_eq!(c.cluster.node_name.as_deref(), Some("box-2"));
+}
+
+#[test]
+fn cluster_mistakes_name_the_key_and_hide_the_password() {
+    let cases = [
+        ("redis_url = \"http://u:hunter2@x\"\n", "redis://"),
+        (
+            "redis_url = \"redis://x\"\nkey_prefix = \"a b\"\n",
+            "cluster.key_prefix",
+        ),
+        (
+            "redis_url = \"redis://x\"\nnode_name = \"a|b\"\n",
+            "cluster.node_name",
+        ),
+        (
+            "redis_url = \"redis://x\"\nlease = \"2s\"\nheartbeat = \"1s\"\n",
+            "three heartbeats",
+        ),
+        (
+            "redis_url = \"redis://x\"\nheartbeat = \"10ms\"\n",
+            "cluster.heartbeat",
+        ),
+        (
+            "redis_url = \"redis://x\"\nlease = \"1h\"\n",
+            "cluster.lease",
+        ),
+    ];
+    for (keys, want) in cases {
+        let e = load_error(&format!("[cluster]\n{keys}"));
+        assert!(e.contains(want), "{keys}: {e}");
+        assert!(!e.contains("hunter2"), "the password is not shown: {e}");
+    }
+    assert!(load_error("[cluster]\nlease = \"15 parsecs\"\n").contains("not a duration"));
+}

@@ -547,6 +547,17 @@ impl App {
         }
     }
 
+    /// Cluster: closes every connection subscribed to a channel of this app with `code` (this
+    /// node missed bus entries for good; the clients subscribe again and get fresh state).
+    pub fn close_subscribers(&self, code: u16, reason: &str) {
+        let st = self.read();
+        for ch in st.channels.values() {
+            for s in ch.subscribers.values() {
+                s.outbox.close(code, reason, true);
+            }
+        }
+    }
+
     /// Cluster: queues `frame` for one outbox, through the flusher like every hub frame (so
     /// it stays in order with the fan-out that follows).
     pub fn deliver_to(&self, outbox: &Arc<Outbox>, frame: Frame) {

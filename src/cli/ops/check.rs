@@ -74,6 +74,9 @@ pub fn check(args: &ConfigArgs) -> ExitCode {
         certificate(&mut r, tls);
     }
     state_dir(&mut r, &config);
+    if config.cluster.enabled() {
+        cluster(&mut r, &config);
+    }
     let failed = r.lines.iter().filter(|l| l.0 == Level::Fail).count();
     let warned = r.lines.iter().filter(|l| l.0 == Level::Warn).count();
     if failed > 0 {
@@ -437,6 +440,47 @@ fn key_permissions(r: &mut Report, key: &Path) {
                 ),
             );
         }
+    }
+}
+
+/// `[cluster]`: Redis answers, its settings keep the cluster's state, and the nodes it knows.
+fn cluster(r: &mut Report, config: &Config) {
+    let probe = match runtime() {
+        Ok(rt) => rt.block_on(crate::cluster::probe(config)),
+        Err(e) => Err(e),
+    };
+    let p = match probe {
+        Ok(p) => p,
+        Err(e) => {
+            r.fail("cluster", format!("{e}; check cluster.redis_url (PUSHBOX_REDIS_URL), that Redis runs and that this box reaches it"));
+            return;
+        }
+    };
+    r.ok("cluster", format!("{} answers", p.version));
+    match p.appendonly.as_deref() {
+        Some("yes") => r.ok("cluster", "appendonly yes: a Redis restart loses at most a second"),
+        Some(v) => r.warn("cluster", format!("appendonly {v}: a Redis restart loses presence and webhooks of the outage; set appendonly yes")),
+        None => r.warn("cluster", "cannot read appendonly (CONFIG not allowed for this user): make sure it is yes"),
+    }
+    match p.eviction.as_deref() {
+        Some("noeviction") => r.ok("cluster", "maxmemory-policy noeviction"),
+        Some(v) => r.fail("cluster", format!("maxmemory-policy {v}: Redis may evict presence members and counts; set maxmemory-policy noeviction")),
+        None => r.warn("cluster", "cannot read maxmemory-policy (CONFIG not allowed for this user): make sure it is noeviction"),
+    }
+    for (app, nodes) in p.nodes {
+        let list: Vec<String> = nodes
+            .iter()
+            .map(|(n, left)| format!("{n} ({left:.0} s left)"))
+            .collect();
+        let text = if list.is_empty() {
+            "no node holds a lease (none running?)".to_owned()
+        } else {
+            list.join(", ")
+        };
+        r.ok(
+            "cluster",
+            format!("app {app}: {} node(s): {text}", nodes.len()),
+        );
     }
 }
 
