@@ -29,17 +29,17 @@ case "$ENGINES" in
 esac
 log() { printf '\n== %s\n' "$*"; }
 
-# --- one run at a time on this machine (namespaces and addresses are fixed) --------------------
-exec 9>/tmp/pushbox-cluster-test.lock
-flock -w 900 9 || { echo "another tests/cluster/run.sh holds /tmp/pushbox-cluster-test.lock"; exit 1; }
-
 # --- can we create namespaces? ------------------------------------------------------------------
 PROBE="pbt-probe-$$"
-if ! ip netns add "$PROBE" 2>/tmp/pbt-netns-probe.err; then
-  echo "SKIPPED: cannot create a network namespace ($(head -c 300 /tmp/pbt-netns-probe.err)); the cluster tests need root and CAP_SYS_ADMIN"
+if ! err="$(ip netns add "$PROBE" 2>&1)"; then
+  echo "SKIPPED: cannot create a network namespace (${err:0:300}); the cluster tests need root and CAP_SYS_ADMIN"
   exit 0
 fi
 ip netns del "$PROBE"
+
+# --- one run at a time on this machine (namespaces and addresses are fixed) --------------------
+exec 9>/tmp/pushbox-cluster-test.lock
+flock -w 900 9 || { echo "another tests/cluster/run.sh holds /tmp/pushbox-cluster-test.lock"; exit 1; }
 
 # --- the engines ----------------------------------------------------------------------------------
 REDIS_SERVER="$(command -v redis-server || true)"
