@@ -2,16 +2,18 @@
 //! 200) and appends each event to its app's bus with the idempotent FORWARD script. The script
 //! keeps, per origin, the highest seq it added, so a retry after a lost answer, a reconnect or
 //! a restart adds nothing twice; after a restart the forwarder resumes from that mark, read
-//! back from Redis (no local state can get ahead of Redis).
+//! back from Redis (no local state can get ahead of Redis). Only when Redis has no mark at all
+//! (it lost its data) does it go on from the position it saves locally about once a second.
 //!
 //! Degraded mode: while Redis does not take the events, this node delivers its own events to
 //! its own sockets at once ([`Msg::Local`]) and keeps retrying; when the bus catches up, the
 //! deliverer skips them. The other nodes get them late, complete and in order.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
@@ -28,8 +30,9 @@ use crate::spool::{Record, Spool};
 /// Records read from the event log per round.
 const BATCH: usize = 128;
 
-/// After Redis lost its data, the events of this last while are forwarded again: some may have
-/// been on the lost stream before every node read them. Readers skip what they already have.
+/// After Redis lost all of this node's marks, the events of this while before Redis was last
+/// seen are forwarded again: some may have been on the lost stream before every node read
+/// them. Readers skip what they already have.
 pub const REWIND: Duration = Duration::from_secs(10);
 
 /// One app as the forwarder sees it.
@@ -44,10 +47,42 @@ pub struct Forwarder {
     pub origin: String,
     pub apps: HashMap<String, Target>,
     pub status: Arc<Status>,
-    /// Set (by a heartbeat) when Redis's epoch changed: forward [`REWIND`] again.
-    pub rewind: Arc<AtomicBool>,
+    /// Set by a heartbeat when Redis is back after it was lost (ms of the last heartbeat before,
+    /// 0: nothing to check): Redis may have lost what was forwarded last (a restart with AOF
+    /// loses up to a second, one without persistence everything), so check the marks.
+    pub recheck: Arc<Recheck>,
     /// The next seq to forward, for a clean shutdown that waits for the forwarder.
     pub next: Arc<AtomicU64>,
+    /// `{state_dir}/cluster-forwarded`: the last seq forwarded, saved about once a second, for
+    /// a start on a Redis that lost its marks (see [`Forwarder::start`]).
+    pub saved: PathBuf,
+}
+
+/// "Redis is back: check what it lost", from the heartbeat to the forwarder (which may be idle).
+#[derive(Default)]
+pub struct Recheck {
+    /// When Redis was last seen before it was lost (ms); 0: nothing to check.
+    since: AtomicU64,
+    wake: tokio::sync::Notify,
+}
+
+impl Recheck {
+    pub fn ask(&self, since_ms: u64) {
+        self.since.store(since_ms.max(1), Relaxed);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> u64 {
+        self.since.swap(0, Relaxed)
+    }
+}
+
+/// How often the forwarded position is saved locally.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// The seq saved in `path`, if any.
+fn read_saved(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 impl Forwarder {
@@ -66,15 +101,37 @@ impl Forwarder {
         let mut local_next = next;
         let mut committed = self.spool.subscribe();
         let mut backoff = Duration::from_millis(100);
+        let mut saved_at = Instant::now();
+        let mut saved = next;
+        // Per app, the highest seq this run forwarded: a mark in Redis below it was lost.
+        let mut sent: HashMap<String, u64> = HashMap::new();
         loop {
-            if self.rewind.swap(false, Relaxed) {
-                next = self.rewound(next).await;
+            if saved != next && saved_at.elapsed() >= SAVE_EVERY {
+                saved_at = Instant::now();
+                saved = next;
+                self.save(next).await;
+            }
+            let since = self.recheck.take();
+            if since > 0 {
+                next = self.rechecked(next, since, &sent).await;
             }
             let last = self.spool.last_seq();
             if next > last {
                 backoff = Duration::from_millis(100);
-                if committed.changed().await.is_err() {
-                    return;
+                if saved != next && saved_at.elapsed() >= SAVE_EVERY {
+                    // Idle now: save where this burst ended (at most once a second: a stale
+                    // position only means a little is forwarded twice, which readers skip).
+                    saved_at = Instant::now();
+                    saved = next;
+                    self.save(next).await;
+                }
+                tokio::select! {
+                    changed = committed.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    _ = self.recheck.wake.notified() => {}
                 }
                 continue;
             }
@@ -89,7 +146,7 @@ impl Forwarder {
                     .max(next + 1);
                 continue;
             };
-            match self.forward(&records).await {
+            match self.forward(&records, &mut sent).await {
                 Ok(()) => {
                     self.status.ok();
                     next = end;
@@ -119,13 +176,16 @@ impl Forwarder {
                 Ok(marks) => {
                     self.status.ok();
                     // An app without a mark has had nothing forwarded yet (or Redis lost it): the
-                    // others' marks still say where this node stopped.
+                    // others' marks still say where this node stopped. None at all (a new
+                    // cluster, or a Redis that lost its data): where this node saved it stopped,
+                    // so what it accepted while it could not forward still goes out.
                     let lowest = marks.into_iter().flatten().min();
                     let first = self.spool.stats().first_seq.unwrap_or(at_start + 1);
-                    return match lowest {
+                    let from = match lowest.or_else(|| read_saved(&self.saved)) {
                         Some(m) => (m + 1).max(first),
                         None => at_start + 1,
                     };
+                    return from.min(at_start + 1);
                 }
                 Err(e) => self.status.failed("reading the forward marks", &e),
             }
@@ -134,20 +194,68 @@ impl Forwarder {
         }
     }
 
-    /// The first seq committed within [`REWIND`] of now, if earlier than `next`.
-    async fn rewound(&self, next: u64) -> u64 {
-        let since = super::status::now_ms().saturating_sub(REWIND.as_millis() as u64);
+    /// Saves `next - 1` as the last seq forwarded (best effort: a lost save only means a little
+    /// is forwarded again, which readers skip).
+    async fn save(&self, next: u64) {
+        let path = self.saved.clone();
+        let tmp = path.with_extension("tmp");
+        let text = format!("{}\n", next.saturating_sub(1));
+        let _ = tokio::task::spawn_blocking(move || {
+            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path))
+        })
+        .await;
+    }
+
+    /// Where to go on after Redis came back: from the lowest mark that Redis lost (below what this
+    /// run forwarded for that app), or, for an app whose mark is gone altogether, from
+    /// [`REWIND`] before Redis was last seen (`since_ms`). `next` when nothing was lost.
+    async fn rechecked(&self, next: u64, since_ms: u64, sent: &HashMap<String, u64>) -> u64 {
+        let marks = match self.marks_by_app().await {
+            Ok(m) => m,
+            Err(_) => {
+                // Not yet: the next round asks again.
+                self.recheck.since.store(since_ms, Relaxed);
+                return next;
+            }
+        };
+        let mut from = next;
+        let mut gone = false;
+        for (app, mark) in marks {
+            let Some(&high) = sent.get(&app) else {
+                continue;
+            };
+            match mark {
+                Some(m) if m >= high => {}
+                Some(m) => from = from.min(m + 1),
+                None => gone = true,
+            }
+        }
+        if gone {
+            from = from.min(
+                self.first_since(since_ms.saturating_sub(REWIND.as_millis() as u64), next)
+                    .await,
+            );
+        }
+        let first = self.spool.stats().first_seq.unwrap_or(from);
+        let from = from.max(first).min(next);
+        if from < next {
+            tracing::warn!(
+                events = next - from,
+                "cluster: Redis lost events this node had forwarded (a restart): forwarding them again; nodes skip what they have"
+            );
+        }
+        from
+    }
+
+    /// The first seq committed at or after `since_ms`, if earlier than `next`.
+    async fn first_since(&self, since_ms: u64, next: u64) -> u64 {
+        let since = since_ms;
         let first = self.spool.stats().first_seq.unwrap_or(next);
         let mut from = next.saturating_sub(10_000).max(first);
         while from < next {
             let records = self.read(from).await;
             if let Some(r) = records.iter().find(|r| r.timestamp_ms >= since) {
-                let to = r.seq.min(next);
-                tracing::info!(
-                    events = next - to,
-                    "cluster: forwarding the last {REWIND:?} of events again (Redis lost its data)"
-                );
-                return to;
+                return r.seq.min(next);
             }
             match records.last() {
                 Some(r) => from = r.seq + 1,
@@ -158,8 +266,18 @@ impl Forwarder {
     }
 
     async fn marks(&self) -> Result<Vec<Option<u64>>, redis::RedisError> {
+        Ok(self
+            .marks_by_app()
+            .await?
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect())
+    }
+
+    /// Each app's mark for this origin in Redis.
+    async fn marks_by_app(&self) -> Result<Vec<(String, Option<u64>)>, redis::RedisError> {
         let mut out = Vec::new();
-        for t in self.apps.values() {
+        for (app, t) in &self.apps {
             let v = self
                 .pool
                 .query(
@@ -168,7 +286,7 @@ impl Forwarder {
                         .arg(&self.origin),
                 )
                 .await?;
-            out.push(int(&v).map(|n| n.max(0) as u64));
+            out.push((app.clone(), int(&v).map(|n| n.max(0) as u64)));
         }
         Ok(out)
     }
@@ -187,7 +305,11 @@ impl Forwarder {
     }
 
     /// Forwards `records`, grouped per app, one script call per app.
-    async fn forward(&self, records: &[Record]) -> Result<(), redis::RedisError> {
+    async fn forward(
+        &self,
+        records: &[Record],
+        sent: &mut HashMap<String, u64>,
+    ) -> Result<(), redis::RedisError> {
         let mut per_app: HashMap<&str, Vec<String>> = HashMap::new();
         let decoded: Vec<(u64, EventRecord)> = records
             .iter()
@@ -220,6 +342,11 @@ impl Forwarder {
             self.pool
                 .script(&FORWARD_SCRIPT, t.keys.base(), &all)
                 .await?;
+            if let Some(q) = args.first().and(args.get(args.len().saturating_sub(6))) {
+                if let Ok(q) = q.parse::<u64>() {
+                    sent.insert(app.to_owned(), q);
+                }
+            }
         }
         Ok(())
     }

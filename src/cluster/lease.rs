@@ -34,8 +34,8 @@ pub struct Lease {
     pub ops: mpsc::UnboundedSender<Op>,
     /// A random epoch this node offers if Redis has none.
     pub epoch: String,
-    /// Tells the forwarder to forward the last moments again (Redis lost its data).
-    pub rewind: Arc<std::sync::atomic::AtomicBool>,
+    /// Tells the forwarder to check what Redis lost (the ms Redis was last seen before).
+    pub recheck: Arc<super::forward::Recheck>,
 }
 
 impl Lease {
@@ -52,14 +52,19 @@ impl Lease {
         let mut known_epoch: Option<String> = None;
         // Whether the last heartbeat failed: Redis may have lost or missed something since.
         let mut was_lost = false;
+        // When a heartbeat last went through (ms).
+        let mut last_ok = super::status::now_ms();
         loop {
             tick.tick().await;
             match self.beat().await {
                 Ok((had, epoch)) => {
                     self.status.ok();
                     let epoch_changed = known_epoch.as_ref().is_some_and(|e| *e != epoch);
+                    if epoch_changed || was_lost {
+                        self.recheck.ask(last_ok);
+                    }
+                    last_ok = super::status::now_ms();
                     if epoch_changed {
-                        self.rewind.store(true, Relaxed);
                         tracing::warn!("cluster: Redis lost its data (a restart without persistence?): joins and leaves meanwhile send no webhook, and events in flight then may have missed a node");
                     }
                     let first = known_epoch.is_none();

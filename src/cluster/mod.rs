@@ -85,12 +85,14 @@ pub struct Cluster {
     status: Arc<status::Status>,
     observer: Arc<dyn HubObserver>,
     stop: watch::Sender<bool>,
-    /// Set by a heartbeat that finds Redis's epoch changed; read by the forwarder.
-    rewind: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by a heartbeat that finds Redis back after it was lost; read by the forwarder.
+    recheck: Arc<forward::Recheck>,
     /// The next event-log seq the forwarder will forward (0: not started).
     forwarded: Arc<std::sync::atomic::AtomicU64>,
     /// The event log, once started: a clean stop waits until it is forwarded.
     events: Mutex<Option<Spool>>,
+    /// Where the forwarder saves how far it got.
+    saved: std::path::PathBuf,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -168,9 +170,10 @@ impl Cluster {
             status,
             observer,
             stop,
-            rewind: Arc::default(),
+            recheck: Arc::default(),
             forwarded: Arc::default(),
             events: Mutex::new(None),
+            saved: config.state_dir.join("cluster-forwarded"),
             tasks: Mutex::new(Vec::new()),
         }))
     }
@@ -229,7 +232,7 @@ impl Cluster {
                 remote: link.remote.clone(),
                 ops: link.ops.clone(),
                 epoch: random_hex(8),
-                rewind: self.rewind.clone(),
+                recheck: self.recheck.clone(),
             };
             tasks.push(tokio::spawn(lease.run(self.stop.subscribe())));
             let hooks = hooks::Hooks {
@@ -259,8 +262,9 @@ impl Cluster {
             origin: self.origin.clone(),
             apps: targets,
             status: self.status.clone(),
-            rewind: self.rewind.clone(),
+            recheck: self.recheck.clone(),
             next: self.forwarded.clone(),
+            saved: self.saved.clone(),
         };
         tasks.push(tokio::spawn(forwarder.run(self.stop.subscribe())));
         tracing::info!(node = %self.node, redis = %self.redis.shown, "cluster: joining");

@@ -83,7 +83,13 @@ impl Status {
 
     pub fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
         if self.redis_up.swap(false, Relaxed) {
-            tracing::error!(redis = %self.shown, %error, "cluster: lost Redis ({what}): this node now delivers only the events published on it; the others get them when Redis is back. Check that Redis runs and that this box reaches it");
+            let error = error.to_string();
+            let fix = if error.contains("OOM") {
+                "Redis is out of memory and refuses writes: raise its maxmemory (keep maxmemory-policy noeviction) or free memory"
+            } else {
+                "Check that Redis runs and that this box reaches it"
+            };
+            tracing::error!(redis = %self.shown, %error, "cluster: lost Redis ({what}): this node now delivers only the events published on it; the others get them when Redis is back. {fix}");
         } else {
             tracing::debug!(%error, "cluster: {what} failed");
         }
