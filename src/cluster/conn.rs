@@ -149,7 +149,14 @@ impl Pool {
         self.check(r)
     }
 
-    fn check(&self, r: Result<Value, RedisError>) -> Result<Value, RedisError> {
+    /// Runs a pipeline (its commands in order, one round trip); an error drops the connection.
+    pub async fn pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, RedisError> {
+        let mut c = self.conn().await?;
+        let r = pipe.query_async::<Vec<Value>>(&mut c).await;
+        self.check(r)
+    }
+
+    fn check<T>(&self, r: Result<T, RedisError>) -> Result<T, RedisError> {
         if let Err(e) = &r {
             // A script error (a bug, a full Redis refusing writes) leaves the connection
             // usable; anything else may mean it is dead.

@@ -19,6 +19,9 @@ use super::deliver::{Activation, Msg};
 use super::keys::Keys;
 use super::scripts::{MAXLEN, SUBSCRIBE_SCRIPT, UNSUBSCRIBE_SCRIPT};
 use super::status::Status;
+
+/// Operations sent in one pipeline at most: a burst of joins costs a round trip per this many.
+const BATCH_OPS: usize = 64;
 use crate::config::AppConfig;
 use crate::hub::{HubEvent, HubObserver, Member, Outbox};
 use crate::protocol::{message, presence, ChannelKind, Frame};
@@ -92,24 +95,130 @@ impl Worker {
 
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
         while let Some(op) = rx.recv().await {
-            match op {
-                Op::Subscribe {
-                    outbox,
-                    channel,
-                    member,
-                } => self.subscribe(outbox, channel, member).await,
-                Op::Unsubscribe {
-                    conn_id,
-                    socket_id,
-                    channel,
-                } => self.unsubscribe(conn_id, socket_id, channel).await,
-                Op::ClientEvent {
-                    channel,
-                    socket_id,
-                    frame,
-                } => self.client_event(&channel, &socket_id, &frame).await,
-                Op::Reconcile => self.reconcile().await,
+            // What queued up meanwhile goes in the same round trip (a pipeline runs in order).
+            let mut ops = vec![op];
+            while ops.len() < BATCH_OPS {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
             }
+            let mut run = Vec::with_capacity(ops.len());
+            for op in ops {
+                if matches!(op, Op::Reconcile) {
+                    self.pipelined(std::mem::take(&mut run)).await;
+                    self.reconcile().await;
+                } else {
+                    run.push(op);
+                }
+            }
+            self.pipelined(run).await;
+        }
+    }
+
+    /// Runs `ops` in one pipeline, in order, until Redis answers: each script is atomic and
+    /// idempotent (a subscribe or unsubscribe done twice is done once), so a retry after a lost
+    /// answer changes nothing. Client events go only on the first try (best effort, never
+    /// twice); subscribes of connections closed meanwhile are left out.
+    async fn pipelined(&mut self, ops: Vec<Op>) {
+        let mut first_try = true;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let live: Vec<&Op> = ops
+                .iter()
+                .filter(|op| match op {
+                    Op::Subscribe { outbox, .. } => !outbox.is_closing(),
+                    Op::ClientEvent { .. } => first_try,
+                    _ => true,
+                })
+                .collect();
+            if live.is_empty() {
+                return;
+            }
+            let mut pipe = redis::pipe();
+            // SCRIPT LOAD is idempotent: after a Redis restart the scripts are there again.
+            pipe.load_script(&SUBSCRIBE_SCRIPT).ignore();
+            pipe.load_script(&UNSUBSCRIBE_SCRIPT).ignore();
+            for op in &live {
+                self.add(&mut pipe, op);
+            }
+            match self.pool.pipeline(&pipe).await {
+                Ok(results) => {
+                    self.status.ok();
+                    for (op, v) in live.into_iter().zip(results.iter()) {
+                        self.done(op, v).await;
+                    }
+                    return;
+                }
+                Err(e) => self.status.failed("presence changes", &e),
+            }
+            first_try = false;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// The command of one operation.
+    fn add(&self, pipe: &mut redis::Pipeline, op: &Op) {
+        match op {
+            Op::Subscribe {
+                outbox,
+                channel,
+                member,
+            } => {
+                let args = self.join_args(outbox.socket_id.as_str(), channel, member.as_ref());
+                let mut inv = SUBSCRIBE_SCRIPT.key(self.keys.base());
+                for a in &args {
+                    inv.arg(a.as_str());
+                }
+                pipe.invoke_script(&inv);
+            }
+            Op::Unsubscribe {
+                socket_id, channel, ..
+            } => {
+                let scf = Self::flag(self.counts_frames(channel));
+                let mut inv = UNSUBSCRIBE_SCRIPT.key(self.keys.base());
+                inv.arg(&self.node).arg(channel).arg(socket_id).arg(scf);
+                pipe.invoke_script(&inv);
+            }
+            Op::ClientEvent {
+                channel,
+                socket_id,
+                frame,
+            } => {
+                pipe.add_command(self.client_event_cmd(channel, socket_id, frame));
+            }
+            Op::Reconcile => {}
+        }
+    }
+
+    /// What follows an operation Redis answered.
+    async fn done(&mut self, op: &Op, v: &redis::Value) {
+        match op {
+            Op::Subscribe {
+                outbox,
+                channel,
+                member,
+            } => {
+                let joined = parse_joined(v);
+                self.joined(outbox.clone(), channel.clone(), member.clone(), joined)
+                    .await;
+            }
+            Op::Unsubscribe {
+                conn_id,
+                socket_id,
+                channel,
+            } => {
+                self.held.remove(&(socket_id.clone(), channel.clone()));
+                let _ = self
+                    .deliver
+                    .send(Msg::Detach {
+                        conn_id: *conn_id,
+                        channel: channel.clone(),
+                    })
+                    .await;
+            }
+            Op::ClientEvent { .. } | Op::Reconcile => {}
         }
     }
 
@@ -125,57 +234,48 @@ impl Worker {
         self.app.subscription_count && !ChannelKind::of(channel).is_presence()
     }
 
-    /// Runs the subscribe script until it answers (or the connection is gone).
-    async fn join(
+    /// SUBSCRIBE's arguments (see `scripts`).
+    fn join_args(&self, socket_id: &str, channel: &str, member: Option<&Member>) -> Vec<String> {
+        let user = member.map_or("", |m| m.user_id.as_str());
+        let info = member.and_then(|m| m.user_info.as_deref()).unwrap_or("");
+        let cache = ChannelKind::of(channel).is_cache();
+        vec![
+            self.node.clone(),
+            channel.to_owned(),
+            socket_id.to_owned(),
+            user.to_owned(),
+            info.to_owned(),
+            self.app.max_presence_members.to_string(),
+            Self::flag(self.counts_frames(channel)).to_owned(),
+            Self::flag(cache).to_owned(),
+        ]
+    }
+
+    /// Runs the subscribe script once for a socket that is attached already (reconcile).
+    async fn rejoin(
         &self,
-        outbox: Option<&Outbox>,
         socket_id: &str,
         channel: &str,
         member: Option<&Member>,
-    ) -> Option<Joined> {
-        let user = member.map_or("", |m| m.user_id.as_str());
-        let info = member.and_then(|m| m.user_info.as_deref()).unwrap_or("");
-        let max = self.app.max_presence_members.to_string();
-        let cache = ChannelKind::of(channel).is_cache();
-        let args = [
-            self.node.as_str(),
-            channel,
-            socket_id,
-            user,
-            info,
-            max.as_str(),
-            Self::flag(self.counts_frames(channel)),
-            Self::flag(cache),
-        ];
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            if outbox.is_some_and(Outbox::is_closing) {
-                return None;
-            }
-            match self
-                .pool
-                .script(&SUBSCRIBE_SCRIPT, self.keys.base(), &args)
-                .await
-            {
-                Ok(v) => {
-                    self.status.ok();
-                    return Some(parse_joined(&v));
-                }
-                Err(e) => self.status.failed("a subscribe", &e),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-        }
+    ) -> Result<(), redis::RedisError> {
+        let args = self.join_args(socket_id, channel, member);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.pool
+            .script(&SUBSCRIBE_SCRIPT, self.keys.base(), &args)
+            .await
+            .map(drop)
     }
 
-    async fn subscribe(&mut self, outbox: Arc<Outbox>, channel: String, member: Option<Member>) {
+    /// A subscribe Redis answered: the socket's snapshot goes to the deliverer, or the refusal
+    /// to the socket.
+    async fn joined(
+        &mut self,
+        outbox: Arc<Outbox>,
+        channel: String,
+        member: Option<Member>,
+        joined: Joined,
+    ) {
         let sid = outbox.socket_id.as_str().to_owned();
-        let Some(joined) = self
-            .join(Some(&outbox), &sid, &channel, member.as_ref())
-            .await
-        else {
-            return;
-        };
         let (gate, members, cache) = match joined {
             Joined::Full => {
                 let max = self.app.max_presence_members;
@@ -238,36 +338,8 @@ impl Worker {
             .await;
     }
 
-    async fn unsubscribe(&mut self, conn_id: u64, socket_id: String, channel: String) {
-        let scf = Self::flag(self.counts_frames(&channel));
-        let args = [
-            self.node.as_str(),
-            channel.as_str(),
-            socket_id.as_str(),
-            scf,
-        ];
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self
-                .pool
-                .script(&UNSUBSCRIBE_SCRIPT, self.keys.base(), &args)
-                .await
-            {
-                Ok(_) => {
-                    self.status.ok();
-                    break;
-                }
-                Err(e) => self.status.failed("an unsubscribe", &e),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-        }
-        self.held.remove(&(socket_id, channel.clone()));
-        let _ = self.deliver.send(Msg::Detach { conn_id, channel }).await;
-    }
-
-    /// Client events are best effort, like on one box: a few tries, then dropped (logged).
-    async fn client_event(&self, channel: &str, socket_id: &str, frame: &Frame) {
+    /// A client event's XADD: best effort, like on one box.
+    fn client_event_cmd(&self, channel: &str, socket_id: &str, frame: &Frame) -> redis::Cmd {
         let mut cmd = redis::cmd("XADD");
         cmd.arg(self.keys.bus())
             .arg("MAXLEN")
@@ -282,16 +354,7 @@ impl Worker {
             .arg(socket_id)
             .arg("f")
             .arg(frame.as_str());
-        for attempt in 0..3u32 {
-            match self.pool.query(&cmd).await {
-                Ok(_) => return,
-                Err(e) if attempt == 2 => {
-                    self.status.failed("a client event", &e);
-                    tracing::warn!(%channel, "cluster: client event dropped: Redis does not answer");
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        cmd
     }
 
     /// What Redis holds for this node: (socket id, channel) pairs.
@@ -339,7 +402,12 @@ impl Worker {
         );
         for ((sid, channel), member) in missing {
             // No snapshot needed: the socket is attached and saw the bus meanwhile.
-            let _ = self.join(None, &sid, &channel, member.as_ref()).await;
+            if let Err(e) = self.rejoin(&sid, &channel, member.as_ref()).await {
+                // Lost again: the next heartbeat that gets through asks for this again.
+                self.status
+                    .failed("putting this node's subscriptions back", &e);
+                return;
+            }
         }
         for (sid, channel) in extra {
             let scf = Self::flag(self.counts_frames(channel));

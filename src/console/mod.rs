@@ -433,6 +433,9 @@ fn snapshot(shared: &Shared, console: &Console, session: &Session) -> Value {
             .map(|(n, b)| (n.to_string(), json!(b)))
             .collect::<serde_json::Map<_, _>>()
     });
+    let cluster = m.cluster().map(|c| {
+        json!({ "redis_up": c.redis_up, "nodes": c.nodes, "lag_seconds": c.lag_seconds, "lag_entries": c.lag_entries })
+    });
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": m.uptime_secs(),
@@ -444,6 +447,7 @@ fn snapshot(shared: &Shared, console: &Console, session: &Session) -> Value {
         "webhooks": webhooks,
         "tls": tls,
         "spool": spool,
+        "cluster": cluster,
         "ws_path": shared.config.server.ws_path,
         "http_path": shared.config.server.http_path,
     })

@@ -404,6 +404,11 @@ impl Metrics {
         let _ = self.cluster.set(Box::new(provider));
     }
 
+    /// The cluster's status, when `[cluster]` is configured.
+    pub fn cluster(&self) -> Option<ClusterSnapshot> {
+        self.cluster.get().map(|p| p())
+    }
+
     pub fn set_spool(&self, provider: impl Fn() -> SpoolSnapshot + Send + Sync + 'static) {
         let _ = self.spool.set(Box::new(provider));
     }
@@ -638,7 +643,7 @@ impl Metrics {
             let _ = writeln!(w, "pushbox_refusals_total{{reason=\"{}\"}} {n}", r.label());
         }
 
-        if let Some(c) = self.cluster.get().map(|p| p()) {
+        if let Some(c) = self.cluster() {
             let series: [(&str, &str, String); 4] = [
                 (
                     "pushbox_cluster_redis_up",

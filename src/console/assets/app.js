@@ -56,6 +56,9 @@
     var w = st.webhooks;
     text('webhooks', w ? ('queue: ' + w.queue_depth + ' · dead letters: ' + w.dead_letters +
       ' · delivered: ' + w.delivered + ' · failed attempts: ' + w.failed_attempts) : 'webhooks: not configured');
+    var c = st.cluster;
+    text('cluster', !c ? 'one box (no [cluster])' : ((c.redis_up ? 'Redis up' : 'Redis LOST') +
+      ' · nodes: ' + c.nodes + ' · behind the bus: ' + c.lag_seconds.toFixed(1) + ' s'));
     var t = st.tls;
     text('tls', !t.configured ? 'no TLS' : t.error ? ('certificate: ' + t.error) :
       ((t.expired ? 'EXPIRED ' : 'expires ') + new Date(t.not_after * 1000).toISOString().slice(0, 10) +
