@@ -170,15 +170,20 @@ latency() {
 }
 
 presence() { # N nodes (1 = single box)
-    local n=$1 cl=1 urls="" i c0 c1 out
+    local n=$1 cl=1 urls="" i c0 c1 r0 r1 out
     [ "$n" = 1 ] && cl=0
     nodes_start "$n" "$cl"
     for i in $(seq 0 $((n - 1))); do urls+="${urls:+,}$(WS "$i")"; done
-    c0=$(nodes_cpu)
+    c0=$(nodes_cpu); r0=$(cpu_of "$RPID")
     out=$(taskset -c "$CLIENT_CPU" node benches/cluster-presence.mjs rate --urls "$urls" --secret "$SECRET" --workers 30 --duration 10)
-    c1=$(nodes_cpu)
+    c1=$(nodes_cpu); r1=$(cpu_of "$RPID")
+    # Redis' CPU counts for the cluster: its scripts are the presence work. The single box does
+    # not use Redis (its Redis CPU is 0 by construction).
     emit "$(echo "$out" | jq -c --argjson n "$n" --argjson cpu "$(( c1 - c0 ))" --argjson tck "$TCK" \
-        '{scenario: "presence", nodes: $n, cycles, per_s: (.per_s | round), p50_ms, p99_ms, client_cpu_s, nodes_cpu_s: ($cpu / $tck)}')"
+        --argjson rcpu "$(( r1 - r0 ))" \
+        '{scenario: "presence", nodes: $n, cycles, per_s: (.per_s | round), p50_ms, p99_ms, client_cpu_s,
+          nodes_cpu_s: ($cpu / $tck), redis_cpu_s: (if $n > 1 then $rcpu / $tck else 0 end),
+          cycles_per_server_cpu_s: (if $cpu > 0 then (.cycles / (($cpu + (if $n > 1 then $rcpu else 0 end)) / $tck)) | round else null end)}')"
     nodes_stop
 }
 
@@ -219,5 +224,5 @@ redis_stop
 log "done: $JSONL"
 jq -r 'select(.scenario=="fanout") | "fanout nodes=\(.nodes): \(.deliveries) deliveries, \(.nodes_cpu_s) node CPU-s, \(.deliveries_per_node_cpu_s)/CPU-s, redis \(.redis_cpu_s) s, loss \(.loss_pct)%"' "$JSONL"
 jq -r 'select(.scenario=="latency") | "latency \(.where): p50 \(.p50_ms) ms p99 \(.p99_ms) ms (\(.received)/\(.expected))"' "$JSONL"
-jq -r 'select(.scenario=="presence") | "presence nodes=\(.nodes): \(.per_s) cycles/s p50 \(.p50_ms) ms p99 \(.p99_ms) ms"' "$JSONL"
+jq -r 'select(.scenario=="presence") | "presence nodes=\(.nodes): \(.per_s) cycles/s p50 \(.p50_ms) ms p99 \(.p99_ms) ms; \(.cycles_per_server_cpu_s) cycles per server CPU-s (nodes \(.nodes_cpu_s) s, redis \(.redis_cpu_s) s, client \(.client_cpu_s) s)"' "$JSONL"
 jq -r 'select(.scenario=="redis-memory") | "redis memory: \(.bytes_per_conn) B/connection, \(.bytes_per_member) B/presence member"' "$JSONL"
