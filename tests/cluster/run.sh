@@ -8,7 +8,8 @@
 #   tests/cluster/run.sh                 # both engines (redis, then valkey)
 #   tests/cluster/run.sh redis           # one engine (redis | valkey | both)
 #   CASES=presence,crash tests/cluster/run.sh redis     # some cases only
-#   SINGLE=1 tests/cluster/run.sh redis  # one pushbox without [cluster] (checks the harness itself)
+#   SINGLE=1 tests/cluster/run.sh redis  # one pushbox without [cluster] (checks the harness itself;
+#                                        # FORCE=1 also runs the cases that need three nodes)
 #   SEED=7 PRESENCE_STEPS=40 LEASE_SECS=10 HEARTBEAT_SECS=1 SKIP_BUILD=1 PUSHBOX_BIN=... KEEP=1
 #
 # Topology (names and the subnet differ from docs so a second harness on the box cannot clash):
@@ -16,7 +17,8 @@
 #   10.91.7.100 (Redis/Valkey, port 6390); namespaces pbt-a/pbt-b/pbt-c: 10.91.7.11/12/13, each
 #   running one pushbox on port 7011/7012/7013 with its own state directory.
 # Everything (processes, namespaces, the bridge) is removed by the EXIT trap. Without the right to
-# create a network namespace the run prints SKIPPED and exits 0.
+# create a network namespace the run prints SKIPPED and exits 0. CASES: presence, webhooks,
+# exclusion, terminate, crash, partition, full (extra: Redis refusing writes), redis.
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
