@@ -8,7 +8,7 @@
 // PRESENCE_STEPS, LEASE_SECS, HEARTBEAT_SECS, SINGLE (one node without [cluster]), NODE_LOG.
 import { Checks, within } from './lib/check.mjs';
 import { Engine, makeNodes, DRIVER_IP, SINGLE, LEASE_SECS, HEARTBEAT_SECS } from './lib/procs.mjs';
-import { Receiver, alternation } from './lib/webhooks.mjs';
+import { Receiver, alternation, ordered } from './lib/webhooks.mjs';
 import { World, Fleet, APP, sdkFor, sleep } from './lib/world.mjs';
 import { startAuthServer } from '../clients/lib/helpers.mjs';
 import { presence } from './cases/presence.mjs';
@@ -113,7 +113,7 @@ async function main() {
  */
 async function settle(receiver, world, knownStart) {
   const done = () => {
-    const { last } = alternation(receiver.events, knownStart, () => true);
+    const { last } = alternation(ordered(receiver.events), knownStart, () => true);
     for (const [key, up] of last) {
       const [kind, chan, user] = key.split('|');
       if ((kind === 'c' ? world.occupied(chan) : world.count(chan, user) > 0) !== up) return false;

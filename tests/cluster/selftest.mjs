@@ -2,7 +2,7 @@
 // for the clean sequence, or the cluster cases could pass while asserting nothing. Run by run.sh
 // before any engine starts (no network, no pushbox).
 import assert from 'node:assert/strict';
-import { alternation } from './lib/webhooks.mjs';
+import { alternation, ordered } from './lib/webhooks.mjs';
 import { exactlyOnceInOrder } from './cases/partition.mjs';
 import { World } from './lib/world.mjs';
 import { Checks } from './lib/check.mjs';
@@ -33,6 +33,11 @@ t('alternation: repeat allowed only where dupOk says so', () => {
   assert.equal(alternation(evs, true, (i) => i === 2).violations.length, 0);
   assert.equal(alternation(evs, true, (i) => i === 2).duplicates, 1);
   assert.equal(alternation(evs, true, () => false).violations.length, 1);
+});
+
+t('ordered: by time_ms, then arrival', () => {
+  const evs = [{ name: 'b', time_ms: 20, idx: 0 }, { name: 'a', time_ms: 10, idx: 1 }, { name: 'c', time_ms: 20, idx: 2 }];
+  assert.deepEqual(ordered(evs).map((e) => e.name), ['a', 'b', 'c']);
 });
 
 const sock = (ds) => ({ got: () => ds });

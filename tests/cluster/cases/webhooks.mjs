@@ -5,7 +5,7 @@
 // removed/added; a real leave sends vacated and member_removed once each, not before ~3 s
 // (Pusher's delay; 2.5 s allowed for clock granularity).
 import { within } from '../lib/check.mjs';
-import { alternation } from '../lib/webhooks.mjs';
+import { alternation, ordered } from '../lib/webhooks.mjs';
 import { sleep } from '../lib/world.mjs';
 
 const DELAY_FLOOR_MS = 2500;
@@ -13,8 +13,8 @@ const DELAY_FLOOR_MS = 2500;
 /** Alternation and end state over events[from..]; `world` gives the truth for the end state. */
 /** `world` null: no end-state check (the segment ends mid-run). */
 export function checkAlternation(c, receiver, world, from, label, knownStart = true, to = receiver.events.length) {
-  const evs = receiver.events.slice(from, to);
-  const dupOk = (i) => (receiver.dupOk || []).some(([a, b]) => from + i >= a && from + i < b);
+  const evs = ordered(receiver.events.slice(from, to));
+  const dupOk = (i) => (receiver.dupOk || []).some(([a, b]) => i >= a && i < b);
   const { violations, last, duplicates } = alternation(evs, knownStart, dupOk);
   c.ok(violations.length === 0, `${label}: webhooks alternate per channel and per (channel, user)`, violations.slice(0, 6).join('; '));
   if (duplicates) c.note(`${label}: ${duplicates} identical repeat(s) in the node-crash window (allowed)`);

@@ -37,7 +37,7 @@ export class Receiver {
         const at = Date.now();
         let body;
         try { body = JSON.parse(raw); } catch { this.invalid.push('body is not JSON'); res.writeHead(400); res.end(); return; }
-        for (const e of body.events || []) this.events.push({ ...e, at, time_ms: body.time_ms });
+        for (const e of body.events || []) this.events.push({ ...e, at, time_ms: body.time_ms, idx: this.events.length });
         res.writeHead(200, { 'Content-Type': 'application/json' });
         res.end('{}');
       });
@@ -88,7 +88,7 @@ export function alternation(events, knownStart = true, dupOk = () => false) {
     const prev = last.get(key);
     const what = `${e.name} ${e.channel}${e.user_id ? ` user ${e.user_id}` : ''}`;
     if (prev !== undefined && prev === up) {
-      if (dupOk(i)) duplicates++;
+      if (dupOk(e.idx ?? i)) duplicates++;
       else violations.push(`${what} twice in a row`);
     } else if (knownStart && prev === undefined && !up) {
       violations.push(`${what} with no ${key[0] === 'c' ? 'channel_occupied' : 'member_added'} before it`);
@@ -96,4 +96,13 @@ export function alternation(events, knownStart = true, dupOk = () => false) {
     last.set(key, up);
   });
   return { violations, duplicates, last };
+}
+
+/**
+ * Events in the order they happened: by the request's `time_ms`, then by arrival. Two nodes send
+ * their own batches, so two batches close in time may arrive either way round; Pusher tells
+ * receivers to order by `time_ms`, and so does this check.
+ */
+export function ordered(events) {
+  return [...events].sort((a, b) => (a.time_ms - b.time_ms) || (a.idx - b.idx));
 }
