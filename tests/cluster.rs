@@ -582,7 +582,14 @@ impl Hooks {
                         let body: Value = serde_json::from_slice(&buf[end + 4..end + 4 + len])
                             .unwrap_or(Value::Null);
                         if let Some(evs) = body["events"].as_array() {
-                            hh.events.lock().unwrap().extend(evs.iter().cloned());
+                            // Each event with its batch's time: batches from two nodes may
+                            // arrive in either order, their times say which came first.
+                            let t = body["time_ms"].clone();
+                            hh.events.lock().unwrap().extend(evs.iter().map(|e| {
+                                let mut e = e.clone();
+                                e["_time_ms"] = t.clone();
+                                e
+                            }));
                         }
                         buf.drain(..end + 4 + len);
                         let _ = s
@@ -595,10 +602,11 @@ impl Hooks {
         (h, addr)
     }
 
+    /// (name, user id) of every event, in the order their batches were made.
     fn names(&self) -> Vec<(String, String)> {
-        self.events
-            .lock()
-            .unwrap()
+        let mut events = self.events.lock().unwrap().clone();
+        events.sort_by_key(|e| e["_time_ms"].as_u64().unwrap_or(0));
+        events
             .iter()
             .map(|e| {
                 (
@@ -1293,7 +1301,12 @@ fn replay(frames: &[Value]) -> (std::collections::BTreeSet<String>, Vec<String>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_per_observer_matches_ground_truth_after_random_joins_and_leaves() {
     let redis = Redis::start();
-    let n = nodes(&redis, &["a", "b", "c"], "");
+    let (hooks, addr) = Hooks::start().await;
+    let n = nodes(
+        &redis,
+        &["a", "b", "c"],
+        &format!("webhook_url = \"http://{addr}/hook\"\n"),
+    );
     let ch = "presence-random";
     // One observer per node, its frames collected in the background.
     let mut seen = Vec::new();
@@ -1365,6 +1378,44 @@ async fn presence_per_observer_matches_ground_truth_after_random_joins_and_leave
             .collect();
         assert_eq!(users, truth);
     }
+    // Webhooks: per user, added and removed strictly alternate, starting with added and ending
+    // in the truth (after Pusher's 3 s delay on the way down).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut per_user: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (name, user) in hooks.names() {
+        if name.starts_with("member_") {
+            per_user.entry(user).or_default().push(name);
+        }
+    }
+    for (user, seq) in &per_user {
+        for (i, name) in seq.iter().enumerate() {
+            let want = if i % 2 == 0 {
+                "member_added"
+            } else {
+                "member_removed"
+            };
+            assert_eq!(name, want, "{user}: {seq:?}");
+        }
+        assert_eq!(
+            seq.len() % 2 == 1,
+            truth.contains(user),
+            "{user} ends as it is: {seq:?}"
+        );
+    }
+    for u in &truth {
+        assert!(per_user.contains_key(u), "member_added for {u}");
+    }
+    let occ: Vec<String> = hooks
+        .names()
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| n.starts_with("channel_"))
+        .collect();
+    assert_eq!(
+        occ,
+        ["channel_occupied"],
+        "occupied once, never vacated (observers stay)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1468,7 +1519,9 @@ async fn a_reload_onto_another_node_sends_no_webhook() {
     let mut again = Client::connect(n[1].addr()).await;
     again.subscribe_presence(ch, &presence_data("u1")).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let names = hooks.names();
+    let mut names = hooks.names();
+    // Two jobs of one script may go out from two nodes: their order is not the point.
+    names.sort();
     assert_eq!(
         names,
         [
@@ -1558,5 +1611,51 @@ async fn the_console_shows_the_cluster() {
             v["cluster"]
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_count_frames_and_webhooks_count_every_node() {
+    let redis = Redis::start();
+    let (hooks, addr) = Hooks::start().await;
+    let more = format!("subscription_count = true\nwebhook_url = \"http://{addr}/hook\"\n");
+    let n = nodes(&redis, &["a", "b"], &more);
+    let mut on_a = Client::connect(n[0].addr()).await;
+    subscribed(&mut on_a, "counted").await;
+    let mut on_b = Client::connect(n[1].addr()).await;
+    subscribed(&mut on_b, "counted").await;
+    // a's client hears the count go to 2 when b's joins.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let f = tokio::time::timeout_at(deadline, on_a.recv())
+            .await
+            .expect("subscription_count 2");
+        if f["event"] == "pusher_internal:subscription_count"
+            && f["data"].as_str().unwrap_or("").contains(":2")
+        {
+            break;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let counts: Vec<u64> = hooks
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == "subscription_count")
+            .filter_map(|e| e["subscription_count"].as_u64())
+            .collect();
+        if counts.len() >= 2 {
+            let mut counts = counts;
+            counts.sort_unstable();
+            assert_eq!(counts, [1, 2], "one webhook per change, cluster-wide");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "subscription_count webhooks: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -81,6 +81,14 @@ impl Hooks {
             .dedicated(Duration::from_millis(BLOCK_MAX_MS) + Duration::from_secs(2))
             .await?;
         let stream = self.keys.hooks();
+        // Due times are Redis's clock (the scripts read TIME): compare them with this box's
+        // clock corrected by the difference, so a skewed clock neither sends early nor late.
+        let time: redis::Value = redis::cmd("TIME").query_async(&mut conn).await?;
+        let t = items(&time);
+        let redis_ms = t.first().and_then(int).unwrap_or(0) * 1000
+            + t.get(1).and_then(int).unwrap_or(0) / 1000;
+        let skew = redis_ms - now_ms() as i64;
+        let redis_now = move || (now_ms() as i64 + skew).max(0) as u64;
         // From the start of the stream when the group is new: jobs enqueued before any node
         // read them are not lost. BUSYGROUP (it exists) is fine.
         let _: Result<redis::Value, _> = redis::cmd("XGROUP")
@@ -92,8 +100,8 @@ impl Hooks {
             .query_async(&mut conn)
             .await;
         loop {
-            self.send_due(waiting).await?;
-            let now = now_ms();
+            self.send_due(waiting, redis_now()).await?;
+            let now = redis_now();
             if now.saturating_sub(*last_claim) > CLAIM_IDLE.as_millis() as u64 / 2 {
                 *last_claim = now;
                 let v: redis::Value = redis::cmd("XAUTOCLAIM")
@@ -111,7 +119,7 @@ impl Hooks {
             }
             let next_due = waiting.keys().next().map(|(d, _)| *d);
             let block = next_due.map_or(BLOCK_MAX_MS, |d| {
-                d.saturating_sub(now_ms()).clamp(1, BLOCK_MAX_MS)
+                d.saturating_sub(now).clamp(1, BLOCK_MAX_MS)
             });
             let v: redis::Value = redis::cmd("XREADGROUP")
                 .arg("GROUP")
@@ -145,6 +153,10 @@ impl Hooks {
                 (Some("member_removed"), Some(user_id)) => {
                     Some(HubEvent::MemberRemoved { channel, user_id })
                 }
+                (Some("subscription_count"), _) => f
+                    .get("count")
+                    .and_then(|n| n.parse().ok())
+                    .map(|count| HubEvent::SubscriptionCount { channel, count }),
                 _ => None,
             };
             let confirm = match (f.get("key"), f.get("gen")) {
@@ -163,11 +175,12 @@ impl Hooks {
         }
     }
 
+    /// Sends the jobs due at `now` (Redis's clock).
     async fn send_due(
         &self,
         waiting: &mut BTreeMap<(u64, StreamId), Job>,
+        now: u64,
     ) -> Result<(), redis::RedisError> {
-        let now = now_ms();
         while let Some(entry) = waiting.first_entry() {
             if entry.get().due > now {
                 break;

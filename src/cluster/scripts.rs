@@ -58,6 +58,13 @@ local function hook(name, chan, user, delay, key, gen)
   if key then a[#a + 1] = 'key'; a[#a + 1] = key; a[#a + 1] = 'gen'; a[#a + 1] = tostring(gen) end
   redis.call('XADD', unpack(a))
 end
+-- A channel's subscription count changed (apps with subscription_count on): its frame on the
+-- bus and its webhook, as one box sends both.
+local function count_changed(chan, n)
+  bus({'k', 'sc', 'c', chan, 'n', tostring(n)})
+  redis.call('XADD', P .. 'hooks', 'MAXLEN', '~', MAXLEN, '*', 'name', 'subscription_count',
+    'channel', chan, 'due', tostring(now_ms()), 'count', tostring(n))
+end
 local function total(chan)
   local s = 0
   for _, v in ipairs(redis.call('HVALS', P .. 'sc:' .. chan)) do s = s + tonumber(v) end
@@ -106,7 +113,7 @@ local function leave(node, chan, socket, scf)
     local k = ckey(chan)
     hook('channel_vacated', chan, nil, DELAY, k, fall(k))
   elseif scf and not user then
-    bus({'k', 'sc', 'c', chan, 'n', tostring(t)})
+    count_changed(chan, t)
   end
   return true
 end
@@ -149,7 +156,7 @@ if redis.call('SISMEMBER', own, stup) == 0 then
       if rise(ukey(chan, user)) then hook('member_added', chan, user, 0) end
     end
   elseif ARGV[7] == '1' then
-    bus({'k', 'sc', 'c', chan, 'n', tostring(t)})
+    count_changed(chan, t)
   end
 end
 local members = {}
