@@ -42,6 +42,10 @@ pub struct EventRecord {
     pub socket_id: Option<String>,
     /// Sockets reached per channel, in `channels` order.
     pub delivered: Vec<usize>,
+    /// The resume position per channel, in `channels` order (0: none, a cache channel); absent
+    /// in records written with resume off or by older versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub positions: Vec<u64>,
 }
 
 /// The directory of the event log under a state directory.
@@ -185,6 +189,7 @@ impl EventLogTrait for EventLog {
                     data: e.data,
                     socket_id: e.socket_id,
                     delivered: e.delivered,
+                    positions: e.positions,
                 };
                 // Sized for the record up front (the data's escaping included, roughly): a
                 // default-sized Vec grew three or four times per event.
@@ -195,7 +200,8 @@ impl EventLogTrait for EventLog {
                         + channels
                         + record.data.len() * 5 / 4
                         + record.socket_id.as_ref().map_or(0, |s| s.len() + 16)
-                        + 21 * record.delivered.len(),
+                        + 21 * record.delivered.len()
+                        + 21 * record.positions.len(),
                 );
                 serde_json::to_writer(&mut bytes, &record).map_err(AppendError::Encode)?;
                 if self.detached {

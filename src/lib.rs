@@ -13,6 +13,7 @@ pub mod http_client;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
+pub mod resume;
 pub mod server;
 pub mod session;
 pub mod shutdown;

@@ -1040,3 +1040,100 @@ async fn one_address_holds_at_most_max_connections_per_ip_sessions() {
     let m = &s.state.metrics;
     assert_eq!(m.refusals(pushbox::metrics::Reason::PerAddress), 1);
 }
+
+/// Resume over xhr polling: `httpPath: '/pusher/r/<token>'` puts the token before `/app/`.
+fn token_url(token: &str, session: &str, endpoint: &str) -> String {
+    let q = if endpoint == "xhr_send" { "t=1&n=2" } else { P };
+    format!("/pusher/r/{token}/app/{KEY}/7/{session}/{endpoint}?{q}")
+}
+
+/// One poll's frames (empty for a heartbeat-only answer).
+async fn poll(addr: SocketAddr, token: &str, session: &str) -> Vec<Value> {
+    let body = post(addr, &token_url(token, session, "xhr"), b"")
+        .await
+        .rest()
+        .await;
+    body.lines()
+        .filter(|l| l.starts_with("a["))
+        .flat_map(parse_a)
+        .collect()
+}
+
+async fn send_token(addr: SocketAddr, token: &str, session: &str, frames: &[Value]) -> u16 {
+    let body: Vec<String> = frames.iter().map(|f| f.to_string()).collect();
+    let body = serde_json::to_vec(&body).unwrap();
+    post(addr, &token_url(token, session, "xhr_send"), &body)
+        .await
+        .status
+}
+
+#[tokio::test]
+async fn a_polling_client_with_a_token_that_misses_polls_gets_what_it_missed() {
+    const T: &str = "0123456789abcdef0123456789abcdef";
+    let s = server(|_| {}, fast()).await;
+    let first = poll(s.addr, T, "tok00001").await;
+    assert_eq!(first[0]["event"], "pusher:connection_established");
+    assert_eq!(
+        send_token(s.addr, T, "tok00001", &[subscribe("orders", "")]).await,
+        204
+    );
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.extend(poll(s.addr, T, "tok00001").await);
+        if seen
+            .iter()
+            .any(|f| f["event"] == "pusher_internal:subscription_succeeded")
+        {
+            break;
+        }
+    }
+    assert!(trigger(s.addr, "orders", "e", "1").await.0 == 200);
+    // Poll until 1 and the proof ping after it came, answer the ping (the client is up).
+    let mut got_one = false;
+    for _ in 0..10 {
+        let frames = poll(s.addr, T, "tok00001").await;
+        got_one |= frames.iter().any(|f| f["data"] == "1");
+        if got_one && frames.iter().any(|f| f["event"] == "pusher:ping") {
+            let pong = json!({"event":"pusher:pong","data":{}});
+            assert_eq!(send_token(s.addr, T, "tok00001", &[pong]).await, 204);
+            break;
+        }
+    }
+    assert!(got_one, "the first event was polled");
+    // The client stops polling: 2 and 3 wait in its session, which expires (600 ms).
+    trigger(s.addr, "orders", "e", "2").await;
+    trigger(s.addr, "orders", "e", "3").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(send_token(s.addr, T, "tok00001", &[]).await, 404, "expired");
+    // pusher-js opens a new session with the same httpPath: the token resumes it.
+    let first = poll(s.addr, T, "tok00002").await;
+    assert_eq!(first[0]["event"], "pusher:connection_established");
+    send_token(s.addr, T, "tok00002", &[subscribe("orders", "")]).await;
+    let mut events = Vec::new();
+    for _ in 0..5 {
+        events.extend(poll(s.addr, T, "tok00002").await);
+        if events.iter().filter(|f| f["event"] == "e").count() >= 2 {
+            break;
+        }
+    }
+    let names: Vec<&str> = events
+        .iter()
+        .filter(|f| !f["event"].as_str().unwrap().starts_with("pusher:"))
+        .map(|f| f["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["pusher_internal:subscription_succeeded", "e", "e"],
+        "{events:?}"
+    );
+    let data: Vec<&Value> = events
+        .iter()
+        .filter(|f| f["event"] == "e")
+        .map(|f| &f["data"])
+        .collect();
+    assert_eq!(
+        data,
+        [&json!("2"), &json!("3")],
+        "what it missed, once, in order"
+    );
+}

@@ -21,6 +21,8 @@ pub struct AcceptedEvent {
     pub socket_id: Option<String>,
     /// Sockets reached, per channel (same order as `channels`).
     pub delivered: Vec<usize>,
+    /// The event's resume position per channel (same order; empty when resume is off).
+    pub positions: Vec<u64>,
 }
 
 /// A boxed future of the event log (the trait is used as `dyn EventLog`).

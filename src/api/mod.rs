@@ -324,13 +324,19 @@ impl Api {
         let mut accepted = Vec::with_capacity(items.len());
         for v in items {
             let mut delivered = Vec::with_capacity(v.channels.len());
+            let mut positions = Vec::new();
             for c in &v.channels {
                 if clustered {
                     delivered.push(0);
                     continue;
                 }
                 let frame = || Frame::from(message::frame(&v.name, Some(c), Some(&v.data), None));
-                delivered.push(app.publish_with(c, frame, v.socket_id.as_deref()));
+                let (n, pos) = app.publish_at(c, frame, v.socket_id.as_deref());
+                delivered.push(n);
+                if app.resume().is_some() {
+                    // 0: a cache channel, never replayed.
+                    positions.push(pos.unwrap_or(0));
+                }
             }
             app.counters
                 .api_events
@@ -342,6 +348,7 @@ impl Api {
                 data: v.data,
                 socket_id: v.socket_id,
                 delivered,
+                positions,
             };
             if let Some(tap) = &self.tap {
                 let ms = std::time::SystemTime::now()

@@ -151,6 +151,7 @@ mod tests {
                 data: format!("{{\"i\":{i}}}\nx"),
                 socket_id: None,
                 delivered: vec![i],
+                positions: Vec::new(),
             };
             spool
                 .append_blocking(serde_json::to_vec(&rec).unwrap())

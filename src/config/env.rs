@@ -111,6 +111,51 @@ pub fn apply_pushbox(config: &mut Config, env: &dyn Env) -> Result<(), ConfigErr
         config.metrics.token = Some(t);
     }
     apply_cluster(config, env);
+    apply_resume(&mut config.resume, env)
+}
+
+/// `PUSHBOX_RESUME_*`: the `[resume]` keys; a value that does not parse is an error naming it.
+fn apply_resume(r: &mut super::ResumeConfig, env: &dyn Env) -> Result<(), ConfigError> {
+    let bad = |var: &str, message: String| ConfigError::Env {
+        var: var.into(),
+        message,
+    };
+    let flag = |var: &str, v: String| match v.trim() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(bad(var, format!("{v:?} is not true or false"))),
+    };
+    if let Some(v) = env.get("PUSHBOX_RESUME_ENABLED") {
+        r.enabled = flag("PUSHBOX_RESUME_ENABLED", v)?;
+    }
+    if let Some(v) = env.get("PUSHBOX_RESUME_MATCH_USER") {
+        r.match_user = flag("PUSHBOX_RESUME_MATCH_USER", v)?;
+    }
+    if let Some(v) = env.get("PUSHBOX_RESUME_FAILURE_EVENT") {
+        r.failure_event = flag("PUSHBOX_RESUME_FAILURE_EVENT", v)?;
+    }
+    if let Some(v) = env.get("PUSHBOX_RESUME_WINDOW") {
+        r.window = super::units::parse_duration(&v).map_err(|e| bad("PUSHBOX_RESUME_WINDOW", e))?;
+    }
+    if let Some(v) = env.get("PUSHBOX_RESUME_STALL_GUARD") {
+        r.stall_guard =
+            super::units::parse_duration(&v).map_err(|e| bad("PUSHBOX_RESUME_STALL_GUARD", e))?;
+    }
+    if let Some(v) = env.get("PUSHBOX_RESUME_MAX_EVENTS") {
+        r.max_events = v.trim().parse().map_err(|_| {
+            bad(
+                "PUSHBOX_RESUME_MAX_EVENTS",
+                format!("{v:?} is not a count of events"),
+            )
+        })?;
+    }
+    if let Some(v) = env.get("PUSHBOX_RESUME_MAX_BYTES") {
+        r.max_bytes =
+            super::units::parse_bytes(&v).map_err(|e| bad("PUSHBOX_RESUME_MAX_BYTES", e))?;
+    }
+    if let Some(v) = env.get("PUSHBOX_RESUME_PATH_PREFIX") {
+        r.path_prefix = v;
+    }
     Ok(())
 }
 

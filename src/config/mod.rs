@@ -31,10 +31,10 @@ pub use env::{socket_activated, Env, ProcessEnv};
 pub use error::ConfigError;
 pub use logging::LogConfig;
 pub use sections::{
-    AppConfig, ClusterConfig, ConsoleConfig, Durability, MetricsConfig, ServerConfig, SpoolConfig,
-    TlsConfig, WebhookTarget, WebhooksConfig, WEBHOOK_KINDS,
+    AppConfig, ClusterConfig, ConsoleConfig, Durability, MetricsConfig, ResumeConfig, ServerConfig,
+    SpoolConfig, TlsConfig, WebhookTarget, WebhooksConfig, WEBHOOK_KINDS,
 };
-pub use validate::{redact, AGE_MAX, COALESCE_MAX, TIMER_MAX};
+pub use validate::{redact, AGE_MAX, COALESCE_MAX, RESUME_IN_CLUSTER, TIMER_MAX};
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -60,6 +60,7 @@ struct FileConfig {
     console: Option<ConsoleConfig>,
     metrics: MetricsConfig,
     cluster: ClusterConfig,
+    resume: ResumeConfig,
     apps: Vec<AppConfig>,
 }
 
@@ -78,6 +79,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[cluster]`: Redis/Valkey shared by several boxes (`redis_url` unset: one box).
     pub cluster: ClusterConfig,
+    /// `[resume]`: replay of missed events to a reconnecting client.
+    pub resume: ResumeConfig,
     pub apps: Vec<AppConfig>,
     /// Where the configuration came from, for messages.
     pub source: String,
@@ -97,6 +100,7 @@ impl Config {
             console: file.console,
             metrics: file.metrics,
             cluster: file.cluster,
+            resume: file.resume,
             apps: file.apps,
             source,
         }
@@ -126,6 +130,7 @@ impl Config {
         app.webhook_url = env::webhook_url(env);
         config.apps = vec![app];
         validate::validate(&config)?;
+        validate::settle(&mut config);
         Ok(config)
     }
 
@@ -171,6 +176,7 @@ pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
         return Err(ConfigError::NoApps { path });
     }
     validate::validate(&config)?;
+    validate::settle(&mut config);
     Ok(config)
 }
 

@@ -359,13 +359,13 @@ pub struct ClusterConfig {
     pub node_name: Option<String>,
     /// A node that has not renewed its lease for this long is taken for dead: its members
     /// leave (`"15s"`, or a whole number of seconds).
-    #[serde(deserialize_with = "super::units::span")]
+    #[serde(deserialize_with = "super::units::human_duration")]
     pub lease: Duration,
     /// How often a node renews its lease (`"3s"`).
-    #[serde(deserialize_with = "super::units::span")]
+    #[serde(deserialize_with = "super::units::human_duration")]
     pub heartbeat: Duration,
     /// `/up` answers 503 when this node is further behind the bus than this (`"10s"`).
-    #[serde(deserialize_with = "super::units::span")]
+    #[serde(deserialize_with = "super::units::human_duration")]
     pub max_lag: Duration,
 }
 
@@ -390,5 +390,53 @@ impl ClusterConfig {
     /// Whether this box is part of a cluster.
     pub fn enabled(&self) -> bool {
         self.redis_url.is_some()
+    }
+}
+/// `[resume]`: give a client that reconnects what it missed (README "Resume"). The windows and
+/// caps bound what is kept in memory; nothing is kept for connections that carry neither a
+/// resume token (`{path_prefix}/{token}` in pusher-js's `wsPath`) nor a signed user.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResumeConfig {
+    /// `PUSHBOX_RESUME_ENABLED`.
+    pub enabled: bool,
+    /// How long after a connection ends a reconnect may still resume it, and how far back
+    /// events are kept for it (`"120s"`, `"2m"`, or seconds; `PUSHBOX_RESUME_WINDOW`).
+    #[serde(deserialize_with = "super::units::human_duration")]
+    pub window: Duration,
+    /// A resume that would replay more events than this on one channel replays none
+    /// (`PUSHBOX_RESUME_MAX_EVENTS`).
+    pub max_events: usize,
+    /// ... or more bytes than this (`"1MiB"`, `"512KiB"`, or bytes; `PUSHBOX_RESUME_MAX_BYTES`).
+    #[serde(deserialize_with = "super::units::human_bytes")]
+    pub max_bytes: u64,
+    /// For the TCP-acknowledgement proof of delivery: ACK progress after a stall this long is
+    /// not proof (RESUME.md B4). Accepted and validated; pushbox proves delivery with
+    /// ping/pong today, which needs no guard (`PUSHBOX_RESUME_STALL_GUARD`).
+    #[serde(deserialize_with = "super::units::human_duration")]
+    pub stall_guard: Duration,
+    /// Zero-change resume: a reconnect proven to be the same signed user (presence `user_id`
+    /// or signin id) from the same address and user agent (`PUSHBOX_RESUME_MATCH_USER`).
+    pub match_user: bool,
+    /// Send `pushbox:resume_failed` `{"reason": …}` on a channel whose missed events could not
+    /// all be replayed (`PUSHBOX_RESUME_FAILURE_EVENT`).
+    pub failure_event: bool,
+    /// `{ws_path}{path_prefix}/{token}/app/{key}` carries a resume token
+    /// (`PUSHBOX_RESUME_PATH_PREFIX`).
+    pub path_prefix: String,
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        ResumeConfig {
+            enabled: true,
+            window: Duration::from_secs(120),
+            max_events: 300,
+            max_bytes: 1024 * 1024,
+            stall_guard: Duration::from_secs(1),
+            match_user: true,
+            failure_event: false,
+            path_prefix: "/r".into(),
+        }
     }
 }

@@ -558,3 +558,75 @@ fn cluster_mistakes_name_the_key_and_hide_the_password() {
     }
     assert!(load_error("[cluster]\nlease = \"15 parsecs\"\n").contains("not a duration"));
 }
+
+#[test]
+fn the_resume_section_takes_units_and_the_environment_overrides_it() {
+    let dir = tmpdir("resume");
+    let app = "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+    let c = load(Some(&write(dir.path(), app)), &env(&[])).unwrap();
+    assert!(c.resume.enabled && c.resume.match_user && !c.resume.failure_event);
+    assert_eq!(c.resume.window, Duration::from_secs(120));
+    assert_eq!((c.resume.max_events, c.resume.max_bytes), (300, 1 << 20));
+    assert_eq!(c.resume.path_prefix, "/r");
+    let text = format!(
+        "[resume]\nwindow = \"2m\"\nmax_bytes = \"512KiB\"\nstall_guard = \"250ms\"\n{app}"
+    );
+    let c = load(Some(&write(dir.path(), &text)), &env(&[])).unwrap();
+    assert_eq!(c.resume.window, Duration::from_secs(120));
+    assert_eq!(c.resume.max_bytes, 512 * 1024);
+    assert_eq!(c.resume.stall_guard, Duration::from_millis(250));
+    let e = env(&[
+        ("PUSHBOX_RESUME_ENABLED", "false"),
+        ("PUSHBOX_RESUME_WINDOW", "30s"),
+        ("PUSHBOX_RESUME_MAX_EVENTS", "50"),
+        ("PUSHBOX_RESUME_FAILURE_EVENT", "1"),
+    ]);
+    let c = load(Some(&write(dir.path(), app)), &e).unwrap();
+    assert!(!c.resume.enabled && c.resume.failure_event);
+    assert_eq!(c.resume.window, Duration::from_secs(30));
+    assert_eq!(c.resume.max_events, 50);
+    let bad = load(
+        Some(&write(dir.path(), app)),
+        &env(&[("PUSHBOX_RESUME_WINDOW", "soon")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        bad.contains("PUSHBOX_RESUME_WINDOW") && bad.contains("120s"),
+        "{bad}"
+    );
+    for (toml, key) in [
+        ("[resume]\nwindow = \"0s\"\n", "resume.window"),
+        ("[resume]\nmax_events = 100000\n", "resume.max_events"),
+        ("[resume]\npath_prefix = \"r\"\n", "resume.path_prefix"),
+    ] {
+        let err = load(Some(&write(dir.path(), &format!("{toml}{app}"))), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{err}");
+    }
+}
+
+#[test]
+fn resume_is_switched_off_in_a_cluster_and_left_alone_on_one_box() {
+    let dir = tmpdir("resume-cluster");
+    let app = "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+    let one_box = load(Some(&write(dir.path(), app)), &env(&[])).unwrap();
+    assert!(one_box.resume.enabled, "one box: resume stays on");
+    let clustered = format!("[cluster]\nredis_url = \"redis://127.0.0.1:6379\"\n{app}");
+    let c = load(Some(&write(dir.path(), &clustered)), &env(&[])).unwrap();
+    assert!(c.cluster.enabled());
+    assert!(!c.resume.enabled, "a cluster ignores [resume]");
+    let by_env = load(
+        Some(&write(dir.path(), app)),
+        &env(&[
+            ("PUSHBOX_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("PUSHBOX_RESUME_ENABLED", "true"),
+        ]),
+    )
+    .unwrap();
+    assert!(
+        !by_env.resume.enabled,
+        "PUSHBOX_REDIS_URL also switches it off"
+    );
+}

@@ -45,34 +45,71 @@ impl Unit {
     }
 }
 
-/// A span written as a string with a unit (`"15s"`, `"500ms"`, `"2m"`) or a whole number of
-/// seconds (`15`), for the keys whose contract is written that way (`[cluster] lease`).
-pub fn span<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+/// A duration written as `"120s"`, `"500ms"`, `"2m"`, `"1h"`, or a whole number of seconds.
+pub fn human_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Span {
+    enum Raw {
         Secs(u64),
         Text(String),
     }
-    match Span::deserialize(d)? {
-        Span::Secs(s) => Ok(Duration::from_secs(s)),
-        Span::Text(t) => parse_span(&t).map_err(serde::de::Error::custom),
+    match Raw::deserialize(d)? {
+        Raw::Secs(s) => Ok(Duration::from_secs(s)),
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
     }
 }
 
-/// `"15s"`, `"500ms"`, `"2m"`, `"1h"` as a `Duration`; the error says what to write.
-pub fn parse_span(text: &str) -> Result<Duration, String> {
+/// A size written as `"1MiB"`, `"512KiB"`, `"64KB"`, `"2000"`, or a whole number of bytes.
+pub fn human_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bytes(b) => Ok(b),
+        Raw::Text(t) => parse_bytes(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// `"120s"`, `"500ms"`, `"2m"`, `"1h"`, `"90"` (seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let bad = || format!("{text:?} is not a duration: write it like \"15s\", \"500ms\" or \"2m\"");
-    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let (n, unit) = t.split_at(split);
+    let bad = || {
+        format!("{text:?} is not a duration: write it like \"120s\", \"500ms\", \"2m\" or \"1h\"")
+    };
+    let n: u64 = n.parse().map_err(|_| bad())?;
     let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
         _ => return Err(bad()),
     };
     Ok(d)
+}
+
+/// `"1MiB"`, `"512KiB"`, `"64KB"`, `"1MB"`, `"2000"` (bytes).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let bad = || {
+        format!("{text:?} is not a size: write it like \"1MiB\", \"512KiB\" or a number of bytes")
+    };
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
 }

@@ -21,8 +21,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use crate::config::AppConfig;
+use crate::config::{AppConfig, ResumeConfig};
 use crate::protocol::{message, presence, ChannelKind, Frame};
+use crate::resume::{self, AppResume};
 
 /// Something the hub reports for webhooks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +132,17 @@ pub struct App {
     /// The cluster, when `[cluster]` is configured: presence, occupancy and the order of
     /// deliveries are then decided there (see `link`).
     cluster: Option<Arc<dyn ClusterLink>>,
+    /// Positions, recent events and lineages when `[resume]` is enabled.
+    resume: Option<Arc<AppResume>>,
+}
+
+/// What [`App::subscribe_with`] did besides subscribing.
+#[derive(Debug, Default)]
+pub struct Subscribed {
+    /// The app's head at the subscribe: every later event reaches the socket live.
+    pub head: u64,
+    /// The replay's outcome, when one was asked for.
+    pub resumed: Option<resume::Outcome>,
 }
 
 /// Occupancy of a channel, for the HTTP API.
@@ -161,12 +173,18 @@ impl App {
             observer,
             flusher: Arc::default(),
             cluster,
+            resume: None,
         }
     }
 
     /// The cluster this app is part of, if any.
     pub fn cluster(&self) -> Option<&Arc<dyn ClusterLink>> {
         self.cluster.as_ref()
+    }
+
+    /// The app's resume state, when `[resume]` is enabled (never in a cluster).
+    pub fn resume(&self) -> Option<&Arc<AppResume>> {
+        self.resume.as_ref()
     }
 
     fn read(&self) -> RwLockReadGuard<'_, AppState> {
@@ -232,12 +250,29 @@ impl App {
         channel: &str,
         member: Option<Member>,
     ) -> Result<(), SubscribeError> {
+        self.subscribe_with(outbox, channel, member, None).map(drop)
+    }
+
+    /// [`subscribe`](Self::subscribe) for a resumable connection (`plan`): its channel's events
+    /// are kept from now on, and the events it missed (`plan.from`) go right after
+    /// `subscription_succeeded`. The app's lock is the gate: no publish runs while it is held,
+    /// so the missed events end exactly where the live ones begin, none twice, none out of order.
+    pub fn subscribe_with(
+        &self,
+        outbox: &Arc<Outbox>,
+        channel: &str,
+        member: Option<Member>,
+        plan: Option<&resume::Plan>,
+    ) -> Result<Subscribed, SubscribeError> {
         if let Some(link) = &self.cluster {
+            // The cluster sends subscription_succeeded once its scripts decided, and attaches
+            // the socket; a clustered app has no resume state, so there is no plan to honour.
             link.subscribe(&self.config.id, outbox, channel, member);
-            return Ok(());
+            return Ok(Subscribed::default());
         }
         let kind = ChannelKind::of(channel);
         let mut events = Vec::new();
+        let mut subscribed = Subscribed::default();
         {
             let mut st = self.write();
             let st = &mut *st;
@@ -302,6 +337,9 @@ impl App {
                 outbox,
                 Frame::from(message::subscription_succeeded(channel, &data)),
             );
+            if let (Some(r), Some(plan)) = (&self.resume, plan) {
+                subscribed = self.replay(r, outbox, channel, plan, already);
+            }
             if !already && !kind.is_presence() {
                 self.subscription_count_changed(channel, ch, &mut events);
             }
@@ -318,7 +356,52 @@ impl App {
             }
         }
         self.emit(events);
-        Ok(())
+        Ok(subscribed)
+    }
+
+    /// Under the app's write lock: keeps `channel`'s events for a resumable subscriber and
+    /// queues what it missed, all or nothing (or the failure event, when configured).
+    fn replay(
+        &self,
+        r: &AppResume,
+        outbox: &Arc<Outbox>,
+        channel: &str,
+        plan: &resume::Plan,
+        already: bool,
+    ) -> Subscribed {
+        let mut index = r.index();
+        if !already {
+            index.interest(channel);
+        }
+        let head = index.head();
+        let resumed = plan.from.map(|from| {
+            let missed = index
+                .missed(channel, from, &plan.chain, r.caps(), resume::now_ms())
+                // All or nothing: a replay that would overflow the queue (4100) is not sent.
+                .and_then(|frames| {
+                    if frames.len() < outbox.room() {
+                        Ok(frames)
+                    } else {
+                        Err(resume::Failure::QueueFull)
+                    }
+                });
+            match missed {
+                Ok(frames) => {
+                    let n = frames.len();
+                    for f in frames {
+                        self.send(outbox, f);
+                    }
+                    resume::Outcome::Replayed(n)
+                }
+                Err(f) => {
+                    if let Some(frame) = r.failure_frame(channel, f) {
+                        self.send(outbox, frame);
+                    }
+                    resume::Outcome::Failed(f)
+                }
+            }
+        });
+        Subscribed { head, resumed }
     }
 
     fn subscription_count_changed(&self, channel: &str, ch: &Channel, events: &mut Vec<HubEvent>) {
@@ -452,22 +535,72 @@ impl App {
         frame: impl FnOnce() -> Frame,
         except: Option<&str>,
     ) -> usize {
+        self.publish_at(channel, frame, except).0
+    }
+
+    /// [`publish_with`](Self::publish_with), also saying the event's position when resume is
+    /// on (cache channels are never replayed and get none).
+    pub fn publish_at(
+        &self,
+        channel: &str,
+        frame: impl FnOnce() -> Frame,
+        except: Option<&str>,
+    ) -> (usize, Option<u64>) {
         let frame = std::cell::LazyCell::new(frame);
-        if ChannelKind::of(channel).is_cache() {
+        let cache = ChannelKind::of(channel).is_cache();
+        if cache {
             self.write()
                 .caches
                 .insert(channel, Frame::clone(&frame), Instant::now());
         }
+        if let Some(r) = self.resume.as_ref().filter(|_| !cache) {
+            return self.publish_positioned(r, channel, frame, except);
+        }
         let st = self.read();
         let Some(ch) = st.channels.get(channel) else {
-            return 0;
+            return (0, None);
         };
         let to = ch
             .subscribers
             .values()
             .map(|s| &s.outbox)
             .filter(|o| except.is_none_or(|e| e != o.socket_id.as_str()));
-        self.send_to(to, &frame)
+        (self.send_to(to, &frame), None)
+    }
+
+    /// The resume path of a publish: the position is assigned and the event kept under the
+    /// index's lock, held through the fan-out, so every socket gets positions in order and the
+    /// head only moves once a fan-out is complete.
+    fn publish_positioned(
+        &self,
+        r: &AppResume,
+        channel: &str,
+        frame: std::cell::LazyCell<Frame, impl FnOnce() -> Frame>,
+        except: Option<&str>,
+    ) -> (usize, Option<u64>) {
+        let st = self.read();
+        let mut index = r.index();
+        let pos = index.next_position();
+        let ch = st.channels.get(channel);
+        if index.wants(channel) {
+            let entry = resume::Entry {
+                pos,
+                at_ms: resume::now_ms(),
+                except: except.map(Into::into),
+                frame: Frame::clone(&frame),
+            };
+            index.record(channel, entry, r.caps());
+        }
+        let n = ch.map_or(0, |ch| {
+            let to = ch
+                .subscribers
+                .values()
+                .map(|s| &s.outbox)
+                .filter(|o| except.is_none_or(|e| e != o.socket_id.as_str()));
+            self.send_to(to, &frame)
+        });
+        r.published(pos);
+        (n, Some(pos))
     }
 
     /// Relays a client event to every other subscriber of `channel`.
@@ -613,8 +746,12 @@ impl App {
         }
     }
 
-    /// Closes every connection signed in as `user_id` with 4009; returns how many.
+    /// Closes every connection signed in as `user_id` with 4009; returns how many. Nothing of
+    /// the user is resumed afterwards.
     pub fn terminate_user(&self, user_id: &str) -> usize {
+        if let Some(r) = &self.resume {
+            r.terminate(user_id);
+        }
         let st = self.read();
         let Some(v) = st.users.get(user_id) else {
             return 0;
@@ -704,7 +841,7 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(apps: Vec<AppConfig>, observer: Arc<dyn HubObserver>) -> Hub {
-        Hub::with_link(apps, observer, None)
+        Hub::build(apps, observer, None, None)
     }
 
     /// A hub whose apps are part of the cluster `link`, when given.
@@ -713,9 +850,37 @@ impl Hub {
         observer: Arc<dyn HubObserver>,
         link: Option<Arc<dyn ClusterLink>>,
     ) -> Hub {
+        Hub::build(apps, observer, link, None)
+    }
+
+    /// A hub whose apps keep resume state when `resume` is given (and enabled).
+    pub fn with_resume(
+        apps: Vec<AppConfig>,
+        observer: Arc<dyn HubObserver>,
+        resume: Option<&ResumeConfig>,
+    ) -> Hub {
+        Hub::build(apps, observer, None, resume)
+    }
+
+    /// The hub of a box: clustered when `link` is given, resumable when `resume` is given and
+    /// enabled, never both. Positions are per node and a clustered socket is attached by the
+    /// cluster, not under the hub's subscribe gate, so resume is not offered in a cluster yet
+    /// (`config::validate::settle` switches it off with a log line; this is the second lock).
+    pub fn build(
+        apps: Vec<AppConfig>,
+        observer: Arc<dyn HubObserver>,
+        link: Option<Arc<dyn ClusterLink>>,
+        resume: Option<&ResumeConfig>,
+    ) -> Hub {
+        let resume = resume.filter(|r| r.enabled && link.is_none());
         let apps: Vec<Arc<App>> = apps
             .into_iter()
-            .map(|a| Arc::new(App::with_link(a, observer.clone(), link.clone())))
+            .map(|a| {
+                let max = a.max_connections;
+                let mut app = App::with_link(a, observer.clone(), link.clone());
+                app.resume = resume.map(|r| Arc::new(AppResume::new(r, max)));
+                Arc::new(app)
+            })
             .collect();
         let by_id = apps
             .iter()

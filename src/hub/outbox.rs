@@ -249,6 +249,13 @@ impl Outbox {
         self.lock().take_all(&mut f);
     }
 
+    /// Stops direct writes for this connection: every frame goes through its transport, which
+    /// is then woken by each push. A resumable connection needs that: its transport counts
+    /// what it writes to know when to prove delivery (`resume::proof`).
+    pub fn disable_direct(&self) {
+        self.lock().direct = None;
+    }
+
     /// Drops the direct write path for good (the connection is ending: its socket must close
     /// with the transport, not live on in a queue that outlasts it).
     pub fn detach_direct(&self) {
@@ -276,6 +283,11 @@ impl Outbox {
 
     pub fn len(&self) -> usize {
         self.lock().queue.len()
+    }
+
+    /// Frames that can still be queued before the connection is closed with 4100.
+    pub fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.len())
     }
 
     pub fn is_empty(&self) -> bool {

@@ -672,6 +672,8 @@ impl Metrics {
             }
         }
 
+        render_resume(w, hub);
+
         if let Some(s) = self.webhooks() {
             let gauge = |w: &mut String, name: &str, kind: &str, help: &str, v: u64| {
                 header(w, name, kind, help);
@@ -812,6 +814,80 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The resume counters, summed over the apps that have resume on (nothing when none has).
+fn render_resume(w: &mut String, hub: &Hub) {
+    let apps: Vec<_> = hub.apps().iter().filter_map(|a| a.resume()).collect();
+    if apps.is_empty() {
+        return;
+    }
+    let sum = |get: &dyn Fn(&crate::resume::Stats) -> u64| -> u64 {
+        apps.iter().map(|r| get(&r.stats)).sum()
+    };
+    let counter = |w: &mut String, name: &str, help: &str, v: u64| {
+        header(w, name, "counter", help);
+        let _ = writeln!(w, "{name} {v}");
+    };
+    counter(
+        w,
+        "pushbox_resume_attempts_total",
+        "Channels a reconnecting client asked to resume (token or signed user matched).",
+        sum(&|s| s.attempts.load(Relaxed)),
+    );
+    counter(
+        w,
+        "pushbox_resume_succeeded_total",
+        "Channel resumes that replayed every missed event (maybe none).",
+        sum(&|s| s.succeeded.load(Relaxed)),
+    );
+    header(
+        w,
+        "pushbox_resume_failed_total",
+        "counter",
+        "Channel resumes that replayed nothing (all or nothing), by reason.",
+    );
+    for (i, f) in crate::resume::Failure::ALL.iter().enumerate() {
+        let n = sum(&|s| s.failed[i].load(Relaxed));
+        let _ = writeln!(
+            w,
+            "pushbox_resume_failed_total{{reason=\"{}\"}} {n}",
+            f.label()
+        );
+    }
+    counter(
+        w,
+        "pushbox_resume_replayed_events_total",
+        "Missed events replayed to reconnecting clients.",
+        sum(&|s| s.replayed.load(Relaxed)),
+    );
+    let (mut events, mut bytes, mut lineages) = (0, 0, 0);
+    for r in &apps {
+        let (_, e, b, t, u) = r.size();
+        events += e;
+        bytes += b;
+        lineages += t + u;
+    }
+    for (name, help, v) in [
+        (
+            "pushbox_resume_kept_events",
+            "Recent events kept in memory for resumes.",
+            events,
+        ),
+        (
+            "pushbox_resume_kept_bytes",
+            "Bytes of the recent events kept for resumes.",
+            bytes,
+        ),
+        (
+            "pushbox_resume_lineages",
+            "Connections (open or ended within the window) a client may resume.",
+            lineages,
+        ),
+    ] {
+        header(w, name, "gauge", help);
+        let _ = writeln!(w, "{name} {v}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -832,6 +908,7 @@ mod tests {
                 allow: vec!["127.0.0.0/8".into()],
             },
             cluster: Default::default(),
+            resume: Default::default(),
             apps: vec![AppConfig::with_defaults("1", "k", "s")],
             source: "test".into(),
         }

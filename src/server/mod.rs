@@ -10,12 +10,14 @@
 //!
 //! - `listen`: binding, the accept loops, one hyper connection per socket;
 //! - `conns`: the open HTTP connections, their deadlines and the open-files reserve;
+//! - `resume_state`: resume's state across a graceful restart (state file, event log tail);
 //! - `route`: which module answers a request, and the two small endpoints kept here;
 //! - `run`: `pushbox serve` from the loaded configuration to exit;
 //! - `tls`: the certificate, reloadable on SIGHUP.
 
 mod conns;
 mod listen;
+mod resume_state;
 mod route;
 mod run;
 pub mod tls;
@@ -93,10 +95,11 @@ impl State {
         cluster: Option<Arc<dyn ClusterLink>>,
     ) -> (Arc<State>, ShutdownHandle) {
         let handle = ShutdownHandle::new();
-        let hub = Arc::new(Hub::with_link(
+        let hub = Arc::new(Hub::build(
             config.apps.clone(),
             observer,
             cluster.clone(),
+            Some(&config.resume),
         ));
         let console = Console::new(&config);
         let mut api = Api::new(hub.clone(), log);

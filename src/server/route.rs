@@ -48,7 +48,8 @@ pub(super) async fn route(
         let console = state.console.as_ref();
         return crate::console::handle(shared, console, &state.api, req, peer, secure).await;
     }
-    if fallback::is_fallback_path(&shared.config.server.http_path, path) {
+    let resume_prefix = &shared.config.resume.path_prefix;
+    if fallback::is_fallback_path(&shared.config.server.http_path, resume_prefix, path) {
         return fallback::handle(shared, &state.fallback, req, peer).await;
     }
     if upgrade::app_key(&shared.config.server.ws_path, path).is_some() {

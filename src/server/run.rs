@@ -124,6 +124,7 @@ async fn serve_until_stopped(cfg: Config, activated: Vec<ActivatedListener>) -> 
         state.metrics.set_cluster(move || status.snapshot());
     }
     report_stores(&state, &eventlog, &webhooks);
+    super::resume_state::load(&state.hub, &state.shared.config.state_dir, &eventlog);
     let (plain_addr, tls_addr) = (listeners.plain_addr(), listeners.tls_addr());
     let tls = listeners.tls.clone();
     let servers = listeners.serve(&state);
@@ -137,6 +138,8 @@ async fn serve_until_stopped(cfg: Config, activated: Vec<ActivatedListener>) -> 
     tracing::info!("shutting down: telling clients to reconnect (4200)");
     let _ = notifier.stopping();
     stop(handle, servers).await;
+    // Every connection has ended and left its lineage: they go to the state directory.
+    super::resume_state::save(&state.hub, &state.shared.config.state_dir);
     if let Some(c) = &cluster {
         // This node's members leave now, not when its lease ends.
         c.shutdown(&state.hub).await;

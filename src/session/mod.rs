@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::hub::{App, Member, Outbox, SubscribeError};
 use crate::protocol::auth;
 use crate::protocol::{channel, message, ChannelKind, ClientMessage, CloseCode, Frame, SocketId};
+use crate::resume::{self, Origin};
 
 /// Timers shared by every session of a server.
 #[derive(Clone, Copy, Debug)]
@@ -97,17 +98,53 @@ pub struct Session {
     rate_count: u32,
     last_seen: Instant,
     ping_sent: Option<Instant>,
+    /// Resume state, allocated only for a connection with a token or a signed user (resume on).
+    resume: Option<Box<Resumable>>,
+    /// A hash of the client's address and user agent, for zero-change resume (32 bits: it
+    /// sits beside `rate_count`, in what was padding).
+    peer: u32,
+}
+
+/// A resumable connection's state: its lineage (shared with the app's store) and its proof.
+struct Resumable {
+    lineage: resume::Shared,
+    proof: resume::Proof,
+    /// The close code the client sent, if it sent one (1001: a page unload).
+    close_code: Option<u16>,
 }
 
 impl Session {
     /// Starts a session on an accepted connection (the app has already counted it) and queues
     /// `pusher:connection_established`.
     pub fn open(app: Arc<App>, outbox: Arc<Outbox>, liveness: Liveness) -> Session {
+        Session::open_from(app, outbox, liveness, Origin::default())
+    }
+
+    /// [`open`](Self::open) for a client that may resume: a token claims what the token's
+    /// previous connection left.
+    pub fn open_from(
+        app: Arc<App>,
+        outbox: Arc<Outbox>,
+        liveness: Liveness,
+        origin: Origin,
+    ) -> Session {
         let now = Instant::now();
         outbox.push(Frame::from(message::connection_established(
             outbox.socket_id.as_str(),
             liveness.activity_timeout.as_secs().max(1),
         )));
+        let resume = match (app.resume(), origin.token) {
+            (Some(r), Some(token)) => {
+                let (lineage, _) = r.open_token(token, outbox.socket_id.as_str(), origin.peer);
+                outbox.disable_direct();
+                Some(Box::new(Resumable {
+                    lineage,
+                    proof: resume::Proof::default(),
+                    close_code: None,
+                }))
+            }
+            _ => None,
+        };
         Session {
             app,
             outbox,
@@ -118,6 +155,8 @@ impl Session {
             rate_count: 0,
             last_seen: now,
             ping_sent: None,
+            resume,
+            peer: origin.peer,
         }
     }
 
@@ -164,6 +203,7 @@ impl Session {
         let due = self.last_seen + self.liveness.activity_timeout;
         if now >= due {
             self.ping_sent = Some(now);
+            self.ping_queued();
             Tick::Ping
         } else {
             Tick::Wait(due)
@@ -191,7 +231,8 @@ impl Session {
         match ClientMessage::parse(text) {
             Err(e) => self.error(None, &e.to_string()),
             Ok(ClientMessage::Ping) => self.send(message::pong().to_owned()),
-            Ok(ClientMessage::Pong) | Ok(ClientMessage::UnknownPusher(_)) => {}
+            Ok(ClientMessage::Pong) => self.pong(),
+            Ok(ClientMessage::UnknownPusher(_)) => {}
             Ok(ClientMessage::Subscribe {
                 channel,
                 auth,
@@ -266,10 +307,18 @@ impl Session {
                 // Re-subscribing as another user: leave as the old one first.
                 self.app.unsubscribe(&self.outbox, name);
                 self.subscriptions.retain(|s| s.channel != name);
+                self.resume_left(name);
             }
         }
-        match self.app.subscribe(&self.outbox, name, member) {
-            Ok(()) => {
+        let plan = self.resume_plan(name, kind, member.as_ref());
+        match self
+            .app
+            .subscribe_with(&self.outbox, name, member, plan.as_ref().map(|(p, _)| p))
+        {
+            Ok(subscribed) => {
+                if let Some((plan, how)) = plan {
+                    self.resumed(name, &plan, how, subscribed);
+                }
                 if !self.subscriptions.iter().any(|s| s.channel == name) {
                     // Grow one at a time: most connections hold one or two channels.
                     self.subscriptions.reserve_exact(1);
@@ -280,6 +329,9 @@ impl Session {
                 }
             }
             Err(SubscribeError::MemberLimit { max }) => {
+                if let Some((plan, _)) = &plan {
+                    self.resume_unclaim(name, plan);
+                }
                 self.sub_error(
                     name,
                     "LimitReached",
@@ -294,6 +346,7 @@ impl Session {
         if let Some(i) = self.subscriptions.iter().position(|s| s.channel == name) {
             self.subscriptions.swap_remove(i);
             self.app.unsubscribe(&self.outbox, name);
+            self.resume_left(name);
         }
     }
 
@@ -325,6 +378,7 @@ impl Session {
                 }
                 self.send(message::signin_success(user_data));
                 self.app.signin(&self.outbox, &id, &watchlist);
+                self.signed_user(&id);
                 self.user = Some(SignedIn {
                     id,
                     user_info,
@@ -400,7 +454,11 @@ impl Session {
 
 impl Drop for Session {
     /// Leaving is the same whatever ended the connection: channels, presence, signin, quota.
+    /// A resumable connection leaves its lineage for the window.
     fn drop(&mut self) {
+        if let (Some(rs), Some(r)) = (self.resume.take(), self.app.resume()) {
+            r.end(&rs.lineage, rs.close_code);
+        }
         let channels: Vec<String> = self.subscriptions.drain(..).map(|s| s.channel).collect();
         let user = self.user.take();
         self.app.remove_connection(
@@ -510,6 +568,8 @@ fn parse_user_data(user_data: &str, max_id: usize, max_info: usize) -> Result<Us
         watchlist,
     })
 }
+
+mod resumable;
 
 #[cfg(test)]
 mod tests;

@@ -60,6 +60,8 @@ pub struct WsParams {
     pub shutdown: watch::Receiver<bool>,
     /// Counts this connection in `/metrics` while it is open, and its frames and bytes.
     pub conn: crate::metrics::ConnectionGuard,
+    /// The resume token of the URL and the client's address/agent hash.
+    pub resume: crate::resume::Origin,
 }
 
 /// The transport's cap on one (reassembled) message: twice the app's `max_message_bytes`, at
@@ -71,8 +73,14 @@ pub fn frame_limit(max_message_bytes: usize) -> usize {
 
 /// Refuses an upgraded connection with a Pusher error code (unknown app, quota, origin…).
 pub async fn refuse(upgraded: Upgraded, code: CloseCode) {
-    let mut io = TokioIo::new(upgraded);
     let (_, code, reason) = session::refusal(code);
+    refuse_with(upgraded, code, reason).await;
+}
+
+/// Refuses an upgraded connection with `code` and a reason of our own (a malformed resume
+/// token: 4005, so pusher-js stops retrying a URL that cannot work).
+pub async fn refuse_with(upgraded: Upgraded, code: u16, reason: &str) {
+    let mut io = TokioIo::new(upgraded);
     WriteQueue::default()
         .close(&mut io, code, reason, true)
         .await;

@@ -43,6 +43,7 @@ pub fn config(configure: impl FnOnce(&mut Config)) -> Config {
         console: None,
         metrics: Default::default(),
         cluster: Default::default(),
+        resume: Default::default(),
         server: ServerConfig {
             host: "127.0.0.1".into(),
             port: 0,

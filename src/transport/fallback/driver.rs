@@ -24,6 +24,7 @@ use super::registry::Registry;
 use crate::hub::Outbox;
 use crate::metrics::{ConnectionGuard, Metrics, Reason};
 use crate::protocol::{message, CloseCode, Frame};
+use crate::resume::ProofTick;
 use crate::session::{Session, Tick};
 
 /// Chunks a streaming response may hold between the session and hyper. Past this the session
@@ -181,6 +182,17 @@ impl Driver {
                         continue;
                     }
                 }
+                // A resumable session proves what it received with pings of its own.
+                if s.is_resumable() {
+                    match s.proof_tick(now) {
+                        ProofTick::Idle => {}
+                        ProofTick::At(t) => deadline = deadline.min(t),
+                        ProofTick::PingNow => {
+                            self.outbox.push(Frame::from(message::ping()));
+                            continue;
+                        }
+                    }
+                }
             }
             deadline = match &r.attached {
                 Some(a) => deadline.min(match (a.kind, a.full_since) {
@@ -336,6 +348,11 @@ impl Driver {
         frames::push_array(&mut chunk, &r.batch);
         for f in &r.batch {
             self.conn.frame_out(f.len());
+        }
+        if !r.batch.is_empty() {
+            if let Some(s) = &mut self.session {
+                s.wrote();
+            }
         }
         r.batch.clear();
         if r.batch.capacity() > 64 {

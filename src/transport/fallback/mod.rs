@@ -29,16 +29,38 @@ use crate::context::Shared;
 use crate::http::{self, Body, BodyError};
 use crate::hub::Outbox;
 use crate::protocol::CloseCode;
+use crate::resume::{BadToken, Token};
 use crate::session::{self, Session};
 use driver::{Cmd, Driver, Kind, Receiver};
 
 /// How long an `xhr_send` may wait for its session to take the frames.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Does `path` belong to the fallback transports (`{http_path}/app/…`)?
-pub fn is_fallback_path(http_path: &str, path: &str) -> bool {
-    path.strip_prefix(http_path)
-        .is_some_and(|rest| rest.starts_with("/app/"))
+/// Does `path` belong to the fallback transports (`{http_path}/app/…`, or with a resume
+/// token `{http_path}{resume_prefix}/{token}/app/…`, a malformed token included)?
+pub fn is_fallback_path(http_path: &str, resume_prefix: &str, path: &str) -> bool {
+    path.strip_prefix(http_path).is_some_and(|rest| {
+        rest.starts_with("/app/")
+            || rest
+                .strip_prefix(resume_prefix)
+                .and_then(|r| r.strip_prefix('/'))
+                .is_some_and(|r| r.contains("/app/"))
+    })
+}
+
+/// The resume token of a fallback URL and the URL without it (see [`is_fallback_path`]).
+fn split_token<'a>(
+    http_path: &str,
+    resume_prefix: &str,
+    path: &'a str,
+) -> Result<(Option<Token>, std::borrow::Cow<'a, str>), BadToken> {
+    let Some(rest) = path.strip_prefix(http_path) else {
+        return Ok((None, path.into()));
+    };
+    match crate::resume::token::split(resume_prefix, rest)? {
+        Some((token, rest)) => Ok((Some(token), format!("{http_path}{rest}").into())),
+        None => Ok((None, path.into())),
+    }
 }
 
 /// Which endpoint a request is for.
@@ -111,8 +133,15 @@ async fn dispatch(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let path = req.uri().path().to_owned();
     let http_path = &shared.config.server.http_path;
+    let (token, path) = match split_token(
+        http_path,
+        &shared.config.resume.path_prefix,
+        req.uri().path(),
+    ) {
+        Ok((token, path)) => (token, path.into_owned()),
+        Err(bad) => return text(StatusCode::BAD_REQUEST, bad.to_string()),
+    };
     let Some(target) = parse_target(http_path, &path) else {
         return text(
             StatusCode::NOT_FOUND,
@@ -138,6 +167,19 @@ async fn dispatch(
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
             let query = req.uri().query().unwrap_or("").to_owned();
+            let agent = req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let resume = crate::resume::Origin {
+                token,
+                peer: if shared.config.resume.enabled && shared.config.resume.match_user {
+                    crate::resume::peer_hash(&peer.ip().to_string(), agent)
+                } else {
+                    0
+                },
+            };
             // The request body (pusher-js sends none) is not read.
             drop(req);
             let client = Client {
@@ -145,6 +187,7 @@ async fn dispatch(
                 origin: origin.as_deref(),
                 query: &query,
                 peer,
+                resume,
             };
             receive(shared, registry, &key, kind, client).await
         }
@@ -158,6 +201,8 @@ struct Client<'a> {
     origin: Option<&'a str>,
     query: &'a str,
     peer: SocketAddr,
+    /// The resume token of the URL and the address/agent hash.
+    resume: crate::resume::Origin,
 }
 
 /// A receive request: attach to the session, or open it (running the WebSocket handshake's
@@ -211,7 +256,7 @@ async fn receive(
             shared.config.server.outbound_queue,
         ));
         let conn = shared.connection_opened(slot, crate::metrics::Transport::Http);
-        let session = Session::open(app, outbox.clone(), shared.liveness);
+        let session = Session::open_from(app, outbox.clone(), shared.liveness, client.resume);
         let d = Driver {
             key: key.to_owned(),
             id,
@@ -410,11 +455,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn resume_tokens_in_fallback_paths() {
+        let t = "0123456789abcdef0123456789abcdef";
+        let path = format!("/pusher/r/{t}/app/key/123/abcdefgh/xhr");
+        assert!(is_fallback_path("/pusher", "/r", &path));
+        let (token, rest) = split_token("/pusher", "/r", &path).unwrap();
+        assert_eq!(token, Token::parse(t).ok());
+        assert_eq!(rest, "/pusher/app/key/123/abcdefgh/xhr");
+        assert!(parse_target("/pusher", &rest).is_some());
+        assert!(is_fallback_path(
+            "/pusher",
+            "/r",
+            "/pusher/r/bad/app/key/1/s/xhr"
+        ));
+        assert!(split_token("/pusher", "/r", "/pusher/r/bad/app/key/1/s/xhr").is_err());
+        let (token, rest) = split_token("/pusher", "/r", "/pusher/app/key/1/s/xhr").unwrap();
+        assert_eq!((token, rest.as_ref()), (None, "/pusher/app/key/1/s/xhr"));
+    }
+
+    #[test]
     fn paths() {
-        assert!(is_fallback_path("/pusher", "/pusher/app/k/1/abc/xhr"));
-        assert!(!is_fallback_path("/pusher", "/app/k"));
-        assert!(!is_fallback_path("/pusher", "/pusherx/app/k"));
-        assert!(is_fallback_path("", "/app/k/1/abc/xhr"));
+        assert!(is_fallback_path("/pusher", "/r", "/pusher/app/k/1/abc/xhr"));
+        assert!(!is_fallback_path("/pusher", "/r", "/app/k"));
+        assert!(!is_fallback_path("/pusher", "/r", "/pusherx/app/k"));
+        assert!(is_fallback_path("", "/r", "/app/k/1/abc/xhr"));
         let t = parse_target("/pusher", "/pusher/app/key/123/abcdefgh/xhr_streaming").unwrap();
         assert_eq!(
             t,

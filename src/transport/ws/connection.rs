@@ -30,6 +30,7 @@ use super::WsParams;
 use crate::hub::{App, CloseRequest, DirectWrite, Outbox};
 use crate::metrics::ConnectionGuard;
 use crate::protocol::{message, CloseCode, Frame};
+use crate::resume::ProofTick;
 use crate::session::{Session, Tick};
 use crate::transport::wsframe::{self, Incoming};
 
@@ -56,6 +57,8 @@ pub(super) struct Connection<I> {
     stalled_since: Option<Instant>,
     /// The session's liveness deadline, once asked (see [`tick`](Self::tick)).
     liveness: Option<Instant>,
+    /// A resumable session's frames were taken: once written, the tick step may prove them.
+    prove: bool,
 }
 
 /// What the write or read step, the timer or the shutdown signal brought while we waited.
@@ -70,6 +73,8 @@ enum IoEvent {
     WriteFailed(String),
     /// The liveness or write-timeout deadline passed.
     Timer,
+    /// A resumable session's frames are written: time for the tick step's proof.
+    Wrote,
     /// The server is shutting down.
     Shutdown,
 }
@@ -106,6 +111,7 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
             socket_id,
             shutdown,
             conn,
+            resume,
         } = params;
         let limit = super::frame_limit(app.config.max_message_bytes);
         let outbox = Arc::new(Outbox::new(conn_id, socket_id, outbound_queue));
@@ -115,7 +121,7 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
         }
         let mut c = Connection {
             io,
-            session: Session::open(app, outbox.clone(), liveness),
+            session: Session::open_from(app, outbox.clone(), liveness, resume),
             outbox,
             conn,
             queue: WriteQueue::default(),
@@ -126,6 +132,7 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
             control_pinger: false,
             stalled_since: None,
             liveness: None,
+            prove: false,
         };
         // What the client sent right after the upgrade request, decoded before the first wait.
         // Only the undecoded rest is kept: the bytes are a view of hyper's whole read buffer,
@@ -233,6 +240,17 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
                 }
             },
         };
+        // A resumable connection proves what it received with pings of its own.
+        if self.session.is_resumable() {
+            match self.session.proof_tick(Instant::now()) {
+                ProofTick::Idle => {}
+                ProofTick::At(t) => deadline = deadline.min(t),
+                ProofTick::PingNow => {
+                    self.ping();
+                    return Err(Then::Go);
+                }
+            }
+        }
         // A write the socket would not take (set in the write step); most writes finish at
         // once and never touch the timer.
         if let Some(since) = self.stalled_since {
@@ -270,6 +288,9 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
                     Poll::Ready(Ok(())) => {
                         self.stalled_since = None;
                         flushed = true;
+                        if std::mem::take(&mut self.prove) {
+                            return Poll::Ready(IoEvent::Wrote);
+                        }
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(IoEvent::WriteFailed(e.to_string())),
                     Poll::Pending => {
@@ -313,7 +334,7 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
     fn on_event(&mut self, event: IoEvent) -> Then {
         match event {
             // The deadline is recomputed with the stall by the next tick.
-            IoEvent::Stalled => Then::Go,
+            IoEvent::Stalled | IoEvent::Wrote => Then::Go,
             IoEvent::Timer => {
                 self.liveness = None;
                 Then::Go
@@ -367,7 +388,7 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
                     let pong = wsframe::encode(wsframe::OP_PONG, &payload);
                     self.queue.push(Out::Raw(pong));
                 }
-                Incoming::Pong => self.session.activity(),
+                Incoming::Pong => self.session.control_pong(),
                 Incoming::Binary(data) => {
                     self.conn.frame_in(data.len());
                     self.session.activity();
@@ -377,6 +398,7 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
                     )));
                 }
                 Incoming::Close(code) => {
+                    self.session.peer_closed(code);
                     // Answer the closing handshake.
                     self.hold();
                     self.queue.push(Out::Raw(wsframe::close_reply(code)));
@@ -414,6 +436,10 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
             queue.push(Out::Text(f));
         });
         self.conn.frames_out(frames, bytes);
+        if frames > 0 && self.session.is_resumable() {
+            self.session.wrote();
+            self.prove = true;
+        }
         result
     }
 

@@ -13,12 +13,13 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
-use super::{refuse, spawn, WsParams};
+use super::{refuse, refuse_with, spawn, WsParams};
 use crate::context::Shared;
 use crate::http::{self, Body};
 use crate::hub::App;
 use crate::metrics::AddressSlot;
 use crate::protocol::CloseCode;
+use crate::resume::{BadToken, Token};
 use crate::session;
 use crate::transport::wsframe;
 
@@ -40,6 +41,22 @@ pub fn app_key<'a>(ws_path: &str, path: &'a str) -> Option<&'a str> {
     path.strip_prefix(ws_path)?.strip_prefix("/app/")
 }
 
+/// The resume token of a WebSocket URL, `{ws_path}{resume_prefix}/{token}/app/{key}`, and
+/// the URL without it (`{ws_path}/app/{key}`); a URL without the prefix has no token.
+pub fn resume_token(
+    ws_path: &str,
+    resume_prefix: &str,
+    path: &str,
+) -> Result<(Option<Token>, String), BadToken> {
+    let Some(rest) = path.strip_prefix(ws_path) else {
+        return Ok((None, path.to_owned()));
+    };
+    match crate::resume::token::split(resume_prefix, rest)? {
+        Some((token, rest)) => Ok((Some(token), format!("{ws_path}{rest}"))),
+        None => Ok((None, path.to_owned())),
+    }
+}
+
 /// Answers an upgrade request: `400` for a broken handshake, otherwise `101`, with the
 /// connection handed to its own task once hyper lets go of it.
 pub fn upgrade(
@@ -59,8 +76,21 @@ pub fn upgrade(
         );
         return r;
     };
+    let resume = &shared.config.resume;
+    let (token, path) = match resume_token(
+        &shared.config.server.ws_path,
+        &resume.path_prefix,
+        req.uri().path(),
+    ) {
+        Ok(v) => v,
+        Err(bad) => return refuse_token(shared, req, peer, bad),
+    };
+    let origin = crate::resume::Origin {
+        token,
+        peer: peer_hash(shared, &req, peer),
+    };
     // Decide before upgrading; refusals are sent as pusher:error + close code after the upgrade.
-    let verdict = admit(shared, &req, peer);
+    let verdict = admit(shared, &req, &path, peer);
     let upgrade = hyper::upgrade::on(&mut req);
     let shared = shared.clone();
     tokio::spawn(async move {
@@ -84,6 +114,7 @@ pub fn upgrade(
                     socket_id: shared.new_socket_id(),
                     shutdown: shared.shutdown_signal(),
                     conn: shared.connection_opened(slot, crate::metrics::Transport::WebSocket),
+                    resume: origin,
                 };
                 spawn(upgraded, app, params);
             }
@@ -104,6 +135,51 @@ pub fn upgrade(
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+/// The hash zero-change resume compares (address and user agent), when resume is on.
+fn peer_hash<B>(shared: &Shared, req: &Request<B>, peer: SocketAddr) -> u32 {
+    if !shared.config.resume.enabled || !shared.config.resume.match_user {
+        return 0;
+    }
+    let agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    crate::resume::peer_hash(&peer.ip().to_string(), agent)
+}
+
+/// A malformed resume token: the client still gets its `101`, then a `pusher:error` saying
+/// what a token must look like and 4005 (pusher-js does not retry a 40xx).
+fn refuse_token(
+    shared: &Arc<Shared>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    bad: BadToken,
+) -> Response<Body> {
+    let accept = accept_key(&req).unwrap_or_default();
+    let upgrade = hyper::upgrade::on(&mut req);
+    let code = CloseCode::PathNotFound.code();
+    shared.metrics.connection_rejected(code);
+    tracing::info!(%peer, code, reason = %bad, "websocket connection refused");
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
+            refuse_with(upgraded, code, &bad.to_string()).await;
+        }
+    });
+    switching(&accept)
+}
+
+fn switching(accept: &str) -> Response<Body> {
+    let mut r = http::empty(StatusCode::SWITCHING_PROTOCOLS);
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     r
@@ -132,10 +208,10 @@ pub(super) fn accept_key<B>(req: &Request<B>) -> Option<String> {
 fn admit<B>(
     shared: &Shared,
     req: &Request<B>,
+    path: &str,
     peer: SocketAddr,
 ) -> Result<(Arc<App>, AddressSlot), CloseCode> {
-    let key =
-        app_key(&shared.config.server.ws_path, req.uri().path()).ok_or(CloseCode::PathNotFound)?;
+    let key = app_key(&shared.config.server.ws_path, path).ok_or(CloseCode::PathNotFound)?;
     if key.is_empty() || key.contains('/') {
         return Err(CloseCode::PathNotFound);
     }
@@ -155,6 +231,22 @@ fn admit<B>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resume_tokens_in_ws_urls() {
+        let t = "0123456789abcdef0123456789abcdef";
+        let (token, path) = resume_token("", "/r", &format!("/r/{t}/app/key")).unwrap();
+        assert_eq!(token, Some(Token::parse(t).unwrap()));
+        assert_eq!(app_key("", &path), Some("key"));
+        let (token, path) = resume_token("/ws", "/r", &format!("/ws/r/{t}/app/key")).unwrap();
+        assert!(token.is_some());
+        assert_eq!(app_key("/ws", &path), Some("key"));
+        assert_eq!(
+            resume_token("", "/r", "/app/key").unwrap(),
+            (None, "/app/key".into())
+        );
+        assert!(resume_token("", "/r", "/r/xyz/app/key").is_err());
+    }
 
     #[test]
     fn ws_urls() {
