@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: format, lint, unit + integration tests, the real-client
-# suites (pusher-js, laravel-echo, the Node and Python SDKs), the Autobahn|Testsuite cases, the
-# browser tests, resume through link cuts in a network namespace, the systemd checks, the Debian
-# package installed, served and purged on this machine (as root), and the static ARM build served
-# under qemu. Installs what it needs first.
+# suites (pusher-js, laravel-echo, the Node and Python SDKs), the cluster of three nodes in network
+# namespaces on redis-server and on Valkey, the Autobahn|Testsuite cases, the browser tests, resume
+# through link cuts in a network namespace, the systemd checks, the Debian package installed,
+# served and purged on this machine (as root), and the static ARM build served under qemu.
+# Installs what it needs first.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -22,6 +23,7 @@ step "cargo fmt --check" cargo fmt --check
 step "cargo clippy" cargo clippy --all-targets --quiet -- -D warnings
 step "cargo test" cargo test --quiet
 step "real clients (node + python)" env SKIP_BUILD=1 tests/clients/run.sh
+[ -x tests/cluster/run.sh ] && step "cluster: 3 nodes in namespaces on redis-server, then Valkey" env SKIP_BUILD=1 tests/cluster/run.sh both
 [ -x tests/autobahn/run.sh ] && step "Autobahn|Testsuite (kosoku: sections 1-7, 9, 10)" tests/autobahn/run.sh
 [ -x tests/browser/run.sh ] && step "fallback in a browser (chromium)" env SKIP_BUILD=1 tests/browser/run.sh
 [ -x tests/console-browser/run.sh ] && step "console in a browser (chromium)" env SKIP_BUILD=1 tests/console-browser/run.sh
