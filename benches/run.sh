@@ -12,7 +12,8 @@
 # PBLOAD_BIN, PORT_BASE (default 6400), SERVER_CPU (1), CLIENT_CPU (0), OUT_DIR,
 # DURABILITY (pushbox's [spool] durability: memory, the default, or fsync), COALESCE_MS
 # (pushbox's opt-in [server] coalesce_ms, default 0: measure what the window buys),
-# CHURN_CYCLES (default 100000; 20000 quick) and CHURN_MAX_SLICES (12): a longer churn.
+# CHURN_CYCLES (default 100000; 20000 quick) and CHURN_MAX_SLICES (12): a longer churn,
+# RESUME (pushbox's [resume] enabled: true, the default, or false: what resume costs).
 # Raw pbload JSON lines (one per run, tagged with .bench) go to target/bench-results/*.jsonl.
 set -euo pipefail
 
@@ -90,6 +91,8 @@ coalesce_ms = ${COALESCE_MS:-0}
 max_connections_per_ip = 0
 [spool]
 durability = "${DURABILITY:-memory}"
+[resume]
+enabled = ${RESUME:-true}
 [[apps]]
 id = "app-id"
 key = "app-key"
@@ -235,7 +238,7 @@ pair() {
 }
 
 {
-    echo "{\"cmd\":\"meta\",\"bench\":{\"scenario\":\"meta\"},\"stamp\":\"$STAMP\",\"quick\":$QUICK,\"runs\":$RUNS,\"pushbox_commit\":\"$PB_COMMIT\",\"pushbox_bin\":\"$PB_SRC\",\"durability\":\"${DURABILITY:-memory}\",\"coalesce_ms\":${COALESCE_MS:-0},\"nproc\":$(nproc),\"loadavg_start\":\"$(cut -d' ' -f1-3 /proc/loadavg)\",\"scenarios\":\"${SCEN[*]}\"}"
+    echo "{\"cmd\":\"meta\",\"bench\":{\"scenario\":\"meta\"},\"stamp\":\"$STAMP\",\"quick\":$QUICK,\"runs\":$RUNS,\"pushbox_commit\":\"$PB_COMMIT\",\"pushbox_bin\":\"$PB_SRC\",\"durability\":\"${DURABILITY:-memory}\",\"coalesce_ms\":${COALESCE_MS:-0},\"resume\":${RESUME:-true},\"nproc\":$(nproc),\"loadavg_start\":\"$(cut -d' ' -f1-3 /proc/loadavg)\",\"scenarios\":\"${SCEN[*]}\"}"
 } >>"$JSONL"
 log "results: $JSONL (pushbox $PB_COMMIT, RUNS=$RUNS, quick=$QUICK, load $(cut -d' ' -f1-3 /proc/loadavg))"
 ps -eo pcpu,pid,comm --sort=-pcpu | head -8 >"$OUT_DIR/logs/$STAMP-top-start.txt"

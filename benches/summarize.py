@@ -138,7 +138,7 @@ for srv, st in sorted(steals.items()):
     print(f"hypervisor steal during {srv}'s runs (% of all CPU ticks): median {statistics.median(st):.1f}, max {max(st):.1f}"
           + (f"; {heavy} of {len(st)} runs above 10 % (ratios from those are noise-dominated)" if heavy else ""))
 for m in meta:
-    print(f"pushbox {m.get('pushbox_commit')} ({m.get('pushbox_bin')}, durability {m.get('durability', 'memory')}, coalesce_ms {m.get('coalesce_ms', 0)}); RUNS={m.get('runs')} quick={m.get('quick')}; stamp {m.get('stamp')}")
+    print(f"pushbox {m.get('pushbox_commit')} ({m.get('pushbox_bin')}, durability {m.get('durability', 'memory')}, coalesce_ms {m.get('coalesce_ms', 0)}, resume {m.get('resume', True)}); RUNS={m.get('runs')} quick={m.get('quick')}; stamp {m.get('stamp')}")
 print("ratio = median of per-run pushbox/reference ratios (range in brackets); pushbox and reference ran back to back in each run.")
 for n in notes:
     print(f"- note: {n}")
