@@ -62,6 +62,19 @@ pub enum Op {
     Reconcile,
 }
 
+impl Op {
+    /// The script this operation runs, if any.
+    fn script(&self) -> Option<&'static redis::Script> {
+        match self {
+            Op::Subscribe { .. } => Some(&SUBSCRIBE_SCRIPT),
+            Op::Unsubscribe { .. } => Some(&UNSUBSCRIBE_SCRIPT),
+            Op::Signin { .. } => Some(&SIGNIN_SCRIPT),
+            Op::Signout { .. } => Some(&SIGNOUT_SCRIPT),
+            Op::ClientEvent { .. } | Op::Reconcile => None,
+        }
+    }
+}
+
 pub struct Worker {
     pub pool: Arc<Pool>,
     pub keys: Keys,
@@ -166,18 +179,11 @@ impl Worker {
             // SCRIPT LOAD is idempotent: after a Redis restart the scripts are there again.
             // Only the scripts this batch runs: a signin alone measured 4 loads and 1 EVALSHA
             // with all four loaded (tests/cluster_watchlist.rs prints the commands).
-            let uses = |f: fn(&Op) -> bool| live.iter().any(|op| f(op));
-            let scripts: [(&redis::Script, fn(&Op) -> bool); 4] = [
-                (&SUBSCRIBE_SCRIPT, |op| matches!(op, Op::Subscribe { .. })),
-                (&UNSUBSCRIBE_SCRIPT, |op| {
-                    matches!(op, Op::Unsubscribe { .. })
-                }),
-                (&SIGNIN_SCRIPT, |op| matches!(op, Op::Signin { .. })),
-                (&SIGNOUT_SCRIPT, |op| matches!(op, Op::Signout { .. })),
-            ];
-            for (script, used) in scripts {
-                if uses(used) {
+            let mut loaded: Vec<&redis::Script> = Vec::with_capacity(4);
+            for script in live.iter().filter_map(|op| op.script()) {
+                if !loaded.iter().any(|l| std::ptr::eq(*l, script)) {
                     pipe.load_script(script).ignore();
+                    loaded.push(script);
                 }
             }
             for op in &live {
