@@ -10,6 +10,8 @@
 //! | `mr` | a user's last connection anywhere left | `c`, `u` |
 //! | `sc` | a channel's subscription count changed | `c`, `n` |
 //! | `t` | terminate a user's connections | `u` |
+//! | `on` | a watched user's first signed-in connection anywhere appeared | `u` |
+//! | `off` | a watched user's last signed-in connection anywhere went | `u` |
 //! | `z` | nothing: gives a subscribe's gate an id on an empty bus | |
 
 use std::collections::HashMap;
@@ -77,6 +79,11 @@ pub enum Kind {
     Terminate {
         user: String,
     },
+    /// A watched user went online (first signed-in connection anywhere) or offline (last).
+    Watch {
+        user: String,
+        online: bool,
+    },
     /// A kind this version does not know (a newer node wrote it): skipped.
     Unknown,
 }
@@ -125,6 +132,10 @@ impl Entry {
                 n: get("n")?.parse().ok()?,
             },
             Some("t") => Kind::Terminate { user: get("u")? },
+            Some(k @ ("on" | "off")) => Kind::Watch {
+                user: get("u")?,
+                online: k == "on",
+            },
             _ => Kind::Unknown,
         };
         Some(Entry { id, kind })
@@ -228,10 +239,11 @@ mod tests {
                     fields(&["k", "mr", "c", "presence-a", "u", "u|1"]),
                 ]),
                 Value::Array(vec![bulk("8-0"), fields(&["k", "zz"])]),
+                Value::Array(vec![bulk("8-1"), fields(&["k", "off", "u", "7"])]),
             ]),
         ])]);
         let e = entries(&reply);
-        assert_eq!(e.len(), 3);
+        assert_eq!(e.len(), 4);
         assert_eq!(
             e[0].kind,
             Kind::Event {
@@ -252,5 +264,12 @@ mod tests {
         );
         assert_eq!(e[2].kind, Kind::Unknown);
         assert_eq!(e[2].id, StreamId { ms: 8, seq: 0 });
+        assert_eq!(
+            e[3].kind,
+            Kind::Watch {
+                user: "7".into(),
+                online: false
+            }
+        );
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use super::bus::{Entry, Kind, StreamId};
 use super::status::Status;
+use super::watchlist::{self, WatchJoin};
 use crate::hub::{App, Outbox};
 use crate::protocol::{message, CloseCode, Frame};
 
@@ -57,6 +58,13 @@ pub enum Msg {
     },
     /// Entries after the cursor were trimmed away: the local sockets missed them for good.
     Gap,
+    /// A signed-in connection to attach as a watcher once past its gate (`watch`).
+    Watch(WatchJoin),
+    /// The connection's signin went (after the signout script ran).
+    Unwatch {
+        conn_id: u64,
+        watchlist: Vec<String>,
+    },
 }
 
 pub struct Deliverer {
@@ -72,6 +80,7 @@ pub struct Deliverer {
     seen: HashMap<String, u64>,
     local: BTreeSet<u64>,
     pending: Vec<Activation>,
+    watches: Vec<WatchJoin>,
 }
 
 impl Deliverer {
@@ -87,6 +96,7 @@ impl Deliverer {
             seen: HashMap::new(),
             local: BTreeSet::new(),
             pending: Vec::new(),
+            watches: Vec::new(),
         }
     }
 
@@ -121,6 +131,14 @@ impl Deliverer {
                 self.pending
                     .retain(|a| !(a.outbox.conn_id == conn_id && a.channel == channel));
                 self.app.detach(conn_id, &channel);
+            }
+            Msg::Watch(w) => {
+                self.watches.push(w);
+                self.activate_due();
+            }
+            Msg::Unwatch { conn_id, watchlist } => {
+                self.watches.retain(|w| w.outbox.conn_id != conn_id);
+                self.app.watch_detach(conn_id, &watchlist);
             }
             Msg::Gap => {
                 self.app.close_subscribers(
@@ -183,6 +201,9 @@ impl Deliverer {
             Kind::Terminate { user } => {
                 self.app.terminate_user(user);
             }
+            Kind::Watch { user, online } => {
+                self.app.watch_event(user, *online);
+            }
             Kind::Event {
                 except,
                 name,
@@ -205,10 +226,19 @@ impl Deliverer {
     }
 
     fn activate_due(&mut self) {
+        let cursor = self.cursor;
+        if !self.watches.is_empty() {
+            let (due, wait): (Vec<WatchJoin>, Vec<WatchJoin>) = std::mem::take(&mut self.watches)
+                .into_iter()
+                .partition(|w| w.gate <= cursor);
+            self.watches = wait;
+            for w in due {
+                watchlist::activate(&self.app, w, &self.ring, self.floor);
+            }
+        }
         if self.pending.is_empty() {
             return;
         }
-        let cursor = self.cursor;
         let (due, wait): (Vec<Activation>, Vec<Activation>) = std::mem::take(&mut self.pending)
             .into_iter()
             .partition(|a| a.gate <= cursor);
@@ -291,7 +321,7 @@ fn frames(kind: &Kind) -> Vec<(String, Frame, Option<&str>)> {
             Frame::from(message::subscription_count(channel, *n)),
             None,
         )],
-        Kind::Terminate { .. } | Kind::Unknown => Vec::new(),
+        Kind::Terminate { .. } | Kind::Watch { .. } | Kind::Unknown => Vec::new(),
     }
 }
 

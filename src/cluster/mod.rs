@@ -11,7 +11,8 @@
 //! | `forward.rs` | event log → bus (idempotent FORWARD), degraded local delivery |
 //! | `reader.rs` | bus → deliverer (`XREAD BLOCK` on a connection of its own, resume from the cursor) |
 //! | `deliver.rs` | bus → this node's sockets, in bus order: dedupe, gates of joining sockets |
-//! | `worker.rs` | this node's subscribes, unsubscribes and client events, in order |
+//! | `worker.rs` | this node's subscribes, unsubscribes, client events, signins and signouts, in order |
+//! | `watchlist.rs` | watchlists: a watcher's initial state, attached past its gate like a subscribe |
 //! | `lease.rs` | heartbeats, connection counts, the janitor that reaps dead nodes |
 //! | `hooks.rs` | webhook jobs taken once cluster-wide into the webhook spool |
 //! | `status.rs` | Redis up, bus lag, nodes: `/up` and `/metrics` |
@@ -32,6 +33,7 @@ mod probe;
 mod reader;
 mod scripts;
 mod status;
+mod watchlist;
 mod worker;
 
 use std::collections::HashMap;
@@ -370,6 +372,26 @@ impl ClusterLink for Cluster {
                 conn_id: outbox.conn_id,
                 socket_id: outbox.socket_id.as_str().to_owned(),
                 channel: channel.to_owned(),
+            });
+        }
+    }
+
+    fn signin(&self, app_id: &str, outbox: &Arc<Outbox>, user_id: &str, watchlist: &[String]) {
+        if let Some(link) = self.apps.get(app_id) {
+            let _ = link.ops.send(Op::Signin {
+                outbox: outbox.clone(),
+                user: user_id.to_owned(),
+                watchlist: watchlist.to_vec(),
+            });
+        }
+    }
+
+    fn signout(&self, app_id: &str, outbox: &Outbox, watchlist: &[String]) {
+        if let Some(link) = self.apps.get(app_id) {
+            let _ = link.ops.send(Op::Signout {
+                conn_id: outbox.conn_id,
+                socket_id: outbox.socket_id.as_str().to_owned(),
+                watchlist: watchlist.to_vec(),
             });
         }
     }

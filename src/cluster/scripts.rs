@@ -15,7 +15,9 @@
 //! connections), `pi:{c}` (user → user_info), `pm:{c}` ([node, socket] → user), `own:{node}`
 //! (the node's [`s`, channel, socket] tuples), `gen` / `pend` (webhook generations and pending
 //! delayed webhooks), `cache:{c}` (the last event of a cache channel), `nodes` (leases),
-//! `conns` (node → connections), `epoch`.
+//! `conns` (node → connections), `epoch`; for watchlists (the section at the end): `wu` (user →
+//! signed-in connections anywhere), `ww` (user → connections watching it anywhere) and
+//! `wo:{node}` (socket → `[user, [watched…]]`, the node's signed-in connections).
 
 use std::sync::LazyLock;
 
@@ -183,7 +185,10 @@ const REAP: &str = r#"
 local scf = ARGV[1] == '1'
 if ARGV[2] and ARGV[2] ~= '' then redis.call('ZADD', P .. 'nodes', 0, ARGV[2]) end
 local dead = redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', now_ms(), 'LIMIT', 0, 4)
-for _, node in ipairs(dead) do reap(node, scf) end
+for _, node in ipairs(dead) do
+  reap(node, scf)
+  watch_reap(node)
+end
 return dead
 "#;
 
@@ -287,7 +292,7 @@ fn build(body: &str, shebang: &str) -> Script {
     // The shebang (Redis 7, Valkey) makes Redis refuse a writing script up front when it is
     // out of memory, instead of stopping it half way with some writes done (tried on 7.0.15
     // with maxmemory 2mb: a plain EVAL wrote until the limit, a `#!lua` one wrote nothing).
-    Script::new(&format!("{shebang}\n{helpers}{body}"))
+    Script::new(&format!("{shebang}\n{helpers}{WATCH_HELPERS}{body}"))
 }
 
 pub static SUBSCRIBE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(SUBSCRIBE));
@@ -299,3 +304,71 @@ pub static CONFIRM_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CONFIRM));
 pub static CHANNELS_SCRIPT: LazyLock<Script> = LazyLock::new(|| read_script(CHANNELS));
 pub static CHANNEL_SCRIPT: LazyLock<Script> = LazyLock::new(|| read_script(CHANNEL));
 pub static CACHED_SCRIPT: LazyLock<Script> = LazyLock::new(|| read_script(CACHED));
+
+// ---------------------------------------------------------------------------------------------
+// Watchlists: `online` when a user's first signed-in connection anywhere appears, `offline`
+// when the last one anywhere is gone (closed, signed in again as someone else, or reaped with
+// its node), each decided once here and sent to every node's watchers through the bus in
+// order. Only signed-in connections of apps with `watchlist` on cost anything: one script per
+// signin and one per signout. A transition goes on the bus only while someone anywhere
+// watches the user (`ww`), so a shop whose users watch nobody adds no bus traffic.
+// ---------------------------------------------------------------------------------------------
+
+const WATCH_HELPERS: &str = r#"
+-- A user's transition, on the bus only while someone watches them.
+local function watch_note(user, kind)
+  if tonumber(redis.call('HGET', P .. 'ww', user) or '0') > 0 then bus({'k', kind, 'u', user}) end
+end
+-- One signed-in connection goes: the same for a signout, a closed connection and a reap. Its
+-- watchlist goes first, as on one box (a user watching itself gets no `offline` of its own).
+local function watch_leave(node, socket)
+  local wo = P .. 'wo:' .. node
+  local t = redis.call('HGET', wo, socket)
+  if not t then return false end
+  redis.call('HDEL', wo, socket)
+  local x = cjson.decode(t)
+  for _, w in ipairs(x[2]) do
+    if redis.call('HINCRBY', P .. 'ww', w, -1) <= 0 then redis.call('HDEL', P .. 'ww', w) end
+  end
+  if redis.call('HINCRBY', P .. 'wu', x[1], -1) <= 0 then
+    redis.call('HDEL', P .. 'wu', x[1])
+    watch_note(x[1], 'off')
+  end
+  return true
+end
+local function watch_reap(node)
+  for _, s in ipairs(redis.call('HKEYS', P .. 'wo:' .. node)) do watch_leave(node, s) end
+  redis.call('DEL', P .. 'wo:' .. node)
+end
+"#;
+
+/// SIGNIN. ARGV: node, socket, user, then the distinct user ids it watches. Idempotent per
+/// socket. The user goes online first, then its watchlist counts, as on one box. Returns `{}`
+/// with no watchlist, else `{gate, online}`: the watched users signed in anywhere, consistent
+/// with the bus at `gate` (taken after this script's own entry, so the signing-in socket never
+/// gets its own `online` from the bus).
+const SIGNIN: &str = r#"
+local node, socket, user = ARGV[1], ARGV[2], ARGV[3]
+local watched = {}
+for i = 4, #ARGV do watched[#watched + 1] = ARGV[i] end
+if redis.call('HSETNX', P .. 'wo:' .. node, socket, cjson.encode({user, watched})) == 1 then
+  if redis.call('HINCRBY', P .. 'wu', user, 1) == 1 then watch_note(user, 'on') end
+  for _, w in ipairs(watched) do redis.call('HINCRBY', P .. 'ww', w, 1) end
+end
+if #watched == 0 then return {} end
+local online = {}
+for _, w in ipairs(watched) do
+  if redis.call('HEXISTS', P .. 'wu', w) == 1 then online[#online + 1] = w end
+end
+return {last_id(), online}
+"#;
+
+/// SIGNOUT. ARGV: node, socket. Returns 1, or 0 when it was not signed in here (already
+/// signed out, or reaped).
+const SIGNOUT: &str = r#"
+if watch_leave(ARGV[1], ARGV[2]) then return 1 end
+return 0
+"#;
+
+pub static SIGNIN_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(SIGNIN));
+pub static SIGNOUT_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(SIGNOUT));

@@ -1,6 +1,7 @@
-//! The presence worker of one app: runs this node's subscribes, unsubscribes and client events
-//! against Redis one at a time, in the order the connections made them (an unsubscribe never
-//! overtakes its subscribe), and hands each joined socket to the deliverer with its snapshot.
+//! The presence worker of one app: runs this node's subscribes, unsubscribes, client events,
+//! signins and signouts (watchlists, see `watchlist`) against Redis one at a time, in the order
+//! the connections made them (an unsubscribe never overtakes its subscribe), and hands each
+//! joined socket (and each watcher) to the deliverer with its snapshot.
 //!
 //! While Redis does not answer, an operation is retried (backoff up to a second) and the ones
 //! behind it wait: joins are late, never lost or reordered. A connection that closed meanwhile
@@ -17,8 +18,9 @@ use super::bus::StreamId;
 use super::conn::{items, pairs, text, Pool};
 use super::deliver::{Activation, Msg};
 use super::keys::Keys;
-use super::scripts::{MAXLEN, SUBSCRIBE_SCRIPT, UNSUBSCRIBE_SCRIPT};
+use super::scripts::{MAXLEN, SIGNIN_SCRIPT, SIGNOUT_SCRIPT, SUBSCRIBE_SCRIPT, UNSUBSCRIBE_SCRIPT};
 use super::status::Status;
+use super::watchlist::{self, WatchJoin};
 
 /// Operations sent in one pipeline at most: a burst of joins costs a round trip per this many.
 const BATCH_OPS: usize = 64;
@@ -42,10 +44,35 @@ pub enum Op {
         socket_id: String,
         frame: Frame,
     },
+    /// A connection signed in as `user` watching `watchlist` (apps with `watchlist` on).
+    Signin {
+        outbox: Arc<Outbox>,
+        user: String,
+        watchlist: Vec<String>,
+    },
+    /// That signin went (the connection closed or signed in again).
+    Signout {
+        conn_id: u64,
+        socket_id: String,
+        watchlist: Vec<String>,
+    },
     /// Compare what Redis says this node holds with what it holds, and put Redis right
     /// through the normal scripts (after Redis was lost: a lease that expired, data Redis
     /// lost, a script whose effect was in the last second before a crash).
     Reconcile,
+}
+
+impl Op {
+    /// The script this operation runs, if any.
+    fn script(&self) -> Option<&'static redis::Script> {
+        match self {
+            Op::Subscribe { .. } => Some(&SUBSCRIBE_SCRIPT),
+            Op::Unsubscribe { .. } => Some(&UNSUBSCRIBE_SCRIPT),
+            Op::Signin { .. } => Some(&SIGNIN_SCRIPT),
+            Op::Signout { .. } => Some(&SIGNOUT_SCRIPT),
+            Op::ClientEvent { .. } | Op::Reconcile => None,
+        }
+    }
 }
 
 pub struct Worker {
@@ -58,6 +85,15 @@ pub struct Worker {
     pub deliver: mpsc::Sender<Msg>,
     /// (socket id, channel) → member, of this node's subscriptions that reached Redis.
     held: HashMap<(String, String), Option<Member>>,
+    /// socket id → its signin, of this node's signins that reached Redis.
+    signed: HashMap<String, Signed>,
+}
+
+/// A signin this node holds, to put back in Redis after its lease was lost.
+struct Signed {
+    outbox: Arc<Outbox>,
+    user: String,
+    watchlist: Vec<String>,
 }
 
 /// What a subscribe script answered.
@@ -90,6 +126,7 @@ impl Worker {
             observer,
             deliver,
             held: HashMap::new(),
+            signed: HashMap::new(),
         }
     }
 
@@ -108,6 +145,7 @@ impl Worker {
                 if matches!(op, Op::Reconcile) {
                     self.pipelined(std::mem::take(&mut run)).await;
                     self.reconcile().await;
+                    self.reconcile_signins().await;
                 } else {
                     run.push(op);
                 }
@@ -127,7 +165,9 @@ impl Worker {
             let live: Vec<&Op> = ops
                 .iter()
                 .filter(|op| match op {
-                    Op::Subscribe { outbox, .. } => !outbox.is_closing(),
+                    Op::Subscribe { outbox, .. } | Op::Signin { outbox, .. } => {
+                        !outbox.is_closing()
+                    }
                     Op::ClientEvent { .. } => first_try,
                     _ => true,
                 })
@@ -137,8 +177,15 @@ impl Worker {
             }
             let mut pipe = redis::pipe();
             // SCRIPT LOAD is idempotent: after a Redis restart the scripts are there again.
-            pipe.load_script(&SUBSCRIBE_SCRIPT).ignore();
-            pipe.load_script(&UNSUBSCRIBE_SCRIPT).ignore();
+            // Only the scripts this batch runs: a signin alone measured 4 loads and 1 EVALSHA
+            // with all four loaded (tests/cluster_watchlist.rs prints the commands).
+            let mut loaded: Vec<&redis::Script> = Vec::with_capacity(4);
+            for script in live.iter().filter_map(|op| op.script()) {
+                if !loaded.iter().any(|l| std::ptr::eq(*l, script)) {
+                    pipe.load_script(script).ignore();
+                    loaded.push(script);
+                }
+            }
             for op in &live {
                 self.add(&mut pipe, op);
             }
@@ -188,8 +235,35 @@ impl Worker {
             } => {
                 pipe.add_command(self.client_event_cmd(channel, socket_id, frame));
             }
+            Op::Signin {
+                outbox,
+                user,
+                watchlist,
+            } => {
+                pipe.invoke_script(&self.signin_inv(outbox.socket_id.as_str(), user, watchlist));
+            }
+            Op::Signout { socket_id, .. } => {
+                let mut inv = SIGNOUT_SCRIPT.key(self.keys.base());
+                inv.arg(&self.node).arg(socket_id);
+                pipe.invoke_script(&inv);
+            }
             Op::Reconcile => {}
         }
+    }
+
+    /// SIGNIN's invocation (see `scripts`): the distinct watched users.
+    fn signin_inv(
+        &self,
+        socket_id: &str,
+        user: &str,
+        watchlist: &[String],
+    ) -> redis::ScriptInvocation<'static> {
+        let mut inv = SIGNIN_SCRIPT.key(self.keys.base());
+        inv.arg(&self.node).arg(socket_id).arg(user);
+        for w in watchlist::distinct(watchlist) {
+            inv.arg(w);
+        }
+        inv
     }
 
     /// What follows an operation Redis answered.
@@ -218,8 +292,67 @@ impl Worker {
                     })
                     .await;
             }
+            Op::Signin {
+                outbox,
+                user,
+                watchlist,
+            } => {
+                self.signed.insert(
+                    outbox.socket_id.as_str().to_owned(),
+                    Signed {
+                        outbox: outbox.clone(),
+                        user: user.clone(),
+                        watchlist: watchlist.clone(),
+                    },
+                );
+                self.watch_join(outbox, watchlist, v).await;
+            }
+            Op::Signout {
+                conn_id,
+                socket_id,
+                watchlist,
+            } => {
+                self.signed.remove(socket_id);
+                let _ = self
+                    .deliver
+                    .send(Msg::Unwatch {
+                        conn_id: *conn_id,
+                        watchlist: watchlist.clone(),
+                    })
+                    .await;
+            }
             Op::ClientEvent { .. } | Op::Reconcile => {}
         }
+    }
+
+    /// A signin Redis answered: a watcher's initial state goes to the deliverer, which
+    /// attaches it once past the gate.
+    async fn watch_join(&self, outbox: &Arc<Outbox>, watchlist: &[String], v: &redis::Value) {
+        if watchlist.is_empty() {
+            return;
+        }
+        let a = items(v);
+        let gate = a
+            .first()
+            .and_then(text)
+            .and_then(|s| StreamId::parse(&s))
+            .unwrap_or(StreamId::ZERO);
+        let online: Vec<String> = a
+            .get(1)
+            .map(items)
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(text)
+            .collect();
+        let _ = self
+            .deliver
+            .send(Msg::Watch(WatchJoin {
+                outbox: outbox.clone(),
+                watchlist: watchlist.to_vec(),
+                gate,
+                first: watchlist::initial_frame(watchlist, &online),
+            }))
+            .await;
     }
 
     fn flag(b: bool) -> &'static str {
@@ -419,6 +552,70 @@ impl Worker {
             {
                 self.status.failed("an unsubscribe", &e);
                 return;
+            }
+        }
+    }
+}
+
+impl Worker {
+    /// [`reconcile`](Self::reconcile) for signins: the ones Redis lost go back through SIGNIN
+    /// (its watchers see the user come back, once), and this node's watchers among them get
+    /// their watchlist's state again (while the node was reaped nobody counted them as
+    /// watchers, so transitions meanwhile were not on the bus). Ones Redis holds that this
+    /// node does not go through SIGNOUT.
+    async fn reconcile_signins(&mut self) {
+        let key = format!("{}wo:{}", self.keys.base(), self.node);
+        let owned: HashSet<String> = match self.pool.query(redis::cmd("HKEYS").arg(key)).await {
+            Ok(v) => items(&v).iter().filter_map(text).collect(),
+            Err(e) => {
+                self.status.failed("reading this node's signins", &e);
+                return;
+            }
+        };
+        let missing: Vec<(Arc<Outbox>, String, Vec<String>)> = self
+            .signed
+            .iter()
+            .filter(|(sid, s)| !owned.contains(*sid) && !s.outbox.is_closing())
+            .map(|(_, s)| (s.outbox.clone(), s.user.clone(), s.watchlist.clone()))
+            .collect();
+        let extra: Vec<&String> = owned
+            .iter()
+            .filter(|sid| !self.signed.contains_key(*sid))
+            .collect();
+        if missing.is_empty() && extra.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            missing = missing.len(),
+            extra = extra.len(),
+            "cluster: Redis and this node disagreed on who is signed in here (its lease expired while it was cut off, or Redis lost data): putting Redis right"
+        );
+        for sid in extra {
+            let args = [self.node.as_str(), sid.as_str()];
+            if let Err(e) = self
+                .pool
+                .script(&SIGNOUT_SCRIPT, self.keys.base(), &args)
+                .await
+            {
+                self.status.failed("a signout", &e);
+                return;
+            }
+        }
+        for (outbox, user, watchlist) in missing {
+            let inv = self.signin_inv(outbox.socket_id.as_str(), &user, &watchlist);
+            let mut pipe = redis::pipe();
+            pipe.load_script(&SIGNIN_SCRIPT).ignore();
+            pipe.invoke_script(&inv);
+            match self.pool.pipeline(&pipe).await {
+                Ok(v) => {
+                    let v = v.first().cloned().unwrap_or(redis::Value::Nil);
+                    self.watch_join(&outbox, &watchlist, &v).await;
+                }
+                Err(e) => {
+                    // Lost again: the next heartbeat that gets through asks for this again.
+                    self.status.failed("putting this node's signins back", &e);
+                    return;
+                }
             }
         }
     }

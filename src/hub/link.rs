@@ -4,7 +4,8 @@
 //!
 //! What moves behind it, when it is set: whether a subscribe is the first of a user or of a
 //! channel anywhere (presence, occupancy, `subscription_count`), the member list a joining
-//! socket gets, the order events reach sockets (every node delivers from one bus), the cluster's
+//! socket gets, whether a signin is a user's first connection anywhere (watchlist `online` /
+//! `offline`), the order events reach sockets (every node delivers from one bus), the cluster's
 //! connection count, and the reads of the HTTP API. The hub keeps only its local sockets: the
 //! cluster attaches a socket ([`App::attach`](super::App::attach)) once its snapshot is out,
 //! and delivers the bus with [`App::publish_with`](super::App::publish_with).
@@ -41,6 +42,14 @@ pub trait ClusterLink: Send + Sync {
     fn subscribe(&self, app_id: &str, outbox: &Arc<Outbox>, channel: &str, member: Option<Member>);
     /// `outbox` left `channel` (the hub has already detached it).
     fn unsubscribe(&self, app_id: &str, outbox: &Outbox, channel: &str);
+    /// `outbox` signed in as `user_id` watching `watchlist` (apps with `watchlist` on). The
+    /// link decides whether this is the user's first connection anywhere (`online` for its
+    /// watchers on every node), sends `outbox` the initial state of its watchlist and then
+    /// attaches it as a watcher ([`App::watch_attach`](super::App::watch_attach)).
+    fn signin(&self, app_id: &str, outbox: &Arc<Outbox>, user_id: &str, watchlist: &[String]);
+    /// `outbox`'s signed-in user left it (closed, or signed in again); `watchlist` is the one it
+    /// signed in with. The link decides whether that was the user's last connection anywhere.
+    fn signout(&self, app_id: &str, outbox: &Outbox, watchlist: &[String]);
     /// A client event from `from` on `channel`, for every other subscriber on every node.
     fn client_event(&self, app_id: &str, from: &Outbox, channel: &str, frame: Frame);
     /// Connections of app `app_id` on the other nodes (as of their last heartbeat), for

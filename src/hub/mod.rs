@@ -529,15 +529,15 @@ impl App {
             for c in channels {
                 self.unsubscribe_locked(&mut st, outbox, c, &mut events);
             }
-            for w in watchlist {
-                if let Some(v) = st.watchers.get_mut(w) {
-                    v.retain(|o| o.conn_id != outbox.conn_id);
-                    if v.is_empty() {
-                        st.watchers.remove(w);
-                    }
+            Self::unwatch_locked(&mut st, outbox.conn_id, watchlist);
+            if let (Some(link), Some(_)) = (&self.cluster, user_id) {
+                // Online and offline are decided cluster-wide (`watch_event` delivers them);
+                // the local list of the user's connections stays for terminate_connections.
+                Self::forget_user(&mut st, outbox, user_id);
+                if self.config.watchlist {
+                    link.signout(&self.config.id, outbox, watchlist);
                 }
-            }
-            if let Some(uid) = user_id {
+            } else if let Some(uid) = user_id {
                 let offline = match st.users.get_mut(uid) {
                     Some(v) => {
                         v.retain(|o| o.conn_id != outbox.conn_id);
@@ -721,13 +721,68 @@ impl App {
         }
     }
 
-    /// Cluster: closes every connection subscribed to a channel of this app with `code` (this
-    /// node missed bus entries for good; the clients subscribe again and get fresh state).
+    /// Cluster: closes every connection subscribed to a channel of this app or watching a user
+    /// with `code` (this node missed bus entries for good; the clients subscribe and sign in
+    /// again and get fresh state).
     pub fn close_subscribers(&self, code: u16, reason: &str) {
         let st = self.read();
         for ch in st.channels.values() {
             for s in ch.subscribers.values() {
                 s.outbox.close(code, reason, true);
+            }
+        }
+        for o in st.watchers.values().flatten() {
+            o.close(code, reason, true);
+        }
+    }
+
+    /// Cluster: `outbox` watches `watchlist` from now on (the cluster sent it the initial
+    /// state and what changed since). Idempotent.
+    pub fn watch_attach(&self, outbox: &Arc<Outbox>, watchlist: &[String]) {
+        let mut st = self.write();
+        for w in watchlist {
+            let v = st.watchers.entry(w.clone()).or_default();
+            if !v.iter().any(|o| o.conn_id == outbox.conn_id) {
+                v.push(outbox.clone());
+            }
+        }
+    }
+
+    /// Cluster: connection `conn_id` no longer watches `watchlist`. Idempotent.
+    pub fn watch_detach(&self, conn_id: u64, watchlist: &[String]) {
+        Self::unwatch_locked(&mut self.write(), conn_id, watchlist);
+    }
+
+    fn unwatch_locked(st: &mut AppState, conn_id: u64, watchlist: &[String]) {
+        for w in watchlist {
+            if let Some(v) = st.watchers.get_mut(w) {
+                v.retain(|o| o.conn_id != conn_id);
+                if v.is_empty() {
+                    st.watchers.remove(w);
+                }
+            }
+        }
+    }
+
+    /// Cluster: `user` went online or offline somewhere in the cluster (decided once there);
+    /// tells this node's watchers of `user`. Returns how many got it.
+    pub fn watch_event(&self, user: &str, online: bool) -> usize {
+        let st = self.read();
+        let Some(ws) = st.watchers.get(user) else {
+            return 0;
+        };
+        let name = if online { "online" } else { "offline" };
+        let frame = Frame::from(message::watchlist_events(&[(name, vec![user.to_owned()])]));
+        self.send_to(ws.iter(), &frame)
+    }
+
+    /// Removes `outbox` from `user_id`'s signed-in connections.
+    fn forget_user(st: &mut AppState, outbox: &Outbox, user_id: Option<&str>) {
+        let Some(uid) = user_id else { return };
+        if let Some(v) = st.users.get_mut(uid) {
+            v.retain(|o| o.conn_id != outbox.conn_id);
+            if v.is_empty() {
+                st.users.remove(uid);
             }
         }
     }
@@ -751,6 +806,14 @@ impl App {
             first
         };
         if !self.config.watchlist {
+            return;
+        }
+        if let Some(link) = &self.cluster {
+            // Whether this is the user's first connection anywhere, and which watched users
+            // are online, is the cluster's to say; it sends the initial state when its
+            // answer is consistent with the bus (see `cluster::watchlist`).
+            drop(st);
+            link.signin(&self.config.id, outbox, user_id, watchlist);
             return;
         }
         if first {
