@@ -64,6 +64,8 @@ pub struct EventLog {
     pending: Arc<AtomicU64>,
     /// `durability = "memory"`: appends are queued without waiting for the write.
     detached: bool,
+    /// Resume is on: every record carries its positions (see [`record_bound`]).
+    positions: bool,
 }
 
 impl EventLog {
@@ -86,6 +88,9 @@ impl EventLog {
             spool,
             pending: Arc::new(AtomicU64::new(0)),
             detached,
+            // The hub keeps resume state (and the API records positions) on the same switch;
+            // a cluster has it off already (`config::validate`).
+            positions: config.resume.enabled,
         };
         Ok((Arc::new(log), report))
     }
@@ -168,7 +173,10 @@ fn json_str_len(s: &str) -> u64 {
 /// `delivered` counts are known: 20 digits each, the most a `usize` has): the record header,
 /// a segment header if it starts a new segment, the JSON's keys and punctuation, the escaped
 /// strings. Exact but for those digits; counted in one pass over the strings, no allocation.
-pub fn record_bound(e: &AcceptedEvent) -> u64 {
+///
+/// `positions`: resume is on, so the record will carry `,"positions":[…]`, one per channel,
+/// assigned at delivery (after this check): counted at 20 digits each, the most a `u64` has.
+pub fn record_bound(e: &AcceptedEvent, positions: bool) -> u64 {
     const RECORD_HEADER: u64 = 24;
     const SEGMENT_HEADER: u64 = 8;
     // {"app":,"name":,"channels":[],"data":,"socket_id":,"delivered":[]}
@@ -184,7 +192,7 @@ pub fn record_bound(e: &AcceptedEvent) -> u64 {
         + e.socket_id.as_deref().map_or(0, json_str_len)
         + 21 * e.channels.len() as u64
         // ,"positions":[…] when resume is on: up to 20 digits and a comma each.
-        + if e.positions.is_empty() { 0 } else { 15 + 21 * e.positions.len() as u64 }
+        + if positions { 15 + 21 * e.channels.len() as u64 } else { 0 }
 }
 
 impl EventLog {
@@ -213,7 +221,8 @@ impl EventLog {
 
 impl EventLogTrait for EventLog {
     fn check_capacity(&self, events: &[AcceptedEvent]) -> Result<Room, AppendError> {
-        self.reserve(events.iter().map(record_bound).sum())
+        let bound = |e| record_bound(e, self.positions);
+        self.reserve(events.iter().map(bound).sum())
     }
 
     fn recheck<'a>(&'a self, refused: AppendError, events: &'a [AcceptedEvent]) -> RoomFuture<'a> {
@@ -328,12 +337,11 @@ mod tests {
                 data: data.into(),
                 socket_id: socket_id.map(str::to_owned),
                 delivered: vec![usize::MAX; channels.len()],
-                positions: if socket_id.is_some() {
-                    vec![u64::MAX; channels.len()]
-                } else {
-                    Vec::new()
-                },
+                // Not assigned yet when the bound is taken.
+                positions: Vec::new(),
             };
+            // Resume on in one case of two.
+            let resume = socket_id.is_some();
             let record = EventRecord {
                 app: e.app_id.clone(),
                 name: e.name.clone(),
@@ -341,11 +349,15 @@ mod tests {
                 data: e.data.clone(),
                 socket_id: e.socket_id.clone(),
                 delivered: e.delivered.clone(),
-                positions: e.positions.clone(),
+                positions: if resume {
+                    vec![u64::MAX; channels.len()]
+                } else {
+                    Vec::new()
+                },
             };
             // The largest record this event can make (every count at usize::MAX digits).
             let most = serde_json::to_vec(&record).unwrap().len() as u64 + 24;
-            let bound = record_bound(&e);
+            let bound = record_bound(&e, resume);
             assert!(bound >= most, "{bound} < {most} for {data:?}");
             // Slack: a segment header, two commas, an absent socket_id's key.
             assert!(bound <= most + 8 + 2 + 13, "{bound} ≫ {most}");

@@ -1,6 +1,7 @@
 //! `[cluster]`: two or three real `pushbox serve` processes on 127.0.0.1 sharing a private
-//! `redis-server` (started here on a free port, in a temp dir, without persistence). Clients
-//! are the raw WebSocket client of `tests/common`; webhooks go to a receiver in this file.
+//! `redis-server` (started here on a free port, in a temp dir, without persistence): the
+//! fixture is `tests/common/cluster.rs`. Clients are the raw WebSocket client of
+//! `tests/common`; webhooks go to the receiver of `tests/common/webhook.rs`.
 //!
 //! `redis-server` must be installed (`scripts/setup.sh` does it: `apt-get install -y
 //! redis-server`); without it these tests fail and say so, they never pass silently.
@@ -10,214 +11,31 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::{
-    api, config_toml, free_port, serve_in, trigger, Client, Ready, Served, APP_ID, KEY, SECRET,
+use common::cluster::{
+    drain, events_named, next_within, presence_data, redis_bin, subscribed, Cluster, Node,
+    NodeConfig,
 };
+use common::webhook::Receiver;
+use common::{api, config_toml, free_port, trigger, Client, Ready, APP_ID, KEY, SECRET};
 
-/// A private redis-server, killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let port = free_port();
-        let child = Redis::spawn(dir.path(), port);
-        let r = Redis { child, port, dir };
-        r.wait_ready();
-        r
-    }
-
-    /// `kill -9` (what comes back on [`revive`](Self::revive) is empty: no persistence).
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// A new, empty redis-server on the same port.
-    fn revive(&mut self) {
-        self.child = Redis::spawn(self.dir.path(), self.port);
-        self.wait_ready();
-    }
-
-    fn spawn(dir: &std::path::Path, port: u16) -> Child {
-        let bin =
-            std::env::var("PUSHBOX_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        Command::new(&bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {bin} ({e}): the cluster tests need it; run scripts/setup.sh (it runs `apt-get install -y redis-server`)")
-            })
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.ping() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn ping(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 16];
-        s.write_all(b"PING\r\n").is_ok()
-            && s.read(&mut buf)
-                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-    }
-}
-
-/// A pushbox node of the test cluster.
-struct Node {
-    served: Served,
-    dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn addr(&self) -> SocketAddr {
-        self.served.addr()
-    }
-}
-
-/// `name`'s config: the test app (with `app_more`), the cluster on `redis`, a short lease.
-fn start_node(redis: &Redis, name: &str, app_more: &str) -> Node {
-    start_node_in(
-        redis,
-        name,
-        app_more,
-        tempfile::tempdir().expect("a temp dir"),
-        free_port(),
-    )
-}
-
-/// [`start_node`] in `dir` on `port` (a node restarted with its state).
-fn start_node_in(
-    redis: &Redis,
-    name: &str,
-    app_more: &str,
-    dir: tempfile::TempDir,
-    port: u16,
-) -> Node {
-    launch(redis, name, app_more, dir, port, "3s")
-}
-
-/// A node with its lease of `lease` (heartbeat every second).
-fn launch(
-    redis: &Redis,
-    name: &str,
-    app_more: &str,
-    dir: tempfile::TempDir,
-    port: u16,
-    lease: &str,
-) -> Node {
-    let cluster = format!(
-        "[cluster]\nredis_url = \"redis://127.0.0.1:{}\"\nnode_name = \"{name}\"\nlease = \"{lease}\"\nheartbeat = \"1s\"\n",
-        redis.port
-    );
-    let toml = config_toml(port, &cluster, app_more);
-    let mut cmd = serve_in(dir.path(), &toml);
-    let log = dir.path().join("stderr.log");
-    // Up means: the event log is open and Redis answered (`/up` is 503 until then).
-    let served =
-        tokio::task::block_in_place(|| Served::start_logged(&mut cmd, port, Ready::Up, log));
-    Node { served, dir }
-}
-
-fn nodes(redis: &Redis, names: &[&str], app_more: &str) -> Vec<Node> {
-    names
-        .iter()
-        .map(|n| start_node(redis, n, app_more))
-        .collect()
-}
-
-/// The next frame that is not a `subscription_count`, within `ms` (None: silence).
-async fn next_within(c: &mut Client, ms: u64) -> Option<Value> {
-    use futures_util::StreamExt;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
-    loop {
-        match tokio::time::timeout_at(deadline, c.ws.next()).await {
-            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
-                let v: Value = serde_json::from_str(&t).expect("JSON frames");
-                if v["event"] == "pusher_internal:subscription_count" {
-                    continue;
-                }
-                return Some(v);
-            }
-            Ok(Some(Ok(_))) => continue,
-            Ok(_) | Err(_) => return None,
-        }
-    }
-}
-
-/// Frames until `ms` of silence, `subscription_count` left out.
-async fn drain(c: &mut Client, ms: u64) -> Vec<Value> {
-    let mut out = Vec::new();
-    while let Some(v) = next_within(c, ms).await {
-        out.push(v);
-    }
-    out
-}
-
-async fn subscribed(c: &mut Client, channel: &str) {
-    let ack = c.subscribe(channel).await;
-    assert_eq!(
-        ack["event"], "pusher_internal:subscription_succeeded",
-        "{ack}"
-    );
-}
-
-fn presence_data(user: &str) -> String {
-    json!({"user_id": user, "user_info": {"name": user}}).to_string()
-}
-
-fn events_named<'a>(frames: &'a [Value], name: &str) -> Vec<&'a Value> {
-    frames.iter().filter(|f| f["event"] == name).collect()
+/// The test app's `webhook_url` for `hooks`.
+fn webhook_url(hooks: &Receiver) -> String {
+    format!("webhook_url = \"{}\"\n", hooks.url("http", "/hook"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_published_on_any_node_reach_every_node_in_the_same_order() {
-    let redis = Redis::start();
-    let n = nodes(&redis, &["a", "b", "c"], "");
-    let mut subs = Vec::new();
-    for node in &n {
-        let mut c = Client::connect(node.addr()).await;
-        subscribed(&mut c, "orders").await;
-        subs.push(c);
-    }
+    let n = Cluster::start(&["a", "b", "c"], "");
+    let mut subs = n.subscribers("orders").await;
     // Two publishers on two nodes, interleaved: every subscriber must see one order.
     for i in 0..40 {
-        let via = n[i % 2].addr();
-        let (st, _) = trigger(via, "orders", "placed", &format!("{i}")).await;
-        assert_eq!(st, 200);
+        n[i % 2].publish("orders", "placed", &format!("{i}")).await;
     }
     let mut seen: Vec<Vec<String>> = Vec::new();
     for c in &mut subs {
@@ -249,12 +67,9 @@ async fn events_published_on_any_node_reach_every_node_in_the_same_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_id_exclusion_works_across_nodes() {
-    let redis = Redis::start();
-    let n = nodes(&redis, &["a", "b"], "");
-    let mut on_b = Client::connect(n[1].addr()).await;
-    subscribed(&mut on_b, "chat").await;
-    let mut other = Client::connect(n[1].addr()).await;
-    subscribed(&mut other, "chat").await;
+    let n = Cluster::start(&["a", "b"], "");
+    let mut on_b = n[1].subscriber("chat").await;
+    let mut other = n[1].subscriber("chat").await;
     let body = json!({"name": "said", "channel": "chat", "data": "x", "socket_id": on_b.socket_id})
         .to_string();
     let (st, _) = api(
@@ -266,7 +81,7 @@ async fn socket_id_exclusion_works_across_nodes() {
     )
     .await;
     assert_eq!(st, 200);
-    assert_eq!(trigger(n[0].addr(), "chat", "marker", "m").await.0, 200);
+    n[0].publish("chat", "marker", "m").await;
     // The excluded socket's next event is the marker; the other socket got both.
     let first = next_within(&mut on_b, 5000).await.expect("the marker");
     assert_eq!(first["event"], "marker", "{first}");
@@ -280,23 +95,15 @@ async fn socket_id_exclusion_works_across_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_member_events_fire_once_for_a_user_on_two_nodes() {
-    let redis = Redis::start();
-    let n = nodes(&redis, &["a", "b", "c"], "");
+    let n = Cluster::start(&["a", "b", "c"], "");
     let ch = "presence-room";
-    let mut watch_a = Client::connect(n[0].addr()).await;
-    let ack = watch_a
-        .subscribe_presence(ch, &presence_data("watcher-a"))
-        .await;
+    let (mut watch_a, ack) = n[0].member_ack(ch, "watcher-a").await;
     assert_eq!(ack["event"], "pusher_internal:subscription_succeeded");
-    let mut watch_c = Client::connect(n[2].addr()).await;
-    watch_c
-        .subscribe_presence(ch, &presence_data("watcher-c"))
-        .await;
+    let mut watch_c = n[2].member(ch, "watcher-c").await;
     drain(&mut watch_a, 500).await;
 
     // u1 joins on b, then again on c: one member_added for each observer.
-    let mut u1_b = Client::connect(n[1].addr()).await;
-    let ack = u1_b.subscribe_presence(ch, &presence_data("u1")).await;
+    let (u1_b, ack) = n[1].member_ack(ch, "u1").await;
     let data: Value = serde_json::from_str(ack["data"].as_str().unwrap()).unwrap();
     let ids = data["presence"]["ids"].as_array().unwrap().clone();
     assert!(
@@ -305,8 +112,7 @@ async fn presence_member_events_fire_once_for_a_user_on_two_nodes() {
             && ids.contains(&json!("u1")),
         "{ids:?}"
     );
-    let mut u1_c = Client::connect(n[2].addr()).await;
-    let ack = u1_c.subscribe_presence(ch, &presence_data("u1")).await;
+    let (u1_c, ack) = n[2].member_ack(ch, "u1").await;
     assert_eq!(ack["event"], "pusher_internal:subscription_succeeded");
     for w in [&mut watch_a, &mut watch_c] {
         let got = drain(w, 1000).await;
@@ -315,24 +121,8 @@ async fn presence_member_events_fire_once_for_a_user_on_two_nodes() {
         assert!(added[0]["data"].as_str().unwrap().contains("\"u1\""));
     }
     // Every node answers the same users.
-    for node in &n {
-        let (st, v) = api(
-            node.addr(),
-            "GET",
-            &format!("/apps/{APP_ID}/channels/{ch}/users"),
-            "",
-            &[],
-        )
-        .await;
-        assert_eq!(st, 200);
-        let mut users: Vec<String> = v["users"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|u| u["id"].as_str().unwrap().to_owned())
-            .collect();
-        users.sort();
-        assert_eq!(users, ["u1", "watcher-a", "watcher-c"]);
+    for node in &n.nodes {
+        assert_eq!(node.users(ch).await, ["u1", "watcher-a", "watcher-c"]);
         let (_, v) = api(
             node.addr(),
             "GET",
@@ -365,18 +155,15 @@ async fn presence_member_events_fire_once_for_a_user_on_two_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_reads_agree_on_every_node() {
-    let redis = Redis::start();
-    let n = nodes(&redis, &["a", "b", "c"], "");
+    let n = Cluster::start(&["a", "b", "c"], "");
     let mut clients = Vec::new();
-    for (i, node) in n.iter().enumerate() {
+    for (i, node) in n.nodes.iter().enumerate() {
         for j in 0..=i {
-            let mut c = Client::connect(node.addr()).await;
-            subscribed(&mut c, &format!("news-{j}")).await;
-            clients.push(c);
+            clients.push(node.subscriber(&format!("news-{j}")).await);
         }
     }
     let mut answers = Vec::new();
-    for node in &n {
+    for node in &n.nodes {
         let (st, v) = api(
             node.addr(),
             "GET",
@@ -459,19 +246,13 @@ async fn signed_in(addr: SocketAddr, user: &str) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminate_connections_and_send_to_user_reach_every_node() {
-    let redis = Redis::start();
-    let n = nodes(&redis, &["a", "b", "c"], "");
+    let n = Cluster::start(&["a", "b", "c"], "");
     let mut on_b = signed_in(n[1].addr(), "u9").await;
     subscribed(&mut on_b, "#server-to-user-u9").await;
     let mut on_c = signed_in(n[2].addr(), "u9").await;
     let mut bystander = signed_in(n[2].addr(), "u10").await;
     // sendToUser from a node where the user is not connected.
-    assert_eq!(
-        trigger(n[0].addr(), "#server-to-user-u9", "hello", "{}")
-            .await
-            .0,
-        200
-    );
+    n[0].publish("#server-to-user-u9", "hello", "{}").await;
     assert_eq!(
         next_within(&mut on_b, 5000).await.expect("hello")["event"],
         "hello"
@@ -495,24 +276,16 @@ async fn terminate_connections_and_send_to_user_reach_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_s_members_leave_once_within_the_lease() {
-    let redis = Redis::start();
-    let mut n = nodes(&redis, &["a", "b", "c"], "");
+    let mut n = Cluster::start(&["a", "b", "c"], "");
     let ch = "presence-crash";
-    let mut watch = Client::connect(n[1].addr()).await;
-    watch
-        .subscribe_presence(ch, &presence_data("watcher"))
-        .await;
-    let mut u3_a = Client::connect(n[0].addr()).await;
-    u3_a.subscribe_presence(ch, &presence_data("u3")).await;
-    let mut u2_c = Client::connect(n[2].addr()).await;
-    u2_c.subscribe_presence(ch, &presence_data("u2")).await;
-    let mut u3_c = Client::connect(n[2].addr()).await;
-    u3_c.subscribe_presence(ch, &presence_data("u3")).await;
+    let mut watch = n[1].member(ch, "watcher").await;
+    let u3_a = n[0].member(ch, "u3").await;
+    let _u2_c = n[2].member(ch, "u2").await;
+    let _u3_c = n[2].member(ch, "u3").await;
     drain(&mut watch, 800).await;
 
     let killed = Instant::now();
-    n[2].served.child.kill().expect("kill -9 node c");
-    let _ = n[2].served.child.wait();
+    n.nodes.remove(2).crash();
     // Lease 3 s, heartbeat (and janitor) 1 s: gone well within 6 s.
     let got = drain(&mut watch, 6000).await;
     let removed = events_named(&got, "pusher_internal:member_removed");
@@ -522,123 +295,20 @@ async fn a_killed_node_s_members_leave_once_within_the_lease() {
         "{removed:?}"
     );
     assert!(killed.elapsed() < Duration::from_secs(12));
-    let (_, v) = api(
-        n[0].addr(),
-        "GET",
-        &format!("/apps/{APP_ID}/channels/{ch}/users"),
-        "",
-        &[],
-    )
-    .await;
-    let mut users: Vec<&str> = v["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["id"].as_str().unwrap())
-        .collect();
-    users.sort_unstable();
-    assert_eq!(users, ["u3", "watcher"]);
+    assert_eq!(n[0].users(ch).await, ["u3", "watcher"]);
     drop(u3_a);
-}
-
-/// A webhook receiver: records every event of every batch it is sent.
-#[derive(Clone, Default)]
-struct Hooks {
-    events: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Hooks {
-    async fn start() -> (Hooks, SocketAddr) {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let h = Hooks::default();
-        let hh = h.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                let hh = hh.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        while buf.len() < end + 4 + len {
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let body: Value = serde_json::from_slice(&buf[end + 4..end + 4 + len])
-                            .unwrap_or(Value::Null);
-                        if let Some(evs) = body["events"].as_array() {
-                            // Each event with its batch's time: batches from two nodes may
-                            // arrive in either order, their times say which came first.
-                            let t = body["time_ms"].clone();
-                            hh.events.lock().unwrap().extend(evs.iter().map(|e| {
-                                let mut e = e.clone();
-                                e["_time_ms"] = t.clone();
-                                e
-                            }));
-                        }
-                        buf.drain(..end + 4 + len);
-                        let _ = s
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                            .await;
-                    }
-                });
-            }
-        });
-        (h, addr)
-    }
-
-    /// (name, user id) of every event, in the order their batches were made.
-    fn names(&self) -> Vec<(String, String)> {
-        let mut events = self.events.lock().unwrap().clone();
-        events.sort_by_key(|e| e["_time_ms"].as_u64().unwrap_or(0));
-        events
-            .iter()
-            .map(|e| {
-                (
-                    e["name"].as_str().unwrap_or("").to_owned(),
-                    e["user_id"].as_str().unwrap_or("").to_owned(),
-                )
-            })
-            .collect()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_fire_once_for_the_whole_cluster() {
-    let redis = Redis::start();
-    let (hooks, addr) = Hooks::start().await;
-    let n = nodes(
-        &redis,
-        &["a", "b"],
-        &format!("webhook_url = \"http://{addr}/hook\"\n"),
-    );
+    let hooks = Receiver::start().await;
+    let n = Cluster::start(&["a", "b"], &webhook_url(&hooks));
     let ch = "presence-hooks";
-    let mut on_a = Client::connect(n[0].addr()).await;
-    on_a.subscribe_presence(ch, &presence_data("u1")).await;
-    let mut on_b = Client::connect(n[1].addr()).await;
-    on_b.subscribe_presence(ch, &presence_data("u1")).await;
-    let mut other = Client::connect(n[1].addr()).await;
-    other.subscribe_presence(ch, &presence_data("u2")).await;
+    let on_a = n[0].member(ch, "u1").await;
+    let on_b = n[1].member(ch, "u1").await;
+    let other = n[1].member(ch, "u2").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut count: HashMap<(String, String), usize> = HashMap::new();
-    for k in hooks.names() {
-        *count.entry(k).or_default() += 1;
-    }
+    let count = tally(&hooks);
     assert_eq!(
         count.get(&("channel_occupied".into(), "".into())),
         Some(&1),
@@ -672,10 +342,7 @@ async fn webhooks_fire_once_for_the_whole_cluster() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut count: HashMap<(String, String), usize> = HashMap::new();
-    for k in hooks.names() {
-        *count.entry(k).or_default() += 1;
-    }
+    let count = tally(&hooks);
     assert_eq!(
         count.get(&("channel_vacated".into(), "".into())),
         Some(&1),
@@ -704,34 +371,34 @@ async fn datas(c: &mut Client, name: &str, ms: u64) -> Vec<u32> {
         .collect()
 }
 
+/// How many times each (name, user id) came to `hooks`.
+fn tally(hooks: &Receiver) -> HashMap<(String, String), usize> {
+    let mut count = HashMap::new();
+    for k in hooks.names() {
+        *count.entry(k).or_default() += 1;
+    }
+    count
+}
+
 async fn up_status(addr: SocketAddr) -> (u16, String) {
     common::http(addr, "GET", "/up", b"").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_lost_and_back_empty_loses_no_accepted_event() {
-    let mut redis = Redis::start();
-    let n = nodes(&redis, &["a", "b"], "");
-    let mut sa = Client::connect(n[0].addr()).await;
-    subscribed(&mut sa, "feed").await;
-    let mut sb = Client::connect(n[1].addr()).await;
-    subscribed(&mut sb, "feed").await;
+    let mut n = Cluster::start(&["a", "b"], "");
+    let mut sa = n[0].subscriber("feed").await;
+    let mut sb = n[1].subscriber("feed").await;
     for i in 0..5 {
-        assert_eq!(
-            trigger(n[0].addr(), "feed", "e", &i.to_string()).await.0,
-            200
-        );
+        n[0].publish("feed", "e", &i.to_string()).await;
     }
     assert_eq!(datas(&mut sa, "e", 800).await, [0, 1, 2, 3, 4]);
     assert_eq!(datas(&mut sb, "e", 800).await, [0, 1, 2, 3, 4]);
 
-    redis.kill();
+    n.redis.kill();
     // Accepted means durable on the node: still 200, and the node's own clients get them now.
     for i in 5..10 {
-        assert_eq!(
-            trigger(n[0].addr(), "feed", "e", &i.to_string()).await.0,
-            200
-        );
+        n[0].publish("feed", "e", &i.to_string()).await;
     }
     assert_eq!(
         datas(&mut sa, "e", 2500).await,
@@ -743,7 +410,7 @@ async fn redis_lost_and_back_empty_loses_no_accepted_event() {
     assert!(body.contains("Redis"), "{body}");
 
     // Redis comes back empty (no persistence): the events reach b late, complete, once.
-    redis.revive();
+    n.redis.revive();
     let got_b = datas(&mut sb, "e", 6000).await;
     assert_eq!(
         got_b,
@@ -773,10 +440,7 @@ async fn redis_lost_and_back_empty_loses_no_accepted_event() {
     }
     assert_eq!(up_status(n[0].addr()).await.0, 200);
     for i in 10..13 {
-        assert_eq!(
-            trigger(n[1].addr(), "feed", "e", &i.to_string()).await.0,
-            200
-        );
+        n[1].publish("feed", "e", &i.to_string()).await;
     }
     assert_eq!(datas(&mut sa, "e", 1000).await, [10, 11, 12]);
     assert_eq!(datas(&mut sb, "e", 1000).await, [10, 11, 12]);
@@ -784,20 +448,19 @@ async fn redis_lost_and_back_empty_loses_no_accepted_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_events_reach_the_other_nodes_but_not_the_sender() {
-    let redis = Redis::start();
-    let n = nodes(&redis, &["a", "b"], "client_events = true\n");
+    let n = Cluster::start(&["a", "b"], "client_events = true\n");
     let ch = "private-chat";
-    let mut sender = Client::connect(n[0].addr()).await;
+    let mut sender = n[0].client().await;
     assert_eq!(
         sender.subscribe_private(ch).await["event"],
         "pusher_internal:subscription_succeeded"
     );
-    let mut far = Client::connect(n[1].addr()).await;
+    let mut far = n[1].client().await;
     assert_eq!(
         far.subscribe_private(ch).await["event"],
         "pusher_internal:subscription_succeeded"
     );
-    let mut near = Client::connect(n[0].addr()).await;
+    let mut near = n[0].client().await;
     assert_eq!(
         near.subscribe_private(ch).await["event"],
         "pusher_internal:subscription_succeeded"
@@ -814,66 +477,40 @@ async fn client_events_reach_the_other_nodes_but_not_the_sender() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_frozen_past_its_lease_is_reaped_then_puts_its_members_back() {
-    let redis = Redis::start();
-    let n = nodes(&redis, &["a", "b", "c"], "");
+    let n = Cluster::start(&["a", "b", "c"], "");
     let ch = "presence-freeze";
-    let mut watch = Client::connect(n[0].addr()).await;
-    watch
-        .subscribe_presence(ch, &presence_data("watcher"))
-        .await;
-    let mut u2 = Client::connect(n[2].addr()).await;
-    u2.subscribe_presence(ch, &presence_data("u2")).await;
+    let mut watch = n[0].member(ch, "watcher").await;
+    let u2 = n[2].member(ch, "u2").await;
     drain(&mut watch, 800).await;
 
     // SIGSTOP: the node is alive but says nothing, like a box cut off from Redis.
-    let pid = n[2].served.child.id().to_string();
-    let signal = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill {sig} {pid}");
-    };
-    signal("-STOP");
+    n[2].signal("-STOP");
     let got = drain(&mut watch, 6000).await;
     let removed = events_named(&got, "pusher_internal:member_removed");
-    signal("-CONT");
+    n[2].signal("-CONT");
     assert_eq!(removed.len(), 1, "u2 reaped once: {got:?}");
     // Back: its lease is gone, so it tells Redis again what it holds: u2 comes back once.
     let got = drain(&mut watch, 5000).await;
     let added = events_named(&got, "pusher_internal:member_added");
     assert_eq!(added.len(), 1, "u2 back once: {got:?}");
     assert!(added[0]["data"].as_str().unwrap().contains("\"u2\""));
-    let (_, v) = api(
-        n[1].addr(),
-        "GET",
-        &format!("/apps/{APP_ID}/channels/{ch}/users"),
-        "",
-        &[],
-    )
-    .await;
-    let mut users: Vec<&str> = v["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["id"].as_str().unwrap())
-        .collect();
-    users.sort_unstable();
-    assert_eq!(users, ["u2", "watcher"]);
+    assert_eq!(n[1].users(ch).await, ["u2", "watcher"]);
     drop(u2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushbox_check_reaches_redis_and_lists_the_nodes() {
-    let redis = Redis::start();
-    let n = nodes(&redis, &["a", "b"], "");
+    let mut n = Cluster::start(&["a", "b"], "");
+    let (config, state) = (n[0].config_path(), n[0].state_dir());
+    let check = || {
+        common::pushbox(&["check", "--config"])
+            .arg(&config)
+            .env("PUSHBOX_STATE_DIR", &state)
+            .output()
+            .expect("run pushbox check")
+    };
     // Leases are renewed every second: both are listed.
-    let out = common::pushbox(&["check", "--config"])
-        .arg(n[0].dir.path().join("pushbox.toml"))
-        .env("PUSHBOX_STATE_DIR", n[0].dir.path().join("state"))
-        .output()
-        .expect("run pushbox check");
+    let out = check();
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
         .lines()
@@ -892,12 +529,8 @@ async fn pushbox_check_reaches_redis_and_lists_the_nodes() {
         "the test Redis runs without persistence: {text}"
     );
     // Redis gone: check fails and says what to check.
-    drop(redis);
-    let out = common::pushbox(&["check", "--config"])
-        .arg(n[0].dir.path().join("pushbox.toml"))
-        .env("PUSHBOX_STATE_DIR", n[0].dir.path().join("state"))
-        .output()
-        .expect("run pushbox check");
+    n.redis.kill();
+    let out = check();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(
@@ -908,10 +541,9 @@ async fn pushbox_check_reaches_redis_and_lists_the_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_counts_every_node() {
-    let redis = Redis::start();
-    let n = nodes(&redis, &["a", "b"], "max_connections = 2\n");
-    let _on_a = Client::connect(n[0].addr()).await;
-    let _on_b = Client::connect(n[1].addr()).await;
+    let n = Cluster::start(&["a", "b"], "max_connections = 2\n");
+    let _on_a = n[0].client().await;
+    let _on_b = n[1].client().await;
     // The other node's count arrives with its next heartbeat (every second here).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let mut ws = common::connect_raw(n[0].addr(), &format!("/app/{KEY}?protocol=7")).await;
@@ -931,38 +563,20 @@ async fn max_connections_counts_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_cleanly_lets_its_members_go_at_once_and_forwards_what_it_accepted() {
-    let redis = Redis::start();
     // A long lease, so leaving at once cannot be mistaken for the lease running out.
-    let n: Vec<Node> = ["a", "b"]
-        .iter()
-        .map(|name| {
-            launch(
-                &redis,
-                name,
-                "",
-                tempfile::tempdir().unwrap(),
-                free_port(),
-                "30s",
-            )
-        })
-        .collect();
+    let long_lease = NodeConfig {
+        lease: "30s".into(),
+        ..NodeConfig::default()
+    };
+    let n = Cluster::start_with(&["a", "b"], &long_lease);
     let ch = "presence-stop";
-    let mut watch = Client::connect(n[0].addr()).await;
-    watch
-        .subscribe_presence(ch, &presence_data("watcher"))
-        .await;
-    let mut u2 = Client::connect(n[1].addr()).await;
-    u2.subscribe_presence(ch, &presence_data("u2")).await;
+    let mut watch = n[0].member(ch, "watcher").await;
+    let u2 = n[1].member(ch, "u2").await;
     drain(&mut watch, 800).await;
     // Accepted on b just before it stops: still reaches a.
-    assert_eq!(trigger(n[1].addr(), ch, "last-words", "1").await.0, 200);
-    let pid = n[1].served.child.id().to_string();
+    n[1].publish(ch, "last-words", "1").await;
     let stopped = Instant::now();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    n[1].signal("-TERM");
     let mut got = Vec::new();
     let removed_after = loop {
         let f = next_within(&mut watch, 15000)
@@ -986,32 +600,15 @@ async fn a_node_stopped_cleanly_lets_its_members_go_at_once_and_forwards_what_it
     drop(u2);
 }
 
-/// Sends one inline command to the test Redis and returns its first answer line.
-fn redis_cmd(redis: &Redis, cmd: &str) -> String {
-    use std::io::{BufRead, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port)).expect("connect to redis");
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(s).read_line(&mut line).unwrap();
-    line
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_refusing_writes_is_ridden_out_like_a_lost_redis() {
-    let redis = Redis::start();
-    let n = nodes(&redis, &["a", "b"], "");
-    let mut sa = Client::connect(n[0].addr()).await;
-    subscribed(&mut sa, "full").await;
-    let mut sb = Client::connect(n[1].addr()).await;
-    subscribed(&mut sb, "full").await;
+    let n = Cluster::start(&["a", "b"], "");
+    let mut sa = n[0].subscriber("full").await;
+    let mut sb = n[1].subscriber("full").await;
     // Out of memory with noeviction: every write is refused.
-    assert!(redis_cmd(&redis, "CONFIG SET maxmemory 1").starts_with("+OK"));
+    assert!(n.redis.cmd("CONFIG SET maxmemory 1").starts_with("+OK"));
     for i in 0..3 {
-        assert_eq!(
-            trigger(n[0].addr(), "full", "e", &i.to_string()).await.0,
-            200
-        );
+        n[0].publish("full", "e", &i.to_string()).await;
     }
     assert_eq!(
         datas(&mut sa, "e", 1500).await,
@@ -1019,7 +616,7 @@ async fn redis_refusing_writes_is_ridden_out_like_a_lost_redis() {
         "the origin's clients get them now"
     );
     assert_eq!(up_status(n[0].addr()).await.0, 503);
-    assert!(redis_cmd(&redis, "CONFIG SET maxmemory 0").starts_with("+OK"));
+    assert!(n.redis.cmd("CONFIG SET maxmemory 0").starts_with("+OK"));
     assert_eq!(
         datas(&mut sb, "e", 3000).await,
         [0, 1, 2],
@@ -1033,61 +630,35 @@ async fn redis_refusing_writes_is_ridden_out_like_a_lost_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_missed_trimmed_bus_entries_makes_its_clients_subscribe_again() {
-    let redis = Redis::start();
-    let n = nodes(&redis, &["a", "b"], "");
-    let mut sb = Client::connect(n[1].addr()).await;
-    subscribed(&mut sb, "news").await;
-    let pid = n[1].served.child.id().to_string();
-    let signal = |sig: &str| {
-        assert!(Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success())
-    };
+    let n = Cluster::start(&["a", "b"], "");
+    let mut sb = n[1].subscriber("news").await;
     // b is frozen with its connections to Redis gone; meanwhile events come and are trimmed.
-    signal("-STOP");
-    assert!(redis_cmd(&redis, "CLIENT KILL TYPE normal").starts_with(':'));
+    n[1].signal("-STOP");
+    assert!(n.redis.cmd("CLIENT KILL TYPE normal").starts_with(':'));
     for i in 0..3 {
-        assert_eq!(
-            trigger(n[0].addr(), "news", "e", &i.to_string()).await.0,
-            200
-        );
+        n[0].publish("news", "e", &i.to_string()).await;
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let trimmed = redis_cmd(&redis, &format!("XTRIM pb:v1:{{{APP_ID}}}:bus MAXLEN 0"));
+    let trimmed = n
+        .redis
+        .cmd(&format!("XTRIM pb:v1:{{{APP_ID}}}:bus MAXLEN 0"));
     assert!(trimmed.starts_with(':') && trimmed != ":0\r\n", "{trimmed}");
-    signal("-CONT");
+    n[1].signal("-CONT");
     // b cannot deliver what is gone: its client is told to reconnect and subscribe again.
     assert_eq!(sb.closed_with().await, Some(4200));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_with_a_private_ca_and_a_password() {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "pushbox test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let mut leaf_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    leaf_params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let leaf = leaf_params
-        .signed_by(&leaf_key, &Issuer::from_params(&ca_params, &ca_key))
-        .unwrap();
+    let pki = common::pki::ca_and_leaf();
     let dir = tempfile::tempdir().unwrap();
     let path = |n: &str| dir.path().join(n);
-    std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(path("leaf.pem"), leaf.pem()).unwrap();
-    std::fs::write(path("leaf.key"), leaf_key.serialize_pem()).unwrap();
+    std::fs::write(path("ca.pem"), pki.ca.pem()).unwrap();
+    std::fs::write(path("leaf.pem"), pki.leaf.pem()).unwrap();
+    std::fs::write(path("leaf.key"), pki.leaf_key.serialize_pem()).unwrap();
 
     let port = free_port();
-    let bin = std::env::var("PUSHBOX_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let bin = redis_bin();
     let mut child = Command::new(&bin)
         .args([
             "--port",
@@ -1135,32 +706,25 @@ async fn rediss_with_a_private_ca_and_a_password() {
     }
     let mut started = Vec::new();
     for name in ["a", "b"] {
-        let ndir = tempfile::tempdir().unwrap();
         let nport = free_port();
         let cluster = format!(
             "[cluster]\nredis_url = \"rediss://:s3cret-pass@127.0.0.1:{port}\"\nca_file = \"{}\"\nnode_name = \"{name}\"\n",
             path("ca.pem").display()
         );
-        let mut cmd = serve_in(ndir.path(), &config_toml(nport, &cluster, ""));
-        let log = ndir.path().join("stderr.log");
+        let ndir = tempfile::tempdir().unwrap();
         // Up only once Redis answered over TLS, with the password.
-        let served =
-            tokio::task::block_in_place(|| Served::start_logged(&mut cmd, nport, Ready::Up, log));
-        started.push(Node { served, dir: ndir });
+        let toml = config_toml(nport, &cluster, "");
+        started.push(Node::launch(&toml, &[], ndir, nport, Ready::Up));
     }
-    let mut sb = Client::connect(started[1].addr()).await;
-    subscribed(&mut sb, "secure").await;
-    assert_eq!(trigger(started[0].addr(), "secure", "e", "7").await.0, 200);
+    let mut sb = started[1].subscriber("secure").await;
+    started[0].publish("secure", "e", "7").await;
     assert_eq!(datas(&mut sb, "e", 1500).await, [7]);
     // Without the CA, Redis's certificate is refused: the node never reports up.
-    let ndir = tempfile::tempdir().unwrap();
     let nport = free_port();
     let cluster = format!("[cluster]\nredis_url = \"rediss://:s3cret-pass@127.0.0.1:{port}\"\n");
-    let mut cmd = serve_in(ndir.path(), &config_toml(nport, &cluster, ""));
-    let log = ndir.path().join("stderr.log");
-    let untrusting = tokio::task::block_in_place(|| {
-        Served::start_logged(&mut cmd, nport, Ready::Listening, log)
-    });
+    let toml = config_toml(nport, &cluster, "");
+    let ndir = tempfile::tempdir().unwrap();
+    let untrusting = Node::launch(&toml, &[], ndir, nport, Ready::Listening);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (st, body) = up_status(untrusting.addr()).await;
     assert_eq!(st, 503, "{body}");
@@ -1172,16 +736,11 @@ async fn rediss_with_a_private_ca_and_a_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_channels_are_cluster_wide() {
-    let redis = Redis::start();
-    let n = nodes(&redis, &["a", "b"], "");
+    let n = Cluster::start(&["a", "b"], "");
     // Published on a while nobody anywhere is subscribed.
-    assert_eq!(
-        trigger(n[0].addr(), "cache-price", "price", "42").await.0,
-        200
-    );
+    n[0].publish("cache-price", "price", "42").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut on_b = Client::connect(n[1].addr()).await;
-    subscribed(&mut on_b, "cache-price").await;
+    let mut on_b = n[1].subscriber("cache-price").await;
     let cached = next_within(&mut on_b, 3000)
         .await
         .expect("the cached event");
@@ -1203,8 +762,7 @@ async fn cache_channels_are_cluster_wide() {
         "{v}"
     );
     // A cache channel nobody published on: pusher:cache_miss.
-    let mut miss = Client::connect(n[0].addr()).await;
-    subscribed(&mut miss, "cache-empty").await;
+    let mut miss = n[0].subscriber("cache-empty").await;
     assert_eq!(
         next_within(&mut miss, 3000).await.expect("cache_miss")["event"],
         "pusher:cache_miss"
@@ -1213,53 +771,34 @@ async fn cache_channels_are_cluster_wide() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_accepted_before_a_crash_are_forwarded_after_the_restart_once() {
-    let mut redis = Redis::start();
-    let mut n = nodes(&redis, &["a", "b"], "");
-    let mut sb = Client::connect(n[1].addr()).await;
-    subscribed(&mut sb, "orders").await;
+    let mut n = Cluster::start(&["a", "b"], "");
+    let mut sb = n[1].subscriber("orders").await;
     for i in 0..3 {
-        assert_eq!(
-            trigger(n[0].addr(), "orders", "e", &i.to_string()).await.0,
-            200
-        );
+        n[0].publish("orders", "e", &i.to_string()).await;
     }
     assert_eq!(datas(&mut sb, "e", 800).await, [0, 1, 2]);
     // Redis refuses writes: a takes events it cannot pass on, then dies.
-    assert!(redis_cmd(&redis, "CONFIG SET maxmemory 1").starts_with("+OK"));
+    assert!(n.redis.cmd("CONFIG SET maxmemory 1").starts_with("+OK"));
     for i in 3..6 {
-        assert_eq!(
-            trigger(n[0].addr(), "orders", "e", &i.to_string()).await.0,
-            200
-        );
+        n[0].publish("orders", "e", &i.to_string()).await;
     }
-    let a = n.remove(0);
-    let (dir, port) = (a.dir, a.served.port);
-    let mut served = a.served;
-    served.child.kill().unwrap();
-    let _ = served.child.wait();
-    drop(served);
-    assert!(redis_cmd(&redis, "CONFIG SET maxmemory 0").starts_with("+OK"));
+    let (dir, port) = n.nodes.remove(0).crash();
+    assert!(n.redis.cmd("CONFIG SET maxmemory 0").starts_with("+OK"));
     assert!(datas(&mut sb, "e", 500).await.is_empty());
     // Back with its event log: what it accepted goes out, what was out already does not.
-    let a = start_node_in(&redis, "a", "", dir, port);
+    let config = NodeConfig::default();
+    let a = Node::start_in(&n.redis, "a", &config, dir, port);
     assert_eq!(datas(&mut sb, "e", 3000).await, [3, 4, 5]);
 
     // And when Redis lost everything meanwhile, the position saved on disk says where to go on.
-    assert!(redis_cmd(&redis, "CONFIG SET maxmemory 1").starts_with("+OK"));
+    assert!(n.redis.cmd("CONFIG SET maxmemory 1").starts_with("+OK"));
     for i in 6..8 {
-        assert_eq!(
-            trigger(a.addr(), "orders", "e", &i.to_string()).await.0,
-            200
-        );
+        a.publish("orders", "e", &i.to_string()).await;
     }
-    let (dir, port) = (a.dir, a.served.port);
-    let mut served = a.served;
-    served.child.kill().unwrap();
-    let _ = served.child.wait();
-    drop(served);
-    redis.kill();
-    redis.revive();
-    let _back = start_node_in(&redis, "a", "", dir, port);
+    let (dir, port) = a.crash();
+    n.redis.kill();
+    n.redis.revive();
+    let _back = Node::start_in(&n.redis, "a", &config, dir, port);
     assert_eq!(datas(&mut sb, "e", 5000).await, [6, 7]);
 }
 
@@ -1300,18 +839,13 @@ fn replay(frames: &[Value]) -> (std::collections::BTreeSet<String>, Vec<String>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_per_observer_matches_ground_truth_after_random_joins_and_leaves() {
-    let redis = Redis::start();
-    let (hooks, addr) = Hooks::start().await;
-    let n = nodes(
-        &redis,
-        &["a", "b", "c"],
-        &format!("webhook_url = \"http://{addr}/hook\"\n"),
-    );
+    let hooks = Receiver::start().await;
+    let n = Cluster::start(&["a", "b", "c"], &webhook_url(&hooks));
     let ch = "presence-random";
     // One observer per node, its frames collected in the background.
     let mut seen = Vec::new();
-    for (i, node) in n.iter().enumerate() {
-        let mut c = Client::connect(node.addr()).await;
+    for (i, node) in n.nodes.iter().enumerate() {
+        let mut c = node.client().await;
         c.send(json!({"event":"pusher:subscribe","data":{"channel":ch,"auth":format!("{KEY}:{}", pushbox::protocol::auth::sign(SECRET, format!("{}:{ch}:{}", c.socket_id, presence_data(&format!("obs{i}"))).as_bytes())),"channel_data":presence_data(&format!("obs{i}"))}})).await;
         let frames = Arc::new(Mutex::new(Vec::new()));
         let sink = frames.clone();
@@ -1338,10 +872,7 @@ async fn presence_per_observer_matches_ground_truth_after_random_joins_and_leave
         match sockets[k].take() {
             Some(c) => drop(c),
             None => {
-                let mut c = Client::connect(n[k % 3].addr()).await;
-                let ack = c
-                    .subscribe_presence(ch, &presence_data(&format!("u{}", k % 5)))
-                    .await;
+                let (c, ack) = n[k % 3].member_ack(ch, &format!("u{}", k % 5)).await;
                 assert_eq!(
                     ack["event"], "pusher_internal:subscription_succeeded",
                     "{ack}"
@@ -1361,21 +892,8 @@ async fn presence_per_observer_matches_ground_truth_after_random_joins_and_leave
         assert!(violations.is_empty(), "observer {i}: {violations:?}");
         assert_eq!(set, truth, "observer {i}'s member list");
     }
-    for node in &n {
-        let (_, v) = api(
-            node.addr(),
-            "GET",
-            &format!("/apps/{APP_ID}/channels/{ch}/users"),
-            "",
-            &[],
-        )
-        .await;
-        let users: std::collections::BTreeSet<String> = v["users"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|u| u["id"].as_str().unwrap().to_owned())
-            .collect();
+    for node in &n.nodes {
+        let users: std::collections::BTreeSet<String> = node.users(ch).await.into_iter().collect();
         assert_eq!(users, truth);
     }
     // Webhooks: per user, added and removed strictly alternate, starting with added and ending
@@ -1420,28 +938,17 @@ async fn presence_per_observer_matches_ground_truth_after_random_joins_and_leave
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_stops_answering_is_ridden_out_by_deadlines() {
-    let redis = Redis::start();
-    let n = nodes(&redis, &["a", "b"], "");
-    let mut sa = Client::connect(n[0].addr()).await;
-    subscribed(&mut sa, "hang").await;
-    let mut sb = Client::connect(n[1].addr()).await;
-    subscribed(&mut sb, "hang").await;
+    let n = Cluster::start(&["a", "b"], "");
+    let mut sa = n[0].subscriber("hang").await;
+    let mut sb = n[1].subscriber("hang").await;
     // SIGSTOP: connections stay open and nothing answers, like a cut cable.
-    let pid = redis.child.id().to_string();
-    let signal = |sig: &str| {
-        assert!(Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success())
-    };
-    signal("-STOP");
+    n.redis.signal("-STOP");
     let sent = Instant::now();
-    assert_eq!(trigger(n[0].addr(), "hang", "e", "1").await.0, 200);
+    n[0].publish("hang", "e", "1").await;
     // The forward's 2 s deadline passes: a's own client gets it from a.
     let got = next_within(&mut sa, 8000).await;
     let waited = sent.elapsed();
-    signal("-CONT");
+    n.redis.signal("-CONT");
     assert_eq!(got.expect("delivered locally")["data"], "1");
     assert!(waited < Duration::from_secs(8), "{waited:?}");
     // Redis answers again: b gets it, a does not get it twice.
@@ -1451,24 +958,11 @@ async fn a_redis_that_stops_answering_is_ridden_out_by_deadlines() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_redis_lost_after_taking_them_are_forwarded_again() {
-    let redis = Redis::start();
-    let n = nodes(&redis, &["a", "b"], "");
-    let mut sb = Client::connect(n[1].addr()).await;
-    subscribed(&mut sb, "tail").await;
-    let pid = n[1].served.child.id().to_string();
-    let signal = |sig: &str| {
-        assert!(Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success())
-    };
-    signal("-STOP");
+    let n = Cluster::start(&["a", "b"], "");
+    let mut sb = n[1].subscriber("tail").await;
+    n[1].signal("-STOP");
     for i in 0..6 {
-        assert_eq!(
-            trigger(n[0].addr(), "tail", "e", &i.to_string()).await.0,
-            200
-        );
+        n[0].publish("tail", "e", &i.to_string()).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     // What a crash with `appendfsync everysec` does: the last entries and the forward mark
@@ -1476,15 +970,12 @@ async fn events_redis_lost_after_taking_them_are_forwarded_again() {
     let lose = format!(
         "EVAL \"local h = redis.call('HGETALL', KEYS[1]); redis.call('HSET', KEYS[1], h[1], tonumber(h[2]) - 3); for _, e in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 3)) do redis.call('XDEL', KEYS[2], e[1]) end; return tonumber(h[2])\" 2 pb:v1:{{{APP_ID}}}:fwd pb:v1:{{{APP_ID}}}:bus"
     );
-    assert!(
-        redis_cmd(&redis, &lose).starts_with(':'),
-        "the loss was staged"
-    );
-    assert!(redis_cmd(&redis, "CLIENT KILL TYPE normal").starts_with(':'));
-    signal("-CONT");
+    assert!(n.redis.cmd(&lose).starts_with(':'), "the loss was staged");
+    assert!(n.redis.cmd("CLIENT KILL TYPE normal").starts_with(':'));
+    n[1].signal("-CONT");
     let mut got = datas(&mut sb, "e", 6000).await;
     got.sort_unstable();
-    let log = std::fs::read_to_string(n[0].dir.path().join("stderr.log")).unwrap_or_default();
+    let log = n[0].log();
     assert_eq!(
         got,
         [0, 1, 2, 3, 4, 5],
@@ -1494,16 +985,10 @@ async fn events_redis_lost_after_taking_them_are_forwarded_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_onto_another_node_sends_no_webhook() {
-    let redis = Redis::start();
-    let (hooks, addr) = Hooks::start().await;
-    let n = nodes(
-        &redis,
-        &["a", "b"],
-        &format!("webhook_url = \"http://{addr}/hook\"\n"),
-    );
+    let hooks = Receiver::start().await;
+    let n = Cluster::start(&["a", "b"], &webhook_url(&hooks));
     let ch = "presence-reload";
-    let mut first = Client::connect(n[0].addr()).await;
-    first.subscribe_presence(ch, &presence_data("u1")).await;
+    let first = n[0].member(ch, "u1").await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while hooks.names().len() < 2 {
         assert!(
@@ -1516,8 +1001,7 @@ async fn a_reload_onto_another_node_sends_no_webhook() {
     // The page reloads and the new connection lands on the other node, well within 3 s.
     drop(first);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut again = Client::connect(n[1].addr()).await;
-    again.subscribe_presence(ch, &presence_data("u1")).await;
+    let _again = n[1].member(ch, "u1").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut names = hooks.names();
     // Two jobs of one script may go out from two nodes: their order is not the point.
@@ -1532,70 +1016,22 @@ async fn a_reload_onto_another_node_sends_no_webhook() {
     );
 }
 
-/// A raw request with extra headers: (status, head, body).
-async fn raw(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &str,
-    body: &str,
-) -> (u16, String, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{body}", body.len());
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("answer")
-        .unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_owned(), body.to_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_the_cluster() {
-    let redis = Redis::start();
-    let _b = start_node(&redis, "b", "");
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let more = format!(
-        "[cluster]\nredis_url = \"redis://127.0.0.1:{}\"\nnode_name = \"a\"\nlease = \"3s\"\nheartbeat = \"1s\"\n[console]\npassword = \"console-pass-1\"\n",
-        redis.port
-    );
-    let mut cmd = serve_in(dir.path(), &config_toml(port, &more, ""));
-    let log = dir.path().join("stderr.log");
-    let a = tokio::task::block_in_place(|| Served::start_logged(&mut cmd, port, Ready::Up, log));
-    let (st, head, body) = raw(
-        a.addr(),
-        "POST",
-        "/console/login",
-        "",
-        &json!({"password": "console-pass-1"}).to_string(),
-    )
-    .await;
-    assert_eq!(st, 200, "{body}");
-    let cookie = head
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("set-cookie: ")
-                .or_else(|| l.strip_prefix("Set-Cookie: "))
-        })
-        .and_then(|c| c.split(';').next())
-        .expect("a session cookie")
-        .to_owned();
+    let n = Cluster::start(&["b"], "");
+    let console = NodeConfig {
+        more: "[console]\npassword = \"console-pass-1\"\n".into(),
+        ..NodeConfig::default()
+    };
+    let a = Node::start(&n.redis, "a", &console);
+    let (cookie, _) = common::console::login(a.addr(), "console-pass-1").await;
     let deadline = Instant::now() + Duration::from_secs(4);
     loop {
-        let (st, _, body) = raw(
+        let (st, _, body) = common::console::req(
             a.addr(),
             "GET",
             "/console/api/state",
-            &format!("Cookie: {cookie}\r\n"),
+            &[("Cookie", &cookie)],
             "",
         )
         .await;
@@ -1616,14 +1052,11 @@ async fn the_console_shows_the_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_count_frames_and_webhooks_count_every_node() {
-    let redis = Redis::start();
-    let (hooks, addr) = Hooks::start().await;
-    let more = format!("subscription_count = true\nwebhook_url = \"http://{addr}/hook\"\n");
-    let n = nodes(&redis, &["a", "b"], &more);
-    let mut on_a = Client::connect(n[0].addr()).await;
-    subscribed(&mut on_a, "counted").await;
-    let mut on_b = Client::connect(n[1].addr()).await;
-    subscribed(&mut on_b, "counted").await;
+    let hooks = Receiver::start().await;
+    let more = format!("subscription_count = true\n{}", webhook_url(&hooks));
+    let n = Cluster::start(&["a", "b"], &more);
+    let mut on_a = n[0].subscriber("counted").await;
+    let _on_b = n[1].subscriber("counted").await;
     // a's client hears the count go to 2 when b's joins.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -1639,9 +1072,7 @@ async fn subscription_count_frames_and_webhooks_count_every_node() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let counts: Vec<u64> = hooks
-            .events
-            .lock()
-            .unwrap()
+            .events()
             .iter()
             .filter(|e| e["name"] == "subscription_count")
             .filter_map(|e| e["subscription_count"].as_u64())
@@ -1666,22 +1097,12 @@ async fn subscription_count_frames_and_webhooks_count_every_node() {
 /// replay, no resume metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_is_off_in_a_cluster_and_the_log_says_so() {
-    let redis = Redis::start();
-    let n = nodes(&redis, &["a"], "");
-    let log = std::fs::read_to_string(n[0].dir.path().join("stderr.log")).unwrap_or_default();
+    let n = Cluster::start(&["a"], "");
+    let log = n[0].log();
     let line = "resume is not available in cluster mode yet; [resume] ignored";
     assert_eq!(log.matches(line).count(), 1, "one line at start:\n{log}");
 
     let token = "00112233445566778899aabbccddeeff";
-    let path = format!("/r/{token}/app/{KEY}?protocol=7&client=js&version=8.6.0&flash=false");
-    let connect = || async {
-        let mut ws = common::connect_raw(n[0].addr(), &path).await;
-        let first = common::next_json(&mut ws).await.expect("handshake frame");
-        assert_eq!(first["event"], "pusher:connection_established", "{first}");
-        let data: Value = serde_json::from_str(first["data"].as_str().unwrap_or("{}")).unwrap();
-        let socket_id = data["socket_id"].as_str().unwrap_or_default().to_owned();
-        Client { ws, socket_id }
-    };
     let placed = |frames: &[Value]| -> Vec<String> {
         events_named(frames, "placed")
             .iter()
@@ -1689,7 +1110,7 @@ async fn resume_is_off_in_a_cluster_and_the_log_says_so() {
             .collect()
     };
 
-    let mut c = connect().await;
+    let mut c = Client::connect_token(n[0].addr(), token).await;
     subscribed(&mut c, "orders").await;
     let (st, _) = trigger(n[0].addr(), "orders", "placed", "1").await;
     assert_eq!(st, 200);
@@ -1704,7 +1125,7 @@ async fn resume_is_off_in_a_cluster_and_the_log_says_so() {
     assert_eq!(st, 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let mut again = connect().await;
+    let mut again = Client::connect_token(n[0].addr(), token).await;
     subscribed(&mut again, "orders").await;
     assert!(
         placed(&drain(&mut again, 1000).await).is_empty(),

@@ -10,6 +10,8 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{api, connect_raw, next_json, trigger, Client, APP_ID, KEY, SECRET};
@@ -20,18 +22,16 @@ use tokio_tungstenite::tungstenite::Message;
 const TOKEN: &str = "00112233445566778899aabbccddeeff";
 const OTHER: &str = "ffeeddccbbaa99887766554433221100";
 
-/// A client on `/r/{token}/app/{key}`.
-async fn connect_token(addr: std::net::SocketAddr, token: &str) -> Client {
-    let mut ws = connect_raw(
-        addr,
-        &format!("/r/{token}/app/{KEY}?protocol=7&client=js&version=8.6.0&flash=false"),
-    )
-    .await;
-    let first = next_json(&mut ws).await.expect("handshake frame");
-    assert_eq!(first["event"], "pusher:connection_established", "{first}");
-    let data: Value = serde_json::from_str(first["data"].as_str().unwrap()).unwrap();
-    let socket_id = data["socket_id"].as_str().unwrap().to_owned();
-    Client { ws, socket_id }
+/// A client with `token` in its URL, subscribed to `channel`: a token's first connection, or
+/// its reconnect (the replay, if any, comes next).
+async fn reconnect_with(addr: SocketAddr, token: &str, channel: &str) -> Client {
+    let mut c = Client::connect_token(addr, token).await;
+    let ack = c.subscribe(channel).await;
+    assert_eq!(
+        ack["event"], "pusher_internal:subscription_succeeded",
+        "{ack}"
+    );
+    c
 }
 
 /// The next frame that is not a server ping; pings are answered (the client is up).
@@ -98,12 +98,12 @@ fn data(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
-async fn publish(addr: std::net::SocketAddr, channel: &str, n: u32) {
+async fn publish(addr: SocketAddr, channel: &str, n: u32) {
     let (status, body) = trigger(addr, channel, "e", &n.to_string()).await;
     assert_eq!(status, 200, "{body}");
 }
 
-async fn publish_except(addr: std::net::SocketAddr, channel: &str, n: u32, socket_id: &str) {
+async fn publish_except(addr: SocketAddr, channel: &str, n: u32, socket_id: &str) {
     let body = json!({"name":"e","channel":channel,"data":n.to_string(),"socket_id":socket_id})
         .to_string();
     let (status, v) = api(addr, "POST", &format!("/apps/{APP_ID}/events"), &body, &[]).await;
@@ -111,13 +111,8 @@ async fn publish_except(addr: std::net::SocketAddr, channel: &str, n: u32, socke
 }
 
 /// A subscribed token client that received `1` and proved it.
-async fn up_with_one(addr: std::net::SocketAddr, channel: &str) -> Client {
-    let mut c = connect_token(addr, TOKEN).await;
-    let ack = c.subscribe(channel).await;
-    assert_eq!(
-        ack["event"], "pusher_internal:subscription_succeeded",
-        "{ack}"
-    );
+async fn up_with_one(addr: SocketAddr, channel: &str) -> Client {
+    let mut c = reconnect_with(addr, TOKEN, channel).await;
     publish(addr, channel, 1).await;
     let e = next(&mut c).await;
     assert_eq!(e["data"], "1", "{e}");
@@ -137,12 +132,7 @@ async fn a_token_reconnect_gets_what_it_missed_once_in_order_before_live_events(
     drop(c1);
     publish(s.addr, "orders", 4).await;
 
-    let mut c2 = connect_token(s.addr, TOKEN).await;
-    let ack = c2.subscribe("orders").await;
-    assert_eq!(
-        ack["event"], "pusher_internal:subscription_succeeded",
-        "{ack}"
-    );
+    let mut c2 = reconnect_with(s.addr, TOKEN, "orders").await;
     let replay = [
         next(&mut c2).await,
         next(&mut c2).await,
@@ -180,15 +170,14 @@ async fn events_the_client_published_with_to_others_are_not_replayed() {
     drop(c1);
     publish_except(s.addr, "orders", 2, &old).await;
     publish_except(s.addr, "orders", 3, "123.456").await;
-    let mut c2 = connect_token(s.addr, TOKEN).await;
-    c2.subscribe("orders").await;
+    let mut c2 = reconnect_with(s.addr, TOKEN, "orders").await;
     assert_eq!(data(&events_within(&mut c2, 500).await), ["3"]);
 }
 
 #[tokio::test]
 async fn a_private_channel_replays_only_after_a_fresh_auth_with_the_new_socket_id() {
     let s = common::start(|_| {}).await;
-    let mut c1 = connect_token(s.addr, TOKEN).await;
+    let mut c1 = Client::connect_token(s.addr, TOKEN).await;
     let ack = c1.subscribe_private("private-orders").await;
     assert_eq!(
         ack["event"], "pusher_internal:subscription_succeeded",
@@ -196,7 +185,7 @@ async fn a_private_channel_replays_only_after_a_fresh_auth_with_the_new_socket_i
     );
     drop(c1);
     publish(s.addr, "private-orders", 1).await;
-    let mut c2 = connect_token(s.addr, TOKEN).await;
+    let mut c2 = Client::connect_token(s.addr, TOKEN).await;
     // The app refused (or the old signature is replayed): no replay, no events.
     let stale = common::private_auth("1.1", "private-orders");
     c2.send(json!({"event":"pusher:subscribe","data":{"channel":"private-orders","auth":stale}}))
@@ -225,8 +214,7 @@ async fn past_max_events_nothing_partial_and_the_failure_event_when_asked() {
     for n in 2..=6 {
         publish(s.addr, "orders", n).await;
     }
-    let mut c2 = connect_token(s.addr, TOKEN).await;
-    c2.subscribe("orders").await;
+    let mut c2 = reconnect_with(s.addr, TOKEN, "orders").await;
     let got = events_within(&mut c2, 500).await;
     assert_eq!(got.len(), 1, "no partial replay: {got:?}");
     assert_eq!(got[0]["event"], "pushbox:resume_failed");
@@ -253,8 +241,7 @@ async fn past_the_window_nothing_is_replayed() {
     drop(c1);
     publish(s.addr, "orders", 2).await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let mut c2 = connect_token(s.addr, TOKEN).await;
-    c2.subscribe("orders").await;
+    let mut c2 = reconnect_with(s.addr, TOKEN, "orders").await;
     let got = events_within(&mut c2, 500).await;
     assert!(
         got.iter().all(|e| e["event"] != "e"),
@@ -271,30 +258,25 @@ async fn a_new_token_a_cache_channel_and_resume_disabled_replay_nothing() {
     drop(c1);
     publish(s.addr, "orders", 2).await;
     // A reload: a new Pusher instance, a new token.
-    let mut other = connect_token(s.addr, OTHER).await;
-    other.subscribe("orders").await;
+    let mut other = reconnect_with(s.addr, OTHER, "orders").await;
     assert!(events_within(&mut other, 300).await.is_empty());
 
     // A cache channel: the cached event once (Pusher's behaviour), no replay.
-    let mut c = connect_token(s.addr, "0000000000000000000000000000000a").await;
-    c.subscribe("cache-prices").await;
+    let mut c = reconnect_with(s.addr, "0000000000000000000000000000000a", "cache-prices").await;
     let _ = events_within(&mut c, 200).await;
     drop(c);
     publish(s.addr, "cache-prices", 7).await;
     publish(s.addr, "cache-prices", 8).await;
-    let mut c = connect_token(s.addr, "0000000000000000000000000000000a").await;
-    c.subscribe("cache-prices").await;
+    let mut c = reconnect_with(s.addr, "0000000000000000000000000000000a", "cache-prices").await;
     assert_eq!(data(&events_within(&mut c, 400).await), ["8"]);
 
     let off = common::start(|c| c.resume.enabled = false).await;
-    let c1 = connect_token(off.addr, TOKEN).await;
+    let c1 = Client::connect_token(off.addr, TOKEN).await;
     drop(c1);
-    let mut c1 = connect_token(off.addr, TOKEN).await;
-    c1.subscribe("orders").await;
+    let c1 = reconnect_with(off.addr, TOKEN, "orders").await;
     drop(c1);
     publish(off.addr, "orders", 2).await;
-    let mut c2 = connect_token(off.addr, TOKEN).await;
-    c2.subscribe("orders").await;
+    let mut c2 = reconnect_with(off.addr, TOKEN, "orders").await;
     assert!(events_within(&mut c2, 300).await.is_empty());
     let metrics = common::http(off.addr, "GET", "/metrics", b"").await.1;
     assert!(
@@ -306,15 +288,8 @@ async fn a_new_token_a_cache_channel_and_resume_disabled_replay_nothing() {
 #[tokio::test]
 async fn terminate_connections_discards_the_users_resume_state() {
     let s = common::start(|_| {}).await;
-    let mut c1 = connect_token(s.addr, TOKEN).await;
-    let user_data = r#"{"id":"u1"}"#;
-    let sig = pushbox::protocol::auth::sign(
-        SECRET,
-        format!("{}::user::{user_data}", c1.socket_id).as_bytes(),
-    );
-    c1.send(json!({"event":"pusher:signin","data":{"auth":format!("{KEY}:{sig}"),"user_data":user_data}}))
-        .await;
-    assert_eq!(next(&mut c1).await["event"], "pusher:signin_success");
+    let mut c1 = Client::connect_token(s.addr, TOKEN).await;
+    signin(&mut c1, "u1").await;
     c1.subscribe("orders").await;
     let (status, v) = api(
         s.addr,
@@ -327,8 +302,7 @@ async fn terminate_connections_discards_the_users_resume_state() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(c1.closed_with().await, Some(4009));
     publish(s.addr, "orders", 2).await;
-    let mut c2 = connect_token(s.addr, TOKEN).await;
-    c2.subscribe("orders").await;
+    let mut c2 = reconnect_with(s.addr, TOKEN, "orders").await;
     assert!(events_within(&mut c2, 300).await.is_empty());
 }
 
@@ -390,18 +364,20 @@ async fn zero_change_presence_resume_needs_the_same_user_and_no_page_unload() {
     assert!(events_within(&mut c3, 300).await.is_empty());
 }
 
+/// `pushbox serve` on `port` with its config and state in `dir`, up (the same `dir` and `port`
+/// again: a restart on the same state directory).
+fn serve(dir: &Path, port: u16) -> common::Served {
+    let config = common::config_toml(port, "", "");
+    common::Served::start(&mut common::serve_in(dir, &config), port, common::Ready::Up)
+}
+
 /// `systemctl restart`: the lineages go to the state directory, the events are read back from
 /// the event log, and the client that reconnects gets what it missed.
 #[test]
 fn a_graceful_restart_resumes_from_disk() {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let config = common::config_toml(port, "", "");
-    let served = common::Served::start(
-        &mut common::serve_in(dir.path(), &config),
-        port,
-        common::Ready::Up,
-    );
+    let served = serve(dir.path(), port);
     let addr = served.addr();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -418,18 +394,9 @@ fn a_graceful_restart_resumes_from_disk() {
     // but nothing proves that, and 2 comes again after the restart (at least once).
     served.stop();
     drop(c1);
-    let served = common::Served::start(
-        &mut common::serve_in(dir.path(), &config),
-        port,
-        common::Ready::Up,
-    );
+    let served = serve(dir.path(), port);
     rt.block_on(async {
-        let mut c2 = connect_token(addr, TOKEN).await;
-        let ack = c2.subscribe("orders").await;
-        assert_eq!(
-            ack["event"], "pusher_internal:subscription_succeeded",
-            "{ack}"
-        );
+        let mut c2 = reconnect_with(addr, TOKEN, "orders").await;
         assert_eq!(data(&events_within(&mut c2, 700).await), ["2", "3"]);
     });
     served.stop();
@@ -443,12 +410,7 @@ fn a_graceful_restart_resumes_from_disk() {
 fn a_close_answered_at_a_graceful_stop_proves_delivery_no_duplicates_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let config = common::config_toml(port, "", "");
-    let served = common::Served::start(
-        &mut common::serve_in(dir.path(), &config),
-        port,
-        common::Ready::Up,
-    );
+    let served = serve(dir.path(), port);
     let addr = served.addr();
     // A worker thread: the client keeps reading (and answers the Close) while this thread
     // waits for the server to stop.
@@ -491,19 +453,10 @@ fn a_close_answered_at_a_graceful_stop_proves_delivery_no_duplicates_after_the_r
         Some(4200),
         "the server said 4200"
     );
-    let served = common::Served::start(
-        &mut common::serve_in(dir.path(), &config),
-        port,
-        common::Ready::Up,
-    );
+    let served = serve(dir.path(), port);
     publish_blocking(&served, 4);
     rt.block_on(async {
-        let mut c2 = connect_token(addr, TOKEN).await;
-        let ack = c2.subscribe("orders").await;
-        assert_eq!(
-            ack["event"], "pusher_internal:subscription_succeeded",
-            "{ack}"
-        );
+        let mut c2 = reconnect_with(addr, TOKEN, "orders").await;
         assert_eq!(
             data(&events_within(&mut c2, 700).await),
             ["4"],
@@ -523,16 +476,9 @@ fn publish_blocking(served: &common::Served, n: u32) {
 #[tokio::test]
 async fn zero_change_signin_resume_covers_channels_subscribed_after_the_signin() {
     let s = common::start(|_| {}).await;
-    async fn signed_in(addr: std::net::SocketAddr, id: &str) -> Client {
+    async fn signed_in(addr: SocketAddr, id: &str) -> Client {
         let mut c = Client::connect(addr).await;
-        let user_data = format!(r#"{{"id":"{id}"}}"#);
-        let sig = pushbox::protocol::auth::sign(
-            SECRET,
-            format!("{}::user::{user_data}", c.socket_id).as_bytes(),
-        );
-        c.send(json!({"event":"pusher:signin","data":{"auth":format!("{KEY}:{sig}"),"user_data":user_data}}))
-            .await;
-        assert_eq!(next(&mut c).await["event"], "pusher:signin_success");
+        signin(&mut c, id).await;
         c
     }
     let mut c1 = signed_in(s.addr, "u9").await;

@@ -1,16 +1,15 @@
-//! Webhooks end to end on 127.0.0.1: a raw TCP (and TLS) receiver records exactly what went
-//! over the wire; the service runs on a real state directory (spool files on disk).
+//! Webhooks end to end on 127.0.0.1: a raw TCP (and TLS) receiver (`common::webhook`) records
+//! exactly what went over the wire; the service runs on a real state directory (spool files on
+//! disk).
 
 mod common;
 
-use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use pushbox::config::{AppConfig, Config};
@@ -19,149 +18,8 @@ use pushbox::protocol::auth::sign;
 use pushbox::webhooks::requeue::{self, Request, Retried};
 use pushbox::webhooks::Webhooks;
 
+use common::webhook::{Hit, Receiver};
 use common::{APP_ID as APP, KEY, SECRET};
-
-// ---------------------------------------------------------------- receiver
-
-#[derive(Debug, Clone)]
-struct Hit {
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Hit {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.split("\r\n").skip(1).find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    }
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).expect("body is JSON")
-    }
-    fn names(&self) -> Vec<String> {
-        self.json()["events"]
-            .as_array()
-            .expect("events array")
-            .iter()
-            .map(|e| e["name"].as_str().unwrap_or("").to_string())
-            .collect()
-    }
-}
-
-#[derive(Clone)]
-struct Receiver {
-    addr: SocketAddr,
-    hits: Arc<Mutex<Vec<Hit>>>,
-    /// Statuses to answer, in order; then `default`.
-    script: Arc<Mutex<VecDeque<u16>>>,
-    default: Arc<AtomicU16>,
-    /// Never answer (a receiver that hangs).
-    hang: Arc<AtomicBool>,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), None).await
-    }
-
-    async fn start_on(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) -> Receiver {
-        let r = Receiver {
-            addr: listener.local_addr().unwrap(),
-            hits: Default::default(),
-            script: Default::default(),
-            default: Arc::new(AtomicU16::new(200)),
-            hang: Default::default(),
-        };
-        let rr = r.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                let rr = rr.clone();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    match tls {
-                        Some(acc) => {
-                            if let Ok(s) = acc.accept(s).await {
-                                rr.serve(s).await
-                            }
-                        }
-                        None => rr.serve(s).await,
-                    }
-                });
-            }
-        });
-        r
-    }
-
-    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&self, mut s: S) {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end - 4]).to_string();
-        let len: usize = head
-            .split("\r\n")
-            .find_map(|l| {
-                let (n, v) = l.split_once(':')?;
-                n.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or(0);
-        while buf.len() < head_end + len {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body = buf[head_end..head_end + len].to_vec();
-        self.hits.lock().unwrap().push(Hit { head, body });
-        if self.hang.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            return;
-        }
-        let status = self
-            .script
-            .lock()
-            .unwrap()
-            .pop_front()
-            .unwrap_or(self.default.load(Ordering::SeqCst));
-        let resp =
-            format!("HTTP/1.1 {status} X\r\nContent-Length: 5\r\nConnection: close\r\n\r\nnope!");
-        let _ = s.write_all(resp.as_bytes()).await;
-        let _ = s.shutdown().await;
-    }
-
-    fn url(&self, scheme: &str, path: &str) -> String {
-        format!("{scheme}://{}{path}", self.addr)
-    }
-
-    fn hits(&self) -> Vec<Hit> {
-        self.hits.lock().unwrap().clone()
-    }
-
-    async fn wait_hits(&self, n: usize, within: Duration) -> Vec<Hit> {
-        let until = Instant::now() + within;
-        loop {
-            let h = self.hits();
-            if h.len() >= n {
-                return h;
-            }
-            assert!(
-                Instant::now() < until,
-                "expected {n} webhook requests within {within:?}, got {}: {h:#?}",
-                h.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
 
 // ---------------------------------------------------------------- config and helpers
 
@@ -638,30 +496,15 @@ async fn pending_batches_survive_a_restart() {
 
 #[tokio::test]
 async fn https_receiver_with_a_private_ca() {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "pushbox test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let mut leaf_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    leaf_params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let issuer = Issuer::from_params(&ca_params, &ca_key);
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-
+    let pki = common::pki::ca_and_leaf();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server_cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            vec![pki.leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(pki.leaf_key.serialize_der().into()),
         )
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
@@ -686,7 +529,7 @@ async fn https_receiver_with_a_private_ca() {
 
     // With ca_file: verified and delivered (the batch left pending above, too).
     let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    std::fs::write(&ca_path, pki.ca.pem()).unwrap();
     let mut cfg = cfg;
     cfg.webhooks.ca_file = Some(ca_path);
     let wh = Webhooks::start(&cfg).unwrap();

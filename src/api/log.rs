@@ -22,7 +22,8 @@ pub struct AcceptedEvent {
     pub socket_id: Option<String>,
     /// Sockets reached, per channel (same order as `channels`).
     pub delivered: Vec<usize>,
-    /// The event's resume position per channel (same order; empty when resume is off).
+    /// The event's resume position per channel (same order; assigned at delivery: empty before
+    /// it, and when resume is off).
     pub positions: Vec<u64>,
 }
 
@@ -60,7 +61,7 @@ pub trait EventLog: Send + Sync {
     /// Refuses `events` up front (they would cross its cap, a full disk, its directory gone)
     /// so nothing is delivered that can't be kept; otherwise sets room aside for them until
     /// the returned [`Room`] is dropped (keep it until they are appended). Called for every
-    /// publish (their `delivered` is still empty): no I/O while healthy.
+    /// publish (their `delivered` and `positions` are still empty): no I/O while healthy.
     fn check_capacity(&self, events: &[AcceptedEvent]) -> Result<Room, AppendError> {
         let _ = events;
         Ok(Room::default())

@@ -324,13 +324,9 @@ impl Api {
             .map(|v| AcceptedEvent {
                 app_id: app.config.id.clone(),
                 name: v.name,
-                // Sized for the cap check with the widest position a record can hold, so the
-                // room set aside is never smaller than the record written after the fan-out.
-                positions: if resumable {
-                    vec![u64::MAX; v.channels.len()]
-                } else {
-                    Vec::new()
-                },
+                // Assigned at delivery, below; the cap check counts them while resume is on
+                // (`eventlog::record_bound`).
+                positions: Vec::new(),
                 channels: v.channels,
                 data: v.data,
                 socket_id: v.socket_id,
@@ -351,7 +347,9 @@ impl Api {
         };
         for event in &mut accepted {
             let mut delivered = Vec::with_capacity(event.channels.len());
-            for (i, c) in event.channels.iter().enumerate() {
+            let mut positions =
+                Vec::with_capacity(if resumable { event.channels.len() } else { 0 });
+            for c in &event.channels {
                 if clustered {
                     delivered.push(0);
                     continue;
@@ -366,12 +364,13 @@ impl Api {
                 };
                 let (n, pos) = app.publish_at(c, frame, event.socket_id.as_deref());
                 delivered.push(n);
-                if let Some(slot) = event.positions.get_mut(i) {
+                if resumable {
                     // 0: a cache channel, never replayed.
-                    *slot = pos.unwrap_or(0);
+                    positions.push(pos.unwrap_or(0));
                 }
             }
             event.delivered = delivered;
+            event.positions = positions;
             app.counters
                 .api_events
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -98,6 +98,19 @@ pub struct Cluster {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
+/// Channel `name` from the counts a channel script answers for it (`CHANNELS_SCRIPT` per
+/// channel after its name, `CHANNEL_SCRIPT` alone): sockets subscribed, then users (kept for
+/// a presence channel only); a missing or negative count reads as 0.
+fn channel_info(name: String, counts: &[redis::Value]) -> ChannelInfo {
+    let count = |i: usize| counts.get(i).and_then(int).unwrap_or(0).max(0) as usize;
+    let presence = ChannelKind::of(&name).is_presence();
+    ChannelInfo {
+        subscription_count: count(0),
+        user_count: presence.then_some(count(1)),
+        name,
+    }
+}
+
 fn random_hex(bytes: usize) -> String {
     use ring::rand::SecureRandom;
     let mut b = vec![0u8; bytes];
@@ -440,16 +453,8 @@ impl ClusterLink for Cluster {
             let mut out: Vec<ChannelInfo> = items(&v)
                 .iter()
                 .filter_map(|c| {
-                    let c = items(c);
-                    let name = c.first().and_then(text)?;
-                    let subs = c.get(1).and_then(int).unwrap_or(0).max(0) as usize;
-                    let users = c.get(2).and_then(int).unwrap_or(0).max(0) as usize;
-                    let presence = ChannelKind::of(&name).is_presence();
-                    Some(ChannelInfo {
-                        name,
-                        subscription_count: subs,
-                        user_count: presence.then_some(users),
-                    })
+                    let (name, counts) = items(c).split_first()?;
+                    Some(channel_info(text(name)?, counts))
                 })
                 .collect();
             out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -466,14 +471,8 @@ impl ClusterLink for Cluster {
             let v = self
                 .script(app_id, &scripts::CHANNEL_SCRIPT, &[name])
                 .await?;
-            let a = items(&v);
-            let subs = a.first().and_then(int).unwrap_or(0).max(0) as usize;
-            let users = a.get(1).and_then(int).unwrap_or(0).max(0) as usize;
-            Ok((subs > 0).then(|| ChannelInfo {
-                name: name.to_owned(),
-                subscription_count: subs,
-                user_count: ChannelKind::of(name).is_presence().then_some(users),
-            }))
+            let info = channel_info(name.to_owned(), items(&v));
+            Ok((info.subscription_count > 0).then_some(info))
         })
     }
 

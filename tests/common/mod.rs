@@ -1,10 +1,16 @@
 //! Shared helpers for the integration tests (`mod common;` in each `tests/*.rs`): an
 //! in-process server on 127.0.0.1 with a real listener, a WebSocket test client, a signed raw
-//! HTTP/1.1 client, and ([`process`]) the real binary as a child process.
+//! HTTP/1.1 client, and ([`process`]) the real binary as a child process; [`cluster`] (a test
+//! Redis and nodes on it), [`webhook`] (a webhook receiver), [`console`] (the console's sign-in
+//! over raw HTTP) and [`pki`] (a private CA) for the files that need them.
 // Each test file is its own crate and uses only some of these.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod console;
+pub mod pki;
 pub mod process;
+pub mod webhook;
 
 #[allow(unused_imports)]
 pub use process::{config_toml, free_port, http_blocking, pushbox, serve_in, Ready, Served, BIN};
@@ -98,11 +104,26 @@ impl Client {
     }
 
     pub async fn connect_key(addr: SocketAddr, key: &str) -> Client {
-        let mut ws = connect_raw(
+        Self::connect_path(
             addr,
             &format!("/app/{key}?protocol=7&client=js&version=8.6.0&flash=false"),
         )
-        .await;
+        .await
+    }
+
+    /// A client on `/r/{token}/app/{key}`, as pusher-js connects with `wsPath: '/r/<token>'`
+    /// (README "Resume").
+    pub async fn connect_token(addr: SocketAddr, token: &str) -> Client {
+        Self::connect_path(
+            addr,
+            &format!("/r/{token}/app/{KEY}?protocol=7&client=js&version=8.6.0&flash=false"),
+        )
+        .await
+    }
+
+    /// A client on `path`, once `pusher:connection_established` came.
+    pub async fn connect_path(addr: SocketAddr, path: &str) -> Client {
+        let mut ws = connect_raw(addr, path).await;
         let first = next_json(&mut ws).await.expect("handshake frame");
         assert_eq!(first["event"], "pusher:connection_established", "{first}");
         let data: Value =

@@ -16,6 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
 import http from 'node:http';
+import https from 'node:https';
 import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -61,20 +62,83 @@ export function renderConfig({ stateDir, port, server = {}, apps, extraToml = ''
   return lines.join('\n') + '\n' + (extraToml ? `\n${extraToml}\n` : '');
 }
 
-function httpGet(url, timeoutMs) {
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function cleanEnv(extra = {}) {
+  const env = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (!/^(REVERB_|PUSHER_|PUSHBOX_)/.test(k)) env[k] = v;
+  }
+  env.RUST_LOG = env.RUST_LOG || 'info';
+  return { ...env, ...extra };
+}
+
+/** GET url (http or https with `ca`) → {status, body}; rejects on network/TLS errors. */
+export function get(url, { ca, timeout = 2000 } = {}) {
+  const mod = url.startsWith('https:') ? https : http;
   return new Promise((resolve, reject) => {
-    const req = http.get(url, { timeout: timeoutMs }, (res) => {
+    const req = mod.get(url, { timeout, ...(ca ? { ca } : {}) }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (c) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode, body }));
+      res.on('end', () => resolve({ status: res.statusCode, body, socket: res.socket }));
     });
     req.on('timeout', () => req.destroy(new Error('timeout')));
     req.on('error', reject);
   });
 }
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+export function readTail(p, n = 4000) {
+  try { return fs.readFileSync(p, 'utf8').slice(-n); } catch { return '(no log)'; }
+}
+
+/**
+ * Starts `pushbox serve --config configPath` (state dir from the config and PUSHBOX_STATE_DIR;
+ * `env` adds variables, e.g. PUSHBOX_RESUME_*), appending to logPath, and waits until upUrl
+ * answers 200 (bounded by `within` ms, polled every `pollMs`). The one launcher of the node
+ * suites: startServer below, tls.mjs, tests/resume/lib/harness.mjs.
+ */
+export async function spawnPushbox({
+  configPath, stateDir, logPath, upUrl, ca, env = {}, within = 20000, pollMs = 100, label = 'pushbox',
+}) {
+  const logFd = fs.openSync(logPath, 'a');
+  const child = spawn(PUSHBOX_BIN, ['serve', '--config', configPath], {
+    env: cleanEnv({ PUSHBOX_STATE_DIR: stateDir, ...env }), stdio: ['ignore', logFd, logFd],
+  });
+  fs.closeSync(logFd);
+  const proc = { child, exited: null, logPath };
+  proc.exitedPromise = new Promise((r) => child.once('exit', (code, signal) => {
+    proc.exited = { code, signal, at: Date.now() };
+    r(proc.exited);
+  }));
+  const deadline = Date.now() + within;
+  let lastErr;
+  for (;;) {
+    if (proc.exited) throw new Error(`${label} exited early (${JSON.stringify(proc.exited)}); log:\n${readTail(logPath)}`);
+    try {
+      const r = await get(upUrl, { ca, timeout: 1000 });
+      if (r.status === 200) break;
+      lastErr = new Error(`GET /up -> ${r.status}`);
+    } catch (e) { lastErr = e; }
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`${label} did not answer ${upUrl} within ${within} ms (${lastErr}); log:\n${readTail(logPath)}`);
+    }
+    await sleep(pollMs);
+  }
+  /** SIGTERM; resolves with {code, signal, ms}; SIGKILL after `bound` ms (then `killed: true`). */
+  proc.stop = async (bound = 8000) => {
+    if (proc.exited) return { ...proc.exited, ms: 0 };
+    const t0 = Date.now();
+    child.kill('SIGTERM');
+    let killed = false;
+    const t = setTimeout(() => { killed = true; child.kill('SIGKILL'); }, bound);
+    const ex = await proc.exitedPromise;
+    clearTimeout(t);
+    return { ...ex, ms: Date.now() - t0, killed };
+  };
+  return proc;
+}
 
 export async function startServer(opts = {}) {
   if (!fs.existsSync(PUSHBOX_BIN)) {
@@ -89,64 +153,16 @@ export async function startServer(opts = {}) {
   const configPath = path.join(dir, 'pushbox.toml');
   fs.writeFileSync(configPath, renderConfig({ stateDir, port, server: opts.server, apps, extraToml: opts.extraToml }));
   const logPath = path.join(dir, 'pushbox.log');
-  const logFd = fs.openSync(logPath, 'a');
-
-  // A clean environment: no Laravel/Pusher variables from the caller may leak into the app list.
-  const env = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!/^(REVERB_|PUSHER_|PUSHBOX_)/.test(k)) env[k] = v;
-  }
-  env.PUSHBOX_STATE_DIR = stateDir;
-  env.RUST_LOG = env.RUST_LOG || 'info';
-
-  const child = spawn(PUSHBOX_BIN, ['serve', '--config', configPath], {
-    env, stdio: ['ignore', logFd, logFd],
-  });
-  fs.closeSync(logFd);
-  let exited = null;
-  child.on('exit', (code, signal) => { exited = { code, signal }; });
-
   const base = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + 20000;
-  let lastErr = null;
-  for (;;) {
-    if (exited) {
-      throw new Error(`pushbox exited early (${JSON.stringify(exited)}); log:\n${readTail(logPath)}`);
-    }
-    try {
-      const r = await httpGet(`${base}/up`, 1000);
-      if (r.status === 200) break;
-      lastErr = new Error(`GET /up -> ${r.status} ${r.body}`);
-    } catch (e) {
-      lastErr = e;
-    }
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`pushbox did not answer GET /up within 20 s (${lastErr}); log:\n${readTail(logPath)}`);
-    }
-    await sleep(100);
-  }
-
+  const proc = await spawnPushbox({ configPath, stateDir, logPath, upUrl: `${base}/up` });
+  const { child } = proc;
   return {
     port, host: '127.0.0.1', base, apps, dir, stateDir, configPath, logPath, child,
     log: () => readTail(logPath),
     async stop() {
-      if (exited) return;
-      const done = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 3000);
-      await done;
-      clearTimeout(t);
+      await proc.stop(3000);
       if (!process.env.KEEP_PUSHBOX_TMP) fs.rmSync(dir, { recursive: true, force: true });
     },
   };
 }
 
-function readTail(p, n = 4000) {
-  try {
-    const s = fs.readFileSync(p, 'utf8');
-    return s.slice(-n);
-  } catch {
-    return '(no log)';
-  }
-}

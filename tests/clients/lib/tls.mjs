@@ -1,8 +1,9 @@
 // TLS and lifecycle helpers for 13_tls and 14_restart (kept apart from server.mjs/helpers.mjs).
 //
 //   makeCert(dir)          `pushbox cert self-signed --host localhost --ip 127.0.0.1 --out dir`
-//   spawnPushbox(...)      start `pushbox serve` on an existing config, wait for GET /up (plain or
-//                          https), stop with SIGTERM; used to restart on the same port and state dir
+//   spawnPushbox(...)      (server.mjs's) start `pushbox serve` on an existing config, wait for
+//                          GET /up (plain or https), stop with SIGTERM; used to restart on the
+//                          same port and state dir
 //   startTlsServer(opts)   a private pushbox with [tls] on a free 127.0.0.1 port (plain listener
 //                          beside it unless server.plain = false), apps as in server.mjs
 //   runNodeChild(...)      run this file as a child node process (NODE_EXTRA_CA_CERTS must be set
@@ -14,12 +15,11 @@ import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import http from 'node:http';
-import https from 'node:https';
 import { fileURLToPath } from 'node:url';
-import { PUSHBOX_BIN, APPS, freePort, renderConfig } from './server.mjs';
+import { PUSHBOX_BIN, APPS, freePort, renderConfig, get, readTail, spawnPushbox } from './server.mjs';
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// 13_tls and 14_restart take these from here.
+export { get, spawnPushbox };
 
 /** Writes pushbox.key / pushbox.crt into dir with pushbox's own generator; returns the paths. */
 export function makeCert(dir, { hosts = ['localhost'], ips = ['127.0.0.1'] } = {}) {
@@ -28,78 +28,6 @@ export function makeCert(dir, { hosts = ['localhost'], ips = ['127.0.0.1'] } = {
   for (const ip of ips) args.push('--ip', ip);
   const out = execFileSync(PUSHBOX_BIN, args, { encoding: 'utf8', timeout: 10000 });
   return { cert: path.join(dir, 'pushbox.crt'), key: path.join(dir, 'pushbox.key'), output: out };
-}
-
-function cleanEnv(extra = {}) {
-  const env = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!/^(REVERB_|PUSHER_|PUSHBOX_)/.test(k)) env[k] = v;
-  }
-  env.RUST_LOG = env.RUST_LOG || 'info';
-  return { ...env, ...extra };
-}
-
-/** GET url (http or https with `ca`) → {status, body}; rejects on network/TLS errors. */
-export function get(url, { ca, timeout = 2000 } = {}) {
-  const mod = url.startsWith('https:') ? https : http;
-  return new Promise((resolve, reject) => {
-    const req = mod.get(url, { timeout, ...(ca ? { ca } : {}) }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode, body, socket: res.socket }));
-    });
-    req.on('timeout', () => req.destroy(new Error('timeout')));
-    req.on('error', reject);
-  });
-}
-
-function readTail(p, n = 4000) {
-  try { return fs.readFileSync(p, 'utf8').slice(-n); } catch { return '(no log)'; }
-}
-
-/**
- * Starts `pushbox serve --config configPath` (state dir from the config and PUSHBOX_STATE_DIR),
- * appending to logPath, and waits until upUrl answers 200 (bounded by `within` ms).
- */
-export async function spawnPushbox({ configPath, stateDir, logPath, upUrl, ca, within = 20000 }) {
-  const logFd = fs.openSync(logPath, 'a');
-  const child = spawn(PUSHBOX_BIN, ['serve', '--config', configPath], {
-    env: cleanEnv({ PUSHBOX_STATE_DIR: stateDir }), stdio: ['ignore', logFd, logFd],
-  });
-  fs.closeSync(logFd);
-  const proc = { child, exited: null, logPath };
-  proc.exitedPromise = new Promise((r) => child.once('exit', (code, signal) => {
-    proc.exited = { code, signal, at: Date.now() };
-    r(proc.exited);
-  }));
-  const deadline = Date.now() + within;
-  let lastErr;
-  for (;;) {
-    if (proc.exited) throw new Error(`pushbox exited early (${JSON.stringify(proc.exited)}); log:\n${readTail(logPath)}`);
-    try {
-      const r = await get(upUrl, { ca, timeout: 1000 });
-      if (r.status === 200) break;
-      lastErr = new Error(`GET /up -> ${r.status}`);
-    } catch (e) { lastErr = e; }
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`pushbox did not answer ${upUrl} within ${within} ms (${lastErr}); log:\n${readTail(logPath)}`);
-    }
-    await sleep(100);
-  }
-  /** SIGTERM; resolves with {code, signal, ms}; SIGKILL after `bound` ms (then `killed: true`). */
-  proc.stop = async (bound = 8000) => {
-    if (proc.exited) return { ...proc.exited, ms: 0 };
-    const t0 = Date.now();
-    child.kill('SIGTERM');
-    let killed = false;
-    const t = setTimeout(() => { killed = true; child.kill('SIGKILL'); }, bound);
-    const ex = await proc.exitedPromise;
-    clearTimeout(t);
-    return { ...ex, ms: Date.now() - t0, killed };
-  };
-  return proc;
 }
 
 /**

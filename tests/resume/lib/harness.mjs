@@ -8,12 +8,11 @@
 import { spawn, execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { APPS, PUSHBOX_BIN, renderConfig } from '../../clients/lib/server.mjs';
+import { APPS, PUSHBOX_BIN, get, renderConfig, spawnPushbox } from '../../clients/lib/server.mjs';
 import { signedRequest, sleep, WebSocket } from '../../clients/lib/helpers.mjs';
 
 export { APPS, PUSHBOX_BIN, sleep };
@@ -53,19 +52,8 @@ export const token = () => crypto.randomBytes(16).toString('hex');
 
 // ------------------------------------------------------------------------------------ pushbox
 
-function httpGet(url, timeoutMs = 1500) {
-  return new Promise((resolve, reject) => {
-    const req = http.get(url, { timeout: timeoutMs }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode, body }));
-    });
-    req.on('timeout', () => req.destroy(new Error('timeout')));
-    req.on('error', reject);
-  });
-}
-export { httpGet };
+/** GET url → {status, body}; rejects on network errors. */
+export const httpGet = (url, timeoutMs = 1500) => get(url, { timeout: timeoutMs });
 
 let nextPort = 7300 + (process.pid % 500) * 4;
 
@@ -91,46 +79,27 @@ export async function startBox({ name, env = {}, server = {} }) {
   const box = {
     name, port, host: NET.serverIp, apps: APPS, dir, stateDir, configPath, logPath, env,
     base: `http://${NET.serverIp}:${port}`,
-    child: null, exited: null,
+    child: null, proc: null,
     log: (n = 6000) => { try { return fs.readFileSync(logPath, 'utf8').slice(-n); } catch { return '(no log)'; } },
   };
   box.start = async () => {
-    const cleanEnv = {};
-    for (const [k, v] of Object.entries(process.env)) if (!/^(REVERB_|PUSHER_|PUSHBOX_)/.test(k)) cleanEnv[k] = v;
-    const logFd = fs.openSync(logPath, 'a');
-    const child = spawn(PUSHBOX_BIN, ['serve', '--config', configPath], {
-      env: { ...cleanEnv, RUST_LOG: process.env.RUST_LOG || 'info', PUSHBOX_STATE_DIR: stateDir, ...env },
-      stdio: ['ignore', logFd, logFd],
+    box.proc = await spawnPushbox({
+      configPath, stateDir, logPath, upUrl: `${box.base}/up`, env, pollMs: 50, label: `pushbox ${name}`,
     });
-    fs.closeSync(logFd);
-    box.child = child;
-    box.exited = null;
-    box.exitedPromise = new Promise((r) => child.once('exit', (code, signal) => { box.exited = { code, signal }; r(box.exited); }));
-    const deadline = Date.now() + 20000;
-    for (;;) {
-      if (box.exited) throw new Error(`pushbox ${name} exited at start (${JSON.stringify(box.exited)}); log:\n${box.log()}`);
-      try { if ((await httpGet(`${box.base}/up`, 1000)).status === 200) break; } catch { /* not yet */ }
-      if (Date.now() > deadline) { child.kill('SIGKILL'); throw new Error(`pushbox ${name} did not answer /up in 20 s; log:\n${box.log()}`); }
-      await sleep(50);
-    }
+    box.child = box.proc.child;
     return box;
   };
   /** SIGTERM (pushbox's graceful stop: 4200 to every client), SIGKILL after `bound` ms. */
-  box.stop = async (bound = 8000) => {
-    if (!box.child || box.exited) return box.exited;
-    box.child.kill('SIGTERM');
-    const t = setTimeout(() => box.child.kill('SIGKILL'), bound);
-    const r = await box.exitedPromise;
-    clearTimeout(t);
-    return r;
-  };
+  box.stop = async (bound = 8000) => (box.proc ? box.proc.stop(bound) : null);
   box.remove = async () => {
     await box.stop(3000);
     if (!process.env.KEEP_PUSHBOX_TMP) fs.rmSync(dir, { recursive: true, force: true });
   };
   box.publish = (channel, data, { event = 'seq', socketId } = {}) => publish(box, channel, data, { event, socketId });
   box.metrics = () => metrics(box);
-  await box.start();
+  // A box that does not come up is never handed to the caller's cleanup: remove it here, or
+  // its directory stays behind in /dev/shm.
+  await box.start().catch(async (e) => { await box.remove(); throw e; });
   return box;
 }
 

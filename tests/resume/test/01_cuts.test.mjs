@@ -32,13 +32,17 @@ let routedA = false; // and with resume disabled?
 
 before(async () => {
   agent = await Agent.start();
-  const [A, B, C, D] = await Promise.all([
+  // allSettled: when one fails to start, the others still reach `boxes` and `after` removes them.
+  const started = await Promise.allSettled([
     startBox({ name: 'A', env: { PUSHBOX_RESUME_ENABLED: 'false' } }),
     startBox({ name: 'B', env: { PUSHBOX_RESUME_ENABLED: 'true' } }),
     startBox({ name: 'C', env: { PUSHBOX_RESUME_WINDOW: '10s', PUSHBOX_RESUME_FAILURE_EVENT: 'true' }, server: { pong_timeout: 2 } }),
     startBox({ name: 'D', env: { PUSHBOX_RESUME_MAX_EVENTS: '5', PUSHBOX_RESUME_FAILURE_EVENT: 'true' } }),
   ]);
+  const [A, B, C, D] = started.map((r) => (r.status === 'fulfilled' ? r.value : null));
   Object.assign(boxes, { A, B, C, D });
+  const failed = started.find((r) => r.status === 'rejected');
+  if (failed) throw failed.reason;
   // E: max_bytes 4 KiB. Started on its own so a build that refuses the setting fails only its case.
   boxes.E = await startBox({ name: 'E', env: { PUSHBOX_RESUME_MAX_BYTES: '4KiB', PUSHBOX_RESUME_FAILURE_EVENT: 'true' } })
     .catch((e) => { boxErrors.E = e; return null; });
