@@ -12,88 +12,39 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{config_toml, free_port, serve_in, Client, Ready, Served, KEY, SECRET};
+use common::cluster::{Node, NodeConfig, Redis};
+use common::{Client, KEY, SECRET};
 
-/// A private redis-server, killed when dropped (the lines of `tests/cluster.rs` it needs).
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// One inline command on the Redis at `port`; its whole answer (a bulk string's body, or the
+/// status line). [`Monitor::mark`] reads the `ECHO` body back, which `Redis::cmd`'s first line
+/// does not hold.
+fn command_on(port: u16, cmd: &str) -> String {
+    use std::io::{BufRead, Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(format!("{cmd}\r\n").as_bytes()).is_err() {
+        return String::new();
     }
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let port = free_port();
-        let bin =
-            std::env::var("PUSHBOX_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let child = Command::new(&bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {bin} ({e}): the cluster tests need it; run scripts/setup.sh (it runs `apt-get install -y redis-server`)")
-            });
-        let r = Redis {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !r.command("PING").starts_with("+PONG") {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        r
+    let mut r = std::io::BufReader::new(s);
+    let mut line = String::new();
+    if r.read_line(&mut line).is_err() {
+        return String::new();
     }
-
-    /// One inline command; its whole answer (a bulk string's body, or the status line).
-    fn command(&self, cmd: &str) -> String {
-        Redis::command_on(self.port, cmd)
-    }
-
-    fn command_on(port: u16, cmd: &str) -> String {
-        use std::io::{BufRead, Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-            return String::new();
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(format!("{cmd}\r\n").as_bytes()).is_err() {
-            return String::new();
-        }
-        let mut r = std::io::BufReader::new(s);
-        let mut line = String::new();
-        if r.read_line(&mut line).is_err() {
-            return String::new();
-        }
-        let Some(len) = line.strip_prefix('$') else {
-            return line;
-        };
-        let len: usize = len.trim().parse().unwrap_or(0);
-        let mut body = vec![0u8; len];
-        let _ = r.read_exact(&mut body);
-        String::from_utf8_lossy(&body).into_owned()
-    }
+    let Some(len) = line.strip_prefix('$') else {
+        return line;
+    };
+    let len: usize = len.trim().parse().unwrap_or(0);
+    let mut body = vec![0u8; len];
+    let _ = r.read_exact(&mut body);
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// Every command Redis runs, from `MONITOR` (commands run inside scripts included, as `[0 lua]`
@@ -147,7 +98,7 @@ impl Monitor {
     fn mark(&mut self) -> usize {
         self.marks += 1;
         let text = format!("watch-mark-{}", self.marks);
-        let r = Redis::command_on(self.port, &format!("ECHO {text}"));
+        let r = command_on(self.port, &format!("ECHO {text}"));
         assert!(r.contains(&text), "ECHO answered {r:?}");
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -220,19 +171,8 @@ fn is_socket_id(w: &str) -> bool {
 }
 
 /// A `pushbox serve` of the test cluster on `redis`: lease 3 s, heartbeat (and janitor) 1 s.
-fn start_node(redis: &Redis, name: &str) -> (Served, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let port = free_port();
-    let cluster = format!(
-        "[cluster]\nredis_url = \"redis://127.0.0.1:{}\"\nnode_name = \"{name}\"\nlease = \"3s\"\nheartbeat = \"1s\"\n",
-        redis.port
-    );
-    let mut cmd = serve_in(dir.path(), &config_toml(port, &cluster, ""));
-    let log = dir.path().join("stderr.log");
-    // Up means: the event log is open and Redis answered (`/up` is 503 until then).
-    let served =
-        tokio::task::block_in_place(|| Served::start_logged(&mut cmd, port, Ready::Up, log));
-    (served, dir)
+fn start_node(redis: &Redis, name: &str) -> Node {
+    Node::start(redis, name, &NodeConfig::default())
 }
 
 /// A connection signed in as `user` watching `watchlist`, as pusher-js signs in.
@@ -300,8 +240,8 @@ fn ev(name: &str, ids: &[&str]) -> (String, Vec<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_is_online_from_its_first_connection_anywhere_to_its_last() {
     let redis = Redis::start();
-    let (node_a, _da) = start_node(&redis, "a");
-    let (node_b, _db) = start_node(&redis, "b");
+    let node_a = start_node(&redis, "a");
+    let node_b = start_node(&redis, "b");
     let (a, b) = (node_a.addr(), node_b.addr());
     let mut monitor = Monitor::start(&redis);
     let none: Vec<Vec<(String, Vec<String>)>> = Vec::new();
@@ -390,9 +330,9 @@ async fn a_user_is_online_from_its_first_connection_anywhere_to_its_last() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_s_signed_in_users_go_offline_once_within_the_lease() {
     let redis = Redis::start();
-    let (a, _da) = start_node(&redis, "a");
-    let (b, _db) = start_node(&redis, "b");
-    let (mut c, _dc) = start_node(&redis, "c");
+    let a = start_node(&redis, "a");
+    let b = start_node(&redis, "b");
+    let mut c = start_node(&redis, "c");
     let mut watcher = signed_in(a.addr(), "w", &["only-c", "b-and-c"]).await;
     let _ = next_watch(&mut watcher, 5000).await.expect("initial state");
     // only-c: two connections, both on C. b-and-c: one on B, one on C.
@@ -408,8 +348,8 @@ async fn a_killed_node_s_signed_in_users_go_offline_once_within_the_lease() {
     );
 
     let killed = Instant::now();
-    c.child.kill().expect("kill -9 node c");
-    let _ = c.child.wait();
+    c.served.child.kill().expect("kill -9 node c");
+    let _ = c.served.child.wait();
     // Lease 3 s, heartbeat (and janitor) 1 s: well within 6 s.
     let got = watch_frames(&mut watcher, 6000).await;
     assert_eq!(
@@ -430,8 +370,8 @@ async fn a_killed_node_s_signed_in_users_go_offline_once_within_the_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_frozen_past_its_lease_goes_offline_then_puts_its_users_and_watchers_back() {
     let redis = Redis::start();
-    let (a, _da) = start_node(&redis, "a");
-    let (c, _dc) = start_node(&redis, "c");
+    let a = start_node(&redis, "a");
+    let c = start_node(&redis, "c");
     let mut w_a = signed_in(a.addr(), "wa", &["cu"]).await;
     let _ = next_watch(&mut w_a, 5000).await.expect("initial state");
     // au, on A, is watched only from C.
@@ -448,21 +388,12 @@ async fn a_node_frozen_past_its_lease_goes_offline_then_puts_its_users_and_watch
     );
 
     // SIGSTOP: C is alive but says nothing, like a box cut off from Redis.
-    let pid = c.child.id().to_string();
-    let signal = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill {sig} {pid}");
-    };
-    signal("-STOP");
+    c.signal("-STOP");
     let got = watch_frames(&mut w_a, 6000).await;
     // While C is reaped, au goes: nobody counts w_c as a watcher now, so no bus entry says so.
     drop(au);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    signal("-CONT");
+    c.signal("-CONT");
     assert_eq!(got, [vec![ev("offline", &["cu"])]], "cu reaped once");
     // Back: its lease is gone, so it tells Redis again who is signed in there: cu comes back
     // once, and w_c gets its watchlist's state again, au now offline.
