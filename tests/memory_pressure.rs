@@ -1,7 +1,7 @@
 //! Memory pressure under a real cgroup memory limit, as systemd's `MemoryMax=` sets one: the
 //! real `pushbox serve` runs in a child cgroup this test creates (as root) under its own, with
-//! `server.memory_pressure_percent = 80`. Without a limit everything connects; once the limit
-//! is lowered to put the server at ~85 % of it, new WebSocket and fallback connections are
+//! `server.memory_pressure_percent = 50`. Without a limit everything connects; once the limit
+//! is lowered to put the server at ~60 % of it, new WebSocket and fallback connections are
 //! refused with 4100 (the server stays alive, nothing is OOM-killed, connected clients keep
 //! receiving), `/up` and `/metrics` say so, the journal says it once; raising the limit ends it.
 //!
@@ -109,7 +109,12 @@ impl Drop for Cgroup {
 /// `pushbox serve` started inside `cg`: the shell moves itself there, then execs the server
 /// (same pid), so every byte the server allocates is charged to `cg`.
 fn serve_in_cgroup(cg: &Cgroup, work: &Path, port: u16) -> Served {
-    let config = common::config_toml(port, "memory_pressure_percent = 80\n", "");
+    // 50 %, not the default 90: a debug server here charges only ~2.5 MB to a fresh cgroup
+    // (the binary's pages were charged to whoever read them first), and at 85 % of such a limit
+    // the 0.4 MB left was once used up by paging in /up's code before the watch's next
+    // one-second read: the kernel OOM-killed it (seen in dmesg). 40 % of room keeps the test
+    // about the refusal, not about a race with the OOM killer.
+    let config = common::config_toml(port, "memory_pressure_percent = 50\n", "");
     std::fs::write(work.join("pushbox.toml"), config).unwrap();
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
@@ -215,9 +220,9 @@ fn near_its_cgroup_memory_limit_the_box_refuses_new_connections_with_4100_instea
         Some("0")
     );
 
-    // A limit that puts the server at ~85 % of it (the threshold is 80 %).
+    // A limit that puts the server at ~60 % of it (the threshold is 50 %).
     let used = cg.used();
-    let limit = (used * 100 / 85).div_ceil(4096) * 4096;
+    let limit = (used * 100 / 60).div_ceil(4096) * 4096;
     cg.set_limit(limit);
     println!("server uses {used} bytes; limit set to {limit}");
     let up = wait_up(addr, |b| b.contains("memory"));
@@ -288,5 +293,129 @@ fn near_its_cgroup_memory_limit_the_box_refuses_new_connections_with_4100_instea
     });
     assert!(s.log().contains("memory pressure over"), "{}", s.log());
     drop(connected);
+    s.stop();
+}
+
+/// The unified (v2) hierarchy, where this machine has one: its mount point, from mountinfo.
+fn unified_mount() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let point = left.split(' ').nth(4)?;
+        (right.split(' ').next()? == "cgroup2").then(|| PathBuf::from(point))
+    })
+}
+
+/// The cgroup v2 path, as far as this machine lets it be real. Here the memory controller is
+/// bound to the v1 hierarchy (a hybrid host), so no v2 cgroup can carry `memory.max`: the
+/// server runs in a real v2 cgroup (its `/proc/self/cgroup` `0::` line and the real
+/// `mountinfo` are what it locates by), and only the three `memory.*` files are stand-ins,
+/// bind-mounted over that cgroup's directory in the server's own mount namespace. What this
+/// proves: the v2 files are found, read (`max`, `memory.current` less `inactive_file`) and acted
+/// on. What it cannot: the kernel's own v2 accounting (the v1 test above covers a real charge).
+/// On a host whose v2 tree has the memory controller the v1 test already runs on v2 and this one
+/// is not needed; it says SKIPPED.
+#[test]
+fn on_cgroup_v2_the_box_reads_memory_max_and_refuses_with_4100() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIPPED cgroup v2 test: not running as root");
+        return;
+    }
+    let Some(unified) = unified_mount() else {
+        println!("SKIPPED cgroup v2 test: no cgroup2 mount on this machine");
+        return;
+    };
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/");
+    let parent = unified.join(own.trim_start_matches('/'));
+    if parent.join("memory.max").exists() || parent.join("memory.current").exists() {
+        println!("SKIPPED cgroup v2 test: v2 has the memory controller here; the real-limit test covers it");
+        return;
+    }
+    let cgdir = parent.join(format!("pushbox-v2test-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir(&cgdir) {
+        println!("SKIPPED cgroup v2 test: mkdir {}: {e}", cgdir.display());
+        return;
+    }
+    let _cg = Cgroup {
+        dir: cgdir.clone(),
+        files: &V2,
+    };
+
+    // The stand-in files: 40 MiB in use of which 8 MiB inactive file cache, no limit yet.
+    let work = tempfile::tempdir().unwrap();
+    let files = work.path().join("memory");
+    std::fs::create_dir(&files).unwrap();
+    let write = |name: &str, v: &str| std::fs::write(files.join(name), v).unwrap();
+    write("memory.max", "max\n");
+    write("memory.current", &format!("{}\n", 40 << 20));
+    write(
+        "memory.stat",
+        &format!("anon 33554432\ninactive_file {}\n", 8 << 20),
+    );
+
+    // The shell moves itself into the v2 cgroup, then `unshare -m` (same pid) takes a private
+    // mount namespace where the stand-ins cover the cgroup's directory, then execs the server.
+    let port = free_port();
+    let config = common::config_toml(port, "memory_pressure_percent = 80\n", "");
+    std::fs::write(work.path().join("pushbox.toml"), config).unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(
+            "echo $$ > \"$1/cgroup.procs\" && exec unshare -m --propagation private \
+             sh -c 'mount --bind \"$0\" \"$1\" && shift && exec \"$@\"' \"$0\" \"$@\"",
+        )
+        .arg(&files)
+        .arg(&cgdir)
+        .arg(BIN)
+        .args(["serve", "--config"])
+        .arg(work.path().join("pushbox.toml"))
+        .env("PUSHBOX_STATE_DIR", work.path().join("state"))
+        .env("PUSHBOX_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS");
+    let s = Served::start_logged(&mut cmd, port, Ready::Up, work.path().join("serve.log"));
+    let addr = s.addr();
+    let procs = std::fs::read_to_string(cgdir.join("cgroup.procs")).unwrap_or_default();
+    assert!(
+        procs.lines().any(|p| p.trim() == s.child.id().to_string()),
+        "the server runs in the v2 cgroup: {procs}"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { connect(addr).await.expect("connects without a limit") });
+    assert_eq!(get(addr, "/up"), (200, "{\"status\":\"ok\"}".to_owned()));
+
+    // 32 MiB counted (40 less the 8 of cache) against 36 MiB: 88 %, past the 80 % threshold.
+    write("memory.max", &format!("{}\n", 36 << 20));
+    let up = wait_up(addr, |b| b.contains("memory"));
+    assert!(up.contains("memory pressure"), "/up says so: {up}");
+    assert_eq!(
+        metric(addr, "pushbox_memory_cgroup_bytes{kind=\"limit\"}").as_deref(),
+        Some((36u64 << 20).to_string().as_str())
+    );
+    assert_eq!(
+        metric(addr, "pushbox_memory_cgroup_bytes{kind=\"used\"}").as_deref(),
+        Some((32u64 << 20).to_string().as_str()),
+        "inactive_file is not pressure"
+    );
+    rt.block_on(async {
+        assert_eq!(connect(addr).await.err(), Some(Some(4100)), "refused");
+    });
+
+    // `max` again: no limit, no pressure, new clients connect.
+    write("memory.max", "max\n");
+    let up = wait_up(addr, |b| !b.contains("memory"));
+    assert_eq!(up, "{\"status\":\"ok\"}");
+    rt.block_on(async {
+        connect(addr)
+            .await
+            .expect("connects once the limit is gone")
+    });
     s.stop();
 }
