@@ -22,7 +22,7 @@ use common::cluster::{
     NodeConfig,
 };
 use common::webhook::Receiver;
-use common::{api, config_toml, free_port, trigger, Client, Ready, APP_ID, KEY, SECRET};
+use common::{api, config_toml, free_port, Client, Ready, APP_ID, KEY, SECRET};
 
 /// The test app's `webhook_url` for `hooks`.
 fn webhook_url(hooks: &Receiver) -> String {
