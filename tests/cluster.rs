@@ -22,7 +22,7 @@ use common::cluster::{
     NodeConfig,
 };
 use common::webhook::Receiver;
-use common::{api, config_toml, free_port, trigger, Client, Ready, APP_ID, KEY, SECRET};
+use common::{api, config_toml, free_port, Client, Ready, APP_ID, KEY, SECRET};
 
 /// The test app's `webhook_url` for `hooks`.
 fn webhook_url(hooks: &Receiver) -> String {
@@ -1089,52 +1089,4 @@ async fn subscription_count_frames_and_webhooks_count_every_node() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Resume is off in a cluster (README "Resume" and "Several boxes as one"): the node logs one
-/// line saying so, a client with a resume token in its URL still connects and subscribes, and
-/// a reconnect with the same token gets the channel but not the event it missed: no half-on
-/// replay, no resume metrics.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_is_off_in_a_cluster_and_the_log_says_so() {
-    let n = Cluster::start(&["a"], "");
-    let log = n[0].log();
-    let line = "resume is not available in cluster mode yet; [resume] ignored";
-    assert_eq!(log.matches(line).count(), 1, "one line at start:\n{log}");
-
-    let token = "00112233445566778899aabbccddeeff";
-    let placed = |frames: &[Value]| -> Vec<String> {
-        events_named(frames, "placed")
-            .iter()
-            .map(|f| f["data"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    };
-
-    let mut c = Client::connect_token(n[0].addr(), token).await;
-    subscribed(&mut c, "orders").await;
-    let (st, _) = trigger(n[0].addr(), "orders", "placed", "1").await;
-    assert_eq!(st, 200);
-    assert_eq!(
-        placed(&drain(&mut c, 1000).await),
-        ["1"],
-        "live through the bus"
-    );
-    drop(c);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (st, _) = trigger(n[0].addr(), "orders", "placed", "2").await;
-    assert_eq!(st, 200);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let mut again = Client::connect_token(n[0].addr(), token).await;
-    subscribed(&mut again, "orders").await;
-    assert!(
-        placed(&drain(&mut again, 1000).await).is_empty(),
-        "no replay in a cluster"
-    );
-    let (st, metrics) = common::http(n[0].addr(), "GET", "/metrics", b"").await;
-    assert_eq!(st, 200, "{metrics}");
-    assert!(
-        !metrics.contains("pushbox_resume_attempts_total"),
-        "no resume state on a clustered node: {metrics}"
-    );
 }

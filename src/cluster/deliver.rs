@@ -10,6 +10,11 @@
 //!   that were already delivered to the others are replayed to it from a ring of recent
 //!   entries, then it takes the live ones. A gate older than the ring (the node was far
 //!   behind) closes the socket with 4200 so the client subscribes again.
+//! * **Resume.** Every API event gets its bus position (`StreamId::position`, the same on
+//!   every node) and goes into the app's resume rings before its fan-out, and the head moves
+//!   once the fan-out is complete, as a single box does under its index lock. A resumable
+//!   socket gets its missed events up to its gate from those rings, right after its snapshot
+//!   and before the entries after the gate: all of them or none (`resume_failed`).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -20,8 +25,9 @@ use tokio::sync::mpsc;
 use super::bus::{Entry, Kind, StreamId};
 use super::status::Status;
 use super::watchlist::{self, WatchJoin};
-use crate::hub::{App, Outbox};
+use crate::hub::{App, BusEvent, Outbox};
 use crate::protocol::{message, CloseCode, Frame};
+use crate::resume::{self, Plan};
 
 /// Recent entries kept for sockets whose gate the deliverer has already passed. A subscribe
 /// answers in well under a millisecond; 4,096 entries is seconds of a busy bus.
@@ -39,6 +45,8 @@ pub struct Activation {
     pub gate: StreamId,
     /// `subscription_succeeded` (and the cached event of a cache channel).
     pub first: Vec<Frame>,
+    /// A resumable subscribe: what it missed, replayed after `first`.
+    pub resume: Option<Plan>,
 }
 
 pub enum Msg {
@@ -81,6 +89,18 @@ pub struct Deliverer {
     local: BTreeSet<u64>,
     pending: Vec<Activation>,
     watches: Vec<WatchJoin>,
+    /// The last resume position given (positions only go up, see [`Deliverer::position`]).
+    last_pos: u64,
+}
+
+/// What the deliverer does with an entry.
+#[derive(Debug, PartialEq, Eq)]
+enum Fresh {
+    Deliver,
+    /// Delivered here already while Redis was unreachable: only kept for resume, at its bus
+    /// position.
+    Keep,
+    Skip,
 }
 
 impl Deliverer {
@@ -97,7 +117,16 @@ impl Deliverer {
             local: BTreeSet::new(),
             pending: Vec::new(),
             watches: Vec::new(),
+            last_pos: 0,
         }
+    }
+
+    /// The resume position of bus entry `id`: its [`StreamId::position`], raised past the last
+    /// one given in the case that id's sequence saturated.
+    fn position(&mut self, id: StreamId) -> u64 {
+        let pos = id.position().max(self.last_pos + 1);
+        self.last_pos = pos;
+        pos
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
@@ -113,6 +142,10 @@ impl Deliverer {
                     self.cursor = id;
                     // Nothing before the start is in the ring.
                     self.floor = id;
+                    self.last_pos = self.last_pos.max(id.position());
+                }
+                if let Some(r) = self.app.resume() {
+                    r.start(self.last_pos);
                 }
                 self.activate_due();
             }
@@ -147,6 +180,10 @@ impl Deliverer {
                 );
                 self.ring.clear();
                 self.floor = self.cursor;
+                if let Some(r) = self.app.resume() {
+                    // The rings miss those entries too: no replay may reach across the gap.
+                    r.start(self.last_pos);
+                }
             }
             Msg::Local { q, kind } => {
                 if self.seen.get(&self.origin).is_some_and(|s| *s >= q) {
@@ -161,7 +198,8 @@ impl Deliverer {
                     id: self.cursor,
                     kind,
                 };
-                self.fan_out(&e);
+                // No position yet: it is kept for resume when it comes back from the bus.
+                self.fan_out(&e, None);
             }
         }
     }
@@ -171,8 +209,13 @@ impl Deliverer {
             return;
         }
         self.cursor = e.id;
-        if self.fresh(&e.kind) {
-            self.fan_out(&e);
+        let fresh = self.fresh(&e.kind);
+        let pos = self.position(e.id);
+        if let (Fresh::Keep, Some((channels, event))) = (&fresh, bus_event(&e.kind)) {
+            self.app.keep_entry(pos, channels, event);
+        }
+        if fresh == Fresh::Deliver {
+            self.fan_out(&e, Some(pos));
             if self.ring.len() >= RING {
                 if let Some(old) = self.ring.pop_front() {
                     self.floor = old.id;
@@ -184,19 +227,25 @@ impl Deliverer {
     }
 
     /// Whether an entry is delivered at all (see the module doc, dedupe).
-    fn fresh(&mut self, kind: &Kind) -> bool {
+    fn fresh(&mut self, kind: &Kind) -> Fresh {
         let Kind::Event { origin, q, .. } = kind else {
-            return true;
+            return Fresh::Deliver;
         };
         let seen = self.seen.entry(origin.clone()).or_insert(0);
         if *q <= *seen {
-            return false;
+            return Fresh::Skip;
         }
         *seen = *q;
-        !(origin == &self.origin && self.local.remove(q))
+        if origin == &self.origin && self.local.remove(q) {
+            Fresh::Keep
+        } else {
+            Fresh::Deliver
+        }
     }
 
-    fn fan_out(&self, e: &Entry) {
+    /// Delivers an entry to this node's sockets; an API event at `pos` also goes into the
+    /// resume rings (see [`App::publish_entry`]).
+    fn fan_out(&self, e: &Entry, pos: Option<u64>) {
         match &e.kind {
             Kind::Terminate { user } => {
                 self.app.terminate_user(user);
@@ -204,17 +253,9 @@ impl Deliverer {
             Kind::Watch { user, online } => {
                 self.app.watch_event(user, *online);
             }
-            Kind::Event {
-                except,
-                name,
-                data,
-                channels,
-                ..
-            } => {
-                // As on one box: a frame is built only for a channel someone here is on.
-                for c in channels {
-                    let frame = || Frame::from(message::frame(name, Some(c), Some(data), None));
-                    self.app.publish_with(c, frame, except.as_deref());
+            Kind::Event { .. } => {
+                if let Some((channels, event)) = bus_event(&e.kind) {
+                    self.app.publish_entry(pos, channels, event);
                 }
             }
             kind => {
@@ -248,7 +289,7 @@ impl Deliverer {
         }
     }
 
-    fn activate(&self, a: Activation) {
+    fn activate(&self, mut a: Activation) {
         if a.outbox.is_closing() {
             return;
         }
@@ -261,19 +302,77 @@ impl Deliverer {
             );
             return;
         }
-        for f in a.first {
+        for f in std::mem::take(&mut a.first) {
             self.app.deliver_to(&a.outbox, f);
         }
         let sid = a.outbox.socket_id.as_str();
+        // The client's own earlier sockets are skipped too (toOthers across a reconnect).
+        let chain: &[String] = a.resume.as_ref().map_or(&[], |p| p.chain.as_slice());
+        let resumed = a.resume.as_ref().and_then(|plan| self.resume(&a, plan));
+        let mine =
+            |x: Option<&str>| x == Some(sid) || x.is_some_and(|x| chain.iter().any(|c| c == x));
+        let mut caught_up = 0;
         for e in self.ring.iter().filter(|e| e.id > a.gate) {
             for (channel, frame, except) in frames(&e.kind) {
-                if channel == a.channel && except != Some(sid) {
+                if channel == a.channel && !mine(except) {
                     self.app.deliver_to(&a.outbox, frame);
+                    caught_up += 1;
                 }
             }
         }
-        self.app.attach(&a.outbox, &a.channel, a.user_id);
+        self.app.attach(&a.outbox, &a.channel, a.user_id.clone());
+        if let (Some(plan), Some(r)) = (&a.resume, self.app.resume()) {
+            let at = self.last_pos;
+            if let Some(l) = &plan.lineage {
+                // Every event after the gate went out now, ahead of any later proof ping.
+                resume::lineage::lock(l).attached(&a.channel, a.gate.position(), at);
+            }
+            if let (Some(from), Some(outcome)) = (plan.from, resumed) {
+                r.report(sid, &a.channel, plan.how, from, &outcome);
+            }
+        }
+        tracing::trace!(caught_up, "cluster: socket attached");
     }
+
+    /// Resume at the attach: the socket's missed events up to its gate, from this node's
+    /// rings, all or nothing (what came after the gate follows from the deliverer's ring).
+    fn resume(&self, a: &Activation, plan: &Plan) -> Option<resume::Outcome> {
+        let r = self.app.resume()?;
+        let from = plan.from?;
+        // No `interest` needed: a clustered index keeps every channel (see `resume::index`).
+        let missed = {
+            let index = r.index();
+            index.missed_until(
+                &a.channel,
+                from,
+                a.gate.position(),
+                &plan.chain,
+                r.caps(),
+                resume::now_ms(),
+            )
+        };
+        Some(self.app.queue_replay(r, &a.outbox, &a.channel, missed))
+    }
+}
+
+/// An API event's channels and the rest of it, as the hub takes them.
+fn bus_event(kind: &Kind) -> Option<(&[String], BusEvent<'_>)> {
+    let Kind::Event {
+        except,
+        name,
+        data,
+        channels,
+        ..
+    } = kind
+    else {
+        return None;
+    };
+    let event = BusEvent {
+        name,
+        data,
+        except: except.as_deref(),
+    };
+    Some((channels.as_slice(), event))
 }
 
 /// The frames an entry sends: (channel, frame, socket id to skip).
@@ -388,6 +487,7 @@ mod tests {
             user_id: None,
             gate: id(gate),
             first: vec![Frame::from("{\"event\":\"snapshot\"}")],
+            resume: None,
         })
     }
 

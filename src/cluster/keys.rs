@@ -36,6 +36,11 @@ impl Keys {
         format!("{}pu:{channel}", self.base)
     }
 
+    /// Resume: the lineage of token `token` (hex), written by `scripts::LINEAGE_SAVE`.
+    pub fn lineage(&self, token: &str) -> String {
+        format!("{}lin:{token}", self.base)
+    }
+
     /// The node leases (incarnation → expiry, ms of Redis's clock).
     pub fn nodes(&self) -> String {
         format!("{}nodes", self.base)
@@ -53,6 +58,7 @@ mod tests {
         assert_eq!(k.hooks(), "pb:v1:{42}:hooks");
         assert_eq!(k.users("presence-a"), "pb:v1:{42}:pu:presence-a");
         assert_eq!(k.nodes(), "pb:v1:{42}:nodes");
+        assert_eq!(k.lineage("ab12"), "pb:v1:{42}:lin:ab12");
         assert_eq!(k.base(), "pb:v1:{42}:");
     }
 }

@@ -49,6 +49,7 @@ use crate::hub::{
     ChannelInfo, ClusterLink, Hub, HubObserver, LinkError, LinkFuture, Member, Outbox,
 };
 use crate::protocol::{message, ChannelKind, Frame};
+use crate::resume::Plan;
 use crate::spool::Spool;
 
 pub use conn::OpenError;
@@ -369,14 +370,53 @@ impl Cluster {
 }
 
 impl ClusterLink for Cluster {
-    fn subscribe(&self, app_id: &str, outbox: &Arc<Outbox>, channel: &str, member: Option<Member>) {
+    fn subscribe(
+        &self,
+        app_id: &str,
+        outbox: &Arc<Outbox>,
+        channel: &str,
+        member: Option<Member>,
+        resume: Option<Plan>,
+    ) {
         if let Some(link) = self.apps.get(app_id) {
             let _ = link.ops.send(Op::Subscribe {
                 outbox: outbox.clone(),
                 channel: channel.to_owned(),
                 member,
+                resume,
             });
         }
+    }
+
+    fn save_lineage(&self, app_id: &str, token: &str, owner: &str, lineage: String, ttl: Duration) {
+        if let Some(link) = self.apps.get(app_id) {
+            let _ = link.ops.send(Op::SaveLineage {
+                token: token.to_owned(),
+                owner: owner.to_owned(),
+                lineage,
+                ttl_ms: ttl.as_millis().max(1) as u64,
+            });
+        }
+    }
+
+    fn claim_lineage<'a>(
+        &'a self,
+        app_id: &'a str,
+        token: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> LinkFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let ttl = ttl.as_millis().max(1).to_string();
+            let v = self
+                .script(
+                    app_id,
+                    &scripts::LINEAGE_CLAIM_SCRIPT,
+                    &[token, owner, &ttl],
+                )
+                .await?;
+            Ok(text(&v))
+        })
     }
 
     fn unsubscribe(&self, app_id: &str, outbox: &Outbox, channel: &str) {

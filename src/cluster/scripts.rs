@@ -372,3 +372,35 @@ return 0
 
 pub static SIGNIN_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(SIGNIN));
 pub static SIGNOUT_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(SIGNOUT));
+
+// ---------------------------------------------------------------------------------------------
+// Resume: a token's lineage (`resume::remote`), a hash under `lin:{token}` with `o`, the socket
+// id of the connection that holds it, and `l`, the lineage. Only its holder writes it; a
+// connection that reconnects elsewhere claims it first, so the old connection's last write
+// (its node noticed the end late) cannot undo what the new one inherited.
+// ---------------------------------------------------------------------------------------------
+
+/// LINEAGE_SAVE. ARGV: token, owner, lineage, ttl ms. Returns 1, or 0 when another
+/// connection holds the token now.
+const LINEAGE_SAVE: &str = r#"
+local k = P .. 'lin:' .. ARGV[1]
+local o = redis.call('HGET', k, 'o')
+if o and o ~= ARGV[2] then return 0 end
+redis.call('HSET', k, 'o', ARGV[2], 'l', ARGV[3])
+redis.call('PEXPIRE', k, ARGV[4])
+return 1
+"#;
+
+/// LINEAGE_CLAIM. ARGV: token, owner, ttl ms. The lineage, now held by `owner`; nil when
+/// there is none (nothing is created: the owner's first save does that).
+const LINEAGE_CLAIM: &str = r#"
+local k = P .. 'lin:' .. ARGV[1]
+local l = redis.call('HGET', k, 'l')
+if not l then return false end
+redis.call('HSET', k, 'o', ARGV[2])
+redis.call('PEXPIRE', k, ARGV[3])
+return l
+"#;
+
+pub static LINEAGE_SAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(LINEAGE_SAVE));
+pub static LINEAGE_CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(LINEAGE_CLAIM));

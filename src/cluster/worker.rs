@@ -18,7 +18,10 @@ use super::bus::StreamId;
 use super::conn::{items, pairs, text, Pool};
 use super::deliver::{Activation, Msg};
 use super::keys::Keys;
-use super::scripts::{MAXLEN, SIGNIN_SCRIPT, SIGNOUT_SCRIPT, SUBSCRIBE_SCRIPT, UNSUBSCRIBE_SCRIPT};
+use super::scripts::{
+    LINEAGE_SAVE_SCRIPT, MAXLEN, SIGNIN_SCRIPT, SIGNOUT_SCRIPT, SUBSCRIBE_SCRIPT,
+    UNSUBSCRIBE_SCRIPT,
+};
 use super::status::Status;
 use super::watchlist::{self, WatchJoin};
 
@@ -27,12 +30,15 @@ const BATCH_OPS: usize = 64;
 use crate::config::AppConfig;
 use crate::hub::{HubEvent, HubObserver, Member, Outbox};
 use crate::protocol::{message, presence, ChannelKind, Frame};
+use crate::resume::Plan;
 
 pub enum Op {
     Subscribe {
         outbox: Arc<Outbox>,
         channel: String,
         member: Option<Member>,
+        /// A resumable subscribe: the deliverer replays what it missed at the attach.
+        resume: Option<Plan>,
     },
     Unsubscribe {
         conn_id: u64,
@@ -56,6 +62,13 @@ pub enum Op {
         socket_id: String,
         watchlist: Vec<String>,
     },
+    /// Resume: a token's lineage (`resume::remote`), in order with this node's other writes.
+    SaveLineage {
+        token: String,
+        owner: String,
+        lineage: String,
+        ttl_ms: u64,
+    },
     /// Compare what Redis says this node holds with what it holds, and put Redis right
     /// through the normal scripts (after Redis was lost: a lease that expired, data Redis
     /// lost, a script whose effect was in the last second before a crash).
@@ -70,6 +83,7 @@ impl Op {
             Op::Unsubscribe { .. } => Some(&UNSUBSCRIBE_SCRIPT),
             Op::Signin { .. } => Some(&SIGNIN_SCRIPT),
             Op::Signout { .. } => Some(&SIGNOUT_SCRIPT),
+            Op::SaveLineage { .. } => Some(&LINEAGE_SAVE_SCRIPT),
             Op::ClientEvent { .. } | Op::Reconcile => None,
         }
     }
@@ -95,6 +109,9 @@ struct Signed {
     user: String,
     watchlist: Vec<String>,
 }
+
+/// A subscribe Redis answered: the socket, its channel, member and resume plan.
+type Join = (Arc<Outbox>, String, Option<Member>, Option<Plan>);
 
 /// What a subscribe script answered.
 enum Joined {
@@ -212,6 +229,7 @@ impl Worker {
                 outbox,
                 channel,
                 member,
+                ..
             } => {
                 let args = self.join_args(outbox.socket_id.as_str(), channel, member.as_ref());
                 let mut inv = SUBSCRIBE_SCRIPT.key(self.keys.base());
@@ -247,6 +265,16 @@ impl Worker {
                 inv.arg(&self.node).arg(socket_id);
                 pipe.invoke_script(&inv);
             }
+            Op::SaveLineage {
+                token,
+                owner,
+                lineage,
+                ttl_ms,
+            } => {
+                let mut inv = LINEAGE_SAVE_SCRIPT.key(self.keys.base());
+                inv.arg(token).arg(owner).arg(lineage).arg(ttl_ms);
+                pipe.invoke_script(&inv);
+            }
             Op::Reconcile => {}
         }
     }
@@ -273,10 +301,16 @@ impl Worker {
                 outbox,
                 channel,
                 member,
+                resume,
             } => {
                 let joined = parse_joined(v);
-                self.joined(outbox.clone(), channel.clone(), member.clone(), joined)
-                    .await;
+                let join = (
+                    outbox.clone(),
+                    channel.clone(),
+                    member.clone(),
+                    resume.clone(),
+                );
+                self.joined(join, joined).await;
             }
             Op::Unsubscribe {
                 conn_id,
@@ -321,7 +355,7 @@ impl Worker {
                     })
                     .await;
             }
-            Op::ClientEvent { .. } | Op::Reconcile => {}
+            Op::ClientEvent { .. } | Op::SaveLineage { .. } | Op::Reconcile => {}
         }
     }
 
@@ -401,13 +435,8 @@ impl Worker {
 
     /// A subscribe Redis answered: the socket's snapshot goes to the deliverer, or the refusal
     /// to the socket.
-    async fn joined(
-        &mut self,
-        outbox: Arc<Outbox>,
-        channel: String,
-        member: Option<Member>,
-        joined: Joined,
-    ) {
+    async fn joined(&mut self, join: Join, joined: Joined) {
+        let (outbox, channel, member, resume) = join;
         let sid = outbox.socket_id.as_str().to_owned();
         let (gate, members, cache) = match joined {
             Joined::Full => {
@@ -418,6 +447,9 @@ impl Worker {
                     &format!("Presence channel is full: {max} members (max_presence_members)"),
                     400,
                 )));
+                if let Some(plan) = &resume {
+                    crate::resume::lineage::unclaim(plan, &channel);
+                }
                 return;
             }
             Joined::Ok {
@@ -467,6 +499,7 @@ impl Worker {
                 user_id: member.map(|m| m.user_id),
                 gate,
                 first,
+                resume,
             }))
             .await;
     }

@@ -34,7 +34,7 @@ pub use sections::{
     AppConfig, ClusterConfig, ConsoleConfig, Durability, MetricsConfig, ResumeConfig, ServerConfig,
     SpoolConfig, TlsConfig, WebhookTarget, WebhooksConfig, WEBHOOK_KINDS,
 };
-pub use validate::{redact, AGE_MAX, COALESCE_MAX, RESUME_IN_CLUSTER, TIMER_MAX};
+pub use validate::{redact, AGE_MAX, COALESCE_MAX, TIMER_MAX};
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -130,7 +130,6 @@ impl Config {
         app.webhook_url = env::webhook_url(env);
         config.apps = vec![app];
         validate::validate(&config)?;
-        validate::settle(&mut config);
         Ok(config)
     }
 
@@ -176,7 +175,6 @@ pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
         return Err(ConfigError::NoApps { path });
     }
     validate::validate(&config)?;
-    validate::settle(&mut config);
     Ok(config)
 }
 

@@ -643,25 +643,22 @@ fn memory_pressure_and_open_files_reserve_from_file_with_bounds() {
 }
 
 #[test]
-fn resume_is_switched_off_in_a_cluster_and_left_alone_on_one_box() {
+fn resume_stays_on_in_a_cluster_as_on_one_box() {
     let dir = tmpdir("resume-cluster");
     let app = "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
     let one_box = load(Some(&write(dir.path(), app)), &env(&[])).unwrap();
-    assert!(one_box.resume.enabled, "one box: resume stays on");
+    assert!(one_box.resume.enabled, "one box: resume on by default");
     let clustered = format!("[cluster]\nredis_url = \"redis://127.0.0.1:6379\"\n{app}");
     let c = load(Some(&write(dir.path(), &clustered)), &env(&[])).unwrap();
     assert!(c.cluster.enabled());
-    assert!(!c.resume.enabled, "a cluster ignores [resume]");
-    let by_env = load(
-        Some(&write(dir.path(), app)),
-        &env(&[
-            ("PUSHBOX_REDIS_URL", "redis://127.0.0.1:6379"),
-            ("PUSHBOX_RESUME_ENABLED", "true"),
-        ]),
-    )
-    .unwrap();
     assert!(
-        !by_env.resume.enabled,
-        "PUSHBOX_REDIS_URL also switches it off"
+        c.resume.enabled,
+        "a cluster resumes too (positions from the bus)"
+    );
+    let off = format!("{clustered}[resume]\nenabled = false\n");
+    let off = load(Some(&write(dir.path(), &off)), &env(&[])).unwrap();
+    assert!(
+        !off.resume.enabled,
+        "and [resume] enabled = false is still honoured"
     );
 }

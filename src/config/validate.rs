@@ -43,23 +43,6 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The message logged when `[cluster]` switches resume off (README "Resume", "Cluster").
-pub const RESUME_IN_CLUSTER: &str = "resume is not available in cluster mode yet; [resume] ignored";
-
-/// Settings that exclude each other, settled after validation with one log line each.
-///
-/// Resume is switched off in a cluster: a clustered node's positions would have to be assigned
-/// where the bus is delivered and its replay sent where the cluster attaches a socket (after
-/// the snapshot, not under the hub's subscribe), and its restart state is rebuilt from the local
-/// event log, which holds only this node's publishes, not the bus. Half of that would replay
-/// some events and silently skip others, so it is off until it is done whole.
-pub fn settle(config: &mut Config) {
-    if config.cluster.enabled() && config.resume.enabled {
-        tracing::warn!("{RESUME_IN_CLUSTER}");
-        config.resume.enabled = false;
-    }
-}
-
 /// A duration setting and the range it must be in: (key, value, unit, min, max).
 type Range = (&'static str, Duration, Unit, Duration, Duration);
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use super::{ChannelInfo, Member, Outbox};
 use crate::protocol::Frame;
+use crate::resume::Plan;
 
 /// A cluster read or write that could not be done (Redis unreachable, a script failed): the
 /// message says what to check.
@@ -38,8 +39,16 @@ pub type LinkFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LinkError>> +
 /// synchronous methods from a connection's task, and they only queue work.
 pub trait ClusterLink: Send + Sync {
     /// `outbox` joins `channel` of app `app_id` (as `member` on a presence channel). The link
-    /// sends `subscription_succeeded` (or the error) later and attaches the outbox to the hub.
-    fn subscribe(&self, app_id: &str, outbox: &Arc<Outbox>, channel: &str, member: Option<Member>);
+    /// sends `subscription_succeeded` (or the error) later and attaches the outbox to the hub;
+    /// a resumable subscribe (`resume`) gets its missed events right after the answer.
+    fn subscribe(
+        &self,
+        app_id: &str,
+        outbox: &Arc<Outbox>,
+        channel: &str,
+        member: Option<Member>,
+        resume: Option<Plan>,
+    );
     /// `outbox` left `channel` (the hub has already detached it).
     fn unsubscribe(&self, app_id: &str, outbox: &Outbox, channel: &str);
     /// `outbox` signed in as `user_id` watching `watchlist` (apps with `watchlist` on). The
@@ -71,6 +80,19 @@ pub trait ClusterLink: Send + Sync {
         app_id: &'a str,
         name: &'a str,
     ) -> LinkFuture<'a, Option<(Frame, Duration)>>;
+    /// Resume: writes the lineage of token `token` (hex) held by connection `owner`, kept for
+    /// `ttl`, unless another connection claimed the token since. In order with this node's
+    /// other writes; never blocks.
+    fn save_lineage(&self, app_id: &str, token: &str, owner: &str, lineage: String, ttl: Duration);
+    /// Resume: makes connection `owner` the holder of token `token`'s lineage and returns it,
+    /// if the cluster keeps one.
+    fn claim_lineage<'a>(
+        &'a self,
+        app_id: &'a str,
+        token: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> LinkFuture<'a, Option<String>>;
     /// `Err(reason)` while this node cannot serve as part of the cluster (Redis lost, too far
     /// behind the bus), for `/up`.
     fn health(&self) -> Result<(), String>;

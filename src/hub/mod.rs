@@ -145,6 +145,26 @@ pub struct Subscribed {
     pub resumed: Option<resume::Outcome>,
 }
 
+/// An API event as the cluster's bus carries it (one frame per channel is built from it).
+#[derive(Clone, Copy, Debug)]
+pub struct BusEvent<'a> {
+    pub name: &'a str,
+    pub data: &'a str,
+    /// The socket id the publisher excluded (`toOthers`).
+    pub except: Option<&'a str>,
+}
+
+impl BusEvent<'_> {
+    fn frame(&self, channel: &str) -> Frame {
+        Frame::from(message::frame(
+            self.name,
+            Some(channel),
+            Some(self.data),
+            None,
+        ))
+    }
+}
+
 /// Occupancy of a channel, for the HTTP API.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChannelInfo {
@@ -182,7 +202,7 @@ impl App {
         self.cluster.as_ref()
     }
 
-    /// The app's resume state, when `[resume]` is enabled (never in a cluster).
+    /// The app's resume state, when `[resume]` is enabled.
     pub fn resume(&self) -> Option<&Arc<AppResume>> {
         self.resume.as_ref()
     }
@@ -265,10 +285,15 @@ impl App {
         plan: Option<&resume::Plan>,
     ) -> Result<Subscribed, SubscribeError> {
         if let Some(link) = &self.cluster {
-            // The cluster sends subscription_succeeded once its scripts decided, and attaches
-            // the socket; a clustered app has no resume state, so there is no plan to honour.
-            link.subscribe(&self.config.id, outbox, channel, member);
-            return Ok(Subscribed::default());
+            // The cluster sends subscription_succeeded once its scripts decided, attaches the
+            // socket and replays what a resumable one missed (`cluster::deliver`); the head
+            // now is where its mark starts until the attach says exactly.
+            let resume = plan.filter(|_| self.resume.is_some()).cloned();
+            link.subscribe(&self.config.id, outbox, channel, member, resume);
+            return Ok(Subscribed {
+                head: self.resume.as_ref().map_or(0, |r| r.head()),
+                resumed: None,
+            });
         }
         let kind = ChannelKind::of(channel);
         let mut events = Vec::new();
@@ -388,7 +413,7 @@ impl App {
 
     /// Queues a replay, all or nothing: one that would overflow the queue (4100) is not sent,
     /// and a failure sends the failure event when configured.
-    fn queue_replay(
+    pub fn queue_replay(
         &self,
         r: &AppResume,
         outbox: &Arc<Outbox>,
@@ -433,7 +458,9 @@ impl App {
         subscribed_at: u64,
         plan: &resume::Plan,
     ) -> Option<resume::Outcome> {
-        let r = self.resume.as_ref()?;
+        // Clustered, the socket may not be attached yet (its gate is the deliverer's): a
+        // signin after the subscribe does not replay there (README "Resume", cluster).
+        let r = self.resume.as_ref().filter(|_| self.cluster.is_none())?;
         let mut index = r.index();
         index.interest(channel);
         let from = plan.from?;
@@ -594,7 +621,12 @@ impl App {
                 .caches
                 .insert(channel, Frame::clone(&frame), Instant::now());
         }
-        if let Some(r) = self.resume.as_ref().filter(|_| !cache) {
+        // Clustered, positions come from the bus (`publish_entry`).
+        if let Some(r) = self
+            .resume
+            .as_ref()
+            .filter(|_| !cache && self.cluster.is_none())
+        {
             return self.publish_positioned(r, channel, frame, except);
         }
         let st = self.read();
@@ -642,6 +674,59 @@ impl App {
         });
         r.published(pos);
         (n, Some(pos))
+    }
+
+    /// Cluster: delivers the API event of one bus entry, at resume position `pos`, on each of
+    /// `channels`. With resume on, it goes into the rings and to the sockets under the index's
+    /// lock, and the head moves to `pos` only once every channel's fan-out is complete: a
+    /// proof ping queued after that has all of them ahead of it. `pos` is `None` for an event
+    /// delivered before it reached the bus (it is kept at its position when it comes back,
+    /// [`keep_entry`](Self::keep_entry)).
+    pub fn publish_entry(&self, pos: Option<u64>, channels: &[String], event: BusEvent<'_>) {
+        let Some(pos) = pos.filter(|_| self.resume.is_some()) else {
+            // As on one box: a frame is built only for a channel someone here is on.
+            for c in channels {
+                self.publish_with(c, || event.frame(c), event.except);
+            }
+            return;
+        };
+        for c in channels.iter().filter(|c| ChannelKind::of(c).is_cache()) {
+            self.publish_with(c, || event.frame(c), event.except);
+        }
+        self.record_entry(pos, channels, event, true);
+    }
+
+    /// Cluster: keeps an API event that came back from the bus at `pos` after this node had
+    /// delivered it on its own (Redis was unreachable), without delivering it again.
+    pub fn keep_entry(&self, pos: u64, channels: &[String], event: BusEvent<'_>) {
+        self.record_entry(pos, channels, event, false);
+    }
+
+    fn record_entry(&self, pos: u64, channels: &[String], event: BusEvent<'_>, fan_out: bool) {
+        let Some(r) = &self.resume else { return };
+        let st = self.read();
+        let mut index = r.index();
+        let at_ms = resume::now_ms();
+        for c in channels.iter().filter(|c| !ChannelKind::of(c).is_cache()) {
+            let frame = event.frame(c);
+            let entry = resume::Entry {
+                pos,
+                at_ms,
+                except: event.except.map(Into::into),
+                frame: frame.clone(),
+            };
+            index.record(c, entry, r.caps());
+            if let Some(ch) = st.channels.get(c.as_str()).filter(|_| fan_out) {
+                let to = ch
+                    .subscribers
+                    .values()
+                    .map(|s| &s.outbox)
+                    .filter(|o| event.except.is_none_or(|e| e != o.socket_id.as_str()));
+                self.send_to(to, &frame);
+            }
+        }
+        index.advance(pos);
+        r.published(index.head());
     }
 
     /// Relays a client event to every other subscriber of `channel`.
@@ -967,22 +1052,22 @@ impl Hub {
     }
 
     /// The hub of a box: clustered when `link` is given, resumable when `resume` is given and
-    /// enabled, never both. Positions are per node and a clustered socket is attached by the
-    /// cluster, not under the hub's subscribe gate, so resume is not offered in a cluster yet
-    /// (`config::validate::settle` switches it off with a log line; this is the second lock).
+    /// enabled. Clustered, resume positions are the bus's (`cluster::deliver` assigns them)
+    /// and every channel's events are kept (`resume::index`).
     pub fn build(
         apps: Vec<AppConfig>,
         observer: Arc<dyn HubObserver>,
         link: Option<Arc<dyn ClusterLink>>,
         resume: Option<&ResumeConfig>,
     ) -> Hub {
-        let resume = resume.filter(|r| r.enabled && link.is_none());
+        let resume = resume.filter(|r| r.enabled);
+        let clustered = link.is_some();
         let apps: Vec<Arc<App>> = apps
             .into_iter()
             .map(|a| {
                 let max = a.max_connections;
                 let mut app = App::with_link(a, observer.clone(), link.clone());
-                app.resume = resume.map(|r| Arc::new(AppResume::new(r, max)));
+                app.resume = resume.map(|r| Arc::new(AppResume::new(r, max, clustered)));
                 Arc::new(app)
             })
             .collect();

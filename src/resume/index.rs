@@ -9,6 +9,13 @@
 //! A ring is bounded by the window, `max_events` and `max_bytes`; everything a replay within
 //! those caps needs is in it by construction, so a replay never waits for the disk. The event
 //! log on disk is read only at start-up, to rebuild the rings after a graceful restart.
+//!
+//! In a cluster ([`Index::clustered`]) positions come from the bus (`StreamId::position`) and
+//! the cluster's deliverer records every event of every channel: the client that comes back
+//! here may have been subscribed on another node, so this node cannot know in advance which
+//! channels someone may come back for. Each node's rings then hold every event since the node
+//! started delivering ([`Index::start`], the `cover`), in bus order, bounded per channel by the
+//! same window and caps.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -40,6 +47,8 @@ struct Ring {
     /// from below the floor fails with it, so an operator reading the metric raises the
     /// setting that matters (`window`, `max_events`, `max_bytes`).
     lost: Failure,
+    /// Unix ms of the last event recorded (clustered: how long the floor must be remembered).
+    last_ms: u64,
 }
 
 impl Ring {
@@ -52,6 +61,7 @@ impl Ring {
             keep_until_ms: 0,
             // Nothing before the ring began was kept: as good as expired.
             lost: Failure::Expired,
+            last_ms: 0,
         }
     }
 }
@@ -109,12 +119,45 @@ pub struct Index {
     head: u64,
     rings: HashMap<String, Ring>,
     last_sweep_ms: u64,
+    /// Clustered: every channel's events are recorded, from `cover` on.
+    clustered: bool,
+    /// Clustered: every event after this position reached this node's rings (a channel
+    /// without a ring had none since).
+    cover: u64,
 }
 
 /// How often rings are swept of expired events and channels nobody may come back for.
 const SWEEP_EVERY_MS: u64 = 1000;
 
 impl Index {
+    /// The index of a clustered node (see the module doc).
+    pub fn clustered() -> Index {
+        Index {
+            clustered: true,
+            ..Index::default()
+        }
+    }
+
+    /// Clustered: the deliverer starts (or restarts after a gap) at bus position `pos`: what
+    /// came before it was not recorded here, so no ring may claim to hold it.
+    pub fn start(&mut self, pos: u64) {
+        self.cover = self.cover.max(pos);
+        self.head = self.head.max(pos);
+        for ring in self.rings.values_mut() {
+            if ring.floor < pos {
+                ring.entries.retain(|e| e.pos > pos);
+                ring.bytes = ring.entries.iter().map(|e| e.frame.len()).sum();
+                ring.floor = pos;
+                ring.lost = Failure::Expired;
+            }
+        }
+    }
+
+    /// Clustered: the deliverer fanned out everything up to bus position `pos`.
+    pub fn advance(&mut self, pos: u64) {
+        self.head = self.head.max(pos);
+    }
+
     pub fn head(&self) -> u64 {
         self.head
     }
@@ -132,13 +175,18 @@ impl Index {
 
     /// Whether events of `channel` are being kept.
     pub fn wants(&self, channel: &str) -> bool {
-        self.rings.contains_key(channel)
+        self.clustered || self.rings.contains_key(channel)
     }
 
-    /// Keeps `frame` for `channel` if it has a ring, evicting what the caps no longer allow.
+    /// Keeps `frame` for `channel` if it has a ring (clustered: always), evicting what the
+    /// caps no longer allow.
     pub fn record(&mut self, channel: &str, entry: Entry, caps: &Caps) {
         let now = entry.at_ms;
+        if self.clustered && !self.rings.contains_key(channel) {
+            self.rings.insert(channel.to_owned(), Ring::new(self.cover));
+        }
         if let Some(ring) = self.rings.get_mut(channel) {
+            ring.last_ms = now;
             ring.bytes += entry.frame.len();
             ring.entries.push_back(entry);
             evict(ring, caps, now);
@@ -150,7 +198,12 @@ impl Index {
 
     /// A resumable connection subscribed to `channel`: keep its events from now on.
     pub fn interest(&mut self, channel: &str) {
-        let head = self.head;
+        // Clustered, every event since `cover` is recorded: a channel without a ring had none.
+        let head = if self.clustered {
+            self.cover
+        } else {
+            self.head
+        };
         let ring = self
             .rings
             .entry(channel.to_owned())
@@ -195,10 +248,31 @@ impl Index {
         caps: &Caps,
         now_ms: u64,
     ) -> Result<Vec<Frame>, Failure> {
-        if from >= self.head {
+        self.missed_until(channel, from, u64::MAX, chain, caps, now_ms)
+    }
+
+    /// [`missed`](Self::missed) up to position `until` (clustered: a joining socket's gate;
+    /// what came after it reaches the socket with the cluster's own catch-up).
+    pub fn missed_until(
+        &self,
+        channel: &str,
+        from: u64,
+        until: u64,
+        chain: &[String],
+        caps: &Caps,
+        now_ms: u64,
+    ) -> Result<Vec<Frame>, Failure> {
+        if from >= self.head || from >= until {
             return Ok(Vec::new());
         }
-        let ring = self.rings.get(channel).ok_or(Failure::Expired)?;
+        let Some(ring) = self.rings.get(channel) else {
+            // Clustered, no ring means no event since `cover`.
+            return if self.clustered && from >= self.cover {
+                Ok(Vec::new())
+            } else {
+                Err(Failure::Expired)
+            };
+        };
         if from < ring.floor {
             return Err(ring.lost);
         }
@@ -206,7 +280,7 @@ impl Index {
         let mut out = Vec::new();
         let mut bytes = 0u64;
         let start = ring.entries.partition_point(|e| e.pos <= from);
-        for e in ring.entries.range(start..) {
+        for e in ring.entries.range(start..).take_while(|e| e.pos <= until) {
             if e.at_ms + window < now_ms {
                 return Err(Failure::Expired);
             }
@@ -237,11 +311,18 @@ impl Index {
     }
 
     /// Drops events past the window and rings nobody subscribes to or may come back for.
+    /// Clustered, a ring is also kept three windows after its last event: its floor says that
+    /// events were lost, and a lineage (kept two windows after its connection ended, which was
+    /// at most a window after an event it did not prove) may still ask from below it.
     pub fn sweep(&mut self, caps: &Caps, now_ms: u64) {
         self.last_sweep_ms = now_ms;
+        let three = 3 * caps.window.as_millis() as u64;
+        let clustered = self.clustered;
         self.rings.retain(|_, ring| {
             evict(ring, caps, now_ms);
-            ring.subs > 0 || ring.keep_until_ms > now_ms
+            ring.subs > 0
+                || ring.keep_until_ms > now_ms
+                || (clustered && (!ring.entries.is_empty() || ring.last_ms + three > now_ms))
         });
     }
 
@@ -407,6 +488,48 @@ mod tests {
             Err(Failure::Expired),
             "aged out of the window"
         );
+    }
+
+    #[test]
+    fn clustered_every_channel_is_kept_from_the_start_on_and_replay_stops_at_the_gate() {
+        let mut ix = Index::clustered();
+        ix.start(10);
+        let rec = |ix: &mut Index, ch: &str, pos: u64| {
+            ix.record(ch, entry(pos, 1000, None), &caps());
+            ix.advance(pos);
+        };
+        rec(&mut ix, "a", 11);
+        rec(&mut ix, "b", 12);
+        rec(&mut ix, "a", 13);
+        assert_eq!(
+            names(ix.missed("a", 10, &[], &caps(), 1001).unwrap()),
+            ["e11", "e13"]
+        );
+        assert_eq!(
+            names(ix.missed_until("a", 10, 12, &[], &caps(), 1001).unwrap()),
+            ["e11"],
+            "up to the gate only"
+        );
+        assert_eq!(ix.missed("quiet", 10, &[], &caps(), 1001), Ok(vec![]));
+        assert_eq!(
+            ix.missed("quiet", 9, &[], &caps(), 1001),
+            Err(Failure::Expired),
+            "before this node started: all or nothing"
+        );
+        assert_eq!(ix.missed("a", 5, &[], &caps(), 1001), Err(Failure::Expired));
+        // A gap: nothing before it is trusted any more.
+        ix.start(20);
+        assert_eq!(
+            ix.missed("a", 12, &[], &caps(), 1001),
+            Err(Failure::Expired)
+        );
+        ix.sweep(&caps(), 1002);
+        assert!(
+            ix.wants("a") && ix.rings.contains_key("a"),
+            "floor remembered"
+        );
+        ix.sweep(&caps(), 1000 + 3 * 120_000 + 1);
+        assert!(!ix.rings.contains_key("a"));
     }
 
     #[test]

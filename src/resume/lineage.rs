@@ -29,6 +29,11 @@ pub struct Mark {
     /// connection's own proofs say nothing about it).
     #[serde(default)]
     pub inherited: bool,
+    /// Clustered: the position the deliverer was at when it attached the socket (and sent it
+    /// the events after `from`); only a proof of a ping queued after that, one carrying a
+    /// later head, says anything about this channel.
+    #[serde(default)]
+    pub since: u64,
 }
 
 /// One connection's resume state (see the module doc).
@@ -67,10 +72,31 @@ impl Lineage {
     /// Where channel `m`'s missed events start: after what the connection subscribed at, or
     /// what it is proven to have received, whichever is later.
     pub fn watermark(&self, m: &Mark) -> u64 {
-        if m.inherited {
+        if m.inherited || self.proven <= m.since {
             m.from
         } else {
             m.from.max(self.proven)
+        }
+    }
+
+    /// Clustered: the deliverer attached this connection to `channel` with every event after
+    /// `gate` sent to it, at position `at`.
+    pub fn attached(&mut self, channel: &str, gate: u64, at: u64) {
+        match self
+            .channels
+            .iter_mut()
+            .find(|m| m.channel == channel && !m.inherited)
+        {
+            Some(m) => {
+                m.from = gate;
+                m.since = at;
+            }
+            None => self.channels.push(Mark {
+                channel: channel.to_owned(),
+                from: gate,
+                inherited: false,
+                since: at,
+            }),
         }
     }
 
@@ -83,6 +109,7 @@ impl Lineage {
                 channel: m.channel.clone(),
                 from: self.watermark(m),
                 inherited: true,
+                since: 0,
             })
             .collect();
         (marks, self.socket_ids.clone())
@@ -110,6 +137,23 @@ pub fn cap_chain(ids: &mut Vec<String>) {
 
 /// A lineage shared by its connection and the store.
 pub type Shared = Arc<Mutex<Lineage>>;
+
+/// A subscribe whose missed events were claimed was refused (a full presence channel): they
+/// stay the connection's to claim on a later subscribe.
+pub fn unclaim(plan: &super::Plan, channel: &str) {
+    let (Some(l), Some(from)) = (&plan.lineage, plan.from) else {
+        return;
+    };
+    let mut l = lock(l);
+    if !l.channels.iter().any(|m| m.channel == channel) {
+        l.channels.push(Mark {
+            channel: channel.to_owned(),
+            from,
+            inherited: true,
+            since: 0,
+        });
+    }
+}
 
 pub fn lock(l: &Shared) -> MutexGuard<'_, Lineage> {
     l.lock().unwrap_or_else(|e| e.into_inner())
@@ -307,6 +351,20 @@ impl Store {
         out
     }
 
+    /// Clustered: the token's lineage as Redis had it, claimed at connect. The local one is
+    /// kept when it is the same connection's (same newest socket id: this node saw it last
+    /// and holds its freshest proof); otherwise the client was elsewhere since, and Redis's
+    /// copy replaces it.
+    pub fn adopt(&mut self, l: Lineage) {
+        let Some(t) = l.token else { return };
+        if let Some(local) = self.by_token.get(&t) {
+            if lock(local).socket_ids.last() == l.socket_ids.last() {
+                return;
+            }
+        }
+        self.by_token.insert(t, Arc::new(Mutex::new(l)));
+    }
+
     /// A lineage read back from the state file.
     pub fn load(&mut self, l: Lineage) {
         let shared = Arc::new(Mutex::new(l));
@@ -371,6 +429,7 @@ mod tests {
                     channel: c.to_string(),
                     from: *from,
                     inherited: false,
+                    since: 0,
                 })
                 .collect(),
             ..Lineage::default()
@@ -476,10 +535,20 @@ mod tests {
             channel: "c".into(),
             from,
             inherited,
+            since: 0,
         };
         assert_eq!(l.watermark(&m(4, false)), 10);
         assert_eq!(l.watermark(&m(12, false)), 12);
         assert_eq!(l.watermark(&m(4, true)), 4);
+        let attached_late = Mark {
+            since: 10,
+            ..m(4, false)
+        };
+        assert_eq!(
+            l.watermark(&attached_late),
+            4,
+            "a ping queued before the attach proves nothing of it"
+        );
     }
 
     #[test]
@@ -502,7 +571,8 @@ mod tests {
                 vec![Mark {
                     channel: "c".into(),
                     from: 5,
-                    inherited: true
+                    inherited: true,
+                    since: 0,
                 }]
             );
             assert_eq!(n.socket_ids, vec!["7.5".to_string(), "9.9".to_string()]);

@@ -7,7 +7,8 @@
 //! - `index`: positions and the per-channel rings of recent events;
 //! - `lineage`: what an ended connection leaves, and who may claim it;
 //! - `proof`: the ping/pong proof of delivery;
-//! - `persist`: the state file a graceful restart leaves for the next start.
+//! - `persist`: the state file a graceful restart leaves for the next start;
+//! - `remote`: a clustered node's lineages in Redis, so a token resumes on another node.
 //!
 //! Nothing here exists for an app with `[resume] enabled = false`, and nothing is allocated
 //! for a connection that carries neither a token nor a signed user.
@@ -16,6 +17,7 @@ pub mod index;
 pub mod lineage;
 pub mod persist;
 pub mod proof;
+pub mod remote;
 pub mod token;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,6 +88,11 @@ pub struct Plan {
     /// Replay the events after this position, skipping those excluded for `chain`.
     pub from: Option<u64>,
     pub chain: Vec<String>,
+    /// Clustered: the connection's lineage, which the deliverer marks when it attaches the
+    /// socket (the subscribe's answer comes from there, not from the hub's lock).
+    pub lineage: Option<Shared>,
+    /// How the lineage was found (`token`, `user`), for the log.
+    pub how: &'static str,
 }
 
 /// One app's resume state.
@@ -102,7 +109,9 @@ pub struct AppResume {
 }
 
 impl AppResume {
-    pub fn new(config: &ResumeConfig, max_connections: usize) -> AppResume {
+    /// An app's resume state; `clustered`: positions come from the bus and every channel's
+    /// events are kept (see [`index`]).
+    pub fn new(config: &ResumeConfig, max_connections: usize, clustered: bool) -> AppResume {
         AppResume {
             max_lineages: max_connections.saturating_mul(2).max(1000),
             caps: Caps {
@@ -111,7 +120,11 @@ impl AppResume {
                 max_bytes: config.max_bytes,
             },
             config: config.clone(),
-            index: Mutex::default(),
+            index: Mutex::new(if clustered {
+                Index::clustered()
+            } else {
+                Index::default()
+            }),
             head: AtomicU64::new(0),
             store: Mutex::default(),
             stats: Stats::default(),
@@ -122,7 +135,7 @@ impl AppResume {
         &self.caps
     }
 
-    fn window_ms(&self) -> u64 {
+    pub fn window_ms(&self) -> u64 {
         self.caps.window.as_millis() as u64
     }
 
@@ -143,6 +156,18 @@ impl AppResume {
     /// The last position whose fan-out is complete.
     pub fn head(&self) -> u64 {
         self.head.load(Ordering::Acquire)
+    }
+
+    /// Clustered: the deliverer starts at bus position `pos` (or starts over after a gap).
+    pub fn start(&self, pos: u64) {
+        let mut index = self.index();
+        index.start(pos);
+        self.head.store(index.head(), Ordering::Release);
+    }
+
+    /// Clustered: the token's lineage as Redis had it (see [`Store::adopt`]).
+    pub fn adopt(&self, lineage: Lineage) {
+        self.store().adopt(lineage);
     }
 
     /// A connection with a token opens: its lineage, holding what the token's previous

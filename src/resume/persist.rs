@@ -123,6 +123,7 @@ mod tests {
                         channel: "c".into(),
                         from: 40,
                         inherited: false,
+                        since: 0,
                     }],
                     proven: 41,
                     ..Lineage::default()

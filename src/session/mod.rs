@@ -117,6 +117,8 @@ struct Resumable {
     /// The server queued a Close (4200, shutdown) with every event up to this position ahead
     /// of it: the client's answering Close proves them delivered (`close_answered`).
     close_head: Option<u64>,
+    /// Clustered: when the lineage last went to Redis (`save_remote`).
+    saved_at: Option<Instant>,
 }
 
 impl Resumable {
@@ -126,6 +128,7 @@ impl Resumable {
             proof: resume::Proof::default(),
             close_code: None,
             close_head: None,
+            saved_at: None,
         })
     }
 }
@@ -471,8 +474,13 @@ impl Drop for Session {
     /// Leaving is the same whatever ended the connection: channels, presence, signin, quota.
     /// A resumable connection leaves its lineage for the window.
     fn drop(&mut self) {
-        if let (Some(rs), Some(r)) = (self.resume.take(), self.app.resume()) {
-            r.end(&rs.lineage, rs.close_code);
+        if let Some(r) = self.app.resume().cloned() {
+            if let Some(rs) = &self.resume {
+                r.end(&rs.lineage, rs.close_code);
+            }
+            // Clustered: the ended lineage is what the client's next node inherits.
+            self.save_remote(true);
+            self.resume = None;
         }
         let channels: Vec<String> = self.subscriptions.drain(..).map(|s| s.channel).collect();
         let user = self.user.take();
@@ -585,6 +593,7 @@ fn parse_user_data(user_data: &str, max_id: usize, max_info: usize) -> Result<Us
 }
 
 mod resumable;
+pub use resumable::claim_remote;
 
 #[cfg(test)]
 mod tests;

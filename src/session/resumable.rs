@@ -7,9 +7,39 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Resumable, Session};
+use crate::hub::App;
 use crate::hub::{Member, Subscribed};
 use crate::protocol::ChannelKind;
-use crate::resume::{lineage, AppResume, Mark, Plan, ProofTick};
+use crate::resume::{lineage, remote, AppResume, Mark, Origin, Plan, ProofTick};
+
+/// Clustered, before a token connection's session opens: the token's lineage as Redis has
+/// it (the client may have been on another node since), claimed for `socket_id` in one round
+/// trip of at most [`remote::CLAIM_WAIT`]. Without an answer in time the connection goes on
+/// with what this node knows.
+pub async fn claim_remote(app: &App, origin: &Origin, socket_id: &str) {
+    let (Some(r), Some(link), Some(token)) = (app.resume(), app.cluster(), origin.token) else {
+        return;
+    };
+    let ttl = std::time::Duration::from_millis(2 * r.window_ms());
+    let token = token.to_hex();
+    let claim = link.claim_lineage(&app.config.id, &token, socket_id, ttl);
+    match tokio::time::timeout(remote::CLAIM_WAIT, claim).await {
+        Ok(Ok(Some(text))) => match remote::decode(&text) {
+            Some(l) => r.adopt(l),
+            None => tracing::warn!(
+                socket_id,
+                "resume: the token's lineage in Redis is unreadable (another pushbox version wrote it?): this connection resumes only what this node knows"
+            ),
+        },
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::warn!(socket_id, error = %e, "resume: the token's lineage could not be read from Redis: this connection resumes only what this node knows"),
+        Err(_) => tracing::warn!(
+            socket_id,
+            wait_ms = remote::CLAIM_WAIT.as_millis() as u64,
+            "resume: Redis did not give the token's lineage in time: this connection resumes only what this node knows"
+        ),
+    }
+}
 
 impl Session {
     /// The signed user of a subscribe: the presence member, else the signin id.
@@ -73,6 +103,7 @@ impl Session {
                     channel: channel.clone(),
                     from: head,
                     inherited: false,
+                    since: 0,
                 });
                 claim.map(|c| {
                     for id in c.socket_ids {
@@ -84,6 +115,7 @@ impl Session {
                     Plan {
                         from: Some(c.from),
                         chain: l.socket_ids.clone(),
+                        ..Plan::default()
                     }
                 })
             };
@@ -112,7 +144,23 @@ impl Session {
 
     /// Before a subscribe that passed its checks: what resume asks of the hub, and how the
     /// lineage was found (`token`, `user`) for the log. `None`: not a resumable subscribe.
+    /// Clustered, the plan also carries the lineage and `how` to the deliverer, which attaches
+    /// the socket and replays there.
     pub(super) fn resume_plan(
+        &mut self,
+        name: &str,
+        kind: ChannelKind,
+        member: Option<&Member>,
+    ) -> Option<(Plan, &'static str)> {
+        let (mut plan, how) = self.plan_for(name, kind, member)?;
+        if self.app.cluster().is_some() {
+            plan.lineage = self.resume.as_ref().map(|rs| rs.lineage.clone());
+            plan.how = how;
+        }
+        Some((plan, how))
+    }
+
+    fn plan_for(
         &mut self,
         name: &str,
         kind: ChannelKind,
@@ -144,6 +192,7 @@ impl Session {
                     Plan {
                         from: Some(from),
                         chain,
+                        ..Plan::default()
                     },
                     "token",
                 ));
@@ -168,6 +217,7 @@ impl Session {
                     Plan {
                         from: Some(claim.from),
                         chain,
+                        ..Plan::default()
                     },
                     "user",
                 ));
@@ -191,12 +241,14 @@ impl Session {
                     channel: name.to_owned(),
                     from: subscribed.head,
                     inherited: false,
+                    since: 0,
                 });
             }
         }
         if let (Some(from), Some(outcome)) = (plan.from, &subscribed.resumed) {
             r.report(self.outbox.socket_id.as_str(), name, how, from, outcome);
         }
+        self.save_remote(true);
     }
 
     /// This connection left `name`: its events need not be kept for it any more.
@@ -213,6 +265,7 @@ impl Session {
             l.channels.swap_remove(i);
             drop(l);
             r.release(name);
+            self.save_remote(true);
         }
     }
 
@@ -228,6 +281,7 @@ impl Session {
                 channel: name.to_owned(),
                 from,
                 inherited: true,
+                since: 0,
             });
         }
     }
@@ -244,9 +298,45 @@ impl Session {
         if let Some(rs) = &mut self.resume {
             if let Some(head) = rs.proof.pong() {
                 let mut l = lineage::lock(&rs.lineage);
-                l.proven = l.proven.max(head);
+                if head > l.proven {
+                    l.proven = head;
+                    drop(l);
+                    self.save_remote(false);
+                }
             }
         }
+    }
+
+    /// Clustered, a token connection's lineage goes to Redis (`resume::remote`), so the
+    /// client resumes on whichever node it reaches next: at once when its channels change or
+    /// it ends (`force`), for a moved proof at most every [`remote::SAVE_EVERY`] (a later
+    /// pong or the end writes what was held back).
+    pub(super) fn save_remote(&mut self, force: bool) {
+        let (Some(rs), Some(link), Some(r)) =
+            (&mut self.resume, self.app.cluster(), self.app.resume())
+        else {
+            return;
+        };
+        let now = Instant::now();
+        if !force && rs.saved_at.is_some_and(|t| now < t + remote::SAVE_EVERY) {
+            return;
+        }
+        let (token, text) = {
+            let l = lineage::lock(&rs.lineage);
+            let Some(token) = l.token else { return };
+            (token, remote::encode(&l))
+        };
+        let Some(text) = text else { return };
+        rs.saved_at = Some(now);
+        // Twice the window, like a lineage kept on the node (`lineage::Lineage::expired`).
+        let ttl = std::time::Duration::from_millis(2 * r.window_ms());
+        link.save_lineage(
+            &self.app.config.id,
+            &token.to_hex(),
+            self.outbox.socket_id.as_str(),
+            text,
+            ttl,
+        );
     }
 
     /// A WebSocket pong control frame.
@@ -308,6 +398,7 @@ impl Session {
                 let mut l = lineage::lock(&rs.lineage);
                 l.proven = l.proven.max(head);
             }
+            self.save_remote(true);
         }
     }
 

@@ -106,12 +106,15 @@ pub fn upgrade(
         };
         match verdict {
             Ok((app, slot)) => {
+                let socket_id = shared.new_socket_id();
+                // Clustered: the token's lineage may be on another node (bounded wait).
+                crate::session::claim_remote(&app, &origin, socket_id.as_str()).await;
                 let params = WsParams {
                     liveness: shared.liveness,
                     outbound_queue: shared.config.server.outbound_queue,
                     coalesce: shared.config.server.coalesce,
                     conn_id: shared.hub.next_conn_id(),
-                    socket_id: shared.new_socket_id(),
+                    socket_id,
                     shutdown: shared.shutdown_signal(),
                     conn: shared.connection_opened(slot, crate::metrics::Transport::WebSocket),
                     resume: origin,
