@@ -5,6 +5,15 @@
 //! back from Redis (no local state can get ahead of Redis). Only when Redis has no mark at all
 //! (it lost its data) does it go on from the position it saves locally about once a second.
 //!
+//! Redis losing data under a running forwarder (a restart without persistence, or with AOF
+//! losing its last second) takes with it the bus entries not every node had read yet. The
+//! forwarder then goes back ([`REWIND`], or to the mark Redis kept) and forwards them again;
+//! readers skip what they have. Each FORWARD call carries the mark this run left, and the
+//! script refuses to add anything on a lower or missing one: the forwarder must notice the
+//! loss on its own first call to the new Redis, not through the heartbeat, which may come
+//! after that call has already raised the mark past the lost entries (CI, issue 21: event 66
+//! of 269 never reached node C on Valkey restarted without persistence).
+//!
 //! Degraded mode: while Redis does not take the events, this node delivers its own events to
 //! its own sockets at once ([`Msg::Local`]) and keeps retrying; when the bus catches up, the
 //! deliverer skips them. The other nodes get them late, complete and in order.
@@ -22,6 +31,7 @@ use super::conn::{int, Pool};
 use super::deliver::Msg;
 use super::keys::Keys;
 use super::scripts::FORWARD_SCRIPT;
+use super::status::now_ms;
 use super::status::Status;
 use crate::eventlog::EventRecord;
 use crate::protocol::ChannelKind;
@@ -66,6 +76,15 @@ pub struct Recheck {
     wake: tokio::sync::Notify,
 }
 
+/// What one round of FORWARD calls did.
+enum Forwarded {
+    /// Every app's events are on its bus (or were already).
+    Done,
+    /// An app's mark in Redis is below what this run left there: Redis lost data. Nothing of
+    /// that app was added; the forwarder must go back first ([`Forwarder::rechecked`]).
+    MarkLost,
+}
+
 impl Recheck {
     pub fn ask(&self, since_ms: u64) {
         self.since.store(since_ms.max(1), Relaxed);
@@ -95,16 +114,19 @@ impl Forwarder {
 
     async fn forward_forever(&self) {
         let at_start = self.spool.last_seq();
-        let mut next = self.start(at_start).await;
+        // Per app, the highest seq forwarded (the mark it left in Redis): a mark in Redis below
+        // it was lost. Seeded with the marks Redis holds now.
+        let mut sent: HashMap<String, u64> = HashMap::new();
+        let mut next = self.start(at_start, &mut sent).await;
         self.next.store(next, Relaxed);
+        // When a FORWARD last went through (ms): Redis held this node's entries then.
+        let mut forwarded_ms = now_ms();
         // Records below this were delivered here (through the bus or, degraded, directly).
         let mut local_next = next;
         let mut committed = self.spool.subscribe();
         let mut backoff = Duration::from_millis(100);
         let mut saved_at = Instant::now();
         let mut saved = next;
-        // Per app, the highest seq this run forwarded: a mark in Redis below it was lost.
-        let mut sent: HashMap<String, u64> = HashMap::new();
         loop {
             if saved != next && saved_at.elapsed() >= SAVE_EVERY {
                 saved_at = Instant::now();
@@ -113,7 +135,7 @@ impl Forwarder {
             }
             let since = self.recheck.take();
             if since > 0 {
-                next = self.rechecked(next, since, &sent).await;
+                next = self.rechecked(next, since, &mut sent).await;
             }
             let last = self.spool.last_seq();
             if next > last {
@@ -147,11 +169,28 @@ impl Forwarder {
                 continue;
             };
             match self.forward(&records, &mut sent).await {
-                Ok(()) => {
+                Ok(Forwarded::Done) => {
                     self.status.ok();
+                    forwarded_ms = now_ms();
                     next = end;
                     self.next.store(next, Relaxed);
                     local_next = local_next.max(next);
+                }
+                Ok(Forwarded::MarkLost) => {
+                    self.status.ok();
+                    // Redis held this node's entries when a forward last went through (or
+                    // earlier, when a heartbeat last saw it).
+                    let since = match self.recheck.take() {
+                        0 => forwarded_ms,
+                        s => s.min(forwarded_ms),
+                    };
+                    next = self.rechecked(next, since, &mut sent).await;
+                    self.next.store(next, Relaxed);
+                    if self.recheck.since.load(Relaxed) > 0 {
+                        // The marks could not be read: wait, or this loop would spin on refusals.
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
                 }
                 Err(e) => {
                     self.status.failed("forwarding events to the bus", &e);
@@ -168,18 +207,25 @@ impl Forwarder {
     }
 
     /// The first seq to forward: after the lowest mark any app's bus holds for this origin; from
-    /// now on when an app's bus has none (a new cluster, or Redis lost its data).
-    async fn start(&self, at_start: u64) -> u64 {
+    /// now on when an app's bus has none (a new cluster, or Redis lost its data). Puts the
+    /// marks it found in `sent`.
+    async fn start(&self, at_start: u64, sent: &mut HashMap<String, u64>) -> u64 {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.marks().await {
+            match self.marks_by_app().await {
                 Ok(marks) => {
                     self.status.ok();
+                    sent.extend(
+                        marks
+                            .iter()
+                            .filter_map(|(app, m)| Some((app.clone(), (*m)?))),
+                    );
+                    let marks = marks.into_iter().map(|(_, m)| m);
                     // An app without a mark has had nothing forwarded yet (or Redis lost it): the
                     // others' marks still say where this node stopped. None at all (a new
                     // cluster, or a Redis that lost its data): where this node saved it stopped,
                     // so what it accepted while it could not forward still goes out.
-                    let lowest = marks.into_iter().flatten().min();
+                    let lowest = marks.flatten().min();
                     let first = self.spool.stats().first_seq.unwrap_or(at_start + 1);
                     let from = match lowest.or_else(|| read_saved(&self.saved)) {
                         Some(m) => (m + 1).max(first),
@@ -208,8 +254,9 @@ impl Forwarder {
 
     /// Where to go on after Redis came back: from the lowest mark that Redis lost (below what this
     /// run forwarded for that app), or, for an app whose mark is gone altogether, from
-    /// [`REWIND`] before Redis was last seen (`since_ms`). `next` when nothing was lost.
-    async fn rechecked(&self, next: u64, since_ms: u64, sent: &HashMap<String, u64>) -> u64 {
+    /// [`REWIND`] before Redis was last seen (`since_ms`). `next` when nothing was lost. `sent`
+    /// takes the marks Redis has now, so FORWARD adds again from there.
+    async fn rechecked(&self, next: u64, since_ms: u64, sent: &mut HashMap<String, u64>) -> u64 {
         let marks = match self.marks_by_app().await {
             Ok(m) => m,
             Err(_) => {
@@ -226,8 +273,14 @@ impl Forwarder {
             };
             match mark {
                 Some(m) if m >= high => {}
-                Some(m) => from = from.min(m + 1),
-                None => gone = true,
+                Some(m) => {
+                    from = from.min(m + 1);
+                    sent.insert(app, m);
+                }
+                None => {
+                    gone = true;
+                    sent.remove(&app);
+                }
             }
         }
         if gone {
@@ -265,15 +318,6 @@ impl Forwarder {
         next
     }
 
-    async fn marks(&self) -> Result<Vec<Option<u64>>, redis::RedisError> {
-        Ok(self
-            .marks_by_app()
-            .await?
-            .into_iter()
-            .map(|(_, m)| m)
-            .collect())
-    }
-
     /// Each app's mark for this origin in Redis.
     async fn marks_by_app(&self) -> Result<Vec<(String, Option<u64>)>, redis::RedisError> {
         let mut out = Vec::new();
@@ -309,7 +353,7 @@ impl Forwarder {
         &self,
         records: &[Record],
         sent: &mut HashMap<String, u64>,
-    ) -> Result<(), redis::RedisError> {
+    ) -> Result<Forwarded, redis::RedisError> {
         let mut per_app: HashMap<&str, Vec<String>> = HashMap::new();
         let decoded: Vec<(u64, EventRecord)> = records
             .iter()
@@ -336,19 +380,27 @@ impl Forwarder {
             let Some(t) = self.apps.get(app) else {
                 continue;
             };
-            let mut all: Vec<&str> = Vec::with_capacity(args.len() + 1);
+            let left = sent.get(app).map(u64::to_string).unwrap_or_default();
+            let mut all: Vec<&str> = Vec::with_capacity(args.len() + 2);
             all.push(&self.origin);
+            all.push(&left);
             all.extend(args.iter().map(String::as_str));
-            self.pool
+            let added = self
+                .pool
                 .script(&FORWARD_SCRIPT, t.keys.base(), &all)
                 .await?;
+            if int(&added) == Some(-1) {
+                return Ok(Forwarded::MarkLost);
+            }
             if let Some(q) = args.first().and(args.get(args.len().saturating_sub(6))) {
                 if let Ok(q) = q.parse::<u64>() {
-                    sent.insert(app.to_owned(), q);
+                    // A batch forwarded again after a rewind (all skipped) leaves the mark.
+                    let high = sent.entry(app.to_owned()).or_insert(q);
+                    *high = (*high).max(q);
                 }
             }
         }
-        Ok(())
+        Ok(Forwarded::Done)
     }
 
     /// Delivers records `from..=last` to this node's own sockets; returns the next seq.

@@ -32,8 +32,6 @@ pub struct Lease {
     pub status: Arc<Status>,
     pub remote: Arc<AtomicUsize>,
     pub ops: mpsc::UnboundedSender<Op>,
-    /// A random epoch this node offers if Redis has none.
-    pub epoch: String,
     /// Tells the forwarder to check what Redis lost (the ms Redis was last seen before).
     pub recheck: Arc<super::forward::Recheck>,
 }
@@ -89,12 +87,19 @@ impl Lease {
     async fn beat(&self) -> Result<(bool, String), redis::RedisError> {
         let lease = self.lease.as_millis().to_string();
         let conns = self.app.counters.connections.load(Relaxed).to_string();
+        // A new epoch offered on every beat, not one per node: Redis back empty takes the first
+        // offer it gets, and a node that offered the same value before (it set the epoch the
+        // first time) would see nothing change. When another task already hit the dead pooled
+        // connection and made a new one, its heartbeat does not fail either, so it would never
+        // learn that Redis lost its data; for an idle forwarder that check is the only one (a
+        // hole found while chasing issue 21's CI failure, by reading, not yet seen failing).
+        let offer = super::random_hex(8);
         let v = self
             .pool
             .script(
                 &HEARTBEAT_SCRIPT,
                 self.keys.base(),
-                &[&self.node, &lease, &conns, &self.epoch],
+                &[&self.node, &lease, &conns, &offer],
             )
             .await?;
         let a = items(&v);

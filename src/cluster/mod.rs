@@ -112,7 +112,7 @@ fn channel_info(name: String, counts: &[redis::Value]) -> ChannelInfo {
     }
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(super) fn random_hex(bytes: usize) -> String {
     use ring::rand::SecureRandom;
     let mut b = vec![0u8; bytes];
     let _ = ring::rand::SystemRandom::new().fill(&mut b);
@@ -247,7 +247,6 @@ impl Cluster {
                 status: self.status.clone(),
                 remote: link.remote.clone(),
                 ops: link.ops.clone(),
-                epoch: random_hex(8),
                 recheck: self.recheck.clone(),
             };
             tasks.push(tokio::spawn(lease.run(self.stop.subscribe())));

@@ -214,16 +214,22 @@ if had then h = 1 end
 return {h, #alive, others, epoch}
 "#;
 
-/// FORWARD: the idempotent spool → bus step. ARGV: origin, then six per event: seq, except
-/// socket ('' none), name, data, channels (JSON array), cache channels among them (JSON
-/// array). Events at or below the origin's high-water mark are skipped, so a reconnect or a
-/// restart forwards again without duplicates. Returns how many were added.
+/// FORWARD: the idempotent spool → bus step. ARGV: origin, the mark the forwarder knows it
+/// left ('' when it knows none), then six per event: seq, except socket ('' none), name, data,
+/// channels (JSON array), cache channels among them (JSON array). Events at or below the
+/// origin's high-water mark are skipped, so a reconnect or a restart forwards again without
+/// duplicates. Returns how many were added, or -1 (nothing added) when the mark is below the
+/// one the forwarder left: Redis lost data (a restart without persistence, or with AOF losing
+/// its last second), and with it bus entries other nodes may not have read. Adding on top
+/// would raise the mark past them for good; the forwarder first goes back (`forward.rs`).
 const FORWARD: &str = r#"
 local origin = ARGV[1]
-local last = tonumber(redis.call('HGET', P .. 'fwd', origin) or '-1')
+local mark = redis.call('HGET', P .. 'fwd', origin)
+if ARGV[2] ~= '' and (not mark or tonumber(mark) < tonumber(ARGV[2])) then return -1 end
+local last = tonumber(mark or '-1')
 local added = 0
 local last_s = ''
-local i = 2
+local i = 3
 while i + 5 <= #ARGV do
   local q = tonumber(ARGV[i])
   if q > last then
