@@ -4,6 +4,8 @@
 //! a restart adds nothing twice; after a restart the forwarder resumes from that mark, read
 //! back from Redis (no local state can get ahead of Redis). Only when Redis has no mark at all
 //! (it lost its data) does it go on from the position it saves locally about once a second.
+//! The records just committed come straight from the spool's writer (`Spool::read_recent`),
+//! older ones (catching up) from the file.
 //!
 //! Degraded mode: while Redis does not take the events, this node delivers its own events to
 //! its own sockets at once ([`Msg::Local`]) and keeps retrying; when the bus catches up, the
