@@ -677,12 +677,12 @@ impl Metrics {
                 ),
                 (
                     "pushbox_cluster_bus_lag_seconds",
-                    "How far behind the cluster's bus this node delivers.",
+                    "How long this node has been behind the cluster's bus (0 while caught up); /up answers 503 past cluster.max_lag.",
                     format!("{:.3}", c.lag_seconds),
                 ),
                 (
                     "pushbox_cluster_bus_lag_entries",
-                    "Bus entries read and not yet delivered by this node.",
+                    "Bus entries read and not yet delivered by this node. Entries still waiting in Redis (a slow link) are not counted: watch bus_lag_seconds for that.",
                     c.lag_entries.to_string(),
                 ),
                 (

@@ -182,6 +182,8 @@ pub(crate) struct Shared {
     pub appends: AtomicU64,
     pub commits: AtomicU64,
     pub fsyncs: AtomicU64,
+    /// The records just committed, for a consumer that follows the head (off by default).
+    pub recent: Mutex<writer::Recent>,
     /// Whether records are taken now. Detached appends (nobody waits for their answer) are
     /// handed back while it is not writable.
     pub health: health::Health,
@@ -251,6 +253,7 @@ impl Spool {
             appends: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
+            recent: Mutex::default(),
             health,
             _lock: rec.lock,
             #[cfg(test)]
@@ -414,6 +417,18 @@ impl Spool {
             }
         }
         Ok(out)
+    }
+
+    /// Keep the records committed from now on in memory (the last 1,024, at most 4 MiB) for
+    /// [`Spool::read_recent`]: for one consumer that follows the head.
+    pub fn keep_recent(&self) {
+        lock(&self.inner.shared.recent).enable();
+    }
+
+    /// Like [`Spool::read_from`] without touching the file, if `seq` is among the records
+    /// kept by [`Spool::keep_recent`]; `None` otherwise (read the file).
+    pub fn read_recent(&self, seq: u64, max_records: usize) -> Option<Vec<Record>> {
+        lock(&self.inner.shared.recent).from(seq, max_records)
     }
 
     /// Seq of the newest committed record (0 if none).

@@ -759,3 +759,54 @@ fn a_segment_deleted_under_the_writer_is_a_lost_directory() {
     let err = s.check_directory().unwrap_err();
     assert!(err.to_string().contains("was deleted"), "{err}");
 }
+
+#[test]
+fn recent_records_are_the_committed_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = SpoolOptions {
+        durability: Durability::Memory,
+        ..opts(8 * 1024)
+    };
+    let (s, _) = open(tmp.path(), o);
+    for i in 1..=5 {
+        s.append_blocking(payload(i)).unwrap();
+    }
+    assert_eq!(
+        s.read_recent(1, 10),
+        None,
+        "nothing kept before keep_recent"
+    );
+    s.keep_recent();
+    // More than the 1,024 kept, in batches (detached appends queue up), across segment rolls.
+    let total = 5 + 1100;
+    for i in 6..=total {
+        assert_eq!(
+            s.append_detached(payload(i)).unwrap(),
+            None,
+            "queue has room"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.last_seq() < total {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "appends not committed in 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(s.stats().segments > 1, "the records span segments");
+    let oldest_kept = total - 1023;
+    assert_eq!(
+        s.read_recent(oldest_kept - 1, 10),
+        None,
+        "older ones are read from the file"
+    );
+    let recent = s.read_recent(oldest_kept, usize::MAX).unwrap();
+    assert_eq!(recent, s.read_from(oldest_kept, usize::MAX).unwrap());
+    assert_eq!(recent.len(), 1024);
+    assert_eq!(
+        s.read_recent(total - 9, 4).unwrap(),
+        s.read_from(total - 9, 4).unwrap()
+    );
+    assert_eq!(s.read_recent(total + 1, 10), None);
+}

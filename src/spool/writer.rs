@@ -13,11 +13,19 @@
 //! records already on their way still land in the half chunk left, so callers that ask
 //! [`Spool::refusal`](super::Spool::refusal) first refuse *before* they act on a record.
 //! A probe retries the reservation; the first one that succeeds makes the spool writable.
+//!
+//! With `Durability::Memory` it lingers before a write only under load (the previous batch
+//! was less than [`MEMORY_LINGER`] ago): an isolated append is written at once. And when a
+//! consumer asked for it ([`Spool::keep_recent`](super::Spool::keep_recent)), it keeps the
+//! records it just committed in memory ([`Recent`]) so that consumer reads them without
+//! going back to the file.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,13 +33,61 @@ use super::error::SpoolError;
 use super::format::{self, SEGMENT_HEADER_LEN, SPARSE_EVERY};
 use super::recovery::{self, Active};
 use super::reserve::{self, Reserved};
-use super::{lock, now_ms, retention, AppendReq, Durability, Request, SegMeta, Shared};
+use super::{lock, now_ms, retention, AppendReq, Durability, Record, Request, SegMeta, Shared};
 
 /// At most this many appends or bytes go into one batch.
 const MAX_BATCH_RECORDS: usize = 4096;
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
-/// With `Durability::Memory`, how long the writer gathers appends before writing them.
+/// With `Durability::Memory`, how long the writer gathers appends before writing them, when
+/// the previous batch was written less than this long ago (under load). Measured
+/// (BENCHMARKS.md, cluster): a fixed 2 ms linger before every write made the cluster bus add
+/// ~2.4 ms p50 to every event, because the forwarder sends only committed records; lingering
+/// only under load keeps the batching (API publish rate unchanged) and an isolated event waits
+/// for nothing.
 const MEMORY_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// [`Recent`] holds at most this many records and payload bytes: a consumer that follows the
+/// head reads from it; one further behind reads the file.
+const RECENT_RECORDS: usize = 1024;
+const RECENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// The records committed last, newest at the back, for a consumer that follows the head (the
+/// cluster forwarder): it gets them as they are committed instead of reading them back from
+/// the segment (a blocking-pool hop and a `pread` per round). Off until a consumer asks; seqs
+/// in it are contiguous (only committed batches go in, and they never leave a gap).
+#[derive(Default)]
+pub(crate) struct Recent {
+    on: bool,
+    records: VecDeque<Record>,
+    bytes: usize,
+}
+
+impl Recent {
+    pub(crate) fn enable(&mut self) {
+        self.on = true;
+    }
+
+    /// Up to `max` records from `seq` on, if this holds `seq` (`None`: read the file).
+    pub(crate) fn from(&self, seq: u64, max: usize) -> Option<Vec<Record>> {
+        let first = self.records.front()?.seq;
+        if seq < first || seq > self.records.back()?.seq {
+            return None;
+        }
+        let skip = (seq - first) as usize;
+        Some(self.records.iter().skip(skip).take(max).cloned().collect())
+    }
+
+    fn push(&mut self, r: Record) {
+        self.bytes += r.payload.len();
+        self.records.push_back(r);
+        while self.records.len() > RECENT_RECORDS || self.bytes > RECENT_BYTES {
+            match self.records.pop_front() {
+                Some(old) => self.bytes -= old.payload.len(),
+                None => break,
+            }
+        }
+    }
+}
 
 pub(crate) struct Writer {
     shared: Arc<Shared>,
@@ -40,6 +96,8 @@ pub(crate) struct Writer {
     /// The reservation chunk (0: none): `reserve_bytes`, at most a quarter of a segment so
     /// that starting a segment early wastes little of the one before.
     chunk: u64,
+    /// When the last batch was written: lingering is for a writer under load.
+    last_commit: Option<Instant>,
 }
 
 struct Batch {
@@ -47,6 +105,9 @@ struct Batch {
     replies: Vec<(u64, oneshot::Sender<Result<u64, SpoolError>>)>,
     /// Offset of each record in `buf`.
     offsets: Vec<u64>,
+    /// The payloads, kept for [`Recent`] when it is on (`keep`; else empty).
+    payloads: Vec<Vec<u8>>,
+    keep: bool,
     first_ts: u64,
     /// Retention already tried during this batch (before answering Full).
     retried: bool,
@@ -61,6 +122,7 @@ impl Writer {
             active,
             next_seq,
             chunk,
+            last_commit: None,
         }
     }
 
@@ -79,7 +141,7 @@ impl Writer {
                         continue;
                     }
                     Some(Request::Append(r)) => {
-                        if self.shared.opts.durability == Durability::Memory {
+                        if self.under_load() {
                             // Nobody waits for a Memory commit: let appends pile up for a
                             // moment so one write carries many, and senders meanwhile find no
                             // sleeping writer to wake.
@@ -94,6 +156,8 @@ impl Writer {
                 buf: Vec::new(),
                 replies: Vec::new(),
                 offsets: Vec::new(),
+                payloads: Vec::new(),
+                keep: lock(&self.shared.recent).on,
                 first_ts: now_ms(),
                 retried: false,
             };
@@ -118,6 +182,15 @@ impl Writer {
         }
         // Shutting down: make Memory-durability records durable too.
         let _ = self.active.file.sync_data();
+    }
+
+    /// `Durability::Memory` and the previous batch was written less than [`MEMORY_LINGER`]
+    /// ago: appends are coming in faster than one a linger, so gathering them pays.
+    fn under_load(&self) -> bool {
+        self.shared.opts.durability == Durability::Memory
+            && self
+                .last_commit
+                .is_some_and(|t| t.elapsed() < MEMORY_LINGER)
     }
 
     /// Add `req` to the batch, answer it with an error, or hand it back for the next batch.
@@ -169,6 +242,9 @@ impl Writer {
         batch.offsets.push(batch.buf.len() as u64);
         format::encode_record(&mut batch.buf, seq, batch.first_ts, &req.payload);
         batch.replies.push((seq, req.reply));
+        if batch.keep {
+            batch.payloads.push(req.payload);
+        }
         None
     }
 
@@ -187,6 +263,7 @@ impl Writer {
         if batch.replies.is_empty() {
             return;
         }
+        self.last_commit = Some(Instant::now());
         let path = &self.active.path;
         let mut result = self
             .write(&batch.buf)
@@ -240,6 +317,17 @@ impl Writer {
         self.next_seq += n;
         self.shared.appends.fetch_add(n, Ordering::Relaxed);
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
+        if !batch.payloads.is_empty() {
+            // Before the watch below wakes the consumer, so it finds them here.
+            let mut recent = lock(&self.shared.recent);
+            for (i, payload) in batch.payloads.into_iter().enumerate() {
+                recent.push(Record {
+                    seq: first_seq + i as u64,
+                    timestamp_ms: batch.first_ts,
+                    payload,
+                });
+            }
+        }
         self.shared.committed.send_replace(self.next_seq - 1);
         if self.chunk == 0 {
             // Cleared before anyone hears of the success, so a caller who saw it may detach

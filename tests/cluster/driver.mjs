@@ -4,8 +4,9 @@
 // persistence last), and prints a summary per case. Exit status 1 if any case failed.
 //
 // Environment: ENGINE (redis|valkey), ENGINE_BIN, PUSHBOX_BIN, PBT_RUN_DIR, PBT_PIDFILE, PBT_NET,
-// CASES (comma list: presence,webhooks,exclusion,terminate,crash,partition,full,redis), SEED,
-// PRESENCE_STEPS, LEASE_SECS, HEARTBEAT_SECS, SINGLE (one node without [cluster]), NODE_LOG.
+// CASES (comma list: presence,webhooks,exclusion,terminate,crash,partition,full,lag,redis), SEED,
+// PRESENCE_STEPS, LEASE_SECS, HEARTBEAT_SECS, MAX_LAG_SECS, LAG_RATE, SINGLE (one node without
+// [cluster]), NODE_LOG.
 import { Checks, within } from './lib/check.mjs';
 import { Engine, makeNodes, DRIVER_IP, SINGLE, LEASE_SECS, HEARTBEAT_SECS } from './lib/procs.mjs';
 import { Receiver, alternation, ordered } from './lib/webhooks.mjs';
@@ -19,6 +20,7 @@ import { crash } from './cases/crash.mjs';
 import { partition } from './cases/partition.mjs';
 import { redisRestart } from './cases/redis_restart.mjs';
 import { full } from './cases/full.mjs';
+import { lag } from './cases/lag.mjs';
 
 const ALL = [
   ['presence', '(1) presence per observer vs ground truth', presence, false],
@@ -28,6 +30,7 @@ const ALL = [
   ['crash', '(3) kill -9 a node', crash, true],
   ['partition', '(4) node cut from Redis, shorter and longer than the lease', partition, true],
   ['full', '(extra) Redis full: refuses writes while publishing and joining', full, true],
+  ['lag', '(extra) a node that lags the bus: /up 503 and the lag metric, then 200', lag, true],
   ['redis', '(5) Redis restart with and without persistence under publishing', redisRestart, true],
 ];
 

@@ -18,7 +18,8 @@
 #   running one pushbox on port 7011/7012/7013 with its own state directory.
 # Everything (processes, namespaces, the bridge) is removed by the EXIT trap. Without the right to
 # create a network namespace the run prints SKIPPED and exits 0. CASES: presence, webhooks,
-# exclusion, terminate, crash, partition, full (extra: Redis refusing writes), redis.
+# exclusion, terminate, crash, partition, full (extra: Redis refusing writes), lag (extra: a node
+# whose link to Redis is throttled with tc lags the bus), redis.
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

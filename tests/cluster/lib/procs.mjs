@@ -14,6 +14,9 @@ export const REDIS_IP = `${NET}.100`;
 export const REDIS_PORT = 6390;
 export const LEASE_SECS = Number(process.env.LEASE_SECS || 10);
 export const HEARTBEAT_SECS = Number(process.env.HEARTBEAT_SECS || 1);
+// `cluster.max_lag` of the nodes (default 10 s): 3 s so that the lag case makes a node lag past
+// it with a few seconds of publishing.
+export const MAX_LAG_SECS = Number(process.env.MAX_LAG_SECS || 3);
 export const SINGLE = !!process.env.SINGLE;
 
 const RUN_DIR = process.env.PBT_RUN_DIR || fs.mkdtempSync('/tmp/pbt-run-');
@@ -214,6 +217,7 @@ key_prefix = "pbt"
 node_name = "${this.name}"
 lease = "${LEASE_SECS}s"
 heartbeat = "${HEARTBEAT_SECS}s"
+max_lag = "${MAX_LAG_SECS}s"
 `;
     return `state_dir = "${this.stateDir}"
 
@@ -309,6 +313,35 @@ webhook_url = "${this.webhookUrl}"
   async heal() {
     const r = await run('ip', ['netns', 'exec', this.ns, 'ip', 'route', 'del', 'blackhole', `${REDIS_IP}/32`]);
     if (r.code !== 0) throw new Error(`heal on ${this.ns}: ${r.stderr}`);
+  }
+
+  /**
+   * Slow down what Redis sends to this node to `rate` (tc syntax, e.g. '1mbit'); everything else
+   * on its link (the driver's HTTP, webhooks) keeps full speed. On the bridge side of its veth
+   * (`pbtv-<name>`, in the root namespace): HTB classifies by source address, a TBF under the
+   * slow class keeps its queue short (100 ms), so the node's other Redis commands (heartbeat,
+   * presence) still get through. No netem here: the kernel of the test box has none.
+   */
+  async throttle(rate) {
+    const dev = `pbtv-${this.name}`;
+    const steps = [
+      ['qdisc', 'add', 'dev', dev, 'root', 'handle', '1:', 'htb', 'default', '20', 'r2q', '1000'],
+      ['class', 'add', 'dev', dev, 'parent', '1:', 'classid', '1:10', 'htb', 'rate', rate, 'ceil', rate],
+      ['class', 'add', 'dev', dev, 'parent', '1:', 'classid', '1:20', 'htb', 'rate', '10gbit'],
+      ['qdisc', 'add', 'dev', dev, 'parent', '1:10', 'handle', '10:', 'tbf', 'rate', rate, 'burst', '16k', 'latency', '100ms'],
+      ['filter', 'add', 'dev', dev, 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32', 'match', 'ip', 'src', `${REDIS_IP}/32`, 'flowid', '1:10'],
+    ];
+    for (const a of steps) {
+      const r = await run('tc', a);
+      if (r.code !== 0) {
+        await this.unthrottle();
+        throw new Error(`tc ${a.join(' ')}: ${r.stderr}`);
+      }
+    }
+  }
+
+  async unthrottle() {
+    await run('tc', ['qdisc', 'del', 'dev', `pbtv-${this.name}`, 'root']);
   }
 }
 
