@@ -189,7 +189,7 @@ fn decode_records(
                 header,
                 payload,
                 total,
-            } if header.seq == cur => {
+            } if header.seq == cur && header.seq <= format::MAX_SEQ => {
                 if header.seq >= from {
                     out.push(Record {
                         seq: header.seq,

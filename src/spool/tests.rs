@@ -759,3 +759,57 @@ fn a_segment_deleted_under_the_writer_is_a_lost_directory() {
     let err = s.check_directory().unwrap_err();
     assert!(err.to_string().contains("was deleted"), "{err}");
 }
+
+/// A segment file holding `records` (seq, payload), each framed with a correct CRC.
+fn write_segment(dir: &Path, base: u64, records: &[(u64, &[u8])]) {
+    let mut buf = format::SEGMENT_MAGIC.to_vec();
+    for (seq, p) in records {
+        format::encode_record(&mut buf, *seq, 1_764_000_000_000, p);
+    }
+    fs::create_dir_all(dir).unwrap();
+    fs::write(format::segment_path(dir, base), buf).unwrap();
+}
+
+/// Found by `fuzz/fuzz_targets/spool.rs`: a segment named `u64::MAX` (or a record claiming
+/// seq `u64::MAX`) overflowed the next seq, a panic in the writer thread and in the reader.
+/// Such a record is damage; a spool whose next seq would pass `MAX_SEQ` refuses appends
+/// with a message, and opens again.
+#[test]
+fn seq_at_the_end_of_the_range_is_damage_not_an_overflow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    write_segment(&dir, 1, &[(1, b"one"), (2, b"two")]);
+    write_segment(&dir, MAX_SEQ, &[(MAX_SEQ, b"last"), (u64::MAX, b"past")]);
+    let reader = Spool::open_read_only(&dir).unwrap();
+    let seqs: Vec<u64> = reader
+        .read_from(1, 10)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2, MAX_SEQ], "the reader stops before u64::MAX");
+    drop(reader);
+
+    let (s, report) = open(&dir, opts(4096));
+    let d = report
+        .tail_damage
+        .as_ref()
+        .expect("the u64::MAX record is cut");
+    assert_eq!(d.reason, "sequence number out of range", "{report}");
+    let seqs: Vec<u64> = all(&s).iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [1, 2, MAX_SEQ]);
+    let e = s.append_blocking(b"more".to_vec()).unwrap_err();
+    assert!(matches!(e, SpoolError::SeqExhausted { .. }), "{e}");
+    assert!(e.to_string().contains("move the directory aside"), "{e}");
+    drop(s);
+    let (s, again) = open(&dir, opts(4096));
+    assert!(again.tail_damage.is_none(), "nothing more is cut: {again}");
+    assert_eq!(all(&s).len(), 3);
+
+    // An empty segment named u64::MAX: nothing fits in it.
+    let dir = tmp.path().join("t");
+    write_segment(&dir, u64::MAX, &[]);
+    let (s, _) = open(&dir, opts(4096));
+    let e = s.append_blocking(b"x".to_vec()).unwrap_err();
+    assert!(matches!(e, SpoolError::SeqExhausted { .. }), "{e}");
+}
