@@ -813,3 +813,27 @@ fn seq_at_the_end_of_the_range_is_damage_not_an_overflow() {
     let e = s.append_blocking(b"x".to_vec()).unwrap_err();
     assert!(matches!(e, SpoolError::SeqExhausted { .. }), "{e}");
 }
+
+/// Found by `fuzz/fuzz_targets/spool.rs`: when a segment's records run past the next
+/// segment's base (a mangled or copied file), recovery stops that segment at the base, but the
+/// read-only reader (`pushbox events tail`) read on and returned seqs twice and out of order.
+/// Both now read the same records.
+#[test]
+fn overlapping_segments_read_the_same_in_the_reader_and_after_recovery() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    write_segment(&dir, 1, &[(1, b"a1"), (2, b"a2"), (3, b"a3"), (4, b"a4")]);
+    write_segment(&dir, 3, &[(3, b"b3"), (4, b"b4"), (5, b"b5")]);
+    let reader = Spool::open_read_only(&dir).unwrap();
+    let read = reader.read_from(1, 100).unwrap();
+    let got: Vec<(u64, &[u8])> = read.iter().map(|r| (r.seq, &r.payload[..])).collect();
+    let want: Vec<(u64, &[u8])> = vec![(1, b"a1"), (2, b"a2"), (3, b"b3"), (4, b"b4"), (5, b"b5")];
+    assert_eq!(
+        got, want,
+        "the reader stops a segment at the next one's base"
+    );
+    drop(reader);
+    let (s, report) = open(&dir, opts(4096));
+    assert_eq!(report.damaged_segments.len(), 1, "{report}");
+    assert_eq!(all(&s), read, "recovery keeps what the reader read");
+}
