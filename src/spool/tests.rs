@@ -837,3 +837,44 @@ fn overlapping_segments_read_the_same_in_the_reader_and_after_recovery() {
     assert_eq!(report.damaged_segments.len(), 1, "{report}");
     assert_eq!(all(&s), read, "recovery keeps what the reader read");
 }
+
+/// Found by `fuzz/fuzz_targets/spool.rs`: records of a segment that run past the next
+/// segment's base are damage, but when recovery then moved that next segment aside (a foreign
+/// header) or removed it (an empty last segment), the next open took them back, or the writer
+/// appended over them and left old records behind the new ones. Recovery now cuts them, so a
+/// second open finds exactly what the first kept plus what was appended.
+#[test]
+fn records_cut_at_a_removed_segment_do_not_come_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seqs = |s: &Spool| all(s).iter().map(|r| r.seq).collect::<Vec<u64>>();
+    let overlapping: &[(u64, &[u8])] = &[(14, b"r14"), (15, b"r15"), (16, b"r16")];
+
+    // An empty segment after it, then a foreign file: the empty one is removed.
+    let dir = tmp.path().join("removed");
+    write_segment(&dir, 14, overlapping);
+    write_segment(&dir, 15, &[]);
+    fs::write(format::segment_path(&dir, 100), b"........not a segment").unwrap();
+    let (s, report) = open(&dir, opts(4096));
+    assert_eq!(seqs(&s), [14], "{report}");
+    assert_eq!(s.append_blocking(b"new".to_vec()).unwrap(), 100);
+    drop(s);
+    let (s, again) = open(&dir, opts(4096));
+    assert_eq!(seqs(&s), [14, 100], "nothing revived: {again}");
+    drop(s);
+
+    // The foreign file right after it: the writer continues in the damaged segment.
+    let dir = tmp.path().join("reused");
+    write_segment(&dir, 14, overlapping);
+    fs::write(format::segment_path(&dir, 15), b"........not a segment").unwrap();
+    let (s, report) = open(&dir, opts(4096));
+    assert_eq!(seqs(&s), [14], "{report}");
+    assert_eq!(s.append_blocking(b"NEW".to_vec()).unwrap(), 15);
+    drop(s);
+    let (s, again) = open(&dir, opts(4096));
+    let got: Vec<(u64, Vec<u8>)> = all(&s).into_iter().map(|r| (r.seq, r.payload)).collect();
+    assert_eq!(
+        got,
+        [(14, b"r14".to_vec()), (15, b"NEW".to_vec())],
+        "the old record 16 is not read after the new 15: {again}"
+    );
+}
