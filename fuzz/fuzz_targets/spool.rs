@@ -67,7 +67,12 @@ fn segments(dir: &Path) -> BTreeMap<u64, PathBuf> {
         .expect("read the spool dir")
         .filter_map(|e| {
             let p = e.ok()?.path();
-            let base = p.file_name()?.to_str()?.strip_suffix(".seg")?.parse().ok()?;
+            let base = p
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".seg")?
+                .parse()
+                .ok()?;
             Some((base, p))
         })
         .collect()
@@ -155,9 +160,17 @@ fn real_damaged(dir: &Path, inp: &mut Input) -> (BTreeMap<u64, BTreeSet<Vec<u8>>
             b.iter()
                 .zip(a)
                 .position(|(x, y)| x != y)
-                .unwrap_or(if a.len() < b.len() { a.len() } else { usize::MAX })
+                .unwrap_or(if a.len() < b.len() {
+                    a.len()
+                } else {
+                    usize::MAX
+                })
         };
-        expected.extend(recs.iter().filter(|(_, end)| *end <= first_bad).map(|r| r.0));
+        expected.extend(
+            recs.iter()
+                .filter(|(_, end)| *end <= first_bad)
+                .map(|r| r.0),
+        );
     }
     (written, expected)
 }
@@ -194,9 +207,17 @@ fn built(dir: &Path, inp: &mut Input) -> BTreeMap<u64, BTreeSet<Vec<u8>>> {
             }
             let n = inp.byte() as usize % 32;
             let payload = inp.bytes(n);
-            let ts = if how & 4 == 0 { 1_764_000_000_000 } else { inp.u64() };
+            let ts = if how & 4 == 0 {
+                1_764_000_000_000
+            } else {
+                inp.u64()
+            };
             let start = file.len();
-            let len = if how & 8 == 0 { payload.len() as u32 } else { inp.byte() as u32 * 4 };
+            let len = if how & 8 == 0 {
+                payload.len() as u32
+            } else {
+                inp.byte() as u32 * 4
+            };
             file.extend_from_slice(&[0; 4]);
             file.extend_from_slice(&len.to_le_bytes());
             file.extend_from_slice(&seq.to_le_bytes());
@@ -263,24 +284,30 @@ fuzz_target!(|data: &[u8]| {
     let records = spool.read_from(0, 1000).expect("read after recovery");
     let kept = check(&records, &written, "recovery");
     if let Some(expected) = &expected {
-        assert_eq!(&kept, expected, "recovery keeps exactly the intact records ({report})");
+        assert_eq!(
+            &kept, expected,
+            "recovery keeps exactly the intact records ({report})"
+        );
     }
     let new = b"after recovery".to_vec();
     let seq = match spool.append_blocking(new.clone()) {
         Ok(seq) => Some(seq),
-        Err(e) if expected.is_none() && used_up(&e) => {
-            None
-        }
+        Err(e) if expected.is_none() && used_up(&e) => None,
         Err(e) => panic!("append after recovery: {e} ({report})"),
     };
     if let Some(seq) = seq {
-        assert!(kept.last().is_none_or(|&last| seq > last), "seq {seq} reused ({report})");
+        assert!(
+            kept.last().is_none_or(|&last| seq > last),
+            "seq {seq} reused ({report})"
+        );
         written.entry(seq).or_default().insert(new);
     }
     drop(spool);
 
     let (spool, again) = Spool::open(&dir, options()).expect("a second open");
-    let records = spool.read_from(0, 1000).expect("read after the second open");
+    let records = spool
+        .read_from(0, 1000)
+        .expect("read after the second open");
     let mut want = kept;
     want.extend(seq);
     assert_eq!(

@@ -48,7 +48,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // Small limits reach the "too large" paths; 0 maps to pushbox's real 64 KiB ceiling.
-    let limit = if *limit == 0 { 65_536 } else { *limit as usize * 8 };
+    let limit = if *limit == 0 {
+        65_536
+    } else {
+        *limit as usize * 8
+    };
     let a = whole(stream, limit);
     let b = in_pieces(stream, limit, *seed);
     assert_eq!(a, b, "decoding at once and in pieces differ");

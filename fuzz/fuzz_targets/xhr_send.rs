@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pushbox_fuzz::{app, driver, message, with_auth};
 use pushbox::transport::fallback::parse_send_body;
+use pushbox_fuzz::{app, driver, message, with_auth};
 
 fuzz_target!(|data: &[u8]| {
     let frames = match parse_send_body(data) {
