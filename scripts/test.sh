@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: format, lint, unit + integration tests, the real-client
+# The whole test suite, as CI runs it: format, lint, unit + integration tests, coverage-guided
+# fuzzing (cargo-fuzz, 20 s per target), the real-client
 # suites (pusher-js, laravel-echo, the Node and Python SDKs), the cluster of three nodes in network
 # namespaces on redis-server and on Valkey, the Autobahn|Testsuite cases, the browser tests, resume
 # through link cuts in a network namespace, the systemd checks, the Debian package installed,
@@ -25,6 +26,8 @@ step setup scripts/setup.sh || true
 step "cargo fmt --check" cargo fmt --check
 step "cargo clippy" cargo clippy --all-targets --quiet -- -D warnings
 step "cargo test" cargo test --quiet
+# 20 s per target (6 targets); the instrumented build is removed afterwards (CI disk).
+step "cargo fuzz (20 s per target)" env FUZZ_SECS=20 scripts/fuzz.sh
 step "real clients (node + python)" env SKIP_BUILD=1 tests/clients/run.sh
 [ -x tests/cluster/run.sh ] && step "cluster: 3 nodes in namespaces on redis-server, then Valkey" env SKIP_BUILD=1 tests/cluster/run.sh both
 [ -x tests/autobahn/run.sh ] && step "Autobahn|Testsuite (kosoku: sections 1-7, 9, 10)" tests/autobahn/run.sh

@@ -92,6 +92,13 @@ pub enum SpoolError {
         /// What was found ("the directory was removed", …).
         what: String,
     },
+    /// The next record would need a seq past [`MAX_SEQ`](super::MAX_SEQ): only a damaged
+    /// segment or cursor file claiming records near the end of the range gets here (a real
+    /// spool would need billions of years). Nothing was written.
+    SeqExhausted {
+        /// The spool directory.
+        dir: PathBuf,
+    },
     /// The writer thread is gone (the spool is shutting down, or it crashed).
     Closed {
         /// The spool directory.
@@ -174,6 +181,7 @@ impl SpoolError {
                 dir: dir.clone(),
                 what: what.clone(),
             },
+            SpoolError::SeqExhausted { dir } => SpoolError::SeqExhausted { dir: dir.clone() },
             SpoolError::Closed { dir } => SpoolError::Closed { dir: dir.clone() },
         }
     }
@@ -266,6 +274,14 @@ impl fmt::Display for SpoolError {
                 "the spool directory {} is gone ({what}) while pushbox was running: nothing \
                  more can be stored there. Restart pushbox (systemctl restart pushbox); it \
                  creates the directory again and starts a new log",
+                dir.display()
+            ),
+            SpoolError::SeqExhausted { dir } => write!(
+                f,
+                "spool {} has used up its sequence numbers: a segment or cursor file there \
+                 claims records near the end of the range, so it was damaged or written by \
+                 something else. Stop pushbox, move the directory aside (keep it to look at) \
+                 and start again with an empty one",
                 dir.display()
             ),
             SpoolError::Closed { dir } => write!(

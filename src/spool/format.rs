@@ -25,6 +25,11 @@ pub(crate) const SEGMENT_HEADER_LEN: u64 = SEGMENT_MAGIC.len() as u64;
 pub(crate) const RECORD_HEADER_LEN: usize = 24;
 /// The largest payload the spool accepts (and the largest length recovery believes).
 pub const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+/// The largest seq a record may have: the seq after it, which the writer and recovery keep as
+/// "the next seq", must still fit in a `u64`. A record claiming `u64::MAX` (a damaged or
+/// foreign file) overflowed that next seq in recovery and in the writer (found by
+/// `fuzz/fuzz_targets/spool.rs`).
+pub const MAX_SEQ: u64 = u64::MAX - 1;
 /// Every `SPARSE_EVERY`-th record of a segment gets an in-memory (seq, offset) index entry.
 pub(crate) const SPARSE_EVERY: u64 = 64;
 
@@ -211,6 +216,13 @@ pub(crate) fn scan_segment(data: &[u8], base: u64, seq_limit: Option<u64>) -> Se
                     scan.end = ScanEnd::Corrupt {
                         offset: off as u64,
                         reason: "sequence number out of order",
+                    };
+                    return scan;
+                }
+                if header.seq > MAX_SEQ {
+                    scan.end = ScanEnd::Corrupt {
+                        offset: off as u64,
+                        reason: "sequence number out of range",
                     };
                     return scan;
                 }

@@ -42,7 +42,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use error::SpoolError;
-pub use format::MAX_RECORD_BYTES;
+pub use format::{MAX_RECORD_BYTES, MAX_SEQ};
 pub use health::Condition;
 pub use reader::SpoolReader;
 pub use recovery::{RecoveryReport, SegmentDamage};
@@ -602,7 +602,7 @@ fn read_segment_range(
         if !format::crc_ok(&head, &payload, h.crc) {
             return Err(corrupt("CRC mismatch"));
         }
-        if h.seq != cur {
+        if h.seq != cur || h.seq > format::MAX_SEQ {
             return Err(corrupt("unexpected sequence number"));
         }
         pos += format::record_len(h.len);

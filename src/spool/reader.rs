@@ -86,7 +86,11 @@ impl SpoolReader {
         let next = seq.max(1);
         let segs = self.segments()?;
         let i = segs.partition_point(|(b, _)| *b <= next).saturating_sub(1);
-        for (base, path) in &segs[i..] {
+        for (k, (base, path)) in segs.iter().enumerate().skip(i) {
+            // Records at or past the next segment's base overlap it: recovery treats them as
+            // damage, so the reader must not return them either (a mangled segment made the
+            // reader return seqs twice and out of order; found by cargo fuzz, target spool).
+            let limit = segs.get(k + 1).map_or(u64::MAX, |(b, _)| *b);
             let want = max_records - out.len();
             if want == 0 {
                 break;
@@ -109,7 +113,7 @@ impl SpoolReader {
             } else {
                 (0, off)
             };
-            let (cur, used) = decode_records(&data[start..], cur, from, want, &mut out);
+            let (cur, used) = decode_records(&data[start..], cur, from, limit, want, &mut out);
             *lock(&self.hint) = Some((*base, cur, off + used as u64));
         }
         Ok(out)
@@ -172,12 +176,14 @@ impl SpoolReader {
     }
 }
 
-/// Decode valid records from `data` starting at seq `cur`, keeping those >= `from`, at most
-/// `want`. Returns the seq after the last record decoded and the bytes consumed.
+/// Decode valid records from `data` starting at seq `cur` and below `limit` (the next
+/// segment's base), keeping those >= `from`, at most `want`. Returns the seq after the last
+/// record decoded and the bytes consumed.
 fn decode_records(
     data: &[u8],
     mut cur: u64,
     from: u64,
+    limit: u64,
     want: usize,
     out: &mut Vec<Record>,
 ) -> (u64, usize) {
@@ -189,7 +195,7 @@ fn decode_records(
                 header,
                 payload,
                 total,
-            } if header.seq == cur => {
+            } if header.seq == cur && header.seq <= format::MAX_SEQ && header.seq < limit => {
                 if header.seq >= from {
                     out.push(Record {
                         seq: header.seq,

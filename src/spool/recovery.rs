@@ -372,6 +372,15 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
         metas.push(meta);
     }
 
+    // The last segment kept can be a damaged one when the one after it was moved aside (or is
+    // removed below): cut its damage too. Its damage may be records past the next segment's
+    // base, and with that segment gone the next open would take them back ("revived"), or the
+    // writer would append over them and leave old records after the new ones. Found by cargo
+    // fuzz (target spool).
+    if let Some(last) = metas.last_mut() {
+        cut_damage(last)?;
+    }
+
     // Gaps between segments.
     for w in metas.windows(2) {
         if w[0].end_seq() < w[1].base {
@@ -406,6 +415,9 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
             // An empty last segment that cannot take `next_seq`: replace it.
             if let Some(last) = metas.pop() {
                 fs::remove_file(&last.path).map_err(|e| SpoolError::io(&last.path, "remove", e))?;
+            }
+            if let Some(last) = metas.last_mut() {
+                cut_damage(last)?;
             }
         }
         if let Some(last) = metas.last().filter(|m| m.end_seq() < next_seq) {
@@ -448,6 +460,23 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
         active,
         report,
     })
+}
+
+/// Cuts a segment's file back to its valid records (nothing if it has no damage).
+fn cut_damage(meta: &mut SegMeta) -> Result<(), SpoolError> {
+    if meta.disk_len <= meta.len || meta.len < SEGMENT_HEADER_LEN {
+        return Ok(());
+    }
+    let path = &meta.path;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| SpoolError::io(path, "open segment", e))?;
+    file.set_len(meta.len)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| SpoolError::io(path, "truncate", e))?;
+    meta.disk_len = meta.len;
+    Ok(())
 }
 
 fn quarantine_path(path: &Path) -> PathBuf {

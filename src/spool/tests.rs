@@ -810,3 +810,122 @@ fn recent_records_are_the_committed_ones() {
     );
     assert_eq!(s.read_recent(total + 1, 10), None);
 }
+
+/// A segment file holding `records` (seq, payload), each framed with a correct CRC.
+fn write_segment(dir: &Path, base: u64, records: &[(u64, &[u8])]) {
+    let mut buf = format::SEGMENT_MAGIC.to_vec();
+    for (seq, p) in records {
+        format::encode_record(&mut buf, *seq, 1_764_000_000_000, p);
+    }
+    fs::create_dir_all(dir).unwrap();
+    fs::write(format::segment_path(dir, base), buf).unwrap();
+}
+
+/// Found by `fuzz/fuzz_targets/spool.rs`: a segment named `u64::MAX` (or a record claiming
+/// seq `u64::MAX`) overflowed the next seq, a panic in the writer thread and in the reader.
+/// Such a record is damage; a spool whose next seq would pass `MAX_SEQ` refuses appends
+/// with a message, and opens again.
+#[test]
+fn seq_at_the_end_of_the_range_is_damage_not_an_overflow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    write_segment(&dir, 1, &[(1, b"one"), (2, b"two")]);
+    write_segment(&dir, MAX_SEQ, &[(MAX_SEQ, b"last"), (u64::MAX, b"past")]);
+    let reader = Spool::open_read_only(&dir).unwrap();
+    let seqs: Vec<u64> = reader
+        .read_from(1, 10)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2, MAX_SEQ], "the reader stops before u64::MAX");
+    drop(reader);
+
+    let (s, report) = open(&dir, opts(4096));
+    let d = report
+        .tail_damage
+        .as_ref()
+        .expect("the u64::MAX record is cut");
+    assert_eq!(d.reason, "sequence number out of range", "{report}");
+    let seqs: Vec<u64> = all(&s).iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [1, 2, MAX_SEQ]);
+    let e = s.append_blocking(b"more".to_vec()).unwrap_err();
+    assert!(matches!(e, SpoolError::SeqExhausted { .. }), "{e}");
+    assert!(e.to_string().contains("move the directory aside"), "{e}");
+    drop(s);
+    let (s, again) = open(&dir, opts(4096));
+    assert!(again.tail_damage.is_none(), "nothing more is cut: {again}");
+    assert_eq!(all(&s).len(), 3);
+
+    // An empty segment named u64::MAX: nothing fits in it.
+    let dir = tmp.path().join("t");
+    write_segment(&dir, u64::MAX, &[]);
+    let (s, _) = open(&dir, opts(4096));
+    let e = s.append_blocking(b"x".to_vec()).unwrap_err();
+    assert!(matches!(e, SpoolError::SeqExhausted { .. }), "{e}");
+}
+
+/// Found by `fuzz/fuzz_targets/spool.rs`: when a segment's records run past the next
+/// segment's base (a mangled or copied file), recovery stops that segment at the base, but the
+/// read-only reader (`pushbox events tail`) read on and returned seqs twice and out of order.
+/// Both now read the same records.
+#[test]
+fn overlapping_segments_read_the_same_in_the_reader_and_after_recovery() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    write_segment(&dir, 1, &[(1, b"a1"), (2, b"a2"), (3, b"a3"), (4, b"a4")]);
+    write_segment(&dir, 3, &[(3, b"b3"), (4, b"b4"), (5, b"b5")]);
+    let reader = Spool::open_read_only(&dir).unwrap();
+    let read = reader.read_from(1, 100).unwrap();
+    let got: Vec<(u64, &[u8])> = read.iter().map(|r| (r.seq, &r.payload[..])).collect();
+    let want: Vec<(u64, &[u8])> = vec![(1, b"a1"), (2, b"a2"), (3, b"b3"), (4, b"b4"), (5, b"b5")];
+    assert_eq!(
+        got, want,
+        "the reader stops a segment at the next one's base"
+    );
+    drop(reader);
+    let (s, report) = open(&dir, opts(4096));
+    assert_eq!(report.damaged_segments.len(), 1, "{report}");
+    assert_eq!(all(&s), read, "recovery keeps what the reader read");
+}
+
+/// Found by `fuzz/fuzz_targets/spool.rs`: records of a segment that run past the next
+/// segment's base are damage, but when recovery then moved that next segment aside (a foreign
+/// header) or removed it (an empty last segment), the next open took them back, or the writer
+/// appended over them and left old records behind the new ones. Recovery now cuts them, so a
+/// second open finds exactly what the first kept plus what was appended.
+#[test]
+fn records_cut_at_a_removed_segment_do_not_come_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seqs = |s: &Spool| all(s).iter().map(|r| r.seq).collect::<Vec<u64>>();
+    let overlapping: &[(u64, &[u8])] = &[(14, b"r14"), (15, b"r15"), (16, b"r16")];
+
+    // An empty segment after it, then a foreign file: the empty one is removed.
+    let dir = tmp.path().join("removed");
+    write_segment(&dir, 14, overlapping);
+    write_segment(&dir, 15, &[]);
+    fs::write(format::segment_path(&dir, 100), b"........not a segment").unwrap();
+    let (s, report) = open(&dir, opts(4096));
+    assert_eq!(seqs(&s), [14], "{report}");
+    assert_eq!(s.append_blocking(b"new".to_vec()).unwrap(), 100);
+    drop(s);
+    let (s, again) = open(&dir, opts(4096));
+    assert_eq!(seqs(&s), [14, 100], "nothing revived: {again}");
+    drop(s);
+
+    // The foreign file right after it: the writer continues in the damaged segment.
+    let dir = tmp.path().join("reused");
+    write_segment(&dir, 14, overlapping);
+    fs::write(format::segment_path(&dir, 15), b"........not a segment").unwrap();
+    let (s, report) = open(&dir, opts(4096));
+    assert_eq!(seqs(&s), [14], "{report}");
+    assert_eq!(s.append_blocking(b"NEW".to_vec()).unwrap(), 15);
+    drop(s);
+    let (s, again) = open(&dir, opts(4096));
+    let got: Vec<(u64, Vec<u8>)> = all(&s).into_iter().map(|r| (r.seq, r.payload)).collect();
+    assert_eq!(
+        got,
+        [(14, b"r14".to_vec()), (15, b"NEW".to_vec())],
+        "the old record 16 is not read after the new 15: {again}"
+    );
+}

@@ -200,6 +200,15 @@ impl Writer {
             let _ = req.reply.send(Err(e));
             return None;
         }
+        let Some(seq) = (self.next_seq)
+            .checked_add(batch.replies.len() as u64)
+            .filter(|&seq| seq <= format::MAX_SEQ)
+        else {
+            let _ = req.reply.send(Err(SpoolError::SeqExhausted {
+                dir: self.shared.dir.clone(),
+            }));
+            return None;
+        };
         let rec_len = format::record_len(req.payload.len());
         let seg_limit = self.shared.opts.segment_bytes;
         let in_batch = batch.buf.len() as u64;
@@ -238,7 +247,6 @@ impl Writer {
                 return None;
             }
         }
-        let seq = self.next_seq + batch.replies.len() as u64;
         batch.offsets.push(batch.buf.len() as u64);
         format::encode_record(&mut batch.buf, seq, batch.first_ts, &req.payload);
         batch.replies.push((seq, req.reply));

@@ -2,10 +2,10 @@
 //! valid inputs, the budget (iterations and seconds) read from the environment, and the
 //! counters a target keeps to show how deep its inputs went.
 //!
-//! Why not `cargo fuzz`: it needs a nightly toolchain, and `rustup toolchain install nightly`
-//! cannot reach static.rust-lang.org from this machine (only crates.io, npm, PyPI and apt are
-//! reachable). A seeded driver on stable runs in every `cargo test`, and reruns the same
-//! inputs for the same seed.
+//! Beside `cargo fuzz` (`fuzz/`, `scripts/fuzz.sh`, nightly only): this driver runs on stable
+//! in every `cargo test`, reruns the same inputs for the same seed, and checks invariants that
+//! need a model of valid inputs (decode ∘ encode = id, exactly the intact spool records). The
+//! cargo-fuzz targets include `message.rs` and this file for the session checks.
 //!
 //! Environment (all optional):
 //! - `FUZZ_SEED`: the base seed (default [`DEFAULT_SEED`]); each iteration derives its own.
