@@ -20,6 +20,9 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT/fuzz"
 SECS="${FUZZ_SECS:-60}"
+# A dated nightly, not "nightly": a new nightly can break the instrumented build of the day, and
+# CI must not fail (or pass) for that. Raise it on purpose, as with any dependency.
+TC="${FUZZ_TOOLCHAIN:-nightly-2026-10-30}"
 BUILD="$ROOT/target/fuzz"
 CORPUS="$ROOT/target/fuzz-corpus"
 ART="$ROOT/artifacts/fuzz"
@@ -28,17 +31,17 @@ skip() {
   if [ "${FUZZ_REQUIRED:-0}" = 1 ]; then echo "FAILED: $1 (FUZZ_REQUIRED=1)"; exit 1; fi
   echo "SKIPPED: $1 (scripts/setup.sh installs it)"; exit 0
 }
-rustup run nightly rustc --version >/dev/null 2>&1 || skip "no nightly Rust toolchain"
+rustup run "$TC" rustc --version >/dev/null 2>&1 || skip "no $TC Rust toolchain"
 command -v cargo-fuzz >/dev/null 2>&1 || skip "cargo-fuzz is not installed"
 
 cleanup() { [ "${FUZZ_KEEP_BUILD:-0}" = 1 ] || rm -rf "$BUILD"; }
 trap cleanup EXIT
 
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || mapfile -t targets < <(cargo +nightly fuzz list)
+[ "${#targets[@]}" -gt 0 ] || mapfile -t targets < <(cargo "+$TC" fuzz list)
 t0=$SECONDS
-echo "== cargo +nightly fuzz build (${targets[*]})"
-if ! cargo +nightly fuzz build --target-dir "$BUILD" >"$ROOT/target/fuzz-build.log" 2>&1; then
+echo "== cargo +$TC fuzz build (${targets[*]})"
+if ! cargo "+$TC" fuzz build --target-dir "$BUILD" >"$ROOT/target/fuzz-build.log" 2>&1; then
   tail -30 "$ROOT/target/fuzz-build.log"; echo "FAILED: the fuzz targets do not build"; exit 1
 fi
 echo "   built in $((SECONDS - t0)) s"
@@ -50,7 +53,7 @@ for t in "${targets[@]}"; do
   [ -d "$ROOT/tests/fuzz/corpus/$t" ] && seeds=("$ROOT/tests/fuzz/corpus/$t")
   log="$ROOT/target/fuzz-$t.log"
   # -timeout: an input that takes 25 s is a hang, reported like a crash.
-  cargo +nightly fuzz run --target-dir "$BUILD" "$t" "$CORPUS/$t" "${seeds[@]}" -- \
+  cargo "+$TC" fuzz run --target-dir "$BUILD" "$t" "$CORPUS/$t" "${seeds[@]}" -- \
     -max_total_time="$SECS" -timeout=25 -print_final_stats=1 -artifact_prefix="$ART/$t/" \
     >"$log" 2>&1
   rc=$?
@@ -63,7 +66,7 @@ for t in "${targets[@]}"; do
     artifact=$(sed -n 's/.*Test unit written to //p' "$log" | tail -1)
     grep -m1 -E "panicked at|ERROR: AddressSanitizer|ERROR: libFuzzer" -A2 "$log" | sed 's/^/     /'
     echo "   $t: FAILED (exit $rc): input saved to ${artifact:-? (see $log)}"
-    [ -n "$artifact" ] && echo "     replay: (cd fuzz && cargo +nightly fuzz run $t $artifact)"
+    [ -n "$artifact" ] && echo "     replay: (cd fuzz && cargo +$TC fuzz run $t $artifact)"
     failed+=("$t")
   fi
 done

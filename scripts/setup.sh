@@ -46,9 +46,11 @@ rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup com
 # Coverage-guided fuzzing (scripts/fuzz.sh): a minimal nightly toolchain and cargo-fuzz. Cold:
 # ~30 s for the toolchain, ~1 min to build cargo-fuzz (measured on the shared 2-core box). Not
 # fatal: without them scripts/fuzz.sh says SKIPPED.
-if ! rustup run nightly rustc --version >/dev/null 2>&1; then
-  echo "== rustup toolchain install nightly --profile minimal"
-  rustup toolchain install nightly --profile minimal || echo "   no nightly toolchain: fuzzing will be skipped"
+# The same dated nightly as scripts/fuzz.sh (FUZZ_TOOLCHAIN).
+fuzz_tc="${FUZZ_TOOLCHAIN:-nightly-2026-10-30}"
+if ! rustup run "$fuzz_tc" rustc --version >/dev/null 2>&1; then
+  echo "== rustup toolchain install $fuzz_tc --profile minimal"
+  rustup toolchain install "$fuzz_tc" --profile minimal || echo "   no $fuzz_tc toolchain: fuzzing will be skipped"
 fi
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "== cargo install --locked cargo-fuzz"

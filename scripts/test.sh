@@ -27,7 +27,7 @@ step "cargo fmt --check" cargo fmt --check
 step "cargo clippy" cargo clippy --all-targets --quiet -- -D warnings
 step "cargo test" cargo test --quiet
 # 20 s per target (6 targets); the instrumented build is removed afterwards (CI disk).
-step "cargo fuzz (20 s per target)" env FUZZ_SECS=20 scripts/fuzz.sh
+step "cargo fuzz (20 s per target)" env FUZZ_SECS=20 FUZZ_REQUIRED=1 scripts/fuzz.sh
 step "real clients (node + python)" env SKIP_BUILD=1 tests/clients/run.sh
 [ -x tests/cluster/run.sh ] && step "cluster: 3 nodes in namespaces on redis-server, then Valkey" env SKIP_BUILD=1 tests/cluster/run.sh both
 [ -x tests/autobahn/run.sh ] && step "Autobahn|Testsuite (kosoku: sections 1-7, 9, 10)" tests/autobahn/run.sh
