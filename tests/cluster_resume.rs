@@ -11,11 +11,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{Cluster, Node, NodeConfig};
+use common::resume::{data, events_within, prove};
 use common::{api, trigger, Client, APP_ID, KEY, SECRET};
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "00112233445566778899aabbccddeeff";
@@ -56,56 +56,6 @@ async fn next(c: &mut Client) -> Value {
         return v;
     }
     panic!("only pings");
-}
-
-/// Answers pings until the proof ping after the last event came and its pong went back, then
-/// makes sure the node read that pong (its answer to our own ping comes after it).
-async fn prove(c: &mut Client) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        assert!(Instant::now() < deadline, "no proof ping within 3 s");
-        if c.recv().await["event"] == "pusher:ping" {
-            c.send(json!({"event":"pusher:pong","data":{}})).await;
-            break;
-        }
-    }
-    c.send(json!({"event":"pusher:ping","data":{}})).await;
-    loop {
-        let v = c.recv().await;
-        if v["event"] == "pusher:pong" {
-            return;
-        }
-        if v["event"] == "pusher:ping" {
-            c.send(json!({"event":"pusher:pong","data":{}})).await;
-        }
-    }
-}
-
-/// The channel events (not `pusher…` frames) arriving within `ms`, pings answered.
-async fn events_within(c: &mut Client, ms: u64) -> Vec<Value> {
-    let mut out = Vec::new();
-    let until = tokio::time::Instant::now() + Duration::from_millis(ms);
-    loop {
-        let Ok(Some(Ok(m))) = tokio::time::timeout_at(until, c.ws.next()).await else {
-            return out;
-        };
-        let Ok(t) = m.to_text() else { continue };
-        let Ok(v) = serde_json::from_str::<Value>(t) else {
-            continue;
-        };
-        if v["event"] == "pusher:ping" {
-            c.send(json!({"event":"pusher:pong","data":{}})).await;
-        } else if !v["event"].as_str().unwrap_or("").starts_with("pusher") {
-            out.push(v);
-        }
-    }
-}
-
-fn data(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| e["data"].as_str().unwrap_or_default().to_owned())
-        .collect()
 }
 
 async fn publish(node: &Node, channel: &str, n: u32) {

@@ -2,7 +2,8 @@
 //! in-process server on 127.0.0.1 with a real listener, a WebSocket test client, a signed raw
 //! HTTP/1.1 client, and ([`process`]) the real binary as a child process; [`cluster`] (a test
 //! Redis and nodes on it), [`webhook`] (a webhook receiver), [`console`] (the console's sign-in
-//! over raw HTTP) and [`pki`] (a private CA) for the files that need them.
+//! over raw HTTP), [`pki`] (a private CA) and [`resume`] (delivery proof and event collection for
+//! the resume tests) for the files that need them.
 // Each test file is its own crate and uses only some of these.
 #![allow(dead_code)]
 
@@ -10,6 +11,7 @@ pub mod cluster;
 pub mod console;
 pub mod pki;
 pub mod process;
+pub mod resume;
 pub mod webhook;
 
 #[allow(unused_imports)]
