@@ -1048,6 +1048,39 @@ async fn events_lost_with_a_restarted_redis_are_forwarded_again_when_idle() {
     );
 }
 
+/// A backlog: events accepted while Redis was away go out when it is back, more than
+/// the forwarder's `REWIND` (10 s) after they were accepted, and Redis dies again before b read
+/// them. Going back 10 s by acceptance time would miss them all; the forwarder goes back by the
+/// time it forwarded them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_lost_with_a_restarted_redis_is_forwarded_again() {
+    let mut n = Cluster::start_with(&["a", "b"], &slow_heartbeat());
+    let mut sb = n[1].subscriber("backlog").await;
+    n[1].signal("-STOP");
+    n.redis.kill();
+    for i in 0..5 {
+        n[0].publish("backlog", "e", &i.to_string()).await;
+    }
+    // Longer than the forwarder's 10 s rewind, then Redis is back (empty) and a forwards the
+    // backlog; b, stopped, reads none of it.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    n.redis.revive();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    n.redis.kill();
+    n.redis.revive();
+    for i in 5..10 {
+        n[0].publish("backlog", "e", &i.to_string()).await;
+    }
+    n[1].signal("-CONT");
+    let got = datas(&mut sb, "e", 5000).await;
+    let log = n[0].log();
+    assert_eq!(
+        got,
+        (0..10).collect::<Vec<u32>>(),
+        "every accepted event once and in order on b; a's log:\n{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_onto_another_node_sends_no_webhook() {
     let hooks = Receiver::start().await;

@@ -9,8 +9,9 @@
 //!
 //! Redis losing data under a running forwarder (a restart without persistence, or with AOF
 //! losing its last second) takes with it the bus entries not every node had read yet. The
-//! forwarder then goes back ([`REWIND`], or to the mark Redis kept) and forwards them again;
-//! readers skip what they have. Each FORWARD call carries the mark this run left, and the
+//! forwarder then goes back (to the mark Redis kept, or [`REWIND`] before Redis was last seen,
+//! counted both in acceptance time and in the time it forwarded them: a backlog accepted long
+//! ago may have gone out just before) and forwards them again; readers skip what they have. Each FORWARD call carries the mark this run left, and the
 //! script refuses to add anything on a lower or missing one: the forwarder must notice the
 //! loss on its own first call to the new Redis, not through the heartbeat, which may come
 //! after that call has already raised the mark past the lost entries (CI, issue 21: event 66
@@ -20,7 +21,7 @@
 //! its own sockets at once ([`Msg::Local`]) and keeps retrying; when the bus catches up, the
 //! deliverer skips them. The other nodes get them late, complete and in order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -38,6 +39,36 @@ use super::status::Status;
 use crate::eventlog::EventRecord;
 use crate::protocol::ChannelKind;
 use crate::spool::{Record, Spool};
+
+/// When each recent batch went out: (ms it was forwarded, its first seq), the newest last,
+/// covering [`REWIND`] of forwarding time before the newest. After Redis lost its data, what a
+/// reader may have missed is what was *forwarded* shortly before, which is not what was
+/// *accepted* shortly before when the forwarder was catching up: a backlog of 30 s of events
+/// forwarded in one second would have gone back only a third of the way by acceptance time.
+#[derive(Default)]
+struct ForwardLog {
+    batches: VecDeque<(u64, u64)>,
+}
+
+impl ForwardLog {
+    fn push(&mut self, at_ms: u64, first_seq: u64) {
+        self.batches.push_back((at_ms, first_seq));
+        // Trimmed against the newest entry, not the clock: while Redis is away nothing is
+        // forwarded, and the batches just before it went away are the ones a recheck wants.
+        let keep_from = at_ms.saturating_sub(REWIND.as_millis() as u64);
+        while self.batches.front().is_some_and(|&(t, _)| t < keep_from) {
+            self.batches.pop_front();
+        }
+    }
+
+    /// The first seq of the first batch forwarded at or after `since_ms`.
+    fn first_since(&self, since_ms: u64) -> Option<u64> {
+        self.batches
+            .iter()
+            .find(|&&(t, _)| t >= since_ms)
+            .map(|&(_, seq)| seq)
+    }
+}
 
 /// Records read from the event log per round.
 const BATCH: usize = 128;
@@ -125,6 +156,7 @@ impl Forwarder {
         self.next.store(next, Relaxed);
         // When a FORWARD last went through (ms): Redis held this node's entries then.
         let mut forwarded_ms = now_ms();
+        let mut log = ForwardLog::default();
         // Records below this were delivered here (through the bus or, degraded, directly).
         let mut local_next = next;
         let mut committed = self.spool.subscribe();
@@ -139,7 +171,7 @@ impl Forwarder {
             }
             let since = self.recheck.take();
             if since > 0 {
-                next = self.rechecked(next, since, &mut sent).await;
+                next = self.rechecked(next, since, &mut sent, &log).await;
             }
             let last = self.spool.last_seq();
             if next > last {
@@ -176,6 +208,7 @@ impl Forwarder {
                 Ok(Forwarded::Done) => {
                     self.status.ok();
                     forwarded_ms = now_ms();
+                    log.push(forwarded_ms, next);
                     next = end;
                     self.next.store(next, Relaxed);
                     local_next = local_next.max(next);
@@ -188,7 +221,7 @@ impl Forwarder {
                         0 => forwarded_ms,
                         s => s.min(forwarded_ms),
                     };
-                    next = self.rechecked(next, since, &mut sent).await;
+                    next = self.rechecked(next, since, &mut sent, &log).await;
                     self.next.store(next, Relaxed);
                     if self.recheck.since.load(Relaxed) > 0 {
                         // The marks could not be read: wait, or this loop would spin on refusals.
@@ -258,9 +291,16 @@ impl Forwarder {
 
     /// Where to go on after Redis came back: from the lowest mark that Redis lost (below what this
     /// run forwarded for that app), or, for an app whose mark is gone altogether, from
-    /// [`REWIND`] before Redis was last seen (`since_ms`). `next` when nothing was lost. `sent`
-    /// takes the marks Redis has now, so FORWARD adds again from there.
-    async fn rechecked(&self, next: u64, since_ms: u64, sent: &mut HashMap<String, u64>) -> u64 {
+    /// [`REWIND`] before Redis was last seen (`since_ms`), by acceptance time and by the time
+    /// this run forwarded them (`log`), whichever goes further back. `next` when nothing was
+    /// lost. `sent` takes the marks Redis has now, so FORWARD adds again from there.
+    async fn rechecked(
+        &self,
+        next: u64,
+        since_ms: u64,
+        sent: &mut HashMap<String, u64>,
+        log: &ForwardLog,
+    ) -> u64 {
         let marks = match self.marks_by_app().await {
             Ok(m) => m,
             Err(_) => {
@@ -288,10 +328,11 @@ impl Forwarder {
             }
         }
         if gone {
-            from = from.min(
-                self.first_since(since_ms.saturating_sub(REWIND.as_millis() as u64), next)
-                    .await,
-            );
+            let window_start = since_ms.saturating_sub(REWIND.as_millis() as u64);
+            from = from.min(self.first_since(window_start, next).await);
+            if let Some(seq) = log.first_since(window_start) {
+                from = from.min(seq);
+            }
         }
         let first = self.spool.stats().first_seq.unwrap_or(from);
         let from = from.max(first).min(next);
@@ -440,5 +481,29 @@ impl Forwarder {
             from = end;
         }
         from
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_goes_back_by_forwarding_time_and_keeps_only_the_rewind() {
+        let mut log = ForwardLog::default();
+        // A backlog caught up: seqs 1..=3000 forwarded in batches within one second at t=100 s.
+        for (i, seq) in (1..=3000u64).step_by(128).enumerate() {
+            log.push(100_000 + i as u64 * 40, seq);
+        }
+        // Redis last seen at 101 s: everything forwarded since 91 s goes again, from seq 1,
+        // though those events were accepted long before.
+        assert_eq!(log.first_since(91_000), Some(1));
+        assert_eq!(log.first_since(100_040), Some(129));
+        assert_eq!(log.first_since(200_000), None);
+        // Thirty seconds later only what went out in the last REWIND is kept.
+        log.push(130_000, 5000);
+        log.push(131_000, 5100);
+        assert_eq!(log.first_since(0), Some(5000));
+        assert_eq!(log.batches.len(), 2);
     }
 }
