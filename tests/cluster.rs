@@ -361,6 +361,18 @@ async fn webhooks_fire_once_for_the_whole_cluster() {
     assert_eq!(count.len(), 6, "{count:?}");
 }
 
+/// After b was stopped through a Redis restart: b gets events `0..count` published on a,
+/// once each and in order, within `ms`.
+async fn b_gets_every_event(n: &Cluster, sb: &mut Client, count: u32, ms: u64) {
+    let got = datas(sb, "e", ms).await;
+    assert_eq!(
+        got,
+        (0..count).collect::<Vec<u32>>(),
+        "every accepted event once and in order on b; a's log:\n{}",
+        n[0].log()
+    );
+}
+
 /// The `data` of every `name` event a client gets until `ms` of silence.
 async fn datas(c: &mut Client, name: &str, ms: u64) -> Vec<u32> {
     drain(c, ms)
@@ -1014,13 +1026,7 @@ async fn events_lost_with_a_restarted_redis_are_forwarded_again_while_publishing
         n[0].publish("restart", "e", &i.to_string()).await;
     }
     n[1].signal("-CONT");
-    let got = datas(&mut sb, "e", 4000).await;
-    let log = n[0].log();
-    assert_eq!(
-        got,
-        (0..10).collect::<Vec<u32>>(),
-        "every accepted event once and in order on b; a's log:\n{log}"
-    );
+    b_gets_every_event(&n, &mut sb, 10, 4000).await;
 }
 
 /// The same restart with the forwarder idle afterwards: only a's heartbeat can notice, and a
@@ -1039,13 +1045,7 @@ async fn events_lost_with_a_restarted_redis_are_forwarded_again_when_idle() {
     n.redis.kill();
     n.redis.revive();
     n[1].signal("-CONT");
-    let got = datas(&mut sb, "e", 4000).await;
-    let log = n[0].log();
-    assert_eq!(
-        got,
-        (0..5).collect::<Vec<u32>>(),
-        "every accepted event once and in order on b; a's log:\n{log}"
-    );
+    b_gets_every_event(&n, &mut sb, 5, 4000).await;
 }
 
 /// A backlog: events accepted while Redis was away go out when it is back, more than
@@ -1072,13 +1072,7 @@ async fn a_backlog_lost_with_a_restarted_redis_is_forwarded_again() {
         n[0].publish("backlog", "e", &i.to_string()).await;
     }
     n[1].signal("-CONT");
-    let got = datas(&mut sb, "e", 5000).await;
-    let log = n[0].log();
-    assert_eq!(
-        got,
-        (0..10).collect::<Vec<u32>>(),
-        "every accepted event once and in order on b; a's log:\n{log}"
-    );
+    b_gets_every_event(&n, &mut sb, 10, 5000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
