@@ -10,11 +10,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::cluster::{Cluster, Node, NodeConfig};
-use common::resume::{data, events_within, prove};
+use common::resume::{data, events_within, next, prove, reconnect_with};
 use common::{api, trigger, Client, APP_ID, KEY, SECRET};
 use serde_json::{json, Value};
 
@@ -26,36 +25,6 @@ fn config(more: &str) -> NodeConfig {
         more: format!("[resume]\nenabled = true\n{more}"),
         ..NodeConfig::default()
     }
-}
-
-/// A client with `token` in its URL (a first connection or a reconnect), subscribed to
-/// `channel`; a replay, if any, comes next.
-async fn subscribed(addr: SocketAddr, token: &str, channel: &str) -> Client {
-    let mut c = Client::connect_token(addr, token).await;
-    c.send(json!({"event":"pusher:subscribe","data":{"channel":channel}}))
-        .await;
-    let ack = next(&mut c).await;
-    assert_eq!(
-        ack["event"], "pusher_internal:subscription_succeeded",
-        "{ack}"
-    );
-    c
-}
-
-/// The next frame that is not a server ping or a subscription count; pings are answered.
-async fn next(c: &mut Client) -> Value {
-    for _ in 0..100 {
-        let v = c.recv().await;
-        if v["event"] == "pusher:ping" {
-            c.send(json!({"event":"pusher:pong","data":{}})).await;
-            continue;
-        }
-        if v["event"] == "pusher_internal:subscription_count" {
-            continue;
-        }
-        return v;
-    }
-    panic!("only pings");
 }
 
 async fn publish(node: &Node, channel: &str, n: u32) {
@@ -73,7 +42,7 @@ async fn publish_except(node: &Node, channel: &str, n: u32, socket_id: &str) {
 
 /// A subscribed token client on `node` that received `1` (through the bus) and proved it.
 async fn up_with_one(node: &Node, channel: &str) -> Client {
-    let mut c = subscribed(node.addr(), TOKEN, channel).await;
+    let mut c = reconnect_with(node.addr(), TOKEN, channel).await;
     publish(node, channel, 1).await;
     let e = next(&mut c).await;
     assert_eq!(e["data"], "1", "{e}");
@@ -102,7 +71,7 @@ async fn a_token_reconnect_to_the_same_node_gets_what_it_missed_once_in_order() 
     publish(&n[1], "orders", 4).await;
     settle().await;
 
-    let mut c2 = subscribed(n[0].addr(), TOKEN, "orders").await;
+    let mut c2 = reconnect_with(n[0].addr(), TOKEN, "orders").await;
     let replay = [
         next(&mut c2).await,
         next(&mut c2).await,
@@ -129,7 +98,7 @@ async fn a_token_reconnect_to_another_node_gets_what_it_missed_once_in_order() {
     for i in 2..=4 {
         publish(&n[1], "orders", i).await;
     }
-    let mut c2 = subscribed(n[1].addr(), TOKEN, "orders").await;
+    let mut c2 = reconnect_with(n[1].addr(), TOKEN, "orders").await;
     let replay = [
         next(&mut c2).await,
         next(&mut c2).await,
@@ -173,7 +142,7 @@ async fn a_claim_on_another_node_wins_over_the_old_sockets_late_end() {
     // The cut: 3 goes to c1, which never answers again, and stays open.
     publish(&n[0], "orders", 3).await;
 
-    let mut c2 = subscribed(n[1].addr(), TOKEN, "orders").await;
+    let mut c2 = reconnect_with(n[1].addr(), TOKEN, "orders").await;
     assert_eq!(data(&events_within(&mut c2, 800).await), ["3"]);
     publish(&n[0], "orders", 4).await;
     assert_eq!(next(&mut c2).await["data"], "4");
@@ -184,7 +153,7 @@ async fn a_claim_on_another_node_wins_over_the_old_sockets_late_end() {
     settle().await;
     publish(&n[1], "orders", 5).await;
 
-    let mut c3 = subscribed(n[0].addr(), TOKEN, "orders").await;
+    let mut c3 = reconnect_with(n[0].addr(), TOKEN, "orders").await;
     assert_eq!(
         data(&events_within(&mut c3, 800).await),
         ["5"],
@@ -233,7 +202,7 @@ async fn past_the_window_nothing_partial_on_another_node() {
     tokio::time::sleep(Duration::from_millis(1300)).await;
     publish(&n[1], "orders", 3).await;
     settle().await;
-    let mut c2 = subscribed(n[1].addr(), TOKEN, "orders").await;
+    let mut c2 = reconnect_with(n[1].addr(), TOKEN, "orders").await;
     let got = events_within(&mut c2, 800).await;
     assert_eq!(
         got.len(),
@@ -254,7 +223,7 @@ async fn events_the_client_published_with_to_others_are_not_replayed_on_another_
     settle().await;
     publish_except(&n[1], "orders", 2, &old).await;
     publish_except(&n[1], "orders", 3, "123.456").await;
-    let mut c2 = subscribed(n[1].addr(), TOKEN, "orders").await;
+    let mut c2 = reconnect_with(n[1].addr(), TOKEN, "orders").await;
     assert_eq!(data(&events_within(&mut c2, 800).await), ["3"]);
 }
 
@@ -270,7 +239,7 @@ async fn a_node_started_after_the_clients_position_replays_nothing_partial() {
     settle().await;
     let late = Node::start(&n.redis, "late", &cfg);
     n.nodes.push(late);
-    let mut c2 = subscribed(n[1].addr(), TOKEN, "orders").await;
+    let mut c2 = reconnect_with(n[1].addr(), TOKEN, "orders").await;
     let got = events_within(&mut c2, 800).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["event"], "pushbox:resume_failed", "{got:?}");
@@ -306,6 +275,6 @@ async fn terminate_connections_on_one_node_discards_resume_on_all() {
     assert_eq!(c1.closed_with().await, Some(4009));
     settle().await;
     publish(&n[1], "orders", 2).await;
-    let mut c2 = subscribed(n[1].addr(), TOKEN, "orders").await;
+    let mut c2 = reconnect_with(n[1].addr(), TOKEN, "orders").await;
     assert!(events_within(&mut c2, 600).await.is_empty());
 }

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::resume::{data, events_within, prove};
+use common::resume::{data, events_within, next, prove, reconnect_with};
 use common::{api, connect_raw, next_json, trigger, Client, APP_ID, KEY, SECRET};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -22,31 +22,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 const TOKEN: &str = "00112233445566778899aabbccddeeff";
 const OTHER: &str = "ffeeddccbbaa99887766554433221100";
-
-/// A client with `token` in its URL, subscribed to `channel`: a token's first connection, or
-/// its reconnect (the replay, if any, comes next).
-async fn reconnect_with(addr: SocketAddr, token: &str, channel: &str) -> Client {
-    let mut c = Client::connect_token(addr, token).await;
-    let ack = c.subscribe(channel).await;
-    assert_eq!(
-        ack["event"], "pusher_internal:subscription_succeeded",
-        "{ack}"
-    );
-    c
-}
-
-/// The next frame that is not a server ping; pings are answered (the client is up).
-async fn next(c: &mut Client) -> Value {
-    for _ in 0..100 {
-        let v = c.recv().await;
-        if v["event"] == "pusher:ping" {
-            c.send(json!({"event":"pusher:pong","data":{}})).await;
-            continue;
-        }
-        return v;
-    }
-    panic!("only pings");
-}
 
 async fn publish(addr: SocketAddr, channel: &str, n: u32) {
     let (status, body) = trigger(addr, channel, "e", &n.to_string()).await;

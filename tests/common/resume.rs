@@ -1,4 +1,5 @@
-//! The raw client's side of resume (`tests/resume.rs`, `tests/cluster_resume.rs`): proving
+//! The raw client's side of resume (`tests/resume.rs`, `tests/cluster_resume.rs`): reconnecting
+//! with a token, reading past pings and subscription counts, proving
 //! delivery the way pusher-js does (answering the server's proof ping), and collecting the
 //! channel events that arrive while the client is up.
 
@@ -7,7 +8,39 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+use std::net::SocketAddr;
+
 use super::Client;
+
+/// A client with `token` in its URL (a first connection or a reconnect), subscribed to
+/// `channel`; a replay, if any, comes next.
+pub async fn reconnect_with(addr: SocketAddr, token: &str, channel: &str) -> Client {
+    let mut c = Client::connect_token(addr, token).await;
+    c.send(json!({"event":"pusher:subscribe","data":{"channel":channel}}))
+        .await;
+    let ack = next(&mut c).await;
+    assert_eq!(
+        ack["event"], "pusher_internal:subscription_succeeded",
+        "{ack}"
+    );
+    c
+}
+
+/// The next frame that is not a server ping or a subscription count; pings are answered.
+pub async fn next(c: &mut Client) -> Value {
+    for _ in 0..100 {
+        let v = c.recv().await;
+        if v["event"] == "pusher:ping" {
+            c.send(json!({"event":"pusher:pong","data":{}})).await;
+            continue;
+        }
+        if v["event"] == "pusher_internal:subscription_count" {
+            continue;
+        }
+        return v;
+    }
+    panic!("only pings");
+}
 
 /// Answers pings until the server's proof ping after the last event came and its pong went
 /// back, then makes sure the server read that pong (its answer to our own ping comes after).
