@@ -72,6 +72,9 @@ pub enum ApiError {
     LogRefused(AppendError),
     /// The event log failed after the event was delivered to `reached` sockets.
     NotStored { error: AppendError, reached: usize },
+    /// `[cluster]`: the event log failed while the event was being written; it may have gone to
+    /// the bus already (the forwarder takes it before its fsync).
+    NotStoredClustered(AppendError),
     /// `[cluster]`: the shared state in Redis could not be read or written.
     Cluster(crate::hub::LinkError),
 }
@@ -90,7 +93,10 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::BodyTooLarge { .. } | ApiError::DataTooLarge { .. } => 413,
             // The event log is the one place the API says "not now": the sender retries later.
-            ApiError::LogRefused(_) | ApiError::NotStored { .. } | ApiError::Cluster(_) => 503,
+            ApiError::LogRefused(_)
+            | ApiError::NotStored { .. }
+            | ApiError::NotStoredClustered(_)
+            | ApiError::Cluster(_) => 503,
             ApiError::UnreadableBody
             | ApiError::InvalidJson(_)
             | ApiError::MissingBatch
@@ -196,6 +202,11 @@ impl fmt::Display for ApiError {
                 f,
                 "{error}. It was already delivered to {reached} live connection(s): sending it \
                  again delivers it to them twice"
+            ),
+            ApiError::NotStoredClustered(error) => write!(
+                f,
+                "{error}. It may have reached the cluster's bus before the write failed: \
+                 sending it again may deliver it twice"
             ),
         }
     }

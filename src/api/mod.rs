@@ -389,7 +389,10 @@ impl Api {
             // after delivery, and the sender must know whether a retry delivers twice.
             log.append(accepted)
                 .await
-                .map_err(|error| ApiError::NotStored { error, reached })?;
+                .map_err(|error| match clustered {
+                    true => ApiError::NotStoredClustered(error),
+                    false => ApiError::NotStored { error, reached },
+                })?;
         }
         Ok(())
     }

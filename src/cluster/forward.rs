@@ -4,8 +4,11 @@
 //! a restart adds nothing twice; after a restart the forwarder resumes from that mark, read
 //! back from Redis (no local state can get ahead of Redis). Only when Redis has no mark at all
 //! (it lost its data) does it go on from the position it saves locally about once a second.
-//! The records just committed come straight from the spool's writer (`Spool::read_recent`),
-//! older ones (catching up) from the file.
+//! The records come straight from the spool's writer as soon as they are written, while their
+//! fsync runs (`Spool::hand_over`: the bus no longer waits for the disk, measured in
+//! BENCHMARKS.md), older ones (catching up) from the file. A record handed over can still be
+//! lost to a failed fsync or a power cut; the spool never gives its seq to another record, so
+//! FORWARD's mark never hides a later event.
 //!
 //! Redis losing data under a running forwarder (a restart without persistence, or with AOF
 //! losing its last second) takes with it the bus entries not every node had read yet. The
@@ -146,8 +149,8 @@ impl Forwarder {
     }
 
     async fn forward_forever(&self) {
-        // Committed records are handed over by the writer from now on (see `read`).
-        self.spool.keep_recent();
+        // Records are handed over by the writer as they are written from now on (see `read`).
+        self.spool.hand_over();
         let at_start = self.spool.last_seq();
         // Per app, the highest seq forwarded (the mark it left in Redis): a mark in Redis below
         // it was lost. Seeded with the marks Redis holds now.
@@ -159,7 +162,7 @@ impl Forwarder {
         let mut log = ForwardLog::default();
         // Records below this were delivered here (through the bus or, degraded, directly).
         let mut local_next = next;
-        let mut committed = self.spool.subscribe();
+        let mut handed = self.spool.subscribe_handed();
         let mut backoff = Duration::from_millis(100);
         let mut saved_at = Instant::now();
         let mut saved = next;
@@ -173,7 +176,7 @@ impl Forwarder {
             if since > 0 {
                 next = self.rechecked(next, since, &mut sent, &log).await;
             }
-            let last = self.spool.last_seq();
+            let last = self.spool.last_handed();
             if next > last {
                 backoff = Duration::from_millis(100);
                 if saved != next && saved_at.elapsed() >= SAVE_EVERY {
@@ -184,7 +187,7 @@ impl Forwarder {
                     self.save(next).await;
                 }
                 tokio::select! {
-                    changed = committed.changed() => {
+                    changed = handed.changed() => {
                         if changed.is_err() {
                             return;
                         }
@@ -195,13 +198,16 @@ impl Forwarder {
             }
             let records = self.read(next).await;
             let Some(end) = records.last().map(|r| r.seq + 1) else {
-                // Retention took them (a very long outage): go on from what is there.
-                next = self
-                    .spool
-                    .stats()
-                    .first_seq
-                    .unwrap_or(last + 1)
-                    .max(next + 1);
+                let committed = self.spool.last_seq();
+                if next > committed {
+                    // Handed over but no longer in memory (a batch larger than what the
+                    // writer keeps): the file has them once they are committed.
+                    let _ = self.spool.wait_for(next).await;
+                    continue;
+                }
+                // Nothing committed from `next` on: retention took them (a very long outage),
+                // or they are seqs a crash skipped (`Spool::hand_over`). Go on after them.
+                next = (committed + 1).max(next + 1);
                 continue;
             };
             match self.forward(&records, &mut sent).await {
@@ -235,7 +241,7 @@ impl Forwarder {
                     local_next = self.deliver_locally(local_next, last).await;
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = committed.changed() => {}
+                        _ = handed.changed() => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -380,9 +386,9 @@ impl Forwarder {
         Ok(out)
     }
 
-    /// Up to [`BATCH`] records from `from`: the ones just committed straight from the writer
-    /// (measured: forwarding no longer waits for a blocking-pool hop and a `pread`), older
-    /// ones from the file.
+    /// Up to [`BATCH`] records from `from`: the ones just written straight from the writer
+    /// (measured: forwarding no longer waits for the fsync, a blocking-pool hop and a
+    /// `pread`), older ones from the file.
     async fn read(&self, from: u64) -> Vec<Record> {
         if let Some(r) = self.spool.read_recent(from, BATCH) {
             return r;
@@ -459,7 +465,13 @@ impl Forwarder {
         while from <= last {
             let records = self.read(from).await;
             let Some(end) = records.last().map(|r| r.seq + 1) else {
-                return last + 1;
+                // Nothing from `from` on, unless they are handed over but not yet committed
+                // and no longer in memory: then the next round tries again.
+                return if from > self.spool.last_seq() {
+                    from
+                } else {
+                    last + 1
+                };
             };
             for r in records {
                 let Ok(e) = serde_json::from_slice::<EventRecord>(&r.payload) else {

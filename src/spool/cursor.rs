@@ -85,8 +85,13 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
 
 /// Atomically replace cursor `name` with `seq`.
 pub(crate) fn write(dir: &Path, name: &str, seq: u64) -> Result<(), SpoolError> {
-    let tmp = dir.join(format!("{name}{TEMP_SUFFIX}"));
-    let path = cursor_path(dir, name);
+    write_file(dir, &format!("{name}{CURSOR_SUFFIX}"), seq)
+}
+
+/// Atomically replace `dir/file` with `seq` in the cursor format (also the hand-over floor's).
+pub(crate) fn write_file(dir: &Path, file: &str, seq: u64) -> Result<(), SpoolError> {
+    let tmp = dir.join(format!("{file}.tmp"));
+    let path = dir.join(file);
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)

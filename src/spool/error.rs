@@ -99,6 +99,15 @@ pub enum SpoolError {
         /// The spool directory.
         dir: PathBuf,
     },
+    /// The hand-over floor file (`HANDED`, see `floor.rs`) cannot be read: recovery does not
+    /// guess, since a guess too low would give new records the seqs of records that already
+    /// left this process (the cluster's bus would skip them).
+    BadFloor {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The writer thread is gone (the spool is shutting down, or it crashed).
     Closed {
         /// The spool directory.
@@ -182,6 +191,10 @@ impl SpoolError {
                 what: what.clone(),
             },
             SpoolError::SeqExhausted { dir } => SpoolError::SeqExhausted { dir: dir.clone() },
+            SpoolError::BadFloor { path, reason } => SpoolError::BadFloor {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
             SpoolError::Closed { dir } => SpoolError::Closed { dir: dir.clone() },
         }
     }
@@ -283,6 +296,13 @@ impl fmt::Display for SpoolError {
                  something else. Stop pushbox, move the directory aside (keep it to look at) \
                  and start again with an empty one",
                 dir.display()
+            ),
+            SpoolError::BadFloor { path, reason } => write!(
+                f,
+                "{} is unreadable ({reason}): it holds the first seq this log may give a new \
+                 record. Write one number into it, well above the log's last seq (`pushbox \
+                 events tail` shows it; e.g. that plus 1048576), and start pushbox again",
+                path.display()
             ),
             SpoolError::Closed { dir } => write!(
                 f,

@@ -19,6 +19,7 @@
 
 mod cursor;
 mod error;
+mod floor;
 mod format;
 mod health;
 mod reader;
@@ -179,10 +180,12 @@ pub(crate) struct Shared {
     pub index: Mutex<Index>,
     pub cursors: Mutex<BTreeMap<String, u64>>,
     pub committed: watch::Sender<u64>,
+    /// The newest seq handed over to the consumer that follows the head ([`Spool::hand_over`]).
+    pub handed: watch::Sender<u64>,
     pub appends: AtomicU64,
     pub commits: AtomicU64,
     pub fsyncs: AtomicU64,
-    /// The records just committed, for a consumer that follows the head (off by default).
+    /// The records just written, for a consumer that follows the head (off by default).
     pub recent: Mutex<writer::Recent>,
     /// Whether records are taken now. Detached appends (nobody waits for their answer) are
     /// handed back while it is not writable.
@@ -192,6 +195,9 @@ pub(crate) struct Shared {
     /// Test hook: make the next batch write fail half way with ENOSPC.
     #[cfg(test)]
     pub inject_enospc: std::sync::atomic::AtomicBool,
+    /// Test hook: make the next batch's fsync fail with EIO (after the write succeeded).
+    #[cfg(test)]
+    pub inject_fsync_error: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) struct AppendReq {
@@ -242,6 +248,7 @@ impl Spool {
         let rec = recovery::recover(&dir)?;
         let max = options.max_bytes.unwrap_or(u64::MAX);
         let (committed, _) = watch::channel(rec.index.last_seq);
+        let (handed, _) = watch::channel(rec.index.last_seq);
         let health = health::Health::new(&dir, &rec.active.path, &rec.active.file)?;
         let shared = Arc::new(Shared {
             dir: dir.clone(),
@@ -250,6 +257,7 @@ impl Spool {
             index: Mutex::new(rec.index),
             cursors: Mutex::new(rec.cursors),
             committed,
+            handed,
             appends: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
@@ -258,6 +266,8 @@ impl Spool {
             _lock: rec.lock,
             #[cfg(test)]
             inject_enospc: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            inject_fsync_error: std::sync::atomic::AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let w = writer::Writer::new(shared.clone(), rec.active);
@@ -419,16 +429,32 @@ impl Spool {
         Ok(out)
     }
 
-    /// Keep the records committed from now on in memory (the last 1,024, at most 4 MiB) for
-    /// [`Spool::read_recent`]: for one consumer that follows the head.
-    pub fn keep_recent(&self) {
+    /// From now on, hand every record to one consumer that follows the head as soon as it is
+    /// written, before its fsync: [`Spool::read_recent`] holds the last 1,024 (at most 4 MiB)
+    /// and [`Spool::subscribe_handed`] says when there are more. Such a record may still be
+    /// lost (the fsync fails, or power goes first; its appender then never got an `Ok`), but
+    /// its seq is never given to another record, across restarts too (the hand-over floor,
+    /// `floor.rs`): the consumer may use seqs as identities.
+    pub fn hand_over(&self) {
         lock(&self.inner.shared.recent).enable();
     }
 
-    /// Like [`Spool::read_from`] without touching the file, if `seq` is among the records
-    /// kept by [`Spool::keep_recent`]; `None` otherwise (read the file).
+    /// Like [`Spool::read_from`] without touching the file, if the records from `seq` on are
+    /// among those handed over lately ([`Spool::hand_over`]); `None` otherwise (read the file,
+    /// which has only the committed ones).
     pub fn read_recent(&self, seq: u64, max_records: usize) -> Option<Vec<Record>> {
         lock(&self.inner.shared.recent).from(seq, max_records)
+    }
+
+    /// Seq of the newest record handed over ([`Spool::hand_over`]); the newest committed one
+    /// before any was.
+    pub fn last_handed(&self) -> u64 {
+        *self.inner.shared.handed.borrow()
+    }
+
+    /// A watch of [`Spool::last_handed`].
+    pub fn subscribe_handed(&self) -> watch::Receiver<u64> {
+        self.inner.shared.handed.subscribe()
     }
 
     /// Seq of the newest committed record (0 if none).

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::cursor;
 use super::error::SpoolError;
+use super::floor;
 use super::format::{self, ScanEnd, SEGMENT_HEADER_LEN, SEGMENT_MAGIC};
 use super::reserve::{self, Reserved};
 use super::{Index, SegMeta};
@@ -50,6 +51,10 @@ pub struct RecoveryReport {
     pub damaged_segments: Vec<SegmentDamage>,
     /// Seq ranges `[from, to)` missing between segments (lost to damage or deleted files).
     pub seq_gaps: Vec<(u64, u64)>,
+    /// Seqs `[from, to)` skipped: records with them may have been handed over (to the cluster's
+    /// bus) before a crash or a failed fsync lost them, so no new record takes them
+    /// (`floor.rs`). Nothing acknowledged is missing.
+    pub skipped_seqs: Option<(u64, u64)>,
     /// A last segment with a foreign header, renamed aside to this path.
     pub quarantined: Vec<PathBuf>,
     /// Zero-length segments before the last one, removed.
@@ -69,6 +74,7 @@ impl RecoveryReport {
             && self.tail_damage.is_none()
             && self.damaged_segments.is_empty()
             && self.seq_gaps.is_empty()
+            && self.skipped_seqs.is_none()
             && self.quarantined.is_empty()
             && self.removed_empty_segments.is_empty()
             && self.bad_cursors.is_empty()
@@ -105,6 +111,14 @@ impl fmt::Display for RecoveryReport {
         }
         for (from, to) in &self.seq_gaps {
             write!(f, "; records {from}..{to} are missing")?;
+        }
+        if let Some((from, to)) = self.skipped_seqs {
+            write!(
+                f,
+                "; the next record is {to}, not {from}: records from {from} on were handed to \
+                 the cluster before they were durable and then lost (a crash), and their seqs \
+                 are not reused"
+            )?;
         }
         for p in &self.quarantined {
             write!(f, "; moved a damaged segment aside to {}", p.display())?;
@@ -243,14 +257,14 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
             report.stray_files.push(path);
             continue;
         };
-        if name == "LOCK" {
+        if name == "LOCK" || name == floor::FILE {
             continue;
         }
         if !is_file {
             report.stray_files.push(path);
         } else if let Some(base) = format::parse_segment_name(&name) {
             segs.push((base, path));
-        } else if name.ends_with(cursor::TEMP_SUFFIX) {
+        } else if name.ends_with(cursor::TEMP_SUFFIX) || name == floor::TEMP_FILE {
             fs::remove_file(&path).map_err(|e| SpoolError::io(&path, "remove", e))?;
             report.removed_temp_files.push(path);
         } else if let Some(c) = cursor::parse_cursor_name(&name) {
@@ -388,6 +402,13 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
         }
     }
 
+    // Seqs that may have been handed over before a crash lost them are never given again.
+    let lost_next = next_seq;
+    if let Some(f) = floor::read(dir)?.filter(|&f| f > next_seq) {
+        report.skipped_seqs = Some((next_seq, f));
+        next_seq = f;
+    }
+
     // The active segment: the last one, if the next seq continues it; else a new one.
     let reuse = metas
         .last()
@@ -420,9 +441,9 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
                 cut_damage(last)?;
             }
         }
-        if let Some(last) = metas.last().filter(|m| m.end_seq() < next_seq) {
+        if let Some(last) = metas.last().filter(|m| m.end_seq() < lost_next) {
             // Records past the last one on disk were lost (a cursor had already passed them).
-            report.seq_gaps.push((last.end_seq(), next_seq));
+            report.seq_gaps.push((last.end_seq(), lost_next));
         }
         let (file, path, _) = create_segment(dir, next_seq, 0)?;
         metas.push(SegMeta {

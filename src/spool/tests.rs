@@ -761,7 +761,7 @@ fn a_segment_deleted_under_the_writer_is_a_lost_directory() {
 }
 
 #[test]
-fn recent_records_are_the_committed_ones() {
+fn records_handed_over_are_the_written_ones_and_a_clean_stop_leaves_no_gap() {
     let tmp = tempfile::tempdir().unwrap();
     let o = SpoolOptions {
         durability: Durability::Memory,
@@ -771,12 +771,8 @@ fn recent_records_are_the_committed_ones() {
     for i in 1..=5 {
         s.append_blocking(payload(i)).unwrap();
     }
-    assert_eq!(
-        s.read_recent(1, 10),
-        None,
-        "nothing kept before keep_recent"
-    );
-    s.keep_recent();
+    assert_eq!(s.read_recent(1, 10), None, "nothing kept before hand_over");
+    s.hand_over();
     // More than the 1,024 kept, in batches (detached appends queue up), across segment rolls.
     let total = 5 + 1100;
     for i in 6..=total {
@@ -809,6 +805,129 @@ fn recent_records_are_the_committed_ones() {
         s.read_from(total - 9, 4).unwrap()
     );
     assert_eq!(s.read_recent(total + 1, 10), None);
+    assert_eq!(s.last_handed(), total);
+    // The floor on disk is above every seq handed over...
+    let floor = floor::read(tmp.path()).unwrap().expect("a floor was saved");
+    assert!(floor > total, "floor {floor} above {total}");
+    // ...and a clean stop, with all of them synced, sets it back: no gap at the next start.
+    drop(s);
+    assert_eq!(floor::read(tmp.path()).unwrap(), Some(total + 1));
+    let (s, report) = open(tmp.path(), opts(8 * 1024));
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(s.append_blocking(payload(0)).unwrap(), total + 1);
+}
+
+#[test]
+fn a_batch_that_fails_after_it_was_handed_over_gives_up_its_seqs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, _) = open(tmp.path(), opts(8 * 1024));
+    s.hand_over();
+    let fail_next_fsync = |s: &Spool| {
+        s.shared()
+            .inject_fsync_error
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    // The very first record fails: its segment (empty) is replaced by one past the seq.
+    fail_next_fsync(&s);
+    let err = s.append_blocking(payload(1)).unwrap_err();
+    assert!(err.to_string().contains("fsync"), "{err}");
+    assert_eq!(
+        s.read_recent(1, 10).unwrap()[0].payload,
+        payload(1),
+        "it was handed over"
+    );
+    assert_eq!(
+        s.append_blocking(payload(2)).unwrap(),
+        2,
+        "seq 1 is not reused"
+    );
+    assert_eq!(s.append_blocking(payload(3)).unwrap(), 3);
+    // One in the middle of a segment: the next record starts a new segment after it.
+    fail_next_fsync(&s);
+    assert!(s.append_blocking(payload(4)).is_err());
+    assert_eq!(
+        s.append_blocking(payload(5)).unwrap(),
+        5,
+        "seq 4 is not reused"
+    );
+    let seqs = |s: &Spool| all(s).iter().map(|r| r.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(&s), vec![2, 3, 5]);
+    let recent: Vec<u64> = s
+        .read_recent(1, 10)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(
+        recent,
+        vec![1, 2, 3, 4, 5],
+        "the consumer saw every record handed over"
+    );
+    assert_eq!(s.read_recent(4, 1).unwrap()[0].seq, 4);
+    assert_eq!(
+        seg_files(tmp.path()).len(),
+        2,
+        "no header-only segment was left for seq 1"
+    );
+    drop(s);
+    let (s, report) = open(tmp.path(), opts(8 * 1024));
+    assert_eq!(seqs(&s), vec![2, 3, 5]);
+    assert_eq!(report.seq_gaps, vec![(4, 5)], "{report}");
+    assert_eq!(s.append_blocking(payload(6)).unwrap(), 6);
+}
+
+#[test]
+fn a_crash_after_hand_over_never_gives_a_lost_seq_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, _) = open(tmp.path(), opts(64 * 1024));
+    s.hand_over();
+    for i in 1..=3 {
+        assert_eq!(s.append_blocking(payload(i)).unwrap(), i);
+    }
+    // A crash: the files as they are now (no clean stop), and record 3 never reached the disk
+    // (power went before its fsync finished; it had been handed over).
+    let other = tempfile::tempdir().unwrap();
+    let crashed = other.path().join("crashed");
+    copy_dir(tmp.path(), &crashed);
+    let seg = seg_files(&crashed)[0].clone();
+    let data = fs::read(&seg).unwrap();
+    let ends = record_ends(&data);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(ends[1] as u64)
+        .unwrap();
+    let floor = 2 + floor::STEP;
+    assert_eq!(floor::read(&crashed).unwrap(), Some(floor));
+    let (c, report) = open(&crashed, opts(64 * 1024));
+    assert_eq!(report.skipped_seqs, Some((3, floor)), "{report}");
+    assert!(!report.is_clean());
+    assert!(report.to_string().contains("not reused"), "{report}");
+    assert_eq!(
+        c.append_blocking(payload(9)).unwrap(),
+        floor,
+        "3 is never given again"
+    );
+    let seqs: Vec<u64> = all(&c).iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![1, 2, floor]);
+    drop(c);
+
+    // A floor file that cannot be read stops the open with what to do; a bare number is taken.
+    fs::write(crashed.join(floor::FILE), "garbage").unwrap();
+    let err = Spool::open(&crashed, opts(64 * 1024))
+        .err()
+        .expect("refused");
+    assert!(matches!(err, SpoolError::BadFloor { .. }), "{err}");
+    assert!(err.to_string().contains("Write one number"), "{err}");
+    fs::write(crashed.join(floor::FILE), format!("{}\n", floor + 100)).unwrap();
+    let (c, report) = open(&crashed, opts(64 * 1024));
+    assert_eq!(
+        report.skipped_seqs,
+        Some((floor + 1, floor + 100)),
+        "{report}"
+    );
+    assert_eq!(c.append_blocking(payload(10)).unwrap(), floor + 100);
 }
 
 /// A segment file holding `records` (seq, payload), each framed with a correct CRC.

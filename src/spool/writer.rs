@@ -15,10 +15,15 @@
 //! A probe retries the reservation; the first one that succeeds makes the spool writable.
 //!
 //! With `Durability::Memory` it lingers before a write only under load (the previous batch
-//! was less than [`MEMORY_LINGER`] ago): an isolated append is written at once. And when a
-//! consumer asked for it ([`Spool::keep_recent`](super::Spool::keep_recent)), it keeps the
-//! records it just committed in memory ([`Recent`]) so that consumer reads them without
-//! going back to the file.
+//! was less than [`MEMORY_LINGER`] ago): an isolated append is written at once.
+//!
+//! When a consumer asked for it ([`Spool::hand_over`](super::Spool::hand_over), the cluster's
+//! forwarder), it hands each batch to that consumer as soon as it is written, before its
+//! `fdatasync` ([`Recent`]): the consumer no longer waits for the disk, as the single box's
+//! delivery does not. A record handed over may still be lost (the fsync fails, or power goes
+//! first), so its seq must never be given again: the writer keeps the hand-over floor on disk
+//! above every seq it hands over (`floor.rs`), and a batch that fails after it was handed over
+//! gives up its seqs (the next batch starts a new segment past them) instead of reusing them.
 
 use std::collections::VecDeque;
 use std::io;
@@ -30,6 +35,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::SpoolError;
+use super::floor;
 use super::format::{self, SEGMENT_HEADER_LEN, SPARSE_EVERY};
 use super::recovery::{self, Active};
 use super::reserve::{self, Reserved};
@@ -51,10 +57,11 @@ const MEMORY_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 const RECENT_RECORDS: usize = 1024;
 const RECENT_BYTES: usize = 4 * 1024 * 1024;
 
-/// The records committed last, newest at the back, for a consumer that follows the head (the
-/// cluster forwarder): it gets them as they are committed instead of reading them back from
-/// the segment (a blocking-pool hop and a `pread` per round). Off until a consumer asks; seqs
-/// in it are contiguous (only committed batches go in, and they never leave a gap).
+/// The records handed over last, newest at the back, for a consumer that follows the head
+/// (the cluster forwarder): it gets them as soon as they are written instead of reading them
+/// back from the segment after the commit (a blocking-pool hop and a `pread` per round, after
+/// the fsync). Off until a consumer asks. Seqs rise but may jump: a batch that failed after it
+/// was handed over stays here, and the next one starts past it.
 #[derive(Default)]
 pub(crate) struct Recent {
     on: bool,
@@ -67,13 +74,14 @@ impl Recent {
         self.on = true;
     }
 
-    /// Up to `max` records from `seq` on, if this holds `seq` (`None`: read the file).
+    /// Up to `max` records from `seq` on, if this holds what comes from `seq` (`None`: read
+    /// the file).
     pub(crate) fn from(&self, seq: u64, max: usize) -> Option<Vec<Record>> {
         let first = self.records.front()?.seq;
         if seq < first || seq > self.records.back()?.seq {
             return None;
         }
-        let skip = (seq - first) as usize;
+        let skip = self.records.partition_point(|r| r.seq < seq);
         Some(self.records.iter().skip(skip).take(max).cloned().collect())
     }
 
@@ -98,6 +106,12 @@ pub(crate) struct Writer {
     chunk: u64,
     /// When the last batch was written: lingering is for a writer under load.
     last_commit: Option<Instant>,
+    /// The hand-over floor this run saved (`floor.rs`; 0: none yet): every seq below it may
+    /// be handed over.
+    floor: u64,
+    /// A batch failed after it was handed over and gave up its seqs: the next record starts a
+    /// new segment (seqs within one segment have no gaps).
+    gap: bool,
 }
 
 struct Batch {
@@ -123,6 +137,8 @@ impl Writer {
             next_seq,
             chunk,
             last_commit: None,
+            floor: 0,
+            gap: false,
         }
     }
 
@@ -180,8 +196,11 @@ impl Writer {
                 }
             }
         }
-        // Shutting down: make Memory-durability records durable too.
-        let _ = self.active.file.sync_data();
+        // Shutting down: make Memory-durability records durable too. Then every seq handed
+        // over is on disk, and the next run can go on from the next one without a gap.
+        if self.active.file.sync_data().is_ok() && self.floor > self.next_seq {
+            let _ = floor::write(&self.shared.dir, self.next_seq);
+        }
     }
 
     /// `Durability::Memory` and the previous batch was written less than [`MEMORY_LINGER`]
@@ -199,6 +218,12 @@ impl Writer {
             // Its directory is gone: whatever is written now is lost with it.
             let _ = req.reply.send(Err(e));
             return None;
+        }
+        if self.gap && batch.replies.is_empty() {
+            if let Err(e) = self.past_gap() {
+                let _ = req.reply.send(Err(e));
+                return None;
+            }
         }
         let Some(seq) = (self.next_seq)
             .checked_add(batch.replies.len() as u64)
@@ -267,29 +292,43 @@ impl Writer {
         self.active.file.write_all_at(buf, self.active.len)
     }
 
-    fn commit(&mut self, batch: Batch) {
+    fn sync(&self) -> io::Result<()> {
+        #[cfg(test)]
+        if self.shared.inject_fsync_error.swap(false, Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        self.active.file.sync_data()
+    }
+
+    fn commit(&mut self, mut batch: Batch) {
         if batch.replies.is_empty() {
             return;
         }
         self.last_commit = Some(Instant::now());
-        let path = &self.active.path;
+        let path = self.active.path.clone();
         let mut result = self
             .write(&batch.buf)
-            .map_err(|e| SpoolError::io(path, "write", e));
+            .map_err(|e| SpoolError::io(&path, "write", e));
+        let mut handed = false;
+        if result.is_ok() && batch.keep {
+            result = self.hand_over(&mut batch);
+            handed = result.is_ok();
+        }
         if result.is_ok() && self.shared.opts.durability == Durability::Fsync {
             self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-            result = self
-                .active
-                .file
-                .sync_data()
-                .map_err(|e| SpoolError::io(path, "fsync", e));
+            result = self.sync().map_err(|e| SpoolError::io(&path, "fsync", e));
         }
         if let Err(e) = result {
             self.shared.health.failed(&e);
-            // Cut back whatever part of the batch reached the file; the seqs will be reused.
+            // Cut back whatever part of the batch reached the file. The seqs are reused, unless
+            // the batch was handed over: then the consumer used them already.
             // Shortening the file may free the blocks reserved past its end too.
             let _ = self.active.file.set_len(self.active.len);
             self.active.reserved = self.active.len;
+            if handed {
+                self.next_seq += batch.replies.len() as u64;
+                self.gap = true;
+            }
             for (_, reply) in batch.replies {
                 let _ = reply.send(Err(e.duplicate()));
             }
@@ -325,17 +364,6 @@ impl Writer {
         self.next_seq += n;
         self.shared.appends.fetch_add(n, Ordering::Relaxed);
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
-        if !batch.payloads.is_empty() {
-            // Before the watch below wakes the consumer, so it finds them here.
-            let mut recent = lock(&self.shared.recent);
-            for (i, payload) in batch.payloads.into_iter().enumerate() {
-                recent.push(Record {
-                    seq: first_seq + i as u64,
-                    timestamp_ms: batch.first_ts,
-                    payload,
-                });
-            }
-        }
         self.shared.committed.send_replace(self.next_seq - 1);
         if self.chunk == 0 {
             // Cleared before anyone hears of the success, so a caller who saw it may detach
@@ -347,6 +375,49 @@ impl Writer {
         }
         // After the answers: the waiters don't wait for the next chunk's reservation.
         self.refresh();
+    }
+
+    /// Hands the written batch to the consumer that follows the head, once the floor on disk
+    /// is above its seqs (an `Err` hands nothing over: the batch fails as a failed write).
+    fn hand_over(&mut self, batch: &mut Batch) -> Result<(), SpoolError> {
+        let n = batch.replies.len() as u64;
+        let last = self.next_seq + n - 1;
+        if last >= self.floor {
+            // One durable write per STEP seqs, not per batch (measured: a rename and two fsyncs,
+            // ~2 ms here, once per million records).
+            let to = last.saturating_add(1).saturating_add(floor::STEP);
+            floor::write(&self.shared.dir, to)?;
+            self.floor = to;
+        }
+        let mut recent = lock(&self.shared.recent);
+        for (i, payload) in std::mem::take(&mut batch.payloads).into_iter().enumerate() {
+            recent.push(Record {
+                seq: self.next_seq + i as u64,
+                timestamp_ms: batch.first_ts,
+                payload,
+            });
+        }
+        drop(recent);
+        self.shared.handed.send_replace(last);
+        Ok(())
+    }
+
+    /// Starts a new segment at `next_seq`, past the seqs a failed batch gave up: a segment's
+    /// seqs have no gaps. An empty active segment (it began at the seqs given up) goes.
+    fn past_gap(&mut self) -> Result<(), SpoolError> {
+        let empty = (self.active.records == 0).then(|| self.active.path.clone());
+        self.roll()?;
+        if let Some(path) = empty {
+            let mut idx = lock(&self.shared.index);
+            if let Some(i) = idx.segs.iter().position(|s| s.path == path) {
+                let gone = idx.segs.remove(i);
+                idx.total_bytes = idx.total_bytes.saturating_sub(gone.disk_len);
+            }
+            drop(idx);
+            let _ = std::fs::remove_file(&path);
+        }
+        self.gap = false;
+        Ok(())
     }
 
     /// Keeps room reserved ahead and says in the spool's health whether it could.
