@@ -140,8 +140,22 @@ impl Session {
         Session::open_from(app, outbox, liveness, Origin::default())
     }
 
+    /// [`open_from`](Self::open_from) for a new connection from either transport: clustered, a
+    /// token's lineage is first claimed from Redis (the client may have been on another node
+    /// since; a bounded wait, see `resumable::claim_remote`).
+    pub async fn connect(
+        app: Arc<App>,
+        outbox: Arc<Outbox>,
+        liveness: Liveness,
+        origin: Origin,
+    ) -> Session {
+        resumable::claim_remote(&app, &origin, outbox.socket_id.as_str()).await;
+        Session::open_from(app, outbox, liveness, origin)
+    }
+
     /// [`open`](Self::open) for a client that may resume: a token claims what the token's
-    /// previous connection left.
+    /// previous connection left (what this node knows: [`connect`](Self::connect) asks the
+    /// cluster first).
     pub fn open_from(
         app: Arc<App>,
         outbox: Arc<Outbox>,
@@ -593,7 +607,6 @@ fn parse_user_data(user_data: &str, max_id: usize, max_info: usize) -> Result<Us
 }
 
 mod resumable;
-pub use resumable::claim_remote;
 
 #[cfg(test)]
 mod tests;

@@ -16,7 +16,7 @@ use crate::resume::{lineage, remote, AppResume, Mark, Origin, Plan, ProofTick};
 /// it (the client may have been on another node since), claimed for `socket_id` in one round
 /// trip of at most [`remote::CLAIM_WAIT`]. Without an answer in time the connection goes on
 /// with what this node knows.
-pub async fn claim_remote(app: &App, origin: &Origin, socket_id: &str) {
+pub(super) async fn claim_remote(app: &App, origin: &Origin, socket_id: &str) {
     let (Some(r), Some(link), Some(token)) = (app.resume(), app.cluster(), origin.token) else {
         return;
     };

@@ -257,9 +257,7 @@ async fn receive(
             shared.config.server.outbound_queue,
         ));
         let conn = shared.connection_opened(slot, crate::metrics::Transport::Http);
-        // Clustered: the token's lineage may be on another node (bounded wait).
-        crate::session::claim_remote(&app, &client.resume, outbox.socket_id.as_str()).await;
-        let session = Session::open_from(app, outbox.clone(), shared.liveness, client.resume);
+        let session = Session::connect(app, outbox.clone(), shared.liveness, client.resume).await;
         let d = Driver {
             key: key.to_owned(),
             id,

@@ -125,9 +125,10 @@ impl<I: AsyncRead + AsyncWrite + TakeUnfinished + Unpin> Connection<I> {
         if let Some(d) = direct.filter(|_| coalesce.is_zero()) {
             outbox.set_direct(d);
         }
+        let session = Session::connect(app, outbox.clone(), liveness, resume).await;
         let mut c = Connection {
             io,
-            session: Session::open_from(app, outbox.clone(), liveness, resume),
+            session,
             outbox,
             conn,
             queue: WriteQueue::default(),

@@ -107,8 +107,6 @@ pub fn upgrade(
         match verdict {
             Ok((app, slot)) => {
                 let socket_id = shared.new_socket_id();
-                // Clustered: the token's lineage may be on another node (bounded wait).
-                crate::session::claim_remote(&app, &origin, socket_id.as_str()).await;
                 let params = WsParams {
                     liveness: shared.liveness,
                     outbound_queue: shared.config.server.outbound_queue,
