@@ -548,24 +548,10 @@ impl Worker {
                 return;
             }
         };
-        let missing: Vec<((String, String), Option<Member>)> = self
-            .held
-            .iter()
-            .filter(|(k, _)| !owned.contains(*k))
-            .map(|(k, m)| (k.clone(), m.clone()))
-            .collect();
-        let extra: Vec<&(String, String)> = owned
-            .iter()
-            .filter(|k| !self.held.contains_key(*k))
-            .collect();
-        if missing.is_empty() && extra.is_empty() {
+        let (missing, extra) = disagreement(&self.held, owned, |k, m| Some((k.clone(), m.clone())));
+        if !disagreed(missing.len(), extra.len(), "what it holds") {
             return;
         }
-        tracing::warn!(
-            missing = missing.len(),
-            extra = extra.len(),
-            "cluster: Redis and this node disagreed on what it holds (its lease expired while it was cut off, or Redis lost data): putting Redis right"
-        );
         for ((sid, channel), member) in missing {
             // No snapshot needed: the socket is attached and saw the bus meanwhile.
             if let Err(e) = self.rejoin(&sid, &channel, member.as_ref()).await {
@@ -575,7 +561,7 @@ impl Worker {
                 return;
             }
         }
-        for (sid, channel) in extra {
+        for (sid, channel) in &extra {
             let scf = Self::flag(self.counts_frames(channel));
             let args = [self.node.as_str(), channel.as_str(), sid.as_str(), scf];
             if let Err(e) = self
@@ -605,25 +591,14 @@ impl Worker {
                 return;
             }
         };
-        let missing: Vec<(Arc<Outbox>, String, Vec<String>)> = self
-            .signed
-            .iter()
-            .filter(|(sid, s)| !owned.contains(*sid) && !s.outbox.is_closing())
-            .map(|(_, s)| (s.outbox.clone(), s.user.clone(), s.watchlist.clone()))
-            .collect();
-        let extra: Vec<&String> = owned
-            .iter()
-            .filter(|sid| !self.signed.contains_key(*sid))
-            .collect();
-        if missing.is_empty() && extra.is_empty() {
+        let (missing, extra) = disagreement(&self.signed, owned, |_, s| {
+            (!s.outbox.is_closing())
+                .then(|| (s.outbox.clone(), s.user.clone(), s.watchlist.clone()))
+        });
+        if !disagreed(missing.len(), extra.len(), "who is signed in here") {
             return;
         }
-        tracing::warn!(
-            missing = missing.len(),
-            extra = extra.len(),
-            "cluster: Redis and this node disagreed on who is signed in here (its lease expired while it was cut off, or Redis lost data): putting Redis right"
-        );
-        for sid in extra {
+        for sid in &extra {
             let args = [self.node.as_str(), sid.as_str()];
             if let Err(e) = self
                 .pool
@@ -652,6 +627,39 @@ impl Worker {
             }
         }
     }
+}
+
+/// Where Redis and this node disagree after Redis lost data or reaped this node: what the node
+/// holds that Redis does not (`missing`, as `keep` maps it; `None` leaves one out) and what
+/// Redis holds that the node does not (`extra`). One rule for subscriptions and signins.
+fn disagreement<K: std::hash::Hash + Eq, V, T>(
+    held: &HashMap<K, V>,
+    owned: HashSet<K>,
+    keep: impl Fn(&K, &V) -> Option<T>,
+) -> (Vec<T>, Vec<K>) {
+    let missing = held
+        .iter()
+        .filter(|(k, _)| !owned.contains(*k))
+        .filter_map(|(k, v)| keep(k, v))
+        .collect();
+    let extra = owned
+        .into_iter()
+        .filter(|k| !held.contains_key(k))
+        .collect();
+    (missing, extra)
+}
+
+/// Logs a disagreement of `what` (if any) and says whether there is one to put right.
+fn disagreed(missing: usize, extra: usize, what: &str) -> bool {
+    if missing == 0 && extra == 0 {
+        return false;
+    }
+    tracing::warn!(
+        missing,
+        extra,
+        "cluster: Redis and this node disagreed on {what} (its lease expired while it was cut off, or Redis lost data): putting Redis right"
+    );
+    true
 }
 
 fn parse_joined(v: &redis::Value) -> Joined {
