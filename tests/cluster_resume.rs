@@ -229,8 +229,10 @@ async fn events_the_client_published_with_to_others_are_not_replayed_on_another_
 
 /// A node that started after the client's position has no ring that far back: all or nothing
 /// holds, the app is told, and live events flow.
+/// A node that starts (or restarts) after the client left reads the bus's last window and
+/// replays from it: a client that reconnects to it gets what it missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_started_after_the_clients_position_replays_nothing_partial() {
+async fn a_node_started_after_the_client_left_replays_from_the_bus_history() {
     let cfg = config("failure_event = true\n");
     let mut n = Cluster::start_with(&["a"], &cfg);
     let c1 = up_with_one(&n[0], "orders").await;
@@ -241,12 +243,41 @@ async fn a_node_started_after_the_clients_position_replays_nothing_partial() {
     n.nodes.push(late);
     let mut c2 = reconnect_with(n[1].addr(), TOKEN, "orders").await;
     let got = events_within(&mut c2, 800).await;
-    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(data(&got), ["2"], "{got:?}");
+    publish(&n[0], "orders", 3).await;
+    assert_eq!(data(&events_within(&mut c2, 800).await), ["3"]);
+    let m = metrics(&n[1]).await;
+    assert!(m.contains("pushbox_resume_succeeded_total 1"), "{m}");
+}
+
+/// The history a node reads at start holds the last window only: a client whose position is
+/// older than it gets `resume_failed`, never the part the node has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_later_replays_nothing_partial() {
+    let cfg = config("window = \"2s\"\nfailure_event = true\n");
+    let mut n = Cluster::start_with(&["a"], &cfg);
+    let c1 = up_with_one(&n[0], "orders").await;
+    drop(c1);
+    settle().await;
+    publish(&n[0], "orders", 2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    publish(&n[0], "orders", 3).await;
+    // 2 is out of the window when the late node reads the bus; 3 is in it.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let late = Node::start(&n.redis, "late", &cfg);
+    n.nodes.push(late);
+    let mut c2 = reconnect_with(n[1].addr(), TOKEN, "orders").await;
+    let got = events_within(&mut c2, 800).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "no partial replay (3 alone would be): {got:?}"
+    );
     assert_eq!(got[0]["event"], "pushbox:resume_failed", "{got:?}");
     let reason: Value = serde_json::from_str(got[0]["data"].as_str().unwrap()).unwrap();
     assert_eq!(reason["reason"], "expired", "{reason}");
-    publish(&n[0], "orders", 3).await;
-    assert_eq!(data(&events_within(&mut c2, 800).await), ["3"]);
+    publish(&n[0], "orders", 4).await;
+    assert_eq!(data(&events_within(&mut c2, 800).await), ["4"]);
 }
 
 /// `terminate_connections` through one node discards the user's resume state on every node.

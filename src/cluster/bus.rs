@@ -191,7 +191,16 @@ pub fn parse_entries(v: &Value, nested: bool) -> Vec<(StreamId, HashMap<String, 
 /// Bus entries of an `XREAD` answer; unreadable ones become [`Kind::Unknown`] so the cursor
 /// still moves past them.
 pub fn entries(v: &Value) -> Vec<Entry> {
-    parse_entries(v, true)
+    to_entries(parse_entries(v, true))
+}
+
+/// Bus entries of an `XRANGE`/`XREVRANGE` answer (as [`entries`]).
+pub fn range_entries(v: &Value) -> Vec<Entry> {
+    to_entries(parse_entries(v, false))
+}
+
+fn to_entries(parsed: Vec<(StreamId, HashMap<String, String>)>) -> Vec<Entry> {
+    parsed
         .into_iter()
         .map(|(id, f)| {
             Entry::from_fields(&id.to_string(), &f).unwrap_or_else(|| {

@@ -49,9 +49,32 @@ pub struct Activation {
     pub resume: Option<Plan>,
 }
 
+/// The bus's entries of the last resume window before the reader's start, read once at start
+/// so that a node that (re)starts can replay them to clients that resume on it (they are put
+/// in the rings, not delivered).
+pub struct History {
+    /// Every entry at or after this position is in `entries`.
+    pub cover: u64,
+    pub entries: Vec<Entry>,
+}
+
+impl History {
+    /// `entries`, which hold every bus entry from `from` on.
+    pub fn complete_after(from: StreamId, entries: Vec<Entry>) -> History {
+        History {
+            cover: from.position().saturating_sub(1),
+            entries,
+        }
+    }
+}
+
 pub enum Msg {
-    /// Where the reader starts: every entry up to here is history.
-    Start(StreamId),
+    /// Where the reader starts: every entry up to `at` is history; with resume on, the recent
+    /// part of it.
+    Start {
+        at: StreamId,
+        history: Option<History>,
+    },
     Entries(Vec<Entry>),
     Activate(Activation),
     /// The socket left the channel (after the unsubscribe script ran).
@@ -137,15 +160,18 @@ impl Deliverer {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Start(id) => {
-                if id > self.cursor {
-                    self.cursor = id;
+            Msg::Start { at, history } => {
+                if at > self.cursor {
+                    self.cursor = at;
                     // Nothing before the start is in the ring.
-                    self.floor = id;
-                    self.last_pos = self.last_pos.max(id.position());
+                    self.floor = at;
+                    self.last_pos = self.last_pos.max(at.position());
                 }
                 if let Some(r) = self.app.resume() {
-                    r.start(self.last_pos);
+                    match history {
+                        Some(h) => self.restore(h),
+                        None => r.start(self.last_pos),
+                    }
                 }
                 self.activate_due();
             }
@@ -200,6 +226,21 @@ impl Deliverer {
                 };
                 // No position yet: it is kept for resume when it comes back from the bus.
                 self.fan_out(&e, None);
+            }
+        }
+    }
+
+    /// Puts the history's API events into the resume rings at their bus positions and times
+    /// (not delivered: the sockets here are new), the rings complete from `cover` on.
+    fn restore(&self, h: History) {
+        let Some(r) = self.app.resume() else { return };
+        r.start(h.cover.min(self.last_pos));
+        let mut last = h.cover;
+        for e in &h.entries {
+            let pos = e.id.position().max(last + 1);
+            last = pos;
+            if let Some((channels, event)) = bus_event(&e.kind) {
+                self.app.keep_history(pos, e.id.ms, channels, event);
             }
         }
     }
@@ -494,7 +535,10 @@ mod tests {
     #[test]
     fn a_joining_socket_gets_its_snapshot_then_exactly_the_entries_after_its_gate() {
         let mut d = deliverer();
-        d.handle(Msg::Start(id(10)));
+        d.handle(Msg::Start {
+            at: id(10),
+            history: None,
+        });
         d.handle(Msg::Entries(vec![
             event(11, "x", 1, "11"),
             event(12, "x", 2, "12"),
@@ -519,7 +563,10 @@ mod tests {
     #[test]
     fn an_event_is_delivered_once_whichever_way_it_comes() {
         let mut d = deliverer();
-        d.handle(Msg::Start(id(10)));
+        d.handle(Msg::Start {
+            at: id(10),
+            history: None,
+        });
         let o = outbox(1);
         d.handle(activate(&o, 10));
         assert_eq!(got(&o), ["snapshot"]);
@@ -538,7 +585,10 @@ mod tests {
     #[test]
     fn a_gate_older_than_the_ring_closes_the_socket_with_4200() {
         let mut d = deliverer();
-        d.handle(Msg::Start(id(1)));
+        d.handle(Msg::Start {
+            at: id(1),
+            history: None,
+        });
         let entries: Vec<Entry> = (0..RING as u64 + 10)
             .map(|i| event(2 + i, "x", 1 + i, "."))
             .collect();

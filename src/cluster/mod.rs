@@ -225,6 +225,9 @@ impl Cluster {
                 app: link.index,
                 status: self.status.clone(),
                 to: link.deliver_tx.clone(),
+                history: app
+                    .resume()
+                    .map(|r| std::time::Duration::from_millis(r.window_ms())),
             };
             tasks.push(tokio::spawn(reader.run(self.stop.subscribe())));
             let worker = worker::Worker::new(

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::bus::{self, StreamId};
 use super::conn::{items, text, Redis};
-use super::deliver::Msg;
+use super::deliver::{History, Msg};
 use super::status::Status;
 
 /// Entries per read: a burst is delivered in batches this large.
@@ -20,12 +20,19 @@ pub const BLOCK: Duration = Duration::from_secs(5);
 /// How long a read may take to answer: the block plus slack. Past it, the connection is dead.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(7);
 
+/// At most this many entries of history are read at start (the newest ones): ten thousand
+/// events of up to the bus's entry size is one bounded read of a few MB.
+pub const HISTORY_MAX: usize = 10_000;
+
 pub struct Reader {
     pub redis: Arc<Redis>,
     pub stream: String,
     pub app: usize,
     pub status: Arc<Status>,
     pub to: mpsc::Sender<Msg>,
+    /// With resume on, its window: at first contact the entries of the last window are read
+    /// too, so that a node that (re)starts can replay them to clients that resume on it.
+    pub history: Option<Duration>,
 }
 
 impl Reader {
@@ -77,6 +84,42 @@ impl Reader {
         }
     }
 
+    /// The bus's entries of the last `window` up to `start`, at most [`HISTORY_MAX`] (the newest),
+    /// and the position from which they are complete.
+    async fn history(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        start: StreamId,
+        window: Duration,
+    ) -> Result<History, redis::RedisError> {
+        let since_ms = super::status::now_ms().saturating_sub(window.as_millis() as u64);
+        let since = StreamId {
+            ms: since_ms,
+            seq: 0,
+        };
+        if start < since {
+            return Ok(History::complete_after(since, Vec::new()));
+        }
+        let newest_first: redis::Value = redis::cmd("XREVRANGE")
+            .arg(&self.stream)
+            .arg(start.to_string())
+            .arg(since.to_string())
+            .arg("COUNT")
+            .arg(HISTORY_MAX)
+            .query_async(conn)
+            .await?;
+        let mut entries = bus::range_entries(&newest_first);
+        entries.reverse();
+        Ok(match entries.first() {
+            // Cut at the count: complete only from the oldest one read.
+            Some(first) if entries.len() >= HISTORY_MAX => {
+                let from = first.id;
+                History::complete_after(from, entries)
+            }
+            _ => History::complete_after(since, entries),
+        })
+    }
+
     /// Reads until the connection fails; `Ok` only when the deliverer is gone.
     async fn read_until_error(
         &self,
@@ -99,7 +142,16 @@ impl Reader {
                 .and_then(|id| StreamId::parse(&id))
                 .unwrap_or(StreamId::ZERO);
             *cursor = Some(start);
-            if self.to.send(Msg::Start(start)).await.is_err() {
+            let history = match self.history {
+                Some(window) => Some(self.history(&mut conn, start, window).await?),
+                None => None,
+            };
+            if self
+                .to
+                .send(Msg::Start { at: start, history })
+                .await
+                .is_err()
+            {
                 return Ok(());
             }
         } else if !self

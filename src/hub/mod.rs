@@ -693,20 +693,32 @@ impl App {
         for c in channels.iter().filter(|c| ChannelKind::of(c).is_cache()) {
             self.publish_with(c, || event.frame(c), event.except);
         }
-        self.record_entry(pos, channels, event, true);
+        self.record_entry(pos, resume::now_ms(), channels, event, true);
     }
 
     /// Cluster: keeps an API event that came back from the bus at `pos` after this node had
     /// delivered it on its own (Redis was unreachable), without delivering it again.
     pub fn keep_entry(&self, pos: u64, channels: &[String], event: BusEvent<'_>) {
-        self.record_entry(pos, channels, event, false);
+        self.record_entry(pos, resume::now_ms(), channels, event, false);
     }
 
-    fn record_entry(&self, pos: u64, channels: &[String], event: BusEvent<'_>, fan_out: bool) {
+    /// Cluster: keeps an API event of the bus's recent history (read when this node started),
+    /// published at `at_ms`, without delivering it.
+    pub fn keep_history(&self, pos: u64, at_ms: u64, channels: &[String], event: BusEvent<'_>) {
+        self.record_entry(pos, at_ms, channels, event, false);
+    }
+
+    fn record_entry(
+        &self,
+        pos: u64,
+        at_ms: u64,
+        channels: &[String],
+        event: BusEvent<'_>,
+        fan_out: bool,
+    ) {
         let Some(r) = &self.resume else { return };
         let st = self.read();
         let mut index = r.index();
-        let at_ms = resume::now_ms();
         for c in channels.iter().filter(|c| !ChannelKind::of(c).is_cache()) {
             let frame = event.frame(c);
             let entry = resume::Entry {
