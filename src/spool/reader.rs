@@ -149,9 +149,11 @@ impl SpoolReader {
         for (_, path) in &segs {
             stats.total_bytes += fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         }
-        for (base, path) in &segs {
+        // Records at or past the next segment's base are damage (as in `read_from`).
+        let next_base = |i: usize| segs.get(i + 1).map(|(b, _)| *b);
+        for (i, (base, path)) in segs.iter().enumerate() {
             if let Bytes::Data(d) = read_file_from(path, 0)? {
-                let scan = format::scan_segment(&d, *base, None);
+                let scan = format::scan_segment(&d, *base, next_base(i));
                 if scan.records > 0 {
                     stats.first_seq = Some(*base);
                     stats.oldest_timestamp_ms = scan.first_ts;
@@ -159,9 +161,9 @@ impl SpoolReader {
                 }
             }
         }
-        for (base, path) in segs.iter().rev() {
+        for (i, (base, path)) in segs.iter().enumerate().rev() {
             if let Bytes::Data(d) = read_file_from(path, 0)? {
-                let scan = format::scan_segment(&d, *base, None);
+                let scan = format::scan_segment(&d, *base, next_base(i));
                 if scan.records > 0 {
                     stats.last_seq = base + scan.records - 1;
                     stats.newest_timestamp_ms = scan.newest_ts;

@@ -1003,6 +1003,12 @@ fn overlapping_segments_read_the_same_in_the_reader_and_after_recovery() {
         "the reader stops a segment at the next one's base"
     );
     drop(reader);
+    // With an empty segment at 3 instead, the reader's stats end at 2, not at 4.
+    let other = tmp.path().join("t");
+    write_segment(&other, 1, &[(1, b"a1"), (2, b"a2"), (3, b"a3"), (4, b"a4")]);
+    write_segment(&other, 3, &[]);
+    let stats = Spool::open_read_only(&other).unwrap().stats().unwrap();
+    assert_eq!((stats.first_seq, stats.last_seq), (Some(1), 2));
     let (s, report) = open(&dir, opts(4096));
     assert_eq!(report.damaged_segments.len(), 1, "{report}");
     assert_eq!(all(&s), read, "recovery keeps what the reader read");
