@@ -21,6 +21,7 @@
 #            on the publishing node (same node) and on another node (other node).
 #   presence join/leave cycles/s (30 workers, raw WebSockets, subscribe → succeeded → unsubscribe)
 #            on the single box and spread over a 3-node cluster.
+#   rings    resume's rings on a node with no client: RSS and kept events/bytes, resume on and off.
 #   memory   Redis used_memory before/after 2,000 subscribed connections and 1,000 presence
 #            members over the cluster (INFO memory), per connection and per member.
 # Raw lines go to target/bench-results/cluster-<stamp>.jsonl; a summary table at the end.
@@ -95,6 +96,7 @@ nodes_start() {
             echo "[server]"; echo "host = \"127.0.0.1\""; echo "port = $port"; echo "activity_timeout = 120"
             echo "max_connections_per_ip = 0"
             echo "[spool]"; echo "durability = \"${DURABILITY:-memory}\""
+            echo "[resume]"; echo "enabled = ${RESUME:-true}"
             if [ "$cl" = 1 ]; then
                 echo "[cluster]"; echo "redis_url = \"redis://127.0.0.1:$RPORT\""; echo "key_prefix = \"$prefix\""
                 echo "node_name = \"n$i\""
@@ -207,6 +209,28 @@ memory() {
     nodes_stop
 }
 
+# rings: what resume's rings cost a node that holds no client at all (node 2 of 2): RSS and the
+# kept events/bytes after RING_EVENTS (20,000) events over RING_CHANNELS (1,000) channels of
+# RING_PAYLOAD (200) bytes published on node 1, with [resume] on and off.
+rings() {
+    local on out rss0 rss1 kept bytes
+    for on in true false; do
+        RESUME=$on nodes_start 2 1
+        rss0=$(awk '/^VmRSS/{print $2}' "/proc/${NODE_PIDS[1]}/status")
+        out=$(taskset -c "$CLIENT_CPU" node benches/cluster-rings.mjs --api "http://127.0.0.1:${NODE_PORTS[0]}" \
+            --app-id "$APP" --key "$KEY" --secret "$SECRET" --events "${RING_EVENTS:-20000}" \
+            --channels "${RING_CHANNELS:-1000}" --payload "${RING_PAYLOAD:-200}")
+        sleep 2
+        rss1=$(awk '/^VmRSS/{print $2}' "/proc/${NODE_PIDS[1]}/status")
+        kept=$(curl -s "http://127.0.0.1:${NODE_PORTS[1]}/metrics" | awk '/^pushbox_resume_kept_events/{s+=$NF} END{print s+0}')
+        bytes=$(curl -s "http://127.0.0.1:${NODE_PORTS[1]}/metrics" | awk '/^pushbox_resume_kept_bytes/{s+=$NF} END{print s+0}')
+        emit "$(echo "$out" | jq -c --argjson on "$on" --argjson a "$rss0" --argjson b "$rss1" --argjson k "$kept" --argjson kb "$bytes" \
+            '{scenario: "rings", resume: $on, events, channels, payload, publish_s: .seconds, failed,
+              rss_before_kib: $a, rss_after_kib: $b, rss_growth_kib: ($b - $a), kept_events: $k, kept_bytes: $kb}')"
+        nodes_stop
+    done
+}
+
 log "engine $ENGINE ($("$RBIN" --version | head -1)), pushbox $PB_COMMIT, load $(cut -d' ' -f1-3 /proc/loadavg); results $JSONL"
 redis_start
 for run in $(seq 1 "$RUNS"); do
@@ -216,7 +240,8 @@ for run in $(seq 1 "$RUNS"); do
             latency) for m in ${LATENCY_AT:-single same other}; do latency "$m"; done ;;
             presence) for n in ${PRESENCE_NODES:-1 3}; do presence "$n"; done ;;
             memory) memory ;;
-            *) echo "unknown scenario $s (fanout latency presence memory)"; exit 2 ;;
+            rings) rings ;;
+            *) echo "unknown scenario $s (fanout latency presence memory rings)"; exit 2 ;;
         esac
     done
 done
@@ -225,4 +250,5 @@ log "done: $JSONL"
 jq -r 'select(.scenario=="fanout") | "fanout nodes=\(.nodes): \(.deliveries) deliveries, \(.nodes_cpu_s) node CPU-s, \(.deliveries_per_node_cpu_s)/CPU-s, redis \(.redis_cpu_s) s, loss \(.loss_pct)%"' "$JSONL"
 jq -r 'select(.scenario=="latency") | "latency \(.where): p50 \(.p50_ms) ms p99 \(.p99_ms) ms (\(.received)/\(.expected))"' "$JSONL"
 jq -r 'select(.scenario=="presence") | "presence nodes=\(.nodes): \(.per_s) cycles/s p50 \(.p50_ms) ms p99 \(.p99_ms) ms; \(.cycles_per_server_cpu_s) cycles per server CPU-s (nodes \(.nodes_cpu_s) s, redis \(.redis_cpu_s) s, client \(.client_cpu_s) s)"' "$JSONL"
+jq -r 'select(.scenario=="rings") | "rings resume=\(.resume): node 2 RSS +\(.rss_growth_kib) KiB, kept \(.kept_events) events / \(.kept_bytes) bytes (\(.events) events over \(.channels) channels, \(.failed) failed)"' "$JSONL"
 jq -r 'select(.scenario=="redis-memory") | "redis memory: \(.bytes_per_conn) B/connection, \(.bytes_per_member) B/presence member"' "$JSONL"
