@@ -3,11 +3,17 @@
 //! and the signing a raw fuzz input cannot do for itself.
 
 #[allow(dead_code)]
+#[path = "../../tests/fuzz/api.rs"]
+pub mod api;
+#[allow(dead_code)]
 #[path = "../../tests/fuzz/driver.rs"]
 pub mod driver;
 #[allow(dead_code)]
 #[path = "../../tests/fuzz/message.rs"]
 pub mod message;
+#[allow(dead_code)]
+#[path = "../../tests/fuzz/wsframe.rs"]
+pub mod wsframe;
 
 use std::sync::{Arc, OnceLock};
 

@@ -156,6 +156,46 @@ impl Fixture {
             subscriber,
         }
     }
+
+    /// Signs a request with the real clock (the API checks the timestamp against it), handles
+    /// it and checks what every answer must be: a JSON object, 2xx or 4xx (no event log here,
+    /// so never 5xx), a 4xx saying why in `error`, and nothing delivered to the subscriber of
+    /// `orders` unless it is a 200. The status and what the subscriber got.
+    pub fn answer(
+        &self,
+        method: &str,
+        path: &str,
+        params: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Vec<Value>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let query = sign_query(method, path, KEY, SECRET, now, body, params);
+        let r = self.rt.block_on(self.api.handle(ApiRequest {
+            method,
+            path,
+            query: &query,
+            body,
+        }));
+        let v: Value = serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("answer {} is not JSON ({e}): {}", r.status, r.body));
+        assert!(v.is_object(), "answer is not an object: {}", r.body);
+        assert!(
+            (200..500).contains(&r.status),
+            "{method} {path} answered {}: {}",
+            r.status,
+            r.body
+        );
+        if r.status >= 400 {
+            assert!(v["error"].is_string(), "an error says why: {}", r.body);
+        }
+        let got = message::drain_frames(&self.subscriber);
+        if r.status != 200 {
+            assert!(got.is_empty(), "a refused request delivered {got:?}");
+        }
+        (r.status, got)
+    }
 }
 
 /// An event body an SDK sends, and `(name, data)` when it must be published.
@@ -263,30 +303,8 @@ pub fn handle(fx: &mut Fixture, rng: &mut Rng, stats: &mut Stats) {
         wanted = None;
     }
     let refs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-    // The API checks the timestamp against the real clock.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let query = sign_query(method, &path, KEY, SECRET, now, &body, &refs);
-    let r = fx.rt.block_on(fx.api.handle(ApiRequest {
-        method,
-        path: &path,
-        query: &query,
-        body: &body,
-    }));
-    let v: Value = serde_json::from_str(&r.body)
-        .unwrap_or_else(|e| panic!("answer {} is not JSON ({e}): {}", r.status, r.body));
-    assert!(v.is_object(), "answer is not an object: {}", r.body);
-    assert!(
-        (200..500).contains(&r.status),
-        "{method} {path} answered {}: {}",
-        r.status,
-        r.body
-    );
-    if r.status >= 400 {
-        assert!(v["error"].is_string(), "an error says why: {}", r.body);
-    }
-    stats.add(match r.status {
+    let (status, got) = fx.answer(method, &path, &refs, &body);
+    stats.add(match status {
         200 => "answer_200",
         400 => "answer_400",
         401 => "answer_401",
@@ -294,19 +312,15 @@ pub fn handle(fx: &mut Fixture, rng: &mut Rng, stats: &mut Stats) {
         413 => "answer_413",
         _ => "answer_other",
     });
-    let got = message::drain_frames(&fx.subscriber);
-    match wanted {
-        Some((name, data)) => {
-            assert_eq!(r.status, 200, "a valid event was refused: {}", r.body);
-            let frame = got
-                .iter()
-                .find(|f| f["event"] == name.as_str())
-                .unwrap_or_else(|| panic!("the subscriber did not get {name}: {got:?}"));
-            assert_eq!(frame["data"], data.as_str(), "published data == sent data");
-            assert_eq!(frame["channel"], "orders");
-            stats.add("delivered_as_sent");
-        }
-        None if r.status != 200 => assert!(got.is_empty(), "a refused request delivered {got:?}"),
-        None => {}
+    // (A refused request delivering anything fails in `answer`.)
+    if let Some((name, data)) = wanted {
+        assert_eq!(status, 200, "a valid event was refused: {got:?}");
+        let frame = got
+            .iter()
+            .find(|f| f["event"] == name.as_str())
+            .unwrap_or_else(|| panic!("the subscriber did not get {name}: {got:?}"));
+        assert_eq!(frame["data"], data.as_str(), "published data == sent data");
+        assert_eq!(frame["channel"], "orders");
+        stats.add("delivered_as_sent");
     }
 }

@@ -142,24 +142,29 @@ fn valid_stream(rng: &mut Rng) -> (Vec<u8>, Vec<Incoming>) {
 }
 
 /// What decoding a stream gave: the messages, and how it ended (bytes used, or the error).
-type Outcome = (Vec<Incoming>, Result<usize, WsError>);
+pub type Outcome = (Vec<Incoming>, Result<usize, WsError>);
 
-fn decode_whole(bytes: &[u8]) -> Outcome {
+pub fn decode_whole(bytes: &[u8], limit: usize) -> Outcome {
     let mut buf = bytes.to_vec();
     let mut out = Vec::new();
-    let r = Decoder::default().decode(&mut buf, LIMIT, &mut out);
+    let r = Decoder::default().decode(&mut buf, limit, &mut out);
     (out, r)
 }
 
-/// As the connection task reads: pieces of random size, the unused rest kept for the next.
-fn decode_in_pieces(rng: &mut Rng, bytes: &[u8]) -> Outcome {
+/// As the connection task reads: pieces of the sizes `piece` gives (asked with what is left),
+/// the unused rest kept for the next.
+pub fn decode_in_pieces(
+    bytes: &[u8],
+    limit: usize,
+    mut piece: impl FnMut(usize) -> usize,
+) -> Outcome {
     let (mut d, mut out, mut buf) = (Decoder::default(), Vec::new(), Vec::new());
     let (mut pos, mut used_total) = (0, 0);
     while pos < bytes.len() {
-        let n = rng.range(1, (bytes.len() - pos).min(64));
+        let n = piece(bytes.len() - pos).clamp(1, bytes.len() - pos);
         buf.extend_from_slice(&bytes[pos..pos + n]);
         pos += n;
-        match d.decode(&mut buf, LIMIT, &mut out) {
+        match d.decode(&mut buf, limit, &mut out) {
             Err(e) => return (out, Err(e)),
             Ok(used) => {
                 assert!(used <= buf.len(), "used {used} of {} bytes", buf.len());
@@ -174,12 +179,14 @@ fn decode_in_pieces(rng: &mut Rng, bytes: &[u8]) -> Outcome {
     (out, Ok(used_total))
 }
 
-fn check_messages(out: &[Incoming]) {
+/// What comes out obeys the protocol: control payloads ≤ 125 bytes, messages within `limit`,
+/// close codes a peer may send.
+pub fn check_messages(out: &[Incoming], limit: usize) {
     for m in out {
         match m {
             Incoming::Ping(p) => assert!(p.len() <= 125, "ping of {} bytes", p.len()),
-            Incoming::Text(t) => assert!(t.len() <= LIMIT),
-            Incoming::Binary(b) => assert!(b.len() <= LIMIT),
+            Incoming::Text(t) => assert!(t.len() <= limit),
+            Incoming::Binary(b) => assert!(b.len() <= limit),
             Incoming::Close(Some(c)) => assert!(
                 matches!(c, 1000..=1003 | 1007..=1014 | 3000..=4999),
                 "close code {c} let through"
@@ -234,13 +241,13 @@ pub fn one(rng: &mut Rng, stats: &mut Stats) {
         );
         stats.add("mutated");
     }
-    let whole = decode_whole(&bytes);
-    let pieces = decode_in_pieces(rng, &bytes);
+    let whole = decode_whole(&bytes, LIMIT);
+    let pieces = decode_in_pieces(&bytes, LIMIT, |left| rng.range(1, left.min(64)));
     assert_eq!(
         whole, pieces,
         "decoding at once and in pieces differ for {bytes:02x?}"
     );
-    check_messages(&whole.0);
+    check_messages(&whole.0, LIMIT);
     if !mutated {
         assert_eq!(whole.1, Ok(bytes.len()), "a valid stream is used up");
         assert_eq!(whole.0, expected, "decode(encode(x)) == x");
