@@ -14,11 +14,12 @@
 //! losing its last second) takes with it the bus entries not every node had read yet. The
 //! forwarder then goes back (to the mark Redis kept, or [`REWIND`] before Redis was last seen,
 //! counted both in acceptance time and in the time it forwarded them: a backlog accepted long
-//! ago may have gone out just before) and forwards them again; readers skip what they have. Each FORWARD call carries the mark this run left, and the
-//! script refuses to add anything on a lower or missing one: the forwarder must notice the
-//! loss on its own first call to the new Redis, not through the heartbeat, which may come
-//! after that call has already raised the mark past the lost entries (CI, issue 21: event 66
-//! of 269 never reached node C on Valkey restarted without persistence).
+//! ago may have gone out just before) and forwards them again; readers skip what they have.
+//! Each FORWARD call carries the mark this run left, and the script refuses to add anything
+//! on a lower or missing one: the forwarder must notice the loss on its own first call to the
+//! new Redis, not through the heartbeat, which may come after that call has already raised
+//! the mark past the lost entries (CI, issue 21: event 66 of 269 never reached node C on
+//! Valkey restarted without persistence).
 //!
 //! Degraded mode: while Redis does not take the events, this node delivers its own events to
 //! its own sockets at once ([`Msg::Local`]) and keeps retrying; when the bus catches up, the
@@ -198,16 +199,10 @@ impl Forwarder {
             }
             let records = self.read(next).await;
             let Some(end) = records.last().map(|r| r.seq + 1) else {
-                let committed = self.spool.last_seq();
-                if next > committed {
-                    // Handed over but no longer in memory (a batch larger than what the
-                    // writer keeps): the file has them once they are committed.
-                    let _ = self.spool.wait_for(next).await;
-                    continue;
-                }
-                // Nothing committed from `next` on: retention took them (a very long outage),
-                // or they are seqs a crash skipped (`Spool::hand_over`). Go on after them.
-                next = (committed + 1).max(next + 1);
+                // Nothing from `next` on in memory or the file (the writer keeps every record
+                // until it is committed or given up): retention took them (a very long
+                // outage), or they are seqs a crash or a failed fsync gave up. Go on after.
+                next = (self.spool.last_seq() + 1).max(next + 1);
                 continue;
             };
             match self.forward(&records, &mut sent).await {
@@ -465,13 +460,7 @@ impl Forwarder {
         while from <= last {
             let records = self.read(from).await;
             let Some(end) = records.last().map(|r| r.seq + 1) else {
-                // Nothing from `from` on, unless they are handed over but not yet committed
-                // and no longer in memory: then the next round tries again.
-                return if from > self.spool.last_seq() {
-                    from
-                } else {
-                    last + 1
-                };
+                return last + 1;
             };
             for r in records {
                 let Ok(e) = serde_json::from_slice::<EventRecord>(&r.payload) else {

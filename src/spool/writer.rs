@@ -85,12 +85,24 @@ impl Recent {
         Some(self.records.iter().skip(skip).take(max).cloned().collect())
     }
 
-    fn push(&mut self, r: Record) {
-        self.bytes += r.payload.len();
-        self.records.push_back(r);
+    /// Adds a batch just written. What goes to make room is older than the batch only: a
+    /// batch may be larger than the caps, and a record the consumer cannot find here must be
+    /// committed (in the file) or given up, never still waiting for its fsync.
+    fn push_batch(&mut self, batch: impl IntoIterator<Item = Record>) {
+        let mut first = None;
+        for r in batch {
+            first.get_or_insert(r.seq);
+            self.bytes += r.payload.len();
+            self.records.push_back(r);
+        }
+        let Some(first) = first else { return };
         while self.records.len() > RECENT_RECORDS || self.bytes > RECENT_BYTES {
-            match self.records.pop_front() {
-                Some(old) => self.bytes -= old.payload.len(),
+            match self.records.front().filter(|r| r.seq < first) {
+                Some(_) => {
+                    if let Some(old) = self.records.pop_front() {
+                        self.bytes -= old.payload.len();
+                    }
+                }
                 None => break,
             }
         }
@@ -389,15 +401,16 @@ impl Writer {
             floor::write(&self.shared.dir, to)?;
             self.floor = to;
         }
-        let mut recent = lock(&self.shared.recent);
-        for (i, payload) in std::mem::take(&mut batch.payloads).into_iter().enumerate() {
-            recent.push(Record {
-                seq: self.next_seq + i as u64,
-                timestamp_ms: batch.first_ts,
+        let (first, ts) = (self.next_seq, batch.first_ts);
+        let records = std::mem::take(&mut batch.payloads)
+            .into_iter()
+            .zip(first..)
+            .map(|(payload, seq)| Record {
+                seq,
+                timestamp_ms: ts,
                 payload,
             });
-        }
-        drop(recent);
+        lock(&self.shared.recent).push_batch(records);
         self.shared.handed.send_replace(last);
         Ok(())
     }
@@ -503,5 +516,34 @@ impl Writer {
         }
         let _ = retention::retire(&self.shared, false);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(seqs: std::ops::Range<u64>) -> Vec<Record> {
+        seqs.map(|seq| Record {
+            seq,
+            timestamp_ms: 0,
+            payload: vec![b'x'; 10],
+        })
+        .collect()
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_caps_is_kept_whole_until_the_next_one() {
+        let mut r = Recent::default();
+        r.enable();
+        // Larger than RECENT_RECORDS: none of it may go before it is committed.
+        r.push_batch(records(1..3001));
+        assert_eq!(r.records.len(), 3000);
+        assert_eq!(r.from(1, 1).map(|v| v[0].seq), Some(1));
+        // The next batch makes room from the older ones only.
+        r.push_batch(records(3001..3011));
+        assert_eq!(r.records.len(), RECENT_RECORDS);
+        assert_eq!(r.from(3001, 100).map(|v| v.len()), Some(10));
+        assert_eq!(r.from(1, 1), None, "older ones are read from the file");
     }
 }
