@@ -316,4 +316,27 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn an_xrevrange_answer_becomes_entries_and_junk_is_skipped_or_unknown() {
+        let fields = |kv: &[&str]| Value::Array(kv.iter().map(|s| bulk(s)).collect());
+        let reply = Value::Array(vec![
+            Value::Array(vec![bulk("9-1"), fields(&["k", "t", "u", "u7"])]),
+            // Not an id: skipped (the reader has no cursor to move past it).
+            Value::Array(vec![bulk("nine"), fields(&["k", "t", "u", "u7"])]),
+            // An id with fields nobody knows: kept as Unknown so positions stay in order.
+            Value::Array(vec![bulk("9-0"), fields(&["zz"])]),
+            Value::Nil,
+        ]);
+        let e = range_entries(&reply);
+        assert_eq!(
+            e.len(),
+            2,
+            "{:?}",
+            e.iter().map(|e| e.id).collect::<Vec<_>>()
+        );
+        assert_eq!(e[0].id, StreamId { ms: 9, seq: 1 });
+        assert_eq!(e[0].kind, Kind::Terminate { user: "u7".into() });
+        assert_eq!(e[1].kind, Kind::Unknown);
+    }
 }

@@ -27,7 +27,7 @@ use super::status::Status;
 use super::watchlist::{self, WatchJoin};
 use crate::hub::{App, BusEvent, Outbox};
 use crate::protocol::{message, CloseCode, Frame};
-use crate::resume::{self, Plan};
+use crate::resume::{self, AppResume, Plan};
 
 /// Recent entries kept for sockets whose gate the deliverer has already passed. A subscribe
 /// answers in well under a millisecond; 4,096 entries is seconds of a busy bus.
@@ -169,7 +169,7 @@ impl Deliverer {
                 }
                 if let Some(r) = self.app.resume() {
                     match history {
-                        Some(h) => self.restore(h),
+                        Some(h) => self.restore(r, h),
                         None => r.start(self.last_pos),
                     }
                 }
@@ -232,15 +232,14 @@ impl Deliverer {
 
     /// Puts the history's API events into the resume rings at their bus positions and times
     /// (not delivered: the sockets here are new), the rings complete from `cover` on.
-    fn restore(&self, h: History) {
-        let Some(r) = self.app.resume() else { return };
+    fn restore(&self, r: &AppResume, h: History) {
         r.start(h.cover.min(self.last_pos));
         let mut last = h.cover;
         for e in &h.entries {
             let pos = e.id.position().max(last + 1);
             last = pos;
             if let Some((channels, event)) = bus_event(&e.kind) {
-                self.app.keep_history(pos, e.id.ms, channels, event);
+                self.app.keep_entry(pos, e.id.ms, channels, event);
             }
         }
     }
@@ -253,7 +252,7 @@ impl Deliverer {
         let fresh = self.fresh(&e.kind);
         let pos = self.position(e.id);
         if let (Fresh::Keep, Some((channels, event))) = (&fresh, bus_event(&e.kind)) {
-            self.app.keep_entry(pos, channels, event);
+            self.app.keep_entry(pos, resume::now_ms(), channels, event);
         }
         if fresh == Fresh::Deliver {
             self.fan_out(&e, Some(pos));

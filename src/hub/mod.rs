@@ -696,15 +696,11 @@ impl App {
         self.record_entry(pos, resume::now_ms(), channels, event, true);
     }
 
-    /// Cluster: keeps an API event that came back from the bus at `pos` after this node had
-    /// delivered it on its own (Redis was unreachable), without delivering it again.
-    pub fn keep_entry(&self, pos: u64, channels: &[String], event: BusEvent<'_>) {
-        self.record_entry(pos, resume::now_ms(), channels, event, false);
-    }
-
-    /// Cluster: keeps an API event of the bus's recent history (read when this node started),
-    /// published at `at_ms`, without delivering it.
-    pub fn keep_history(&self, pos: u64, at_ms: u64, channels: &[String], event: BusEvent<'_>) {
+    /// Cluster: keeps an API event published at `at_ms` for resume at bus position `pos`
+    /// without delivering it: one this node had delivered on its own while Redis was
+    /// unreachable and that came back from the bus, or one of the bus's recent history read
+    /// when this node started.
+    pub fn keep_entry(&self, pos: u64, at_ms: u64, channels: &[String], event: BusEvent<'_>) {
         self.record_entry(pos, at_ms, channels, event, false);
     }
 

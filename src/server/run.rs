@@ -81,7 +81,7 @@ async fn serve_until_stopped(cfg: Config, activated: Vec<ActivatedListener>) -> 
     // Caught from the start, before the first connection is served: a SIGTERM that came after
     // the listeners started but before the wait for it took its default action and killed the
     // process uncleanly (tests/diskfull.rs under CPU load: "graceful stop failed (signal: 15)",
-    // 3 of 8 runs; 0 of 12 since). One during start-up (a long recovery) stops the server
+    // 3 of 8 runs; 0 of 24 since). One during start-up (a long recovery) stops the server
     // gracefully as soon as it serves.
     let signals = StopSignals::catch();
     let notifier = Notifier::from_env().unwrap_or_else(|e| {
